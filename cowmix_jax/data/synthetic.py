@@ -1,0 +1,94 @@
+"""A procedurally generated segmentation dataset that needs no files.
+
+Each image shows a textured, unevenly lit background and several overlapping objects.
+Objects take a random colour, so colour says nothing about the class: the class is
+given by the shape (disc, square, triangle, ring) or, for one class, by the texture
+(stripes, on a disc or a square). Images are a pure function of (seed, split, index).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+CLASS_NAMES = ("background", "disc", "square", "triangle", "ring", "striped")
+CLASS_COLOURS = ((0, 0, 0), (220, 60, 60), (60, 180, 75), (0, 130, 200), (245, 130, 48),
+                 (145, 30, 180))
+NUM_CLASSES = len(CLASS_NAMES)
+SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
+  """``[size, size, channels]`` smooth random field: bilinear upsampling of a coarse grid."""
+  coarse = rng.normal(size=(cells + 1, cells + 1, channels))
+  coordinate = np.linspace(0, cells, size)
+  base = np.floor(coordinate).astype(int).clip(0, cells - 1)
+  frac = coordinate - base
+  rows = coarse[base] * (1 - frac)[:, None, None] + coarse[base + 1] * frac[:, None, None]
+  return (rows[:, base] * (1 - frac)[None, :, None] + rows[:, base + 1] * frac[None, :, None])
+
+
+def _shape_region(kind: str, rows, cols, centre, radius, angle) -> np.ndarray:
+  """Boolean ``[S, S]`` region of one shape."""
+  dy, dx = rows - centre[0], cols - centre[1]
+  u = np.cos(angle) * dx + np.sin(angle) * dy
+  v = -np.sin(angle) * dx + np.cos(angle) * dy
+  if kind == "disc":
+    return u**2 + v**2 <= radius**2
+  if kind == "ring":
+    distance = np.sqrt(u**2 + v**2)
+    return (distance <= radius) & (distance >= 0.55 * radius)
+  if kind == "square":
+    return (np.abs(u) <= 0.8 * radius) & (np.abs(v) <= 0.8 * radius)
+  if kind == "triangle":  # equilateral, circumradius = radius
+    inside = np.ones_like(u, dtype=bool)
+    for k in range(3):
+      theta = angle + 2 * np.pi * k / 3
+      inside &= (np.cos(theta) * dx + np.sin(theta) * dy) <= 0.5 * radius
+    return inside
+  raise ValueError(kind)
+
+
+def render_example(seed: int, split: str, index: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
+  """One image and its label map.
+
+  Returns:
+    ``(image [size, size, 3] uint8, label [size, size] uint8 class ids)``.
+  """
+  rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+  rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+  image = rng.uniform(0.2, 0.8, 3) + 0.15 * _smooth_field(rng, size, 4, 3)
+  label = np.zeros((size, size), np.uint8)
+  for _ in range(rng.integers(3, 7)):
+    class_id = int(rng.integers(1, NUM_CLASSES))
+    name = CLASS_NAMES[class_id]
+    shape = rng.choice(["disc", "square"]) if name == "striped" else name
+    centre = rng.uniform(0, size, 2)
+    radius = rng.uniform(0.07, 0.17) * size
+    angle = rng.uniform(0, 2 * np.pi)
+    region = _shape_region(shape, rows, cols, centre, radius, angle)
+    colour = rng.uniform(0, 1, 3)
+    texture = np.broadcast_to(colour, (size, size, 3))
+    if name == "striped":
+      period = rng.uniform(3.0, 6.0)
+      phase = np.cos(angle) * cols + np.sin(angle) * rows
+      stripes = (np.floor(phase / period) % 2)[..., None]
+      texture = stripes * colour + (1 - stripes) * rng.uniform(0, 1, 3)
+    image = np.where(region[..., None], texture, image)
+    label[region] = class_id
+  illumination = 1.0 + 0.25 * _smooth_field(rng, size, 2, 1)
+  image = image * illumination + rng.normal(0, 0.06, image.shape)
+  return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), label
+
+
+def load_split(seed: int, split: str, num_examples: int, size: int):
+  """All examples of a split.
+
+  Returns:
+    ``(images [N, S, S, 3] uint8, labels [N, S, S] uint8)``.
+  """
+  if size % 32:
+    raise ValueError(f"synthetic image_size must be a multiple of 32, got {size}")
+  pairs = [render_example(seed, split, i, size) for i in range(num_examples)]
+  return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -1,0 +1,54 @@
+"""Model registry: ``config.model.name`` -> a Flax module.
+
+Each builder takes the model config and the number of classes. New architectures
+(DeepLab v2 / v3+) register themselves here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import flax.linen as nn
+import ml_collections
+
+from cowmix_jax.models.resnet import ResNetEncoder
+from cowmix_jax.models.unet import PAPER_DECODER_WIDTHS, UNet
+
+ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
+_REGISTRY: Dict[str, ModelBuilder] = {}
+
+
+def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+  """Decorator adding a model builder to the registry under ``name``."""
+
+  def wrap(builder: ModelBuilder) -> ModelBuilder:
+    _REGISTRY[name] = builder
+    return builder
+
+  return wrap
+
+
+@register("unet")
+def _build_unet(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  return UNet(
+      num_classes=num_classes,
+      depth=config.get("depth", 50),
+      width=config.get("width", 64),
+      freeze_bn=config.get("freeze_bn", False),
+      decoder_widths=tuple(config.get("decoder_widths", PAPER_DECODER_WIDTHS)),
+  )
+
+
+def available_models() -> list:
+  return sorted(_REGISTRY)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """Builds the model named by ``config.name``."""
+  if config.name not in _REGISTRY:
+    raise ValueError(
+        f"config.model.name={config.name!r} is not a known model; choose one of {available_models()}")
+  return _REGISTRY[config.name](config, num_classes)
+
+
+__all__ = ["build_model", "register", "available_models", "ResNetEncoder", "UNet"]

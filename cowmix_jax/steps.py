@@ -1,0 +1,194 @@
+"""Jitted train and eval steps over a 1-D ``('data',)`` device mesh.
+
+The train state is replicated and donated; batches are sharded along the batch axis.
+The random draws of a perturbation (masks, partners, transforms) and the mixing itself
+run per device inside ``jax.shard_map``, so they need no cross-device traffic; only the
+network's forward and backward passes (and BatchNorm statistics) are global.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cowmix_jax import losses, metrics, mixing
+from cowmix_jax.state import TrainState, update_teacher
+
+DATA_AXIS = "data"
+Batch = Dict[str, jax.Array]
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D ``('data',)`` mesh over the first ``num_devices`` devices (all by default)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    if num_devices > len(devices):
+      raise ValueError(f"asked for {num_devices} devices, only {len(devices)} are visible")
+    devices = devices[:num_devices]
+  return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def _shard_offset(local_batch: int) -> jax.Array:
+  return jax.lax.axis_index(DATA_AXIS) * local_batch
+
+
+def _to_local(params: mixing.Params, local_batch: int) -> mixing.Params:
+  """Global partner indices -> indices into this device's shard."""
+  if "partner" not in params:
+    return params
+  return dict(params, partner=params["partner"] - _shard_offset(local_batch))
+
+
+def make_perturbation_fns(perturbation, config: ml_collections.ConfigDict, mesh: Mesh):
+  """Sharded ``sample``, ``inputs`` and ``target`` functions of a perturbation.
+
+  ``sample(key, images)`` draws per device with ``fold_in(key, device index)`` and
+  returns partner indices in global batch coordinates (always inside the same shard),
+  so a perturbation drawn on one mesh can be replayed on another.
+  """
+  spec = P(DATA_AXIS)
+
+  def sample_local(key, images):
+    local_batch = images.shape[0]
+    local_key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+    params = perturbation.sample(local_key, images, config)
+    if "partner" in params:
+      params = dict(params, partner=params["partner"] + _shard_offset(local_batch))
+    return params
+
+  def inputs_local(images, params):
+    return perturbation.inputs(images, _to_local(params, images.shape[0]))
+
+  def target_local(teacher_output, params):
+    return perturbation.target(teacher_output, _to_local(params, teacher_output.shape[0]))
+
+  sample = jax.shard_map(sample_local, mesh=mesh, in_specs=(P(), spec), out_specs=spec)
+  inputs = jax.shard_map(inputs_local, mesh=mesh, in_specs=(spec, spec),
+                         out_specs=(spec, spec))
+  target = jax.shard_map(target_local, mesh=mesh, in_specs=(spec, spec),
+                         out_specs=(spec, spec))
+  return sample, inputs, target
+
+
+def _apply_student(model, params, batch_stats, images):
+  logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                train=True, mutable=["batch_stats"])
+  return logits, updates.get("batch_stats", batch_stats)
+
+
+def _teacher_output(model, state: TrainState, images):
+  logits = model.apply({"params": state.teacher_params,
+                        "batch_stats": state.teacher_batch_stats}, images, train=False)
+  return jax.lax.stop_gradient(logits)
+
+
+def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+  """``update(state, batch, perturbation_params) -> (state, metrics)``, not jitted.
+
+  ``batch`` holds ``image [B, H, W, 3]``, ``label [B, H, W]`` and, for methods with an
+  unlabelled term, ``unlabelled_image [Bu, H, W, 3]``.
+  """
+  perturbation = mixing.get_perturbation(config.method)
+  _, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, config, mesh)
+  kind = config.consistency_loss
+
+  def unlabelled_term(params, batch_stats, state, batch, pparams):
+    teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], pparams)
+    teacher_logits = _teacher_output(model, state, teacher_input)
+    target_probs, loss_mask = perturb_target(jax.nn.softmax(teacher_logits), pparams)
+    target = target_probs
+    if kind == "mse_logit":
+      target, _ = perturb_target(teacher_logits, pparams)
+    weight = losses.confidence_weight(target_probs, config.confidence.threshold,
+                                      config.confidence.mode)
+    student_logits, batch_stats = _apply_student(model, params, batch_stats, student_input)
+    loss = losses.masked_consistency(student_logits, target, loss_mask, weight, kind)
+    return loss, batch_stats, jnp.mean(weight)
+
+  def loss_fn(params, state, batch, pparams):
+    logits, batch_stats = _apply_student(model, params, state.batch_stats, batch["image"])
+    supervised = losses.cross_entropy(logits, batch["label"])
+    consistency = confidence = jnp.zeros((), jnp.float32)
+    if perturbation.uses_unlabelled:
+      consistency, batch_stats, confidence = unlabelled_term(
+          params, batch_stats, state, batch, pparams)
+    total = supervised + config.cons_weight * consistency
+    aux = {"loss": total, "supervised_loss": supervised,
+           "consistency_loss": consistency, "confidence": confidence}
+    return total, (batch_stats, aux)
+
+  def update(state: TrainState, batch: Batch, pparams) -> Tuple[TrainState, Dict]:
+    grads, (batch_stats, aux) = jax.grad(loss_fn, has_aux=True)(
+        state.params, state, batch, pparams)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    aux["grad_norm"] = optax.global_norm(grads)
+    return update_teacher(new_state, config.teacher_alpha), aux
+
+  return update
+
+
+def make_sample_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+  """Jitted ``sample(key, unlabelled_images) -> perturbation params`` (sharded)."""
+  sample, _, _ = make_perturbation_fns(mixing.get_perturbation(config.method), config, mesh)
+  return jax.jit(sample, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=batch_sharded(mesh))
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+  """Jitted ``train_step(state, batch) -> (state, metrics)``; the state is donated.
+
+  The step key is ``fold_in(state.key, state.step)``, so a run is a function of the
+  config's seed and the data.
+  """
+  perturbation = mixing.get_perturbation(config.method)
+  sample, _, _ = make_perturbation_fns(perturbation, config, mesh)
+  update = make_update_fn(model, tx, config, mesh)
+
+  def train_step(state: TrainState, batch: Batch):
+    pparams = {}
+    if perturbation.uses_unlabelled:
+      step_key = jax.random.fold_in(state.key, state.step)
+      pparams = sample(step_key, batch["unlabelled_image"])
+    return update(state, batch, pparams)
+
+  return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+
+
+def make_eval_step(model: nn.Module, num_classes: int, mesh: Mesh) -> Callable:
+  """Jitted ``eval_step(variables, images, labels, confusion) -> confusion``.
+
+  Args of the returned function: variables ``{"params", "batch_stats"}``; images
+  ``[B, H, W, 3]``; labels ``[B, H, W]`` (255 = ignore, also for padding);
+  confusion ``[C, C]`` int32 accumulator (donated).
+  """
+
+  def eval_step(variables, images, labels, confusion):
+    logits = model.apply(variables, images, train=False)
+    predictions = jnp.argmax(logits, axis=-1)
+    return confusion + metrics.confusion_matrix(labels, predictions, num_classes)
+
+  return jax.jit(eval_step,
+                 in_shardings=(replicated(mesh), batch_sharded(mesh), batch_sharded(mesh),
+                               replicated(mesh)),
+                 out_shardings=replicated(mesh), donate_argnums=3)

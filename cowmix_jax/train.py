@@ -1,0 +1,135 @@
+"""The training loop: data -> jitted step -> progress -> final teacher evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from cowmix_jax import data as data_lib
+from cowmix_jax import losses, metrics, mixing, models, steps
+from cowmix_jax.state import TrainState, create_train_state
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming the config key when a setting cannot work."""
+  mixing.get_perturbation(config.method)
+  if config.consistency_loss not in losses.CONSISTENCY_LOSSES:
+    raise ValueError(f"config.consistency_loss={config.consistency_loss!r}: choose one of "
+                     f"{losses.CONSISTENCY_LOSSES}")
+  if config.confidence.mode not in losses.CONFIDENCE_MODES:
+    raise ValueError(f"config.confidence.mode={config.confidence.mode!r}: choose one of "
+                     f"{losses.CONFIDENCE_MODES}")
+  for key in ("batch_size", "unlabelled_batch_size", "eval_batch_size"):
+    value = config[key]
+    if value <= 0 or value % num_devices:
+      raise ValueError(f"config.{key}={value} must be a positive multiple of the "
+                       f"{num_devices} devices in the mesh")
+  if not 0.0 <= config.teacher_alpha <= 1.0:
+    raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam at ``config.learning_rate`` (paper, appendix D.3)."""
+  return optax.adam(config.learning_rate)
+
+
+def evaluate(eval_step, variables, images: np.ndarray, labels: np.ndarray,
+             batch_size: int, mesh, num_classes: int) -> np.ndarray:
+  """Confusion matrix ``[C, C]`` int64 of a model over a whole split."""
+  confusion = jax.device_put(jnp.zeros((num_classes, num_classes), jnp.int32),
+                             steps.replicated(mesh))
+  sharding = steps.batch_sharded(mesh)
+  for image_batch, label_batch in data_lib.eval_batches(images, labels, batch_size):
+    confusion = eval_step(variables, jax.device_put(image_batch, sharding),
+                          jax.device_put(label_batch, sharding), confusion)
+  return np.asarray(confusion, np.int64)
+
+
+def teacher_variables(state: TrainState) -> Dict:
+  return {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats}
+
+
+def _format_metrics(values: Dict[str, float]) -> str:
+  return " ".join(f"{name}={value:.4f}" for name, value in values.items())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
+  """Trains ``config.method`` for ``config.num_train_steps`` and evaluates the teacher.
+
+  Writes ``results.json`` (final teacher mIoU and per-class IoU) and the labelled ids
+  into ``workdir``.
+
+  Returns:
+    the results dictionary.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  num_devices = config.num_devices if config.num_devices > 0 else jax.device_count()
+  mesh = steps.make_mesh(num_devices)
+  validate_config(config, num_devices)
+  datasets = data_lib.load_datasets(config)
+  logging.info("Method %s on %d device(s); %d labelled, %d unlabelled, %d validation images.",
+               config.method, num_devices, len(datasets.labelled_images),
+               len(datasets.unlabelled_images), len(datasets.validation_images))
+  with open(os.path.join(workdir, "labelled_ids.json"), "w") as f:
+    json.dump([int(i) for i in datasets.labelled_ids], f)
+
+  model = models.build_model(config.model, datasets.num_classes)
+  tx = make_optimizer(config)
+  image_shape = (1,) + datasets.labelled_images.shape[1:]
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape)
+  state = jax.device_put(state, steps.replicated(mesh))
+  train_step = steps.make_train_step(model, tx, config, mesh)
+  eval_step = steps.make_eval_step(model, datasets.num_classes, mesh)
+
+  batches = data_lib.train_batches(datasets, config)
+  sharding = steps.batch_sharded(mesh)
+  start = last_time = time.time()
+  last_step = 0
+  for step in range(1, config.num_train_steps + 1):
+    state, step_metrics = train_step(state, jax.device_put(next(batches), sharding))
+    if step % config.log_every == 0 or step == config.num_train_steps:
+      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      if not all(np.isfinite(v) for v in values.values()):
+        raise FloatingPointError(f"non-finite loss at step {step}: {_format_metrics(values)}")
+      now = time.time()
+      rate = (step - last_step) / (now - last_time)
+      eta = (config.num_train_steps - step) / rate
+      logging.info("step %d/%d  %s  %.2f steps/s  ETA %.0fs", step, config.num_train_steps,
+                   _format_metrics(values), rate, eta)
+      last_time, last_step = now, step
+    if config.eval_every and step % config.eval_every == 0 and step != config.num_train_steps:
+      confusion = evaluate(eval_step, teacher_variables(state), datasets.validation_images,
+                           datasets.validation_labels, config.eval_batch_size, mesh,
+                           datasets.num_classes)
+      logging.info("step %d  teacher validation mIoU %.2f", step, 100 * metrics.mean_iou(confusion))
+
+  train_seconds = time.time() - start
+  confusion = evaluate(eval_step, teacher_variables(state), datasets.validation_images,
+                       datasets.validation_labels, config.eval_batch_size, mesh,
+                       datasets.num_classes)
+  iou = metrics.per_class_iou(confusion)
+  results = {
+      "miou": metrics.mean_iou(confusion),
+      "per_class_iou": {name: float(v) for name, v in zip(datasets.class_names, iou)},
+      "step": int(state.step),
+      "split": "validation",
+      "method": config.method,
+      "model": "teacher",
+      "train_seconds": train_seconds,
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  logging.info("Teacher per-class IoU (%%) on validation:\n%s",
+               metrics.format_iou_table(confusion, datasets.class_names))
+  print(f"Final teacher validation mIoU: {100 * results['miou']:.2f}% "
+        f"({config.method}, step {results['step']}, {train_seconds:.0f}s of training)")
+  return results
