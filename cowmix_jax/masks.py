@@ -10,6 +10,7 @@ from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Range = Tuple[float, float]
 
@@ -46,6 +47,92 @@ def gaussian_blur_fft(images: jax.Array, sigma: jax.Array) -> jax.Array:
   spectrum = jnp.fft.rfft2(images)
   spectrum = spectrum * gaussian_transfer_function((height, width), sigma)
   return jnp.fft.irfft2(spectrum, s=(height, width)).astype(jnp.float32)
+
+
+# The spectrum of blurred noise is dropped where the Gaussian's transfer function is
+# below this (exp(-18.4)): far below float32 precision, and far tighter than
+# scipy.ndimage.gaussian_filter's default kernel truncation at 4 sigma (exp(-8)).
+SPECTRUM_CUTOFF = 1e-8
+
+
+def fft_friendly_size(n: int) -> int:
+  """The smallest integer >= n whose only prime factors are 2, 3 and 5."""
+  m = n
+  while True:
+    k = m
+    for prime in (2, 3, 5):
+      while k % prime == 0:
+        k //= prime
+    if k == 1:
+      return m
+    m += 1
+
+
+def _band_rows(canvas: int, max_frequency: float) -> np.ndarray:
+  """Frequency indices k (of an FFT of size ``canvas``) with ``|k| / canvas <= max_frequency``."""
+  limit = int(np.ceil(max_frequency * canvas))
+  if 2 * limit + 1 >= canvas:
+    return np.arange(canvas)
+  return np.concatenate([np.arange(limit + 1), np.arange(canvas - limit, canvas)])
+
+
+def blurred_noise(key: jax.Array, shape: Sequence[int], sigma: jax.Array,
+                  sigma_min: float) -> jax.Array:
+  """White noise N(0, I) blurred by a Gaussian of width sigma, sampled in Fourier space.
+
+  Statistically identical to ``gaussian_blur_fft(normal(key, shape), sigma)`` on a
+  canvas of FFT-friendly size cropped to ``shape``, so the field is exactly stationary.
+  Only frequencies where the transfer function of the narrowest blur (``sigma_min``) is
+  above ``SPECTRUM_CUTOFF`` are drawn, so wide blurs draw far fewer random numbers.
+  The spectrum is made Hermitian explicitly, so any real inverse FFT gives the same field.
+
+  Args:
+    key: a PRNG key.
+    shape: ``(N, H, W)``.
+    sigma: ``[N]`` float32 blur widths, each at least ``sigma_min``.
+    sigma_min: a static lower bound on sigma (sets the band that is sampled).
+
+  Returns:
+    ``[N, H, W]`` float32.
+  """
+  n, height, width = shape
+  canvas_h, canvas_w = fft_friendly_size(height), fft_friendly_size(width)
+  max_frequency = np.sqrt(np.log(1 / SPECTRUM_CUTOFF) / (2 * np.pi**2 * sigma_min**2))
+  rows = _band_rows(canvas_h, max_frequency)
+  num_cols = min(int(np.ceil(max_frequency * canvas_w)), canvas_w // 2) + 1
+  real_key, imag_key = jax.random.split(key)
+  band_shape = (n, len(rows), num_cols)
+  # E|Z_k|^2 = H * W, as for the DFT of real unit white noise on the canvas.
+  scale = np.sqrt(canvas_h * canvas_w / 2.0)
+  z = scale * jax.lax.complex(jax.random.normal(real_key, band_shape),
+                              jax.random.normal(imag_key, band_shape))
+  # Columns kx = 0 and kx = W/2 hold their own conjugates: make them Hermitian in ky.
+  position = {int(k): i for i, k in enumerate(rows)}
+  negated = np.array([position[(-int(k)) % canvas_h] for k in rows])
+  self_conjugate_cols = [0] + ([canvas_w // 2] if canvas_w % 2 == 0 and
+                               num_cols == canvas_w // 2 + 1 else [])
+  for col in self_conjugate_cols:
+    column = z[:, :, col]
+    z = z.at[:, :, col].set((column + jnp.conj(column[:, negated])) / np.sqrt(2.0))
+  freq_y = np.where(rows <= canvas_h // 2, rows, rows - canvas_h) / canvas_h
+  freq_x = np.arange(num_cols) / canvas_w
+  squared_freq = jnp.asarray(freq_y[:, None] ** 2 + freq_x[None, :] ** 2, jnp.float32)
+  sigma = jnp.asarray(sigma, jnp.float32)[:, None, None]
+  z = z * jnp.exp(-2.0 * (jnp.pi**2) * sigma**2 * squared_freq)
+  spectrum = _scatter_band(z, rows, canvas_h, canvas_w // 2 + 1)
+  field = jnp.fft.irfft2(spectrum, s=(canvas_h, canvas_w))
+  return field[:, :height, :width].astype(jnp.float32)
+
+
+def _scatter_band(band: jax.Array, rows: np.ndarray, canvas_h: int, full_cols: int) -> jax.Array:
+  """Places ``[N, len(rows), C]`` band coefficients into a zero ``[N, canvas_h, full_cols]``."""
+  n, num_rows, num_cols = band.shape
+  band = jnp.pad(band, ((0, 0), (0, 0), (0, full_cols - num_cols)))
+  if num_rows == canvas_h:
+    return band
+  low = int(np.sum(rows <= canvas_h // 2))
+  gap = jnp.zeros((n, canvas_h - num_rows, full_cols), band.dtype)
+  return jnp.concatenate([band[:, :low], gap, band[:, low:]], axis=1)
 
 
 def _uniform(key: jax.Array, n: int, value_range: Range) -> jax.Array:
@@ -92,7 +179,8 @@ def cow_masks(
   """Cow masks: thresholded Gaussian-blurred white noise (French et al., Sec. 3.4).
 
   For each mask: sigma ~ log U(sigma_range), p ~ U(p_range), noise ~ N(0, I) of the
-  image size, circular FFT blur, and ones where the blurred noise is at or below
+  image size blurred by a Gaussian of width sigma (drawn in Fourier space, see
+  ``blurred_noise``: exactly stationary, cost independent of sigma), and ones where the blurred noise is at or below
   ``mean + std * sqrt(2) * erfinv(2p - 1)`` (a proportion p of ones on average). With
   ``exact_proportion`` the threshold is the blurred noise's own p-quantile instead.
 
@@ -111,8 +199,7 @@ def cow_masks(
   sigma_key, p_key, noise_key = jax.random.split(key, 3)
   sigma = sample_log_uniform(sigma_key, n, sigma_range)
   p = _uniform(p_key, n, p_range)
-  noise = jax.random.normal(noise_key, (n, height, width), jnp.float32)
-  smooth = gaussian_blur_fft(noise, sigma)
+  smooth = blurred_noise(noise_key, (n, height, width), sigma, float(sigma_range[0]))
   threshold_fn = _quantile_threshold if exact_proportion else _erfinv_threshold
   threshold = threshold_fn(smooth, p)
   return (smooth <= threshold[:, None, None]).astype(jnp.float32)
@@ -123,21 +210,29 @@ def box_sizes(
 ) -> Tuple[jax.Array, jax.Array]:
   """Integer rectangle sizes of area ``p * H * W`` with a random aspect ratio.
 
-  The height fraction is log-uniform in ``[p, 1]`` so that both sides fit the image;
-  the width is then rounded to the nearest integer giving the requested area.
+  The height fraction is log-uniform in ``[p, 1]`` so that both sides fit the image.
+  The shorter side is rounded first and the longer one derived from it, so the area is
+  off by at most half a row of the longer side.
 
   Returns:
-    ``(heights, widths)``, each ``[n]`` int32, ``1 <= h <= H`` and ``0 <= w <= W``.
+    ``(heights, widths)``, each ``[n]`` int32 with ``0 <= h <= H`` and ``0 <= w <= W``.
   """
   height, width = image_size
   _check_p_range(p_range)
   p_key, aspect_key = jax.random.split(key)
   p = _uniform(p_key, n, p_range)
-  safe_p = jnp.maximum(p, 1e-6)
-  height_fraction = jnp.exp(jax.random.uniform(aspect_key, (n,)) * jnp.log(safe_p))
-  box_height = jnp.clip(jnp.round(height_fraction * height), 1, height)
-  box_width = jnp.clip(jnp.round(p * height * width / box_height), 0, width)
-  return box_height.astype(jnp.int32), box_width.astype(jnp.int32)
+  area = p * height * width
+  height_fraction = jnp.exp(jax.random.uniform(aspect_key, (n,)) * jnp.log(jnp.maximum(p, 1e-6)))
+  exact_height = height_fraction * height
+  exact_width = area / jnp.maximum(exact_height, 1e-6)
+  height_first = exact_height <= exact_width
+  rounded_height = jnp.clip(jnp.round(exact_height), 1, height)
+  rounded_width = jnp.clip(jnp.round(exact_width), 1, width)
+  box_height = jnp.where(height_first, rounded_height, jnp.round(area / rounded_width))
+  box_width = jnp.where(height_first, jnp.round(area / rounded_height), rounded_width)
+  box_height = jnp.clip(box_height, 0, height).astype(jnp.int32)
+  box_width = jnp.clip(box_width, 0, width).astype(jnp.int32)
+  return box_height, box_width
 
 
 def box_masks(key: jax.Array, shape: Sequence[int], p_range: Range) -> jax.Array:

@@ -140,7 +140,7 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
-    aux["grad_norm"] = optax.global_norm(grads)
+    aux["grad_norm"] = optax.tree.norm(grads)
     return update_teacher(new_state, config.teacher_alpha), aux
 
   return update

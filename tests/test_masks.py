@@ -1,0 +1,150 @@
+"""Tests of cowmix_jax/masks.py against scipy and hand-checkable properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cowmix_jax import masks
+
+
+def _boundary_changes(m: np.ndarray) -> int:
+  """Number of neighbouring pixel pairs (horizontal and vertical) with different values."""
+  return int(np.sum(m[:, 1:, :] != m[:, :-1, :]) + np.sum(m[:, :, 1:] != m[:, :, :-1]))
+
+
+def test_fft_blur_matches_scipy_away_from_border():
+  noise = np.random.default_rng(0).normal(size=(2, 96, 80)).astype(np.float32)
+  sigmas = np.array([2.0, 3.5], np.float32)
+  blurred = np.asarray(masks.gaussian_blur_fft(jnp.asarray(noise), jnp.asarray(sigmas)))
+  for i, sigma in enumerate(sigmas):
+    reference = ndimage.gaussian_filter(noise[i].astype(np.float64), float(sigma), truncate=6.0)
+    margin = int(np.ceil(6 * sigma)) + 1
+    inner = (slice(margin, -margin),) * 2
+    np.testing.assert_allclose(blurred[i][inner], reference[inner], atol=2e-4)
+    # The border differs (circular vs reflecting boundaries), so the check is not vacuous.
+    assert np.max(np.abs(blurred[i] - reference)) > 1e-3
+
+
+def test_cow_mask_mean_proportion_is_p():
+  m = np.asarray(masks.cow_masks(jax.random.PRNGKey(0), (256, 128, 128), (4.0, 16.0), (0.5, 0.5)))
+  assert m.dtype == np.float32 and m.shape == (256, 128, 128)
+  assert set(np.unique(m)) <= {0.0, 1.0}
+  assert abs(m.mean() - 0.5) < 0.01
+
+
+def test_cow_mask_proportions_follow_p():
+  """The proportion of ones tracks p: a low p gives few ones, a high p many."""
+  for p in (0.1, 0.3, 0.7, 0.9):
+    m = np.asarray(masks.cow_masks(jax.random.PRNGKey(1), (64, 128, 128), (4.0, 16.0), (p, p)))
+    assert abs(m.mean() - p) < 0.02, p
+
+
+def test_cow_mask_uniform_p_spreads_over_unit_interval():
+  m = np.asarray(masks.cow_masks(jax.random.PRNGKey(2), (256, 64, 64), (4.0, 16.0), (0.0, 1.0)))
+  proportions = m.mean(axis=(1, 2))
+  histogram, _ = np.histogram(proportions, bins=10, range=(0, 1))
+  assert np.all(histogram > 0), histogram
+  assert proportions.min() < 0.05 and proportions.max() > 0.95
+
+
+def test_exact_proportion_gives_exact_counts():
+  for p in (0.0, 0.3, 0.5, 1.0):
+    m = np.asarray(masks.cow_masks(jax.random.PRNGKey(3), (16, 40, 56), (2.0, 8.0), (p, p),
+                                   exact_proportion=True))
+    np.testing.assert_array_equal(m.sum(axis=(1, 2)), np.full(16, round(p * 40 * 56)))
+
+
+def test_larger_sigma_gives_larger_blobs():
+  changes = []
+  for sigma in (2.0, 4.0, 8.0, 16.0):
+    m = np.asarray(masks.cow_masks(jax.random.PRNGKey(4), (32, 128, 128), (sigma, sigma),
+                                   (0.5, 0.5)))
+    changes.append(_boundary_changes(m))
+  assert all(a > b for a, b in zip(changes, changes[1:])), changes
+
+
+def test_cow_masks_same_key_same_masks_different_key_different():
+  shape, sigma, p = (4, 32, 32), (2.0, 8.0), (0.5, 0.5)
+  a = masks.cow_masks(jax.random.PRNGKey(5), shape, sigma, p)
+  b = masks.cow_masks(jax.random.PRNGKey(5), shape, sigma, p)
+  c = masks.cow_masks(jax.random.PRNGKey(6), shape, sigma, p)
+  np.testing.assert_array_equal(a, b)
+  assert np.mean(np.asarray(a) != np.asarray(c)) > 0.2
+  # Masks within one batch differ from each other too.
+  assert np.mean(np.asarray(a[0]) != np.asarray(a[1])) > 0.2
+
+
+def test_cow_masks_jit_matches_eager():
+  fn = jax.jit(masks.cow_masks, static_argnums=(1, 2, 3))
+  key = jax.random.PRNGKey(7)
+  np.testing.assert_array_equal(fn(key, (3, 32, 32), (2.0, 8.0), (0.5, 0.5)),
+                                masks.cow_masks(key, (3, 32, 32), (2.0, 8.0), (0.5, 0.5)))
+
+
+@pytest.mark.parametrize("bad", [(-0.1, 0.5), (0.6, 0.5), (0.5, 1.2)])
+def test_bad_p_range_is_rejected(bad):
+  with pytest.raises(ValueError, match="p_range"):
+    masks.cow_masks(jax.random.PRNGKey(0), (1, 32, 32), (2.0, 4.0), bad)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.75, 0.9])
+def test_box_masks_are_rectangles_of_the_requested_area(p):
+  height, width = 128, 96
+  m = np.asarray(masks.box_masks(jax.random.PRNGKey(8), (64, height, width), (p, p)))
+  assert m.shape == (64, height, width) and m.dtype == np.float32
+  for mask in m:
+    rows, cols = np.nonzero(mask)
+    box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert box_area == mask.sum(), "ones must form one filled rectangle"
+    assert abs(mask.sum() - p * height * width) <= 0.02 * p * height * width
+  # The aspect ratio is random: heights of the boxes vary.
+  heights = [np.ptp(np.nonzero(mask)[0]) for mask in m]
+  assert len(set(heights)) >= 5
+
+
+def test_box_masks_reach_every_edge_and_stay_inside():
+  m = np.asarray(masks.box_masks(jax.random.PRNGKey(9), (512, 32, 32), (0.1, 0.1)))
+  assert m[:, 0, :].any() and m[:, -1, :].any() and m[:, :, 0].any() and m[:, :, -1].any()
+  # Every box is whole (inside the image): its area matches the request.
+  np.testing.assert_allclose(m.sum(axis=(1, 2)), 0.1 * 32 * 32, rtol=0.1)
+
+
+def test_fft_friendly_size():
+  assert masks.fft_friendly_size(321) == 324
+  assert masks.fft_friendly_size(64) == 64
+  assert masks.fft_friendly_size(97) == 100
+
+
+@pytest.mark.parametrize("shape", [(400, 64, 96), (400, 45, 50)])
+def test_blurred_noise_has_the_covariance_of_blurred_white_noise(shape):
+  """Theory for unit white noise blurred by a Gaussian of width s: variance 1/(4 pi s^2),
+  correlation exp(-d^2 / (4 s^2)) at lag d; the same at the border as inside."""
+  sigma = 3.0
+  field = np.asarray(masks.blurred_noise(jax.random.PRNGKey(0), shape,
+                                         jnp.full(shape[0], sigma), sigma_min=sigma), np.float64)
+  variance = 1 / (4 * np.pi * sigma**2)
+  np.testing.assert_allclose(field.var(), variance, rtol=0.05)
+  np.testing.assert_allclose(field.mean(), 0.0, atol=0.05 * np.sqrt(variance))
+  for lag in (3, 6):
+    for axis in (1, 2):
+      a = np.take(field, np.arange(shape[axis] - lag), axis=axis)
+      b = np.take(field, np.arange(lag, shape[axis]), axis=axis)
+      correlation = np.mean(a * b) / variance
+      assert abs(correlation - np.exp(-lag**2 / (4 * sigma**2))) < 0.03, (lag, axis, correlation)
+  border = np.concatenate([field[:, :2].ravel(), field[:, -2:].ravel(),
+                           field[:, :, :2].ravel(), field[:, :, -2:].ravel()])
+  np.testing.assert_allclose(border.var(), variance, rtol=0.08)
+
+
+def test_blurred_noise_band_matches_full_spectrum_sampling():
+  """Sampling only the band changes nothing beyond the cutoff: the per-mask spectra
+  of band-limited fields vanish outside the band."""
+  sigma = 8.0
+  field = np.asarray(masks.blurred_noise(jax.random.PRNGKey(1), (4, 100, 100),
+                                         jnp.full(4, sigma), sigma_min=sigma))
+  spectrum = np.abs(np.fft.rfft2(field))
+  freq = np.sqrt(np.fft.fftfreq(100)[:, None] ** 2 + np.fft.rfftfreq(100)[None, :] ** 2)
+  outside = freq > 0.2
+  assert spectrum[:, outside].max() < 1e-4 * spectrum.max()

@@ -1,0 +1,155 @@
+"""Tests of cowmix_jax/steps.py on simulated CPU devices (see conftest.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from cowmix_jax import data as data_lib
+from cowmix_jax import metrics, mixing, models, steps, train
+from cowmix_jax.state import create_train_state
+
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def _setup(config, num_classes=6):
+  model = models.build_model(config.model, num_classes)
+  tx = train.make_optimizer(config)
+  size = config.data.image_size
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), (1, size, size, 3))
+  return model, tx, state
+
+
+def _batch(config, seed=0):
+  datasets = data_lib.load_datasets(config)
+  return next(data_lib.train_batches(datasets, config))
+
+
+def _host_copy(tree):
+  return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config):
+  tiny_config.method = "cowmix"
+  tiny_config.confidence.mode = "none"  # keep the consistency term active from step 1
+  model, tx, state = _setup(tiny_config)
+  batch = _batch(tiny_config)
+  mesh8, mesh1 = steps.make_mesh(8), steps.make_mesh(1)
+  # Masks and partners drawn on 8 devices (partners stay inside each shard), replayed on 1.
+  pparams = _host_copy(steps.make_sample_fn(tiny_config, mesh8)(
+      jax.random.PRNGKey(1), jax.device_put(batch["unlabelled_image"], steps.batch_sharded(mesh8))))
+  assert np.all(pparams["partner"] // 2 == np.arange(16) // 2), "partners inside shards of 2"
+  results = []
+  for mesh in (mesh8, mesh1):
+    update = jax.jit(steps.make_update_fn(model, tx, tiny_config, mesh),
+                     in_shardings=(steps.replicated(mesh), steps.batch_sharded(mesh),
+                                   steps.batch_sharded(mesh)))
+    new_state, aux = update(jax.device_put(state, steps.replicated(mesh)),
+                            jax.device_put(batch, steps.batch_sharded(mesh)),
+                            jax.device_put(pparams, steps.batch_sharded(mesh)))
+    results.append((_host_copy(new_state), _host_copy(aux)))
+  (state8, aux8), (state1, aux1) = results
+  assert aux1["consistency_loss"] > 0
+  np.testing.assert_allclose(aux8["loss"], aux1["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state8), jax.tree.leaves(state1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The step really moved the weights (the comparison is not between two no-ops).
+  moved = [np.abs(a - np.asarray(b)).max()
+           for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state.params))]
+  assert max(moved) > 1e-4
+
+
+def test_sharded_mask_generator_has_no_collectives(tiny_config):
+  tiny_config.method = "cowmix"
+  mesh = steps.make_mesh(8)
+  images = jnp.zeros((16, 64, 64, 3))
+  sample = steps.make_sample_fn(tiny_config, mesh)
+  hlo = sample.lower(jax.random.PRNGKey(0), images).compile().as_text()
+  assert "fft" in hlo.lower(), "the compiled module should contain the FFT blur"
+  for collective in COLLECTIVES:
+    assert collective not in hlo, collective
+  # Each device draws its own masks: no two shards are equal.
+  masks = np.asarray(sample(jax.random.PRNGKey(0), images)["mask"])
+  assert len({m.tobytes() for m in masks}) == 16
+
+
+@pytest.mark.parametrize("method", sorted(mixing.PERTURBATIONS))
+def test_every_method_trains_with_finite_losses(method, tiny_config):
+  tiny_config.method = method
+  tiny_config.confidence.mode = "none"
+  model, tx, state = _setup(tiny_config)
+  initial = _host_copy(state.params)
+  mesh = steps.make_mesh(2)
+  train_step = steps.make_train_step(model, tx, tiny_config, mesh)
+  batches = data_lib.train_batches(data_lib.load_datasets(tiny_config), tiny_config)
+  state = jax.device_put(state, steps.replicated(mesh))
+  for _ in range(3):
+    state, aux = train_step(state, jax.device_put(next(batches), steps.batch_sharded(mesh)))
+    aux = _host_copy(aux)
+    assert all(np.isfinite(v) for v in aux.values()), aux
+    if method == "supervised":
+      assert aux["consistency_loss"] == 0
+    else:
+      assert aux["consistency_loss"] > 0
+  assert int(state.step) == 3
+  changes = [np.abs(np.asarray(a) - b).max()
+             for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(initial))]
+  assert max(changes) > 0
+
+
+def test_teacher_is_ema_of_student_after_a_step(tiny_config):
+  tiny_config.method = "cowmix"
+  tiny_config.teacher_alpha = 0.9
+  model, tx, state = _setup(tiny_config)
+  mesh = steps.make_mesh(1)
+  before = _host_copy(state)
+  train_step = steps.make_train_step(model, tx, tiny_config, mesh)
+  batch = jax.device_put(_batch(tiny_config), steps.batch_sharded(mesh))
+  state, _ = train_step(jax.device_put(state, steps.replicated(mesh)), batch)
+  after = _host_copy(state)
+  for student, teacher_before, teacher_after in zip(
+      jax.tree.leaves(after.params), jax.tree.leaves(before.teacher_params),
+      jax.tree.leaves(after.teacher_params)):
+    np.testing.assert_allclose(teacher_after, 0.9 * teacher_before + 0.1 * student,
+                               rtol=1e-5, atol=1e-7)
+  for student, teacher_before, teacher_after in zip(
+      jax.tree.leaves(after.batch_stats), jax.tree.leaves(before.teacher_batch_stats),
+      jax.tree.leaves(after.teacher_batch_stats)):
+    np.testing.assert_allclose(teacher_after, 0.9 * teacher_before + 0.1 * student,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_step_key_depends_on_seed_and_step(tiny_config):
+  """Same seed, same first step; the second step draws new masks."""
+  tiny_config.method = "cowmix"
+  tiny_config.confidence.mode = "none"
+  model, tx, state = _setup(tiny_config)
+  state = _host_copy(state)  # the step donates its input: keep a host copy
+  mesh = steps.make_mesh(1)
+  train_step = steps.make_train_step(model, tx, tiny_config, mesh)
+  batch = jax.device_put(_batch(tiny_config), steps.batch_sharded(mesh))
+  losses = []
+  for _ in range(2):
+    s, aux_first = train_step(jax.device_put(state, steps.replicated(mesh)), batch)
+    s = s.replace(params=jax.device_put(state.params, steps.replicated(mesh)))
+    _, aux_second = train_step(s, batch)  # same weights, same batch, next step's key
+    losses.append((float(aux_first["consistency_loss"]), float(aux_second["consistency_loss"])))
+  assert losses[0] == losses[1], "deterministic"
+  assert losses[0][0] != losses[0][1], "a new step draws new masks"
+
+
+def test_eval_step_confusion_matches_numpy(tiny_config):
+  model, _, state = _setup(tiny_config)
+  mesh = steps.make_mesh(2)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
+  labels = rng.integers(0, 6, size=(4, 32, 32)).astype(np.int32)
+  labels[0, :5] = 255
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  confusion = steps.make_eval_step(model, 6, mesh)(
+      variables, images, labels, jnp.zeros((6, 6), jnp.int32))
+  predictions = np.asarray(model.apply(variables, images, train=False)).argmax(-1)
+  valid = labels != 255
+  expected = np.bincount(6 * labels[valid] + predictions[valid], minlength=36).reshape(6, 6)
+  np.testing.assert_array_equal(confusion, expected)
