@@ -10,13 +10,13 @@ def get_config():
   config = get_base_config()
   config.data = dict(name="synthetic", seed=0, image_size=64, num_train=512,
                      num_validation=128, num_labelled=16)
-  config.num_train_steps = 1500
+  config.num_train_steps = 1000
   config.batch_size = 8
   config.unlabelled_batch_size = 8
-  config.learning_rate = 1e-3
+  config.learning_rate = 3e-3
   config.mask.cow_sigma_range = (2.0, 8.0)  # images are small: scaled-down sigmas
   config.model.depth = 18
-  config.model.width = 16
+  config.model.width = 32
   config.model.decoder_widths = (64, 48, 32, 24, 16, 16)
   config.log_every = 100
   return config

@@ -1,7 +1,7 @@
 """A procedurally generated segmentation dataset that needs no files.
 
-Each image shows a textured, unevenly lit background and several overlapping objects.
-Objects take a random colour, so colour says nothing about the class: the class is
+Each image shows a grey-ish textured, unevenly lit background and several overlapping objects.
+Objects take a random saturated colour, so colour says nothing about the class: the class is
 given by the shape (disc, square, triangle, ring) or, for one class, by the texture
 (stripes, on a disc or a square). Images are a pure function of (seed, split, index).
 """
@@ -50,6 +50,13 @@ def _shape_region(kind: str, rows, cols, centre, radius, angle) -> np.ndarray:
   raise ValueError(kind)
 
 
+def _saturated_colour(rng: np.random.Generator) -> np.ndarray:
+  """A random saturated RGB colour in [0, 1]: any hue, so it carries no class."""
+  colour = rng.uniform(0, 1, 3)
+  colour = (colour - colour.min()) / max(np.ptp(colour), 1e-6)
+  return rng.uniform(0.1, 0.3) + rng.uniform(0.5, 0.7) * colour
+
+
 def render_example(seed: int, split: str, index: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
   """One image and its label map.
 
@@ -58,27 +65,28 @@ def render_example(seed: int, split: str, index: int, size: int) -> Tuple[np.nda
   """
   rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
   rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
-  image = rng.uniform(0.2, 0.8, 3) + 0.15 * _smooth_field(rng, size, 4, 3)
+  grey = rng.uniform(0.3, 0.7) + rng.uniform(-0.05, 0.05, 3)  # a low-saturation background
+  image = grey + 0.1 * _smooth_field(rng, size, 4, 3)
   label = np.zeros((size, size), np.uint8)
-  for _ in range(rng.integers(3, 7)):
+  for _ in range(rng.integers(2, 6)):
     class_id = int(rng.integers(1, NUM_CLASSES))
     name = CLASS_NAMES[class_id]
     shape = rng.choice(["disc", "square"]) if name == "striped" else name
     centre = rng.uniform(0, size, 2)
-    radius = rng.uniform(0.07, 0.17) * size
+    radius = rng.uniform(0.15, 0.3) * size
     angle = rng.uniform(0, 2 * np.pi)
     region = _shape_region(shape, rows, cols, centre, radius, angle)
-    colour = rng.uniform(0, 1, 3)
+    colour = _saturated_colour(rng)
     texture = np.broadcast_to(colour, (size, size, 3))
     if name == "striped":
       period = rng.uniform(3.0, 6.0)
       phase = np.cos(angle) * cols + np.sin(angle) * rows
       stripes = (np.floor(phase / period) % 2)[..., None]
-      texture = stripes * colour + (1 - stripes) * rng.uniform(0, 1, 3)
+      texture = stripes * colour + (1 - stripes) * _saturated_colour(rng)
     image = np.where(region[..., None], texture, image)
     label[region] = class_id
   illumination = 1.0 + 0.25 * _smooth_field(rng, size, 2, 1)
-  image = image * illumination + rng.normal(0, 0.06, image.shape)
+  image = image * illumination + rng.normal(0, 0.04, image.shape)
   return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), label
 
 
