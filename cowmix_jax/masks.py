@@ -187,7 +187,8 @@ def cow_masks(
   Args:
     key: a PRNG key.
     shape: ``(N, H, W)``.
-    sigma_range: ``(sigma_min, sigma_max)`` blur widths in pixels of this resolution.
+    sigma_range: ``(sigma_min, sigma_max)`` blur widths in pixels of this resolution
+      (Python floats: static under jit, since sigma_min sets the sampled band).
     p_range: ``(p_min, p_max)`` range of the proportion of ones.
     exact_proportion: threshold at the per-mask quantile.
 
