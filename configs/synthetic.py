@@ -3,13 +3,14 @@
 python -m cowmix_jax.main --config=configs/synthetic.py --workdir=/tmp/cowmix_synthetic
 """
 
-from cowmix_jax.config_base import get_base_config
+from cowmix_jax.config_base import get_base_config, get_data_config
 
 
 def get_config():
   config = get_base_config()
-  config.data = dict(name="synthetic", seed=0, image_size=64, num_train=512,
-                     num_validation=128, num_labelled=16)
+  config.data = get_data_config(
+      "synthetic", seed=0, image_size=64, num_train=512, num_validation=128, num_labelled=16,
+      eval_canvas=(64, 64), augment=dict(crop_size=(64, 64), hflip=True))
   config.num_train_steps = 1000
   config.batch_size = 8
   config.unlabelled_batch_size = 8
@@ -18,5 +19,6 @@ def get_config():
   config.model.depth = 18
   config.model.width = 32
   config.model.decoder_widths = (64, 48, 32, 24, 16, 16)
+  config.model.normalisation = "grey"
   config.log_every = 100
   return config

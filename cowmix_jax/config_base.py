@@ -5,6 +5,41 @@ import math
 import ml_collections
 
 
+def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """``config.data``: which dataset, where it is, the labelled subset and augmentation.
+
+  Keys:
+    name: camvid, cityscapes, pascal, folder or synthetic.
+    manual_dir: the dataset's directory ('' = the dataset's environment variable).
+    data_dir: where prepared datasets go ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    builder_config: a builder variant (Cityscapes: half_majority, half_nearest, full).
+    num_labelled: labelled images, drawn by seed (-1 = all).
+    labelled_ids_file: a .txt or .json list of image ids; overrides num_labelled.
+    subset_seed: the seed of the labelled draw (-1 = config.seed).
+    class_balanced: draw the subset so every class is shown as evenly as possible.
+    eval_canvas: (H, W) every evaluation image is padded to (label 255).
+    augment: see cowmix_jax.data.pipeline.Augmentation.
+  """
+  data = ml_collections.ConfigDict()
+  data.name = name
+  data.manual_dir = ""
+  data.data_dir = ""
+  data.builder_config = ""
+  data.train_split = "train"
+  data.eval_split = "validation"
+  data.num_labelled = -1
+  data.labelled_ids_file = ""
+  data.subset_seed = -1
+  data.class_balanced = False
+  data.eval_canvas = (512, 512)
+  data.augment = ml_collections.ConfigDict(dict(
+      crop_size=(321, 321), scale_range=(1.0, 1.0), scale_step=0.0, hflip=True,
+      rotation_degrees=0.0, brightness_std=0.0, contrast_log_std=0.0))
+  data.augment.update(overrides.pop("augment", {}))
+  data.update(overrides)
+  return data
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -45,6 +80,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.width = 64
   config.model.freeze_bn = False
   config.model.decoder_widths = (192, 128, 96, 64, 48, 32)
+  # Input normalisation the backbone was trained with: imagenet, caffe or grey.
+  config.model.normalisation = "imagenet"
 
   config.log_every = 50
   config.eval_every = 0  # 0: evaluate only at the end

@@ -54,7 +54,7 @@ def consistency_per_pixel(student_logits: jax.Array, target: jax.Array,
 
 
 def confidence_weight(target_probs: jax.Array, threshold: float = 0.97,
-                      mode: str = "batch") -> jax.Array:
+                      mode: str = "batch", valid: jax.Array | None = None) -> jax.Array:
   """Confidence modulation of the consistency loss (paper, appendix D.3.4).
 
   Args:
@@ -62,13 +62,19 @@ def confidence_weight(target_probs: jax.Array, threshold: float = 0.97,
     threshold: a pixel is confident when its max probability is >= threshold.
     mode: ``batch`` (the fraction of confident pixels in the batch, a scalar),
       ``pixel`` (a per-pixel 0/1 mask) or ``none`` (1).
+    valid: optional ``[N, H, W]`` weights of the pixels that count in the batch
+      fraction (padding excluded); all pixels count when None.
 
   Returns:
     ``[N, H, W]`` float32 weights (constant for ``batch`` and ``none``).
   """
   confident = (jnp.max(target_probs, axis=-1) >= threshold).astype(jnp.float32)
   if mode == "batch":
-    return jnp.broadcast_to(jnp.mean(confident), confident.shape)
+    if valid is None:
+      fraction = jnp.mean(confident)
+    else:
+      fraction = jnp.sum(confident * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    return jnp.broadcast_to(fraction, confident.shape)
   if mode == "pixel":
     return confident
   if mode == "none":

@@ -43,6 +43,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def shard_batch(batch, mesh: Mesh):
+  """Host batches (this process's share) -> global arrays sharded along the batch."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
 def _shard_offset(local_batch: int) -> jax.Array:
   return jax.lax.axis_index(DATA_AXIS) * local_batch
 
@@ -102,7 +108,9 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
   """``update(state, batch, perturbation_params) -> (state, metrics)``, not jitted.
 
   ``batch`` holds ``image [B, H, W, 3]``, ``label [B, H, W]`` and, for methods with an
-  unlabelled term, ``unlabelled_image [Bu, H, W, 3]``.
+  unlabelled term, ``unlabelled_image [Bu, H, W, 3]`` and optionally
+  ``unlabelled_valid [Bu, H, W]`` (1 on image pixels, 0 on crop padding; the validity
+  follows the perturbation into the student's frame, and the loss is masked by it).
   """
   perturbation = mixing.get_perturbation(config.method)
   _, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, config, mesh)
@@ -115,8 +123,12 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
     target = target_probs
     if kind == "mse_logit":
       target, _ = perturb_target(teacher_logits, pparams)
+    valid = None
+    if "unlabelled_valid" in batch:  # padded pixels of the crops carry no loss
+      valid = perturb_target(batch["unlabelled_valid"][..., None], pparams)[0][..., 0]
+      loss_mask = loss_mask * valid
     weight = losses.confidence_weight(target_probs, config.confidence.threshold,
-                                      config.confidence.mode)
+                                      config.confidence.mode, valid)
     student_logits, batch_stats = _apply_student(model, params, batch_stats, student_input)
     loss = losses.masked_consistency(student_logits, target, loss_mask, weight, kind)
     return loss, batch_stats, jnp.mean(weight)

@@ -42,15 +42,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.adam(config.learning_rate)
 
 
-def evaluate(eval_step, variables, images: np.ndarray, labels: np.ndarray,
-             batch_size: int, mesh, num_classes: int) -> np.ndarray:
-  """Confusion matrix ``[C, C]`` int64 of a model over a whole split."""
+def evaluate(eval_step, variables, batches, mesh, num_classes: int) -> np.ndarray:
+  """Confusion matrix ``[C, C]`` int64 of a model over a split's ``(images, labels)``
+  batches (this process's share of them)."""
   confusion = jax.device_put(jnp.zeros((num_classes, num_classes), jnp.int32),
                              steps.replicated(mesh))
-  sharding = steps.batch_sharded(mesh)
-  for image_batch, label_batch in data_lib.eval_batches(images, labels, batch_size):
-    confusion = eval_step(variables, jax.device_put(image_batch, sharding),
-                          jax.device_put(label_batch, sharding), confusion)
+  for image_batch, label_batch in batches:
+    images, labels = steps.shard_batch((image_batch, label_batch), mesh)
+    confusion = eval_step(variables, images, labels, confusion)
   return np.asarray(confusion, np.int64)
 
 
@@ -75,27 +74,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   num_devices = config.num_devices if config.num_devices > 0 else jax.device_count()
   mesh = steps.make_mesh(num_devices)
   validate_config(config, num_devices)
-  datasets = data_lib.load_datasets(config)
-  logging.info("Method %s on %d device(s); %d labelled, %d unlabelled, %d validation images.",
-               config.method, num_devices, len(datasets.labelled_images),
-               len(datasets.unlabelled_images), len(datasets.validation_images))
-  with open(os.path.join(workdir, "labelled_ids.json"), "w") as f:
-    json.dump([int(i) for i in datasets.labelled_ids], f)
+  inputs = data_lib.make_inputs(config, workdir, jax.process_index(), jax.process_count())
+  eval_split = config.data.eval_split
+  logging.info("Method %s on %d device(s); %d labelled images, unlabelled from %s, %d %s "
+               "images.", config.method, num_devices, len(inputs.labelled_ids),
+               "+".join(inputs.unlabelled_splits), inputs.num_examples(eval_split), eval_split)
 
-  model = models.build_model(config.model, datasets.num_classes)
+  model = models.build_model(config.model, inputs.num_classes)
   tx = make_optimizer(config)
-  image_shape = (1,) + datasets.labelled_images.shape[1:]
+  image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape)
   state = jax.device_put(state, steps.replicated(mesh))
   train_step = steps.make_train_step(model, tx, config, mesh)
-  eval_step = steps.make_eval_step(model, datasets.num_classes, mesh)
+  eval_step = steps.make_eval_step(model, inputs.num_classes, mesh)
+  eval_batch_size = config.eval_batch_size // jax.process_count()
 
-  batches = data_lib.train_batches(datasets, config)
-  sharding = steps.batch_sharded(mesh)
+  def evaluate_teacher():
+    return evaluate(eval_step, teacher_variables(state),
+                    inputs.eval_batches(eval_split, eval_batch_size), mesh, inputs.num_classes)
+
   start = last_time = time.time()
   last_step = 0
   for step in range(1, config.num_train_steps + 1):
-    state, step_metrics = train_step(state, jax.device_put(next(batches), sharding))
+    state, step_metrics = train_step(state, steps.shard_batch(next(inputs.train), mesh))
     if step % config.log_every == 0 or step == config.num_train_steps:
       values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       if not all(np.isfinite(v) for v in values.values()):
@@ -107,29 +108,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                    _format_metrics(values), rate, eta)
       last_time, last_step = now, step
     if config.eval_every and step % config.eval_every == 0 and step != config.num_train_steps:
-      confusion = evaluate(eval_step, teacher_variables(state), datasets.validation_images,
-                           datasets.validation_labels, config.eval_batch_size, mesh,
-                           datasets.num_classes)
-      logging.info("step %d  teacher validation mIoU %.2f", step, 100 * metrics.mean_iou(confusion))
+      confusion = evaluate_teacher()
+      logging.info("step %d  teacher %s mIoU %.2f", step, eval_split,
+                   100 * metrics.mean_iou(confusion))
 
   train_seconds = time.time() - start
-  confusion = evaluate(eval_step, teacher_variables(state), datasets.validation_images,
-                       datasets.validation_labels, config.eval_batch_size, mesh,
-                       datasets.num_classes)
+  confusion = evaluate_teacher()
   iou = metrics.per_class_iou(confusion)
   results = {
       "miou": metrics.mean_iou(confusion),
-      "per_class_iou": {name: float(v) for name, v in zip(datasets.class_names, iou)},
+      "per_class_iou": {name: float(v) for name, v in zip(inputs.class_names, iou)},
       "step": int(state.step),
-      "split": "validation",
+      "split": eval_split,
+      "dataset": config.data.name,
+      "num_labelled": len(inputs.labelled_ids),
       "method": config.method,
       "model": "teacher",
       "train_seconds": train_seconds,
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  logging.info("Teacher per-class IoU (%%) on validation:\n%s",
-               metrics.format_iou_table(confusion, datasets.class_names))
-  print(f"Final teacher validation mIoU: {100 * results['miou']:.2f}% "
+  logging.info("Teacher per-class IoU (%%) on %s:\n%s", eval_split,
+               metrics.format_iou_table(confusion, inputs.class_names))
+  print(f"Final teacher {eval_split} mIoU: {100 * results['miou']:.2f}% "
         f"({config.method}, step {results['step']}, {train_seconds:.0f}s of training)")
   return results

@@ -8,17 +8,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402  (after the flags)
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from cowmix_jax.config_base import get_base_config  # noqa: E402
+from cowmix_jax.config_base import get_base_config, get_data_config  # noqa: E402
+from cowmix_jax.data import synthetic  # noqa: E402
+
+SHARED_CAMVID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             os.pardir, "shared", "data", "camvid")
 
 
 @pytest.fixture
 def tiny_config():
   """A config with a tiny model and synthetic 32x32 images, for fast tests."""
   config = get_base_config()
-  config.data = dict(name="synthetic", seed=0, image_size=32, num_train=32,
-                     num_validation=8, num_labelled=8)
+  config.data = get_data_config(
+      "synthetic", seed=0, image_size=32, num_train=32, num_validation=8, num_labelled=8,
+      eval_canvas=(32, 32), augment=dict(crop_size=(32, 32)))
   config.batch_size = 8
   config.unlabelled_batch_size = 16
   config.eval_batch_size = 8
@@ -27,6 +34,40 @@ def tiny_config():
   config.model.depth = 18
   config.model.width = 4
   config.model.decoder_widths = (8, 8, 8, 8, 8, 8)
+  config.model.normalisation = "grey"
   config.num_train_steps = 2
   config.log_every = 1
   return config
+
+
+@pytest.fixture
+def synthetic_batch():
+  """``make(config, seed) -> batch``: a training batch rendered in memory (no tfds)."""
+
+  def make(config, seed=0):
+    size = config.data.image_size
+
+    def render(split, count):
+      pairs = [synthetic.render_example(seed, split, i, size) for i in range(count)]
+      images = np.stack([p[0] for p in pairs]).astype(np.float32)
+      return (images - 127.5) / 63.75, np.stack([p[1] for p in pairs]).astype(np.int32)
+
+    images, labels = render("train", config.batch_size)
+    unlabelled, _ = render("validation", config.unlabelled_batch_size)
+    return {"image": images, "label": labels, "unlabelled_image": unlabelled,
+            "unlabelled_valid": np.ones(unlabelled.shape[:3], np.float32)}
+
+  return make
+
+
+def write_png(path, array, palette=None):
+  """Writes uint8 ``array`` ([H, W] or [H, W, 3]) as a PNG (a palette PNG if given)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  array = np.asarray(array, np.uint8)
+  if palette is None:
+    image = Image.fromarray(array)
+  else:
+    image = Image.new("P", (array.shape[1], array.shape[0]))
+    image.putdata(array.ravel().tolist())
+    image.putpalette(palette)
+  image.save(path)

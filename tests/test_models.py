@@ -60,10 +60,16 @@ def test_unet_output_shape_and_frozen_bn(tiny_config):
   np.testing.assert_allclose(logits, model.apply(variables, x, train=False), rtol=1e-5, atol=1e-6)
 
 
-def test_unet_rejects_sizes_not_divisible_by_32(tiny_config):
+def test_unet_pads_odd_sizes_and_crops_the_logits_back(tiny_config):
   model = models.build_model(tiny_config.model, num_classes=5)
-  with pytest.raises(ValueError, match="multiples of 32"):
-    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 48, 64, 3)))
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 41, 50, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  logits = model.apply(variables, x)
+  assert logits.shape == (1, 41, 50, 5)
+  # Reference: pad by hand to 64x64 with the mean colour (0) and crop.
+  padded = jnp.pad(x, ((0, 0), (0, 23), (0, 14), (0, 0)))
+  np.testing.assert_allclose(logits, model.apply(variables, padded)[:, :41, :50],
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_model_name_lists_choices(tiny_config):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cowmix_jax import data as data_lib
 from cowmix_jax import metrics, mixing, models, steps, train
 from cowmix_jax.state import create_train_state
 
@@ -21,20 +20,15 @@ def _setup(config, num_classes=6):
   return model, tx, state
 
 
-def _batch(config, seed=0):
-  datasets = data_lib.load_datasets(config)
-  return next(data_lib.train_batches(datasets, config))
-
-
 def _host_copy(tree):
   return jax.tree.map(lambda x: np.array(x), tree)
 
 
-def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config):
+def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config, synthetic_batch):
   tiny_config.method = "cowmix"
   tiny_config.confidence.mode = "none"  # keep the consistency term active from step 1
   model, tx, state = _setup(tiny_config)
-  batch = _batch(tiny_config)
+  batch = synthetic_batch(tiny_config)
   mesh8, mesh1 = steps.make_mesh(8), steps.make_mesh(1)
   # Masks and partners drawn on 8 devices (partners stay inside each shard), replayed on 1.
   pparams = _host_copy(steps.make_sample_fn(tiny_config, mesh8)(
@@ -75,17 +69,17 @@ def test_sharded_mask_generator_has_no_collectives(tiny_config):
 
 
 @pytest.mark.parametrize("method", sorted(mixing.PERTURBATIONS))
-def test_every_method_trains_with_finite_losses(method, tiny_config):
+def test_every_method_trains_with_finite_losses(method, tiny_config, synthetic_batch):
   tiny_config.method = method
   tiny_config.confidence.mode = "none"
   model, tx, state = _setup(tiny_config)
   initial = _host_copy(state.params)
   mesh = steps.make_mesh(2)
   train_step = steps.make_train_step(model, tx, tiny_config, mesh)
-  batches = data_lib.train_batches(data_lib.load_datasets(tiny_config), tiny_config)
   state = jax.device_put(state, steps.replicated(mesh))
-  for _ in range(3):
-    state, aux = train_step(state, jax.device_put(next(batches), steps.batch_sharded(mesh)))
+  for seed in range(3):
+    batch = synthetic_batch(tiny_config, seed)
+    state, aux = train_step(state, jax.device_put(batch, steps.batch_sharded(mesh)))
     aux = _host_copy(aux)
     assert all(np.isfinite(v) for v in aux.values()), aux
     if method == "supervised":
@@ -98,14 +92,14 @@ def test_every_method_trains_with_finite_losses(method, tiny_config):
   assert max(changes) > 0
 
 
-def test_teacher_is_ema_of_student_after_a_step(tiny_config):
+def test_teacher_is_ema_of_student_after_a_step(tiny_config, synthetic_batch):
   tiny_config.method = "cowmix"
   tiny_config.teacher_alpha = 0.9
   model, tx, state = _setup(tiny_config)
   mesh = steps.make_mesh(1)
   before = _host_copy(state)
   train_step = steps.make_train_step(model, tx, tiny_config, mesh)
-  batch = jax.device_put(_batch(tiny_config), steps.batch_sharded(mesh))
+  batch = jax.device_put(synthetic_batch(tiny_config), steps.batch_sharded(mesh))
   state, _ = train_step(jax.device_put(state, steps.replicated(mesh)), batch)
   after = _host_copy(state)
   for student, teacher_before, teacher_after in zip(
@@ -120,7 +114,7 @@ def test_teacher_is_ema_of_student_after_a_step(tiny_config):
                                rtol=1e-5, atol=1e-7)
 
 
-def test_step_key_depends_on_seed_and_step(tiny_config):
+def test_step_key_depends_on_seed_and_step(tiny_config, synthetic_batch):
   """Same seed, same first step; the second step draws new masks."""
   tiny_config.method = "cowmix"
   tiny_config.confidence.mode = "none"
@@ -128,7 +122,7 @@ def test_step_key_depends_on_seed_and_step(tiny_config):
   state = _host_copy(state)  # the step donates its input: keep a host copy
   mesh = steps.make_mesh(1)
   train_step = steps.make_train_step(model, tx, tiny_config, mesh)
-  batch = jax.device_put(_batch(tiny_config), steps.batch_sharded(mesh))
+  batch = jax.device_put(synthetic_batch(tiny_config), steps.batch_sharded(mesh))
   losses = []
   for _ in range(2):
     s, aux_first = train_step(jax.device_put(state, steps.replicated(mesh)), batch)
@@ -153,3 +147,32 @@ def test_eval_step_confusion_matches_numpy(tiny_config):
   valid = labels != 255
   expected = np.bincount(6 * labels[valid] + predictions[valid], minlength=36).reshape(6, 6)
   np.testing.assert_array_equal(confusion, expected)
+
+
+@pytest.mark.parametrize("method", ["cowmix", "cutout", "aug"])
+def test_padded_unlabelled_pixels_carry_no_consistency_loss(method, tiny_config,
+                                                              synthetic_batch):
+  tiny_config.method = method
+  tiny_config.confidence.mode = "none"
+  model, tx, state = _setup(tiny_config)
+  mesh = steps.make_mesh(2)
+  update = jax.jit(steps.make_update_fn(model, tx, tiny_config, mesh))
+  batch = synthetic_batch(tiny_config)
+  pparams = steps.make_sample_fn(tiny_config, mesh)(jax.random.PRNGKey(3),
+                                                    batch["unlabelled_image"])
+  host_state = _host_copy(state)
+
+  def consistency(valid):
+    _, aux = update(jax.device_put(host_state), dict(batch, unlabelled_valid=valid), pparams)
+    return float(aux["consistency_loss"])
+
+  ones = np.ones_like(batch["unlabelled_valid"])
+  without = dict(batch)
+  del without["unlabelled_valid"]
+  _, aux = update(jax.device_put(host_state), without, pparams)
+  np.testing.assert_allclose(consistency(ones), float(aux["consistency_loss"]), rtol=1e-6)
+  assert consistency(ones) > 0
+  assert consistency(np.zeros_like(ones)) == 0
+  half = ones.copy()
+  half[:, :, 16:] = 0  # the right half is padding
+  assert 0 < consistency(half) < consistency(ones)

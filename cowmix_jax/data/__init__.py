@@ -1,114 +1,116 @@
-"""Datasets as in-memory arrays and seeded host-side batch iterators.
+"""Datasets (tfds builders reading local copies) and the inputs of a training run.
 
-This is the minimal data layer of the core issue (the synthetic dataset only); the
-tensorflow-datasets builders and tf.data pipelines replace it for real datasets.
+``make_inputs(config)`` prepares the dataset of ``config.data`` (once; later runs reuse
+it), chooses the labelled subset, and returns the training and evaluation streams.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, Sequence, Tuple
+import os
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
+from absl import logging
 
-from cowmix_jax.data import synthetic
-from cowmix_jax.losses import IGNORE_LABEL
+from cowmix_jax.data import builders, pipeline, splits
+from cowmix_jax.data.base import BadExampleError, DatasetLayoutError  # noqa: F401
 
-# Synthetic images are in [0, 1]; normalised so that 0 is the mean grey.
-SYNTHETIC_MEAN, SYNTHETIC_STD = 0.5, 0.25
+UNLABELLED_SPLITS = ("train", "unlabelled")
 
 
 @dataclasses.dataclass
-class Datasets:
-  """Arrays of one run: images uint8 ``[N, H, W, 3]``, labels uint8 ``[N, H, W]``."""
+class Inputs:
+  """What a training run reads: class names, the labelled ids and the streams."""
 
-  labelled_images: np.ndarray
-  labelled_labels: np.ndarray
-  labelled_ids: np.ndarray
-  unlabelled_images: np.ndarray
-  validation_images: np.ndarray
-  validation_labels: np.ndarray
+  builder: object
   class_names: Sequence[str]
+  labelled_ids: List[str]
+  unlabelled_splits: List[str]
+  train: Iterator[dict]
+  normalisation: str
+  eval_canvas: Tuple[int, int]
+  process_index: int = 0
+  process_count: int = 1
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  def num_examples(self, split: str) -> int:
+    return self.builder.info.splits[split].num_examples
 
-def choose_labelled(num_available: int, num_labelled: int, seed: int) -> np.ndarray:
-  """Indices of a seeded random subset of ``num_labelled`` images (all if -1)."""
-  if num_labelled == -1:
-    return np.arange(num_available)
-  if not 0 < num_labelled <= num_available:
-    raise ValueError(
-        f"config.data.num_labelled={num_labelled}: must be -1 (all) or between 1 and "
-        f"the {num_available} training images available")
-  return np.sort(np.random.default_rng([seed, 1]).permutation(num_available)[:num_labelled])
-
-
-def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
-  """Loads the dataset named by ``config.data.name`` and chooses the labelled subset."""
-  data = config.data
-  if data.name != "synthetic":
-    raise ValueError(f"config.data.name={data.name!r}: only 'synthetic' exists so far")
-  train_images, train_labels = synthetic.load_split(data.seed, "train", data.num_train,
-                                                    data.image_size)
-  val_images, val_labels = synthetic.load_split(data.seed, "validation", data.num_validation,
-                                                data.image_size)
-  labelled = choose_labelled(len(train_images), data.num_labelled, config.seed)
-  return Datasets(train_images[labelled], train_labels[labelled], labelled, train_images,
-                  val_images, val_labels, synthetic.CLASS_NAMES)
+  def eval_batches(self, split: str, batch_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """Padded evaluation batches of ``split``, ``batch_size`` images per process."""
+    if split not in self.builder.info.splits:
+      raise ValueError(f"split {split!r} is not in the dataset (it has "
+                       f"{sorted(self.builder.info.splits)})")
+    return pipeline.eval_batches(self.builder, split, self.eval_canvas, batch_size,
+                                 self.normalisation, self.process_index, self.process_count)
 
 
-def normalise(images: np.ndarray) -> np.ndarray:
-  """uint8 ``[..., 3]`` -> float32 with zero mean colour (grey) and unit-ish scale."""
-  return ((images.astype(np.float32) / 255.0) - SYNTHETIC_MEAN) / SYNTHETIC_STD
+def stream_seed(seed: int, stream: int, process_index: int) -> int:
+  """A TensorFlow seed for one input stream of one process, from the run's seed."""
+  return int(np.random.default_rng([seed, stream, process_index]).integers(2**31 - 1))
 
 
-def random_batches(arrays: Tuple[np.ndarray, ...], batch_size: int, seed,
-                   flip: bool = True) -> Iterator[Tuple[np.ndarray, ...]]:
-  """Endless seeded batches: reshuffled each epoch, random horizontal flips.
+def choose_labelled_ids(builder, data: ml_collections.ConfigDict, seed: int
+                        ) -> Tuple[List[str], np.ndarray, List[str]]:
+  """The labelled ids (from ``labelled_ids_file`` or drawn by seed), their label
+  histograms ``[N, C + 1]`` and all ids of the training split."""
+  ids, histograms = splits.read_ids_and_histograms(builder, data.train_split)
+  if data.get("labelled_ids_file"):
+    chosen = splits.read_id_file(data.labelled_ids_file)
+    splits.check_ids_exist(chosen, ids, data.labelled_ids_file)
+  else:
+    subset_seed = data.subset_seed if data.get("subset_seed", -1) >= 0 else seed
+    chosen = splits.choose_labelled(ids, data.num_labelled, subset_seed, histograms,
+                                    data.get("class_balanced", False))
+  index = {image_id: i for i, image_id in enumerate(ids)}
+  return chosen, histograms[[index[i] for i in chosen]], ids
 
-  All arrays share the leading axis and are flipped together along axis 2 (width).
+
+def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
+                process_index: int = 0, process_count: int = 1) -> Inputs:
+  """Prepares ``config.data``, chooses the labelled subset and builds the streams.
+
+  Logs the subset's size and per-class pixel histogram, and writes its ids into
+  ``workdir/labelled_ids.json`` so the run can be repeated with the same split.
+  The streams give ``config.batch_size / process_count`` labelled and
+  ``config.unlabelled_batch_size / process_count`` unlabelled images per batch.
   """
-  rng = np.random.default_rng(seed)
-  num = len(arrays[0])
-  order = np.empty(0, np.int64)
-  while True:
-    while len(order) < batch_size:
-      order = np.concatenate([order, rng.permutation(num)])
-    index, order = order[:batch_size], order[batch_size:]
-    batch = [a[index] for a in arrays]
-    if flip:
-      flips = rng.random(batch_size) < 0.5
-      batch = [np.where(flips.reshape((-1,) + (1,) * (a.ndim - 1)), a[:, :, ::-1], a)
-               for a in batch]
-    yield tuple(batch)
+  data = config.data
+  builder = builders.prepare(data)
+  class_names = list(builder.info.metadata["class_names"])
+  labelled_ids, histograms, all_ids = choose_labelled_ids(builder, data, config.seed)
+  logging.info("%d labelled images of %d in %s/%s:\n%s", len(labelled_ids), len(all_ids),
+               data.name, data.train_split, splits.histogram_table(histograms, class_names))
+  if workdir is not None:
+    splits.write_id_file(os.path.join(workdir, "labelled_ids.json"), labelled_ids,
+                         dataset=data.name, split=data.train_split,
+                         num_available=len(all_ids))
+  aug = pipeline.Augmentation.from_config(data.augment)
+  normalisation = config.model.normalisation
+  labelled = pipeline.labelled_stream(
+      builder, data.train_split, labelled_ids, _per_process(config.batch_size, process_count),
+      stream_seed(config.seed, 2, process_index), aug, normalisation, process_index,
+      process_count)
+  unlabelled_splits = [s for s in UNLABELLED_SPLITS if s in builder.info.splits]
+  unlabelled = None
+  if config.method != "supervised":
+    unlabelled = pipeline.unlabelled_stream(
+        builder, unlabelled_splits, _per_process(config.unlabelled_batch_size, process_count),
+        stream_seed(config.seed, 3, process_index), aug, normalisation, process_index,
+        process_count)
+  return Inputs(builder, class_names, labelled_ids, unlabelled_splits,
+                pipeline.train_batches(labelled, unlabelled), normalisation,
+                tuple(data.eval_canvas), process_index, process_count)
 
 
-def train_batches(datasets: Datasets, config: ml_collections.ConfigDict
-                  ) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless training batches: ``image``, ``label`` and ``unlabelled_image``."""
-  labelled = random_batches((datasets.labelled_images, datasets.labelled_labels),
-                            config.batch_size, seed=[config.seed, 2])
-  unlabelled = random_batches((datasets.unlabelled_images,), config.unlabelled_batch_size,
-                              seed=[config.seed, 3])
-  for (images, labels), (unlabelled_images,) in zip(labelled, unlabelled):
-    yield {"image": normalise(images), "label": labels.astype(np.int32),
-           "unlabelled_image": normalise(unlabelled_images)}
+def _per_process(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} "
+                     f"processes")
+  return global_batch // process_count
 
-
-def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
-                 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-  """Batches in order; the last is padded with ignored pixels to the full batch size."""
-  for start in range(0, len(images), batch_size):
-    image_batch = normalise(images[start:start + batch_size])
-    label_batch = labels[start:start + batch_size].astype(np.int32)
-    missing = batch_size - len(image_batch)
-    if missing:
-      image_batch = np.concatenate([image_batch, np.zeros((missing,) + image_batch.shape[1:],
-                                                          np.float32)])
-      label_batch = np.concatenate([label_batch, np.full((missing,) + label_batch.shape[1:],
-                                                         IGNORE_LABEL, np.int32)])
-    yield image_batch, label_batch

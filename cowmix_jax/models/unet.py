@@ -45,13 +45,15 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Args: x ``[N, H, W, 3]`` float32, H and W divisible by 32.
+    """Args: x ``[N, H, W, 3]`` float32. Sizes that are not multiples of 32 (e.g.
+    Pascal's 321x321 crops) are zero-padded at the bottom and right (0 is the mean
+    colour after normalisation) and the logits are cropped back.
 
     Returns:
       ``[N, H, W, C]`` float32 logits.
     """
-    if x.shape[1] % 32 or x.shape[2] % 32:
-      raise ValueError(f"U-Net input height and width must be multiples of 32, got {x.shape[1:3]}")
+    height, width = x.shape[1:3]
+    x = jnp.pad(x, ((0, 0), (0, -height % 32), (0, -width % 32), (0, 0)))
     if len(self.decoder_widths) != 6:
       raise ValueError(f"decoder_widths needs 6 values, got {tuple(self.decoder_widths)}")
     w = self.decoder_widths
@@ -65,4 +67,5 @@ class UNet(nn.Module):
     y = _conv3x3_relu(y, w[4], "conv_2")
     y = _upsample_relu(y, w[5], "up_1")
     y = _conv3x3_relu(y, w[5], "conv_1")
-    return nn.Conv(self.num_classes, (1, 1), name="classifier")(y).astype(jnp.float32)
+    logits = nn.Conv(self.num_classes, (1, 1), name="classifier")(y).astype(jnp.float32)
+    return logits[:, :height, :width]

@@ -1,0 +1,215 @@
+"""Labelled subsets: chosen by seed (optionally class-balanced) or read from a file.
+
+Split files are plain text (one image id per line) or JSON (a list of ids, or an object
+with an ``"ids"`` list); never pickles, which run code when loaded.
+
+Command line (on a prepared or preparable dataset)::
+
+  python -m cowmix_jax.data.splits generate --dataset=camvid --manual_dir=DIR \\
+      --num=30 --seed=0 [--class_balanced] --output=camvid_30_seed0.json
+  python -m cowmix_jax.data.splits inspect FILE --dataset=camvid --manual_dir=DIR
+  python -m cowmix_jax.data.splits compare FILE_A FILE_B
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cowmix_jax.data.base import IGNORE_LABEL
+
+
+def read_ids_and_histograms(builder, split: str) -> Tuple[List[str], np.ndarray]:
+  """Image ids of a split and their label histograms ``[N, C + 1]`` (ignore last).
+
+  Reads only the small features (images and labels stay encoded).
+  """
+  import tensorflow_datasets as tfds  # local: the CLI's compare needs no TensorFlow
+
+  dataset = builder.as_dataset(split=split, shuffle_files=False, decoders={
+      "image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()})
+  dataset = dataset.map(lambda ex: (ex["image_id"], ex["label_histogram"]))
+  ids, histograms = [], []
+  for image_id, histogram in tfds.as_numpy(dataset):
+    ids.append(image_id.decode())
+    histograms.append(histogram)
+  order = np.argsort(ids)  # a fixed order, whatever the file layout
+  return [ids[i] for i in order], np.stack(histograms)[order]
+
+
+def choose_labelled(image_ids: Sequence[str], num_labelled: int, seed: int,
+                    histograms: Optional[np.ndarray] = None,
+                    class_balanced: bool = False) -> List[str]:
+  """A seeded random choice of ``num_labelled`` ids (all of them for -1), sorted.
+
+  ``class_balanced`` picks, in turn, an image that shows the class present in the
+  fewest chosen images so far (rarest overall first), drawing candidates in the seeded
+  random order; it needs ``histograms [N, C + 1]``.
+  """
+  available = len(image_ids)
+  if num_labelled == -1:
+    return sorted(image_ids)
+  if not 0 < num_labelled <= available:
+    raise ValueError(f"config.data.num_labelled={num_labelled}: must be -1 (all) or "
+                     f"between 1 and the {available} training images available")
+  order = np.random.default_rng([seed, 1]).permutation(available)
+  if not class_balanced:
+    return sorted(image_ids[i] for i in order[:num_labelled])
+  if histograms is None:
+    raise ValueError("class-balanced choice needs the label histograms")
+  return sorted(image_ids[i] for i in _balanced_order(order, histograms[:, :-1] > 0,
+                                                      num_labelled))
+
+
+def _balanced_order(order: np.ndarray, present: np.ndarray, count: int) -> List[int]:
+  """Greedy class-balanced choice; ``present [N, C]`` says which classes each image shows."""
+  num_classes = present.shape[1]
+  rank = np.empty(num_classes, np.int64)
+  rank[np.argsort(present.sum(axis=0), kind="stable")] = np.arange(num_classes)
+  queues = [[int(i) for i in order if present[i, c]] for c in range(num_classes)]
+  heads = [0] * num_classes
+  taken = np.zeros(len(order), bool)
+  covered = np.zeros(num_classes, np.int64)
+  chosen: List[int] = []
+  while len(chosen) < count:
+    pick = None
+    for class_id in sorted(range(num_classes), key=lambda c: (covered[c], rank[c])):
+      queue = queues[class_id]
+      while heads[class_id] < len(queue) and taken[queue[heads[class_id]]]:
+        heads[class_id] += 1
+      if heads[class_id] < len(queue):
+        pick = queue[heads[class_id]]
+        break
+    if pick is None:  # every class is exhausted: fill in the random order
+      pick = int(next(i for i in order if not taken[i]))
+    taken[pick] = True
+    covered += present[pick]
+    chosen.append(pick)
+  return chosen
+
+
+def read_id_file(path: str) -> List[str]:
+  """Ids from a text file (one per line, ``#`` comments) or a JSON list / ``{"ids": [...]}``."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"labelled id file {path!r} does not exist")
+  with open(path) as f:
+    text = f.read()
+  if path.endswith(".json"):
+    try:
+      content = json.loads(text)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path}: not valid JSON ({error})") from error
+    ids = content.get("ids") if isinstance(content, dict) else content
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+      raise ValueError(f"{path}: expected a JSON list of image id strings or an object "
+                       f"with an 'ids' list")
+  else:
+    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    ids = [i for i in ids if i]
+  duplicates = sorted({i for i in ids if ids.count(i) > 1})
+  if duplicates:
+    raise ValueError(f"{path}: ids listed more than once: {duplicates[:10]}")
+  if not ids:
+    raise ValueError(f"{path}: no image ids")
+  return ids
+
+
+def write_id_file(path: str, ids: Sequence[str], **info) -> None:
+  """Writes ``{"ids": [...], **info}`` as JSON (or one id per line for ``.txt``)."""
+  with open(path, "w") as f:
+    if path.endswith(".txt"):
+      f.write("".join(f"{i}\n" for i in ids))
+    else:
+      json.dump({"ids": list(ids), **info}, f, indent=1)
+
+
+def check_ids_exist(ids: Sequence[str], available: Sequence[str], source: str) -> None:
+  missing = sorted(set(ids) - set(available))
+  if missing:
+    raise ValueError(f"{source}: {len(missing)} id(s) are not in the training split, e.g. "
+                     f"{missing[:5]}")
+
+
+def histogram_table(histograms: np.ndarray, class_names: Sequence[str]) -> str:
+  """Per-class pixel share and image count of a subset; ``histograms [N, C + 1]``."""
+  totals = histograms.sum(axis=0)
+  labelled = max(int(totals[:-1].sum()), 1)
+  lines = [f"{'class':<16}{'pixels %':>10}{'images':>8}"]
+  for class_id, name in enumerate(class_names):
+    lines.append(f"{name:<16}{100 * totals[class_id] / labelled:>10.2f}"
+                 f"{int(np.sum(histograms[:, class_id] > 0)):>8}")
+  lines.append(f"{'(ignored ' + str(IGNORE_LABEL) + ')':<16}"
+               f"{100 * totals[-1] / max(int(totals.sum()), 1):>10.2f}   of all pixels")
+  return "\n".join(lines)
+
+
+def compare(a: Sequence[str], b: Sequence[str]) -> Dict[str, object]:
+  common = sorted(set(a) & set(b))
+  return {"identical": set(a) == set(b), "size_a": len(a), "size_b": len(b),
+          "common": len(common), "only_a": sorted(set(a) - set(b)),
+          "only_b": sorted(set(b) - set(a))}
+
+
+def _builder_from_flags(flags) -> object:
+  import ml_collections
+
+  from cowmix_jax.data import builders
+
+  data = ml_collections.ConfigDict({"name": flags.dataset, "manual_dir": flags.manual_dir,
+                                    "data_dir": flags.data_dir,
+                                    "builder_config": flags.builder_config})
+  return builders.prepare(data)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  import argparse
+
+  parser = argparse.ArgumentParser(prog="python -m cowmix_jax.data.splits",
+                                   description="Generate, inspect and compare labelled "
+                                               "subset files.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  for name in ("generate", "inspect"):
+    sub = commands.add_parser(name)
+    if name == "inspect":
+      sub.add_argument("file")
+    sub.add_argument("--dataset", required=True, help="camvid, cityscapes, pascal, folder, "
+                                                       "synthetic")
+    sub.add_argument("--manual_dir", default=None, help="the dataset's directory")
+    sub.add_argument("--data_dir", default=None, help="where prepared datasets are")
+    sub.add_argument("--builder_config", default=None)
+    sub.add_argument("--split", default="train")
+  generate = commands.choices["generate"]
+  generate.add_argument("--num", type=int, required=True)
+  generate.add_argument("--seed", type=int, default=0)
+  generate.add_argument("--class_balanced", action="store_true")
+  generate.add_argument("--output", required=True, help=".json or .txt")
+  comparison = commands.add_parser("compare")
+  comparison.add_argument("file_a")
+  comparison.add_argument("file_b")
+  flags = parser.parse_args(argv)
+
+  if flags.command == "compare":
+    result = compare(read_id_file(flags.file_a), read_id_file(flags.file_b))
+    print(json.dumps(result, indent=1))
+    return 0 if result["identical"] else 1
+  builder = _builder_from_flags(flags)
+  ids, histograms = read_ids_and_histograms(builder, flags.split)
+  if flags.command == "generate":
+    chosen = choose_labelled(ids, flags.num, flags.seed, histograms, flags.class_balanced)
+    write_id_file(flags.output, chosen, dataset=flags.dataset, split=flags.split,
+                  seed=flags.seed, class_balanced=flags.class_balanced)
+    print(f"wrote {len(chosen)} ids to {flags.output}")
+  else:
+    chosen = read_id_file(flags.file)
+    check_ids_exist(chosen, ids, flags.file)
+  rows = np.stack([histograms[ids.index(i)] for i in chosen])
+  print(f"{len(chosen)} labelled images of {len(ids)}:")
+  print(histogram_table(rows, builder.info.metadata["class_names"]))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
