@@ -18,7 +18,7 @@ def get_config():
       augment=dict(crop_size=(384, 480), hflip=True))
   config.method = "cowmix"
   config.batch_size = 1  # paper: batch 1 with frozen BatchNorm
-  config.unlabelled_batch_size = 1
+  config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
   config.num_devices = 1
   config.learning_rate = 1e-4
   config.num_train_steps = 367 * 100  # 100 epochs of the 367 training images

@@ -18,7 +18,7 @@ def get_config():
       eval_canvas=(512, 1024), augment=dict(crop_size=(512, 1024), hflip=True))
   config.method = "cowmix"
   config.batch_size = 1  # paper: U-Net, batch 1, 100k iterations
-  config.unlabelled_batch_size = 1
+  config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
   config.num_devices = 1
   config.learning_rate = 1e-4
   config.num_train_steps = 100_000

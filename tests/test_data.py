@@ -1,10 +1,12 @@
-"""Tests of cowmix_jax/data: the synthetic dataset, labelled subsets, batching."""
+"""Tests of cowmix_jax/data/__init__.py (the inputs of a run) and data/synthetic.py."""
+
+import json
 
 import numpy as np
 import pytest
 
 from cowmix_jax import data as data_lib
-from cowmix_jax.data import synthetic
+from cowmix_jax.data import splits, synthetic
 
 
 def test_synthetic_is_deterministic_by_seed_and_index():
@@ -30,42 +32,43 @@ def test_synthetic_uses_every_class_and_colour_does_not_give_the_class():
     assert pixels.std(axis=0).min() > 0.2, synthetic.CLASS_NAMES[class_id]
 
 
-def test_labelled_subset_is_a_seeded_random_choice():
-  a = data_lib.choose_labelled(100, 10, seed=0)
-  np.testing.assert_array_equal(a, data_lib.choose_labelled(100, 10, seed=0))
-  assert not np.array_equal(a, data_lib.choose_labelled(100, 10, seed=1))
-  assert not np.array_equal(a, np.arange(10)), "not the first N"
-  assert len(set(a)) == 10
-  np.testing.assert_array_equal(data_lib.choose_labelled(7, -1, seed=0), np.arange(7))
+def _inputs(config, tmp_path, **data):
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.update(data)
+  (tmp_path / "work").mkdir(exist_ok=True)
+  return data_lib.make_inputs(config, str(tmp_path / "work"))
 
 
-def test_asking_for_too_many_labelled_images_says_so():
-  with pytest.raises(ValueError, match="num_labelled=101.*100 training images"):
-    data_lib.choose_labelled(100, 101, seed=0)
+def test_inputs_train_on_the_chosen_subset_and_record_it(tiny_config, tmp_path):
+  inputs = _inputs(tiny_config, tmp_path)
+  assert inputs.class_names == list(synthetic.CLASS_NAMES)
+  recorded = json.loads((tmp_path / "work" / "labelled_ids.json").read_text())
+  assert recorded["ids"] == inputs.labelled_ids and recorded["num_available"] == 32
+  assert inputs.labelled_ids == splits.choose_labelled(
+      [f"train_{i:05d}" for i in range(32)], 8, tiny_config.seed)
+  rendered = {f"train_{i:05d}": synthetic.render_example(0, "train", i, 32)[1]
+              for i in range(32)}
+  batch = next(inputs.train)
+  assert batch["image"].shape == (8, 32, 32, 3) and batch["unlabelled_image"].shape == (16, 32, 32, 3)
+  for label in batch["label"]:  # every labelled image is one of the chosen (maybe flipped)
+    assert any(np.array_equal(label, rendered[i]) or np.array_equal(label, rendered[i][:, ::-1])
+               for i in inputs.labelled_ids)
 
 
-def test_random_batches_flip_image_and_label_together():
-  image = np.arange(4 * 2 * 3 * 3).reshape(4, 2, 3, 3)
-  label = image[..., 0].copy()  # the label is a function of the pixel
-  batches = data_lib.random_batches((image, label), 3, seed=0)
-  flipped = 0
-  for _ in range(20):
-    image_batch, label_batch = next(batches)
-    np.testing.assert_array_equal(image_batch[..., 0], label_batch)
-    flipped += int(np.any([not any(np.array_equal(b, x) for x in image) for b in image_batch]))
-  assert flipped > 0
+def test_a_labelled_id_file_overrides_the_draw(tiny_config, tmp_path):
+  (tmp_path / "ids.txt").write_text("train_00004\ntrain_00009\n")
+  inputs = _inputs(tiny_config, tmp_path, labelled_ids_file=str(tmp_path / "ids.txt"))
+  assert inputs.labelled_ids == ["train_00004", "train_00009"]
+  (tmp_path / "bad.txt").write_text("train_00004\ntrain_99999\n")
+  with pytest.raises(ValueError, match="bad.txt: 1 id\\(s\\) are not in the training split"):
+    _inputs(tiny_config, tmp_path, labelled_ids_file=str(tmp_path / "bad.txt"))
 
 
-def test_eval_batches_pad_with_ignored_labels():
-  images = np.zeros((5, 32, 32, 3), np.uint8)
-  labels = np.ones((5, 32, 32), np.uint8)
-  batches = list(data_lib.eval_batches(images, labels, 4))
-  assert [b[0].shape[0] for b in batches] == [4, 4]
-  np.testing.assert_array_equal(batches[1][1][1:], 255)
-  np.testing.assert_array_equal(batches[1][1][0], 1)
+def test_asking_for_more_labelled_images_than_exist_says_so(tiny_config, tmp_path):
+  with pytest.raises(ValueError, match="num_labelled=33.*32 training images"):
+    _inputs(tiny_config, tmp_path, num_labelled=33)
 
 
-def test_unknown_dataset_name_is_an_error(tiny_config):
-  tiny_config.data.name = "imagenet"
-  with pytest.raises(ValueError, match="config.data.name='imagenet'"):
-    data_lib.load_datasets(tiny_config)
+def test_unknown_dataset_name_is_an_error(tiny_config, tmp_path):
+  with pytest.raises(ValueError, match="config.data.name='imagenet'.*camvid"):
+    _inputs(tiny_config, tmp_path, name="imagenet")

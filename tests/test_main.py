@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SHARED_CAMVID
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.num_train_steps=4", "--config.log_every=2", "--config.data.image_size=32",
@@ -15,14 +16,18 @@ TINY = ["--config.num_train_steps=4", "--config.log_every=2", "--config.data.ima
         "--config.data.num_labelled=4", "--config.batch_size=2",
         "--config.unlabelled_batch_size=2", "--config.eval_batch_size=4",
         "--config.model.width=4", "--config.model.decoder_widths=(8,8,8,8,8,8)",
-        "--config.confidence.mode=none"]
+        "--config.confidence.mode=none", "--config.data.eval_canvas=(32,32)",
+        "--config.data.augment.crop_size=(32,32)"]
+TINY_MODEL = ["--config.model.depth=18", "--config.model.width=4",
+              "--config.model.decoder_widths=(8,8,8,8,8,8)"]
 
 
-def _run(workdir, *extra):
+def _run(workdir, *extra, config="configs/synthetic.py", flags=TINY):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  command = [sys.executable, "-m", "cowmix_jax.main", "--config=configs/synthetic.py",
-             f"--workdir={workdir}", *TINY, *extra]
-  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  command = [sys.executable, "-m", "cowmix_jax.main", f"--config={config}",
+             f"--workdir={workdir}", f"--config.data.data_dir={workdir.parent / 'tfds'}",
+             *flags, *extra]
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_same_config_and_seed_give_the_same_run(tmp_path):
@@ -41,10 +46,29 @@ def test_same_config_and_seed_give_the_same_run(tmp_path):
   losses = [re.findall(r"step 4/4 +(.*?) +[\d.]+ steps/s", o.stderr) for o in outputs]
   assert losses[0] and losses[0] == losses[1]
   labelled = json.loads((tmp_path / "a" / "labelled_ids.json").read_text())
-  assert len(labelled) == 4
+  assert len(labelled["ids"]) == 4
 
 
 def test_bad_config_value_is_a_clear_error(tmp_path):
   out = _run(tmp_path / "bad", "--config.method=mixup")
   assert out.returncode != 0
   assert "config.method='mixup'" in out.stderr and "cowmix" in out.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_CAMVID),
+                    reason="the shared CamVid copy (../shared/data/camvid) is not present")
+def test_camvid_config_builds_once_and_trains_on_the_real_data(tmp_path):
+  flags = [f"--config.data.manual_dir={SHARED_CAMVID}", "--config.num_train_steps=2",
+           "--config.log_every=1", "--config.eval_batch_size=8", *TINY_MODEL]
+  first = _run(tmp_path / "a", config="configs/camvid.py", flags=flags)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "Preparing camvid" in first.stderr
+  second = _run(tmp_path / "b", config="configs/camvid.py", flags=flags)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "Preparing camvid" not in second.stderr, "the prepared dataset is reused"
+  results = json.loads((tmp_path / "b" / "results.json").read_text())
+  assert results["dataset"] == "camvid" and results["step"] == 2
+  assert len(results["per_class_iou"]) == 11 and "bicyclist" in results["per_class_iou"]
+  labelled = json.loads((tmp_path / "b" / "labelled_ids.json").read_text())
+  assert len(labelled["ids"]) == 30 and labelled["num_available"] == 367
+  assert "30 labelled images of 367" in second.stderr

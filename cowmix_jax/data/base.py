@@ -43,6 +43,9 @@ def require_directory(path, dataset: str, layout: str) -> str:
     raise DatasetLayoutError(
         f"{dataset}: dataset directory {path!r} does not exist or is not a directory. "
         f"Expected layout:\n{layout}")
+  if not os.listdir(path):
+    raise DatasetLayoutError(f"{dataset}: dataset directory {path!r} is empty. Expected "
+                             f"layout:\n{layout}")
   return path
 
 

@@ -160,7 +160,7 @@ class SegmentationFolder(base.SegmentationBuilder):
         raise base.DatasetLayoutError(f"folder dataset: no images in {image_dir!r}. "
                                       f"Expected layout:\n{LAYOUT}")
       labels = self._labels(root, split, images)
-      generators[split] = self._generate_labelled(
+      generators[split] = self._generate_examples(
           [(i, images[i], labels[i]) for i in images if i in labels])
       unlabelled = [(i, images[i]) for i in images if i not in labels]
       if unlabelled and split != "train":
@@ -169,7 +169,8 @@ class SegmentationFolder(base.SegmentationBuilder):
             f"{os.path.join(root, split, 'labels')} (e.g. {unlabelled[0][1]}); only train "
             f"images may be unlabelled")
       if unlabelled:
-        generators["unlabelled"] = self._generate_unlabelled(unlabelled)
+        generators["unlabelled"] = self._generate_examples(
+            [(i, path, None) for i, path in unlabelled])
     return generators
 
   def _labels(self, root: str, split: str, images) -> dict:
@@ -187,12 +188,12 @@ class SegmentationFolder(base.SegmentationBuilder):
       labels[stem] = os.path.join(label_dir, name)
     return labels
 
-  def _generate_labelled(self, pairs):
-    for image_id, image_path, label_path in pairs:
-      image, label = base.read_pair(image_path, label_path, self.num_classes)
-      yield image_id, base.labelled_example(image_id, image, label, self.num_classes)
-
-  def _generate_unlabelled(self, images):
-    for image_id, image_path in images:
-      image, _ = base.decode_image(base.read_file(image_path), image_path)
-      yield image_id, base.unlabelled_example(image_id, image, self.num_classes)
+  def _generate_examples(self, items):
+    """``items``: ``(image_id, image_path, label_path or None)``."""
+    for image_id, image_path, label_path in items:
+      if label_path is None:
+        image, _ = base.decode_image(base.read_file(image_path), image_path)
+        yield image_id, base.unlabelled_example(image_id, image, self.num_classes)
+      else:
+        image, label = base.read_pair(image_path, label_path, self.num_classes)
+        yield image_id, base.labelled_example(image_id, image, label, self.num_classes)

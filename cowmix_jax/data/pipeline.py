@@ -9,7 +9,9 @@ TensorFlow is hidden from GPUs: the accelerators belong to JAX.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import ml_collections
@@ -134,10 +136,10 @@ def _rotate(image, label, valid, degrees: float, seed):
         images=x[None], transforms=transform, output_shape=shape, fill_value=0.0,
         interpolation=interpolation, fill_mode="CONSTANT")[0]
 
-  image = warp(image, "BILINEAR")
   label_valid = warp(tf.stack([label, valid], -1), "NEAREST")
   valid = label_valid[..., 1]
   label = tf.where(valid > 0.5, label_valid[..., 0], float(IGNORE_LABEL))
+  image = warp(image, "BILINEAR") * valid[..., None]  # outside: exactly the mean colour
   return image, label, valid
 
 
@@ -216,13 +218,13 @@ def _decoded(builder, example, with_label: bool):
   return image, label
 
 
-def _process_split(builder, splits: Sequence[str], process_index: int,
-                   process_count: int) -> str:
-  """This process's share of the files of ``splits`` (all of it with one process)."""
+def _process_split(splits: Sequence[str], process_index: int, process_count: int):
+  """This process's share of the examples of ``splits`` (all of it with one process)."""
   if process_count == 1:
     return "+".join(splits)
-  return "+".join(tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
-                  for split in splits)
+  shares = [tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+            for split in splits]
+  return functools.reduce(operator.add, shares)
 
 
 def labelled_stream(builder, split: str, image_ids: Sequence[str], batch_size: int,
@@ -239,7 +241,8 @@ def labelled_stream(builder, split: str, image_ids: Sequence[str], batch_size: i
       lambda example: tf.reduce_any(tf.equal(example["image_id"], ids)))
   dataset = dataset.shard(process_count, process_index).cache()
   buffer = min(SHUFFLE_BUFFER, max(len(image_ids), 1))
-  dataset = dataset.repeat().shuffle(buffer, seed=seed).enumerate()
+  dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.repeat().enumerate()
 
   def prepare(index, example):
     image, label = _decoded(builder, example, with_label=True)
@@ -256,9 +259,10 @@ def unlabelled_stream(builder, splits: Sequence[str], batch_size: int, seed: int
                       process_count: int = 1) -> tf.data.Dataset:
   """Endless augmented batches ``{unlabelled_image [B, h, w, 3], unlabelled_valid
   [B, h, w]}`` of every image of ``splits`` (their labels are never read)."""
-  dataset = _read(builder, _process_split(builder, splits, process_index, process_count),
+  dataset = _read(builder, _process_split(splits, process_index, process_count),
                   seed=seed)
-  dataset = dataset.repeat().shuffle(SHUFFLE_BUFFER, seed=seed).enumerate()
+  dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.repeat().enumerate()
 
   def prepare(index, example):
     image, _ = _decoded(builder, example, with_label=False)
@@ -302,7 +306,7 @@ def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
 
   num_examples = builder.info.splits[split].num_examples
   num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
-  dataset = _read(builder, _process_split(builder, [split], process_index, process_count),
+  dataset = _read(builder, _process_split([split], process_index, process_count),
                   seed=None)
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   yielded = 0
