@@ -96,6 +96,14 @@ def test_unreadable_image_names_the_file(tmp_path):
     builders.prepare(_data(tmp_path / "camvid", tmp_path / "tfds"))
 
 
+def test_unreadable_label_names_the_file(tmp_path):
+  _camvid_tree(tmp_path / "camvid")
+  bad = tmp_path / "camvid" / "valannot" / "0001TP_val001.png"
+  bad.write_bytes(b"\x89PNG truncated")
+  with pytest.raises(base.BadExampleError, match="valannot/0001TP_val001.png: cannot read the label"):
+    builders.prepare(_data(tmp_path / "camvid", tmp_path / "tfds"))
+
+
 def test_image_and_label_of_different_sizes_name_the_file_and_sizes(tmp_path):
   _camvid_tree(tmp_path / "camvid")
   label_path = tmp_path / "camvid" / "valannot" / "0001TP_val000.png"
