@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ from absl import logging
 
 from cowmix_jax import data as data_lib
 from cowmix_jax import losses, metrics, mixing, models, steps
+from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
 from cowmix_jax.state import TrainState, create_train_state
 
 
@@ -61,30 +64,83 @@ def _format_metrics(values: Dict[str, float]) -> str:
   return " ".join(f"{name}={value:.4f}" for name, value in values.items())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
+class PreemptionFlag:
+  """Set by SIGTERM (a preemption notice): the loop checkpoints and exits."""
+
+  def __init__(self):
+    self.requested = False
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    self.requested = True
+
+
+def fetch_finite_metrics(step_metrics, step: int, checkpointer: Checkpointer) -> Dict[str, float]:
+  """Host copies of a step's metrics; FloatingPointError naming the step and the loss
+  terms if any is not finite (no checkpoint is written from such a state)."""
+  values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  if not all(np.isfinite(v) for v in values.values()):
+    checkpointer.wait()
+    kept = checkpointer.latest_step()
+    raise FloatingPointError(
+        f"non-finite loss at step {step}: {_format_metrics(values)}. Nothing was saved from "
+        f"this state; the last good checkpoint is "
+        f"{'step ' + str(kept) if kept is not None else 'none (no checkpoint yet)'}.")
+  return values
+
+
+def _restore_or_init(config, model, tx, mesh, checkpointer: Checkpointer, image_shape):
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape)
+  state = jax.device_put(state, steps.replicated(mesh))
+  restored = checkpointer.restore(state)
+  if restored is None:
+    return state
+  logging.info("Resuming from the checkpoint at step %d in %s.", int(restored.step),
+               checkpointer.workdir)
+  return restored
+
+
+def _due(step: int, every: int) -> bool:
+  return bool(every) and step % every == 0
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict]:
   """Trains ``config.method`` for ``config.num_train_steps`` and evaluates the teacher.
 
-  Writes ``results.json`` (final teacher mIoU and per-class IoU) and the labelled ids
-  into ``workdir``.
+  Resumes from the latest checkpoint in ``workdir`` if there is one (the same command
+  continues an interrupted run exactly). Saves checkpoints every
+  ``config.checkpoint_every`` steps, at the end and on SIGTERM; writes ``config.json``,
+  ``results.json`` (final teacher mIoU and per-class IoU) and the labelled ids.
 
   Returns:
-    the results dictionary.
+    the results dictionary, or None when stopped by SIGTERM.
   """
   os.makedirs(workdir, exist_ok=True)
   num_devices = config.num_devices if config.num_devices > 0 else jax.device_count()
   mesh = steps.make_mesh(num_devices)
   validate_config(config, num_devices)
-  inputs = data_lib.make_inputs(config, workdir, jax.process_index(), jax.process_count())
+  if jax.process_index() == 0:
+    check_or_save_config(config, workdir)
+  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+  preemption = PreemptionFlag()
+  # The model needs the class count, known once the dataset is prepared; the inputs
+  # need the start step, known once the state is restored.
+  probe = data_lib.builders.prepare(config.data)
+  num_classes = len(probe.info.metadata["class_names"])
+  model = models.build_model(config.model, num_classes)
+  tx = make_optimizer(config)
+  image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
+  state = _restore_or_init(config, model, tx, mesh, checkpointer, image_shape)
+  start_step = int(state.step)
+  inputs = data_lib.make_inputs(config, workdir, jax.process_index(), jax.process_count(),
+                                start_step=start_step)
   eval_split = config.data.eval_split
   logging.info("Method %s on %d device(s); %d labelled images, unlabelled from %s, %d %s "
                "images.", config.method, num_devices, len(inputs.labelled_ids),
                "+".join(inputs.unlabelled_splits), inputs.num_examples(eval_split), eval_split)
-
-  model = models.build_model(config.model, inputs.num_classes)
-  tx = make_optimizer(config)
-  image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
-  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape)
-  state = jax.device_put(state, steps.replicated(mesh))
   train_step = steps.make_train_step(model, tx, config, mesh)
   eval_step = steps.make_eval_step(model, inputs.num_classes, mesh)
   eval_batch_size = config.eval_batch_size // jax.process_count()
@@ -94,27 +150,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                     inputs.eval_batches(eval_split, eval_batch_size), mesh, inputs.num_classes)
 
   start = last_time = time.time()
-  last_step = 0
-  for step in range(1, config.num_train_steps + 1):
+  last_step = start_step
+  saved_step = start_step
+  for step in range(start_step + 1, config.num_train_steps + 1):
     state, step_metrics = train_step(state, steps.shard_batch(next(inputs.train), mesh))
-    if step % config.log_every == 0 or step == config.num_train_steps:
-      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      if not all(np.isfinite(v) for v in values.values()):
-        raise FloatingPointError(f"non-finite loss at step {step}: {_format_metrics(values)}")
+    log_due = _due(step, config.log_every) or step == config.num_train_steps
+    save_due = _due(step, config.checkpoint_every) or preemption.requested
+    if log_due or save_due:
+      values = fetch_finite_metrics(step_metrics, step, checkpointer)
+    if log_due:
       now = time.time()
       rate = (step - last_step) / (now - last_time)
       eta = (config.num_train_steps - step) / rate
       logging.info("step %d/%d  %s  %.2f steps/s  ETA %.0fs", step, config.num_train_steps,
                    _format_metrics(values), rate, eta)
       last_time, last_step = now, step
-    if config.eval_every and step % config.eval_every == 0 and step != config.num_train_steps:
-      confusion = evaluate_teacher()
-      logging.info("step %d  teacher %s mIoU %.2f", step, eval_split,
-                   100 * metrics.mean_iou(confusion))
+    if _due(step, config.eval_every) and step != config.num_train_steps:
+      miou = metrics.mean_iou(evaluate_teacher())
+      logging.info("step %d  teacher %s mIoU %.2f", step, eval_split, 100 * miou)
+      if checkpointer.save_if_best(state, miou):
+        logging.info("step %d  best mIoU so far: saved to %s/best", step, workdir)
+    if save_due:
+      checkpointer.save(state)
+      saved_step = step
+      logging.info("step %d  checkpoint saving (async) to %s/checkpoints", step, workdir)
+    if preemption.requested:
+      checkpointer.wait()
+      checkpointer.close()
+      logging.warning("Stopped at step %d by SIGTERM; rerun the same command to resume.", step)
+      return None
 
+  if saved_step != int(state.step):
+    fetch_finite_metrics(step_metrics, int(state.step), checkpointer)
+    checkpointer.save(state, force=True)
   train_seconds = time.time() - start
   confusion = evaluate_teacher()
   iou = metrics.per_class_iou(confusion)
+  checkpointer.save_if_best(state, metrics.mean_iou(confusion))
+  checkpointer.wait()
+  checkpointer.close()
   results = {
       "miou": metrics.mean_iou(confusion),
       "per_class_iou": {name: float(v) for name, v in zip(inputs.class_names, iou)},
@@ -126,8 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
       "model": "teacher",
       "train_seconds": train_seconds,
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
   logging.info("Teacher per-class IoU (%%) on %s:\n%s", eval_split,
                metrics.format_iou_table(confusion, inputs.class_names))
   print(f"Final teacher {eval_split} mIoU: {100 * results['miou']:.2f}% "

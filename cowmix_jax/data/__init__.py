@@ -72,13 +72,16 @@ def choose_labelled_ids(builder, data: ml_collections.ConfigDict, seed: int
 
 
 def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
-                process_index: int = 0, process_count: int = 1) -> Inputs:
+                process_index: int = 0, process_count: int = 1, start_step: int = 0
+                ) -> Inputs:
   """Prepares ``config.data``, chooses the labelled subset and builds the streams.
 
   Logs the subset's size and per-class pixel histogram, and writes its ids into
   ``workdir/labelled_ids.json`` so the run can be repeated with the same split.
   The streams give ``config.batch_size / process_count`` labelled and
-  ``config.unlabelled_batch_size / process_count`` unlabelled images per batch.
+  ``config.unlabelled_batch_size / process_count`` unlabelled images per batch, starting
+  with the batch of step ``start_step + 1`` (a resumed run sees what an uninterrupted
+  run would have seen).
   """
   data = config.data
   builder = builders.prepare(data)
@@ -95,14 +98,14 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
   labelled = pipeline.labelled_stream(
       builder, data.train_split, labelled_ids, _per_process(config.batch_size, process_count),
       stream_seed(config.seed, 2, process_index), aug, normalisation, process_index,
-      process_count)
+      process_count, start_step)
   unlabelled_splits = [s for s in UNLABELLED_SPLITS if s in builder.info.splits]
   unlabelled = None
   if config.method != "supervised":
     unlabelled = pipeline.unlabelled_stream(
         builder, unlabelled_splits, _per_process(config.unlabelled_batch_size, process_count),
         stream_seed(config.seed, 3, process_index), aug, normalisation, process_index,
-        process_count)
+        process_count, start_step)
   return Inputs(builder, class_names, labelled_ids, unlabelled_splits,
                 pipeline.train_batches(labelled, unlabelled), normalisation,
                 tuple(data.eval_canvas), process_index, process_count)

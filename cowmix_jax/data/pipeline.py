@@ -227,11 +227,28 @@ def _process_split(splits: Sequence[str], process_index: int, process_count: int
   return functools.reduce(operator.add, shares)
 
 
+def _endless_augmented_batches(dataset: tf.data.Dataset, buffer: int, seed: int,
+                               prepare, batch_size: int, start_batch: int) -> tf.data.Dataset:
+  """Shuffles each epoch, repeats, and maps ``prepare(example_seed, example)`` where
+  ``example_seed = (seed, position in the stream)``; full batches only.
+
+  ``start_batch`` positions the stream for a resumed run: the skipped examples are
+  read and shuffled (cheap: still encoded) but never decoded or augmented, and what
+  follows is exactly what an uninterrupted stream would give.
+  """
+  dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.repeat().enumerate().skip(start_batch * batch_size).map(
+      lambda index, example: prepare(tf.stack([tf.constant(seed, tf.int64), index]), example),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return dataset.batch(batch_size, drop_remainder=True)
+
+
 def labelled_stream(builder, split: str, image_ids: Sequence[str], batch_size: int,
                     seed: int, aug: Augmentation, normalisation: str,
-                    process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+                    process_index: int = 0, process_count: int = 1,
+                    start_batch: int = 0) -> tf.data.Dataset:
   """Endless augmented batches ``{image [B, h, w, 3], label [B, h, w]}`` of the images
-  ``image_ids`` of ``split``; ``B = batch_size`` per process.
+  ``image_ids`` of ``split``; ``B = batch_size`` per process, from batch ``start_batch``.
 
   The labelled subset is taken before sharding across processes, so every process
   sees the same subset (each its own share of it).
@@ -240,38 +257,32 @@ def labelled_stream(builder, split: str, image_ids: Sequence[str], batch_size: i
   dataset = _read(builder, split, seed=None).filter(
       lambda example: tf.reduce_any(tf.equal(example["image_id"], ids)))
   dataset = dataset.shard(process_count, process_index).cache()
-  buffer = min(SHUFFLE_BUFFER, max(len(image_ids), 1))
-  dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-  dataset = dataset.repeat().enumerate()
 
-  def prepare(index, example):
+  def prepare(example_seed, example):
     image, label = _decoded(builder, example, with_label=True)
-    out = augment(image, label, tf.stack([tf.constant(seed, tf.int64), index]), aug,
-                  normalisation)
+    out = augment(image, label, example_seed, aug, normalisation)
     return {"image": out["image"], "label": out["label"]}
 
-  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.batch(batch_size, drop_remainder=True)
+  buffer = min(SHUFFLE_BUFFER, max(len(image_ids), 1))
+  return _endless_augmented_batches(dataset, buffer, seed, prepare, batch_size, start_batch)
 
 
 def unlabelled_stream(builder, splits: Sequence[str], batch_size: int, seed: int,
                       aug: Augmentation, normalisation: str, process_index: int = 0,
-                      process_count: int = 1) -> tf.data.Dataset:
+                      process_count: int = 1, start_batch: int = 0) -> tf.data.Dataset:
   """Endless augmented batches ``{unlabelled_image [B, h, w, 3], unlabelled_valid
-  [B, h, w]}`` of every image of ``splits`` (their labels are never read)."""
+  [B, h, w]}`` of every image of ``splits`` (their labels are never read), from batch
+  ``start_batch``."""
   dataset = _read(builder, _process_split(splits, process_index, process_count),
                   seed=seed)
-  dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-  dataset = dataset.repeat().enumerate()
 
-  def prepare(index, example):
+  def prepare(example_seed, example):
     image, _ = _decoded(builder, example, with_label=False)
-    out = augment(image, None, tf.stack([tf.constant(seed, tf.int64), index]), aug,
-                  normalisation)
+    out = augment(image, None, example_seed, aug, normalisation)
     return {"unlabelled_image": out["image"], "unlabelled_valid": out["valid"]}
 
-  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.batch(batch_size, drop_remainder=True)
+  return _endless_augmented_batches(dataset, SHUFFLE_BUFFER, seed, prepare, batch_size,
+                                    start_batch)
 
 
 def train_batches(labelled: tf.data.Dataset, unlabelled: Optional[tf.data.Dataset]

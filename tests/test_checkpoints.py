@@ -1,0 +1,89 @@
+"""Tests of cowmix_jax/checkpoints.py: save/restore, best by mIoU, interrupted saves,
+the saved config."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cowmix_jax import models, train
+from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
+from cowmix_jax.state import create_train_state
+
+
+def _state(config, seed=0, step=0):
+  model = models.build_model(config.model, 6)
+  tx = train.make_optimizer(config)
+  state = create_train_state(model, tx, jax.random.PRNGKey(seed), (1, 32, 32, 3))
+  return state.replace(step=np.asarray(step, np.int32))
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def _assert_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_restore_gives_back_the_saved_state_and_keeps_the_latest(tiny_config, tmp_path):
+  checkpointer = Checkpointer(str(tmp_path), keep=2)
+  assert checkpointer.restore(_state(tiny_config)) is None, "nothing to resume"
+  states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2, 3)}
+  for step in (1, 2, 3):
+    checkpointer.save(states[step])
+  checkpointer.wait()
+  assert sorted(checkpointer.latest.all_steps()) == [2, 3]
+  restored = Checkpointer(str(tmp_path)).restore(_state(tiny_config))
+  assert int(restored.step) == 3
+  _assert_equal(restored, states[3])
+  _assert_equal(Checkpointer(str(tmp_path)).restore(_state(tiny_config), 2), states[2])
+  with pytest.raises(ValueError, match="no checkpoint at step 1 .* \\[2, 3\\]"):
+    Checkpointer(str(tmp_path)).restore(_state(tiny_config), 1)
+
+
+def test_best_checkpoint_follows_the_highest_miou(tiny_config, tmp_path):
+  checkpointer = Checkpointer(str(tmp_path))
+  states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2, 3)}
+  assert checkpointer.save_if_best(states[1], 0.30)
+  assert checkpointer.save_if_best(states[2], 0.45)
+  assert not checkpointer.save_if_best(states[3], 0.40)
+  checkpointer.wait()
+  reopened = Checkpointer(str(tmp_path))
+  assert reopened.best_miou == pytest.approx(0.45)
+  _assert_equal(reopened.restore(_state(tiny_config), "best"), states[2])
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_usable(tiny_config, tmp_path):
+  checkpointer = Checkpointer(str(tmp_path))
+  good = _host(_state(tiny_config, seed=4, step=4))
+  checkpointer.save(good)
+  checkpointer.wait()
+  # What a kill in the middle of saving step 6 leaves: orbax writes into a temporary
+  # directory and renames it only when the save is complete.
+  partial = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1795490000"
+  (partial / "default").mkdir(parents=True)
+  (partial / "default" / "_METADATA").write_text('{"tree_metadata": {')  # cut short
+  reopened = Checkpointer(str(tmp_path))
+  assert reopened.latest_step() == 4
+  _assert_equal(reopened.restore(_state(tiny_config)), good)
+
+
+def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path):
+  check_or_save_config(tiny_config, str(tmp_path))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["method"] == tiny_config.method
+  tiny_config.num_train_steps = 50  # allowed: extend a run
+  tiny_config.data.data_dir = "/elsewhere"  # allowed: the same data moved
+  check_or_save_config(tiny_config, str(tmp_path))
+  tiny_config.learning_rate = 0.5
+  tiny_config.mask.cow_sigma_range = (2.0, 3.0)
+  with pytest.raises(ValueError) as error:
+    check_or_save_config(tiny_config, str(tmp_path))
+  message = str(error.value)
+  assert "learning_rate: 0.001 in the workdir, now 0.5" in message
+  assert "mask.cow_sigma_range" in message and "num_train_steps" not in message
+  assert os.path.basename(str(tmp_path)) in message

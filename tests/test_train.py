@@ -1,0 +1,131 @@
+"""Tests of cowmix_jax/train.py: exact resume after SIGKILL or SIGTERM, NaN handling."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cowmix_jax import models, steps, train
+from cowmix_jax.checkpoints import Checkpointer
+from cowmix_jax.state import create_train_state
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--config.num_train_steps=8", "--config.checkpoint_every=2", "--config.log_every=1",
+         "--config.data.image_size=32", "--config.data.num_train=16",
+         "--config.data.num_validation=8", "--config.data.num_labelled=4",
+         "--config.batch_size=2", "--config.unlabelled_batch_size=2",
+         "--config.eval_batch_size=4", "--config.model.width=4",
+         "--config.model.decoder_widths=(8,8,8,8,8,8)", "--config.confidence.mode=none",
+         "--config.data.eval_canvas=(32,32)", "--config.data.augment.crop_size=(32,32)"]
+
+
+def _command(workdir):
+  return [sys.executable, "-m", "cowmix_jax.main", "--config=configs/synthetic.py",
+          f"--workdir={workdir}", f"--config.data.data_dir={workdir.parent / 'tfds'}", *FLAGS]
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+
+
+def _run(workdir):
+  out = subprocess.run(_command(workdir), cwd=REPO, env=_env(), capture_output=True,
+                       text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def _run_until(workdir, pattern, send):
+  """Starts a run, and sends ``send`` to it once a log line matches ``pattern``."""
+  process = subprocess.Popen(_command(workdir), cwd=REPO, env=_env(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  log = []
+  for line in process.stderr:
+    log.append(line)
+    if re.search(pattern, line):
+      process.send_signal(send)
+      break
+  log += process.stderr.readlines()
+  process.wait(timeout=300)
+  return process.returncode, "".join(log)
+
+
+def _final_state(workdir, config):
+  model = models.build_model(config.model, 6)
+  template = create_train_state(model, train.make_optimizer(config), jax.random.PRNGKey(0),
+                                (1, 32, 32, 3))
+  checkpointer = Checkpointer(str(workdir))
+  assert checkpointer.latest_step() == 8
+  return checkpointer.restore(template)
+
+
+def _assert_same_state(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_killed_or_preempted_runs_resume_to_the_uninterrupted_state(tmp_path, tiny_config):
+  tiny_config.model.width = 4
+  _run(tmp_path / "straight")
+  reference = _final_state(tmp_path / "straight", tiny_config)
+
+  # SIGKILL in the middle: no chance to save; the restart resumes from the last save.
+  code, log = _run_until(tmp_path / "killed", r"step 5/8", signal.SIGKILL)
+  assert code == -signal.SIGKILL, log[-2000:]
+  resumed = _run(tmp_path / "killed")
+  assert re.search(r"Resuming from the checkpoint at step [24]", resumed.stderr)
+  _assert_same_state(_final_state(tmp_path / "killed", tiny_config), reference)
+
+  # SIGTERM (preemption): a checkpoint is written at once, then the restart goes on.
+  code, log = _run_until(tmp_path / "preempted", r"step 3/8", signal.SIGTERM)
+  assert code == 0 and "by SIGTERM; rerun the same command" in log, log[-2000:]
+  stopped = int(re.search(r"Stopped at step (\d+) by SIGTERM", log)[1])
+  assert stopped in Checkpointer(str(tmp_path / "preempted")).latest.all_steps()
+  resumed = _run(tmp_path / "preempted")
+  assert f"Resuming from the checkpoint at step {stopped}" in resumed.stderr
+  _assert_same_state(_final_state(tmp_path / "preempted", tiny_config), reference)
+  results = [json.loads((tmp_path / name / "results.json").read_text())
+             for name in ("straight", "killed", "preempted")]
+  assert results[0]["per_class_iou"] == results[1]["per_class_iou"] == results[2]["per_class_iou"]
+
+
+def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config,
+                                                                 monkeypatch):
+  tiny_config.data.data_dir = str(tmp_path / "tfds")
+  tiny_config.num_train_steps = 8
+  tiny_config.checkpoint_every = 2
+  tiny_config.log_every = 4
+  make_train_step = steps.make_train_step
+
+  def poisoned_train_step(*args, **kwargs):
+    train_step = make_train_step(*args, **kwargs)
+
+    def step_fn(state, batch):
+      state, metrics = train_step(state, batch)
+      if int(state.step) >= 3:  # from step 3 on the weights are NaN
+        state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+        metrics = dict(metrics, loss=metrics["loss"] * jnp.nan)
+      return state, metrics
+
+    return step_fn
+
+  monkeypatch.setattr(steps, "make_train_step", poisoned_train_step)
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite loss at step 4: .*loss=nan.*the last good checkpoint "
+                           r"is step 2"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "work"))
+  checkpointer = Checkpointer(str(tmp_path / "work"))
+  assert checkpointer.latest.all_steps() == [2]
+  model = models.build_model(tiny_config.model, 6)
+  template = create_train_state(model, train.make_optimizer(tiny_config),
+                                jax.random.PRNGKey(0), (1, 32, 32, 3))
+  restored = checkpointer.restore(template)
+  assert int(restored.step) == 2
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.params))
