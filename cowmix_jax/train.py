@@ -46,12 +46,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def evaluate(eval_step, variables, batches, mesh, num_classes: int) -> np.ndarray:
-  """Confusion matrix ``[C, C]`` int64 of a model over a split's ``(images, labels)``
-  batches (this process's share of them)."""
+  """Confusion matrix ``[C, C]`` int64 of a model over a split's evaluation batches
+  (this process's share of them; see ``pipeline.eval_batches``)."""
   confusion = jax.device_put(jnp.zeros((num_classes, num_classes), jnp.int32),
                              steps.replicated(mesh))
-  for image_batch, label_batch in batches:
-    images, labels = steps.shard_batch((image_batch, label_batch), mesh)
+  for batch in batches:
+    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
     confusion = eval_step(variables, images, labels, confusion)
   return np.asarray(confusion, np.int64)
 

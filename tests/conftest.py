@@ -22,6 +22,10 @@ SHARED_CAMVID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 @pytest.fixture
 def tiny_config():
   """A config with a tiny model and synthetic 32x32 images, for fast tests."""
+  return make_tiny_config()
+
+
+def make_tiny_config():
   config = get_base_config()
   config.data = get_data_config(
       "synthetic", seed=0, image_size=32, num_train=32, num_validation=8, num_labelled=8,

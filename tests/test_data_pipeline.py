@@ -220,10 +220,14 @@ def test_eval_batches_pad_to_the_canvas_and_to_full_batches(synthetic_builder, p
     batches = list(pipeline.eval_batches(synthetic_builder, "validation", (40, 48), 3, "grey",
                                          index, process_count))
     counts.append(len(batches))
-    for images, labels in batches:
+    for batch in batches:
+      images, labels = batch["image"], batch["label"]
       assert images.shape == (3, 40, 48, 3) and labels.shape == (3, 40, 48)
+      real = batch["size"][:, 0] > 0
+      assert np.all(batch["size"][real] == 32) and np.all(batch["image_id"][~real] == b"")
+      assert [i.decode() for i in batch["image_id"][real]] == _identify(images[real, :32, :32],
+                                                                         rendered)
       assert np.all(labels[:, 32:] == 255) and np.all(labels[:, :, 32:] == 255)
-      real = ~np.all(labels == 255, axis=(1, 2))
       seen += _identify(images[real, :32, :32], rendered)
       for image_id, label in zip(seen[-int(real.sum()):], labels[real]):
         np.testing.assert_array_equal(label[:32, :32], rendered[image_id][1])

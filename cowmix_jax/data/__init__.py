@@ -41,7 +41,7 @@ class Inputs:
   def num_examples(self, split: str) -> int:
     return self.builder.info.splits[split].num_examples
 
-  def eval_batches(self, split: str, batch_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+  def eval_batches(self, split: str, batch_size: int) -> Iterator[dict]:
     """Padded evaluation batches of ``split``, ``batch_size`` images per process."""
     if split not in self.builder.info.splits:
       raise ValueError(f"split {split!r} is not in the dataset (it has "

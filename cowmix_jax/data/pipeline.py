@@ -297,11 +297,13 @@ def train_batches(labelled: tf.data.Dataset, unlabelled: Optional[tf.data.Datase
 
 def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
                  normalisation: str, process_index: int = 0, process_count: int = 1
-                 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+                 ) -> Iterator[Dict[str, np.ndarray]]:
   """Whole images padded to ``canvas`` (label 255), in order, as full batches.
 
-  Yields ``(images [B, H, W, 3] float32, labels [B, H, W] int32)``; the last batches are
-  padded with ignored pixels, and every process yields the same number of batches.
+  Yields ``{"image": [B, H, W, 3] float32, "label": [B, H, W] int32, "image_id": [B]
+  bytes, "size": [B, 2] int32 (the unpadded height and width)}``. The last batches are
+  padded with ignored pixels (id ``b""``, size 0), and every process yields the same
+  number of batches.
   """
   height, width = canvas
 
@@ -312,8 +314,9 @@ def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
         shape, tf.constant([height, width]),
         message=f"an image is larger than config.data.eval_canvas={tuple(canvas)}")
     image = normalise(tf.cast(image, tf.float32), normalisation)
-    return (pad_to(image, height, width, 0.0),
-            pad_to(tf.cast(label, tf.int32), height, width, IGNORE_LABEL))
+    return {"image": pad_to(image, height, width, 0.0),
+            "label": pad_to(tf.cast(label, tf.int32), height, width, IGNORE_LABEL),
+            "image_id": example["image_id"], "size": tf.cast(shape, tf.int32)}
 
   num_examples = builder.info.splits[split].num_examples
   num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
@@ -321,14 +324,22 @@ def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
                   seed=None)
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   yielded = 0
-  for images, labels in tfds.as_numpy(dataset.batch(batch_size).prefetch(2)):
-    missing = batch_size - len(images)
-    if missing:
-      images = np.concatenate([images, np.zeros((missing,) + images.shape[1:], np.float32)])
-      labels = np.concatenate([labels, np.full((missing,) + labels.shape[1:], IGNORE_LABEL,
-                                               np.int32)])
+  for batch in tfds.as_numpy(dataset.batch(batch_size).prefetch(2)):
     yielded += 1
-    yield images, labels
+    yield _pad_batch(batch, batch_size)
+  empty = {"image": np.zeros((0, height, width, 3), np.float32),
+           "label": np.zeros((0, height, width), np.int32),
+           "image_id": np.zeros((0,), object), "size": np.zeros((0, 2), np.int32)}
   for _ in range(num_batches - yielded):
-    yield (np.zeros((batch_size, height, width, 3), np.float32),
-           np.full((batch_size, height, width), IGNORE_LABEL, np.int32))
+    yield _pad_batch(empty, batch_size)
+
+
+def _pad_batch(batch: Dict[str, np.ndarray], batch_size: int) -> Dict[str, np.ndarray]:
+  """Fills a short batch up to ``batch_size`` with ignored, empty images."""
+  missing = batch_size - len(batch["image"])
+  if not missing:
+    return batch
+  fill = {"image": 0.0, "label": IGNORE_LABEL, "image_id": b"", "size": 0}
+  return {key: np.concatenate([value, np.full((missing,) + value.shape[1:], fill[key],
+                                              value.dtype)])
+          for key, value in batch.items()}

@@ -1,0 +1,217 @@
+"""Evaluate a checkpoint: per-class IoU over a whole split, as a table and JSON.
+
+python -m cowmix_jax.evaluate --config=configs/X.py --workdir=DIR \\
+    [--checkpoint=latest|best|STEP] [--split=validation|test] [--model=teacher|student] \\
+    [--flip] [--window=H,W [--window_stride=H,W]] [--output=FILE.json] \\
+    [--markdown=FILE.md] [--predictions=DIR]
+
+Images are evaluated whole (padded to ``config.data.eval_canvas``, the padding ignored),
+single scale, argmax; ``--flip`` averages the logits with those of the mirrored image;
+``--window`` averages the logits of overlapping windows instead of one pass.
+``--predictions`` writes one palette PNG per image: pixel values are class ids, and
+viewers show the dataset's colours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from PIL import Image
+
+from cowmix_jax import metrics, models, steps, train
+from cowmix_jax.checkpoints import Checkpointer
+from cowmix_jax.data import builders, pipeline
+from cowmix_jax.state import create_train_state
+
+
+def window_starts(size: int, window: int, stride: int) -> List[int]:
+  """Start offsets of windows of ``window`` that tile ``size`` with ``stride``, the last
+  one flush with the end."""
+  if window >= size:
+    return [0]
+  starts = list(range(0, size - window, stride))
+  return starts + [size - window]
+
+
+def make_logits_fn(model, flip: bool = False,
+                   window: Optional[Tuple[int, int]] = None,
+                   stride: Optional[Tuple[int, int]] = None):
+  """``logits(variables, images [B, H, W, 3]) -> [B, H, W, C]`` with optional flip
+  averaging and sliding-window averaging (windows ``window``, offsets ``stride``)."""
+
+  def single(variables, images):
+    logits = model.apply(variables, images, train=False)
+    if flip:
+      mirrored = model.apply(variables, images[:, :, ::-1], train=False)
+      logits = (logits + mirrored[:, :, ::-1]) / 2
+    return logits
+
+  if window is None:
+    return single
+
+  def windowed(variables, images):
+    height, width = images.shape[1:3]
+    win_h, win_w = min(window[0], height), min(window[1], width)
+    total, count = 0.0, jnp.zeros((1, height, width, 1), jnp.float32)
+    for top in window_starts(height, win_h, stride[0]):
+      for left in window_starts(width, win_w, stride[1]):
+        logits = single(variables, images[:, top:top + win_h, left:left + win_w])
+        pad = ((0, 0), (top, height - top - win_h), (left, width - left - win_w), (0, 0))
+        total = total + jnp.pad(logits, pad)
+        count = count + jnp.pad(jnp.ones((1, win_h, win_w, 1)), pad)
+    return total / count
+
+  return windowed
+
+
+def make_predict_fn(model, mesh, num_classes: int, **logits_options):
+  """Jitted ``predict(variables, images, labels, confusion) -> (predictions, confusion)``."""
+  logits_fn = make_logits_fn(model, **logits_options)
+
+  def predict(variables, images, labels, confusion):
+    predictions = jnp.argmax(logits_fn(variables, images), axis=-1).astype(jnp.int32)
+    return predictions, confusion + metrics.confusion_matrix(labels, predictions, num_classes)
+
+  replicated, sharded = steps.replicated(mesh), steps.batch_sharded(mesh)
+  return jax.jit(predict, in_shardings=(replicated, sharded, sharded, replicated),
+                 out_shardings=(sharded, replicated), donate_argnums=3)
+
+
+def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, mesh,
+                      checkpoint: str = "latest", use_teacher: bool = True
+                      ) -> Tuple[Dict, int]:
+  """The model variables of a checkpoint of ``workdir``, and its step."""
+  image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
+  template = create_train_state(model, train.make_optimizer(config),
+                                jax.random.PRNGKey(0), image_shape)
+  template = jax.device_put(template, steps.replicated(mesh))
+  checkpointer = Checkpointer(workdir)
+  state = checkpointer.restore(template, checkpoint)
+  checkpointer.close()
+  if state is None:
+    raise FileNotFoundError(f"no {checkpoint} checkpoint in {os.path.abspath(workdir)} "
+                            f"(train with: python -m cowmix_jax.main --workdir={workdir} ...)")
+  if use_teacher:
+    return train.teacher_variables(state), int(state.step)
+  return {"params": state.params, "batch_stats": state.batch_stats}, int(state.step)
+
+
+def save_predictions(directory: str, batch: Dict[str, np.ndarray], predictions: np.ndarray,
+                     palette: Optional[Sequence[Sequence[int]]]) -> None:
+  """One palette PNG per real image of the batch, cropped to its own size."""
+  flat_palette = [v for colour in (palette or []) for v in colour]
+  for image_id, size, prediction in zip(batch["image_id"], batch["size"], predictions):
+    if not image_id:
+      continue
+    height, width = size
+    pixels = np.ascontiguousarray(prediction[:height, :width], np.uint8)
+    image = Image.frombytes("P", (int(width), int(height)), pixels.tobytes())
+    image.putpalette(flat_palette + [0] * (768 - len(flat_palette)))
+    image.save(os.path.join(directory, image_id.decode() + ".png"))
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        checkpoint: str = "latest", split: Optional[str] = None,
+                        use_teacher: bool = True, flip: bool = False,
+                        window: Optional[Tuple[int, int]] = None,
+                        window_stride: Optional[Tuple[int, int]] = None,
+                        prediction_dir: Optional[str] = None) -> Dict:
+  """Evaluates a checkpoint on a split; returns the results dictionary."""
+  split = split or config.data.eval_split
+  builder = builders.prepare(config.data)
+  if split not in builder.info.splits:
+    raise ValueError(f"--split={split}: the dataset has {sorted(builder.info.splits)}")
+  class_names = list(builder.info.metadata["class_names"])
+  mesh = steps.make_mesh(1)
+  model = models.build_model(config.model, len(class_names))
+  variables, step = restore_variables(config, workdir, model, mesh, checkpoint, use_teacher)
+  if window is not None and window_stride is None:
+    window_stride = tuple(max(1, 2 * w // 3) for w in window)
+  predict = make_predict_fn(model, mesh, len(class_names), flip=flip, window=window,
+                            stride=window_stride)
+  if prediction_dir:
+    os.makedirs(prediction_dir, exist_ok=True)
+  confusion = jnp.zeros((len(class_names), len(class_names)), jnp.int32)
+  batches = pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
+                                  config.eval_batch_size, config.model.normalisation)
+  for batch in batches:
+    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
+    predictions, confusion = predict(variables, images, labels, confusion)
+    if prediction_dir:
+      save_predictions(prediction_dir, batch, np.asarray(predictions),
+                       builder.info.metadata.get("class_colours"))
+  confusion = np.asarray(confusion, np.int64)
+  iou = metrics.per_class_iou(confusion)
+  return {
+      "miou": metrics.mean_iou(confusion),
+      "per_class_iou": {name: float(v) for name, v in zip(class_names, iou)},
+      "step": step, "split": split, "checkpoint": str(checkpoint),
+      "model": "teacher" if use_teacher else "student", "flip": flip,
+      "window": list(window) if window else None,
+      "num_images": builder.info.splits[split].num_examples,
+      "dataset": config.data.name, "confusion": confusion.tolist(),
+  }
+
+
+def markdown_table(results: Dict) -> str:
+  lines = [f"| class | IoU % ({results['split']}, step {results['step']}) |", "|---|---|"]
+  lines += [f"| {name} | {100 * value:.2f} |" for name, value in
+            results["per_class_iou"].items()]
+  lines.append(f"| **mIoU** | **{100 * results['miou']:.2f}** |")
+  return "\n".join(lines) + "\n"
+
+
+def _pair(text: str) -> Optional[Tuple[int, int]]:
+  if not text:
+    return None
+  values = tuple(int(v) for v in text.split(","))
+  if len(values) != 2:
+    raise app.UsageError(f"expected H,W, got {text!r}")
+  return values
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
+flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
+flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
+flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
+flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
+flags.DEFINE_string("window", "", "Sliding window H,W ('' = whole images).")
+flags.DEFINE_string("window_stride", "", "Window offsets H,W (default 2/3 of the window).")
+flags.DEFINE_string("output", "", "Write the results as JSON here.")
+flags.DEFINE_string("markdown", "", "Write the per-class table as Markdown here.")
+flags.DEFINE_string("predictions", "", "Write palette PNG predictions into this directory.")
+
+
+def main(argv: Iterable[str]) -> None:
+  if len(list(argv)) > 1:
+    raise app.UsageError("unexpected arguments")
+  logging.set_verbosity(logging.INFO)
+  results = evaluate_checkpoint(
+      FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.model == "teacher",
+      FLAGS.flip, _pair(FLAGS.window), _pair(FLAGS.window_stride), FLAGS.predictions or None)
+  confusion = np.asarray(results["confusion"])
+  print(f"{results['model']} at step {results['step']} ({results['checkpoint']}), "
+        f"{results['split']} split, {results['num_images']} images:")
+  print(metrics.format_iou_table(confusion, list(results["per_class_iou"])))
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      json.dump(results, f, indent=2)
+  if FLAGS.markdown:
+    with open(FLAGS.markdown, "w") as f:
+      f.write(markdown_table(results))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

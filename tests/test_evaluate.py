@@ -1,0 +1,123 @@
+"""Tests of cowmix_jax/evaluate.py: it reproduces training's mIoU, saved predictions,
+flip and sliding-window averaging, the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import make_tiny_config
+from PIL import Image
+
+from cowmix_jax import evaluate, models, train
+from cowmix_jax.data import builders
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny synthetic run of 4 steps: (config, workdir, the results training printed)."""
+  root = tmp_path_factory.mktemp("evaluate")
+  config = make_tiny_config()
+  config.data.data_dir = str(root / "tfds")
+  config.num_train_steps = 4
+  config.eval_batch_size = 8
+  results = train.train_and_evaluate(config, str(root / "work"))
+  return config, str(root / "work"), results
+
+
+def test_evaluate_reproduces_the_training_miou_and_saved_predictions(trained, tmp_path):
+  config, workdir, trained_results = trained
+  results = evaluate.evaluate_checkpoint(config, workdir, "latest",
+                                         prediction_dir=str(tmp_path / "pred"))
+  assert results["step"] == 4 and results["model"] == "teacher"
+  assert results["miou"] == pytest.approx(trained_results["miou"], abs=1e-12)
+  assert results["per_class_iou"] == trained_results["per_class_iou"]
+  # numpy recomputation from the saved PNGs and the dataset's labels.
+  builder = builders.prepare(config.data)
+  num_classes = 6
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  for example in tfds.as_numpy(builder.as_dataset(split="validation")):
+    prediction = np.asarray(Image.open(tmp_path / "pred" / (example["image_id"].decode() + ".png")))
+    assert prediction.shape == example["label"].shape
+    valid = example["label"] != 255
+    confusion += np.bincount(num_classes * example["label"][valid].astype(int)
+                             + prediction[valid], minlength=num_classes ** 2
+                             ).reshape(num_classes, num_classes)
+  intersection = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - intersection
+  with np.errstate(invalid="ignore"):
+    iou = intersection / union
+  for name, value in zip(results["per_class_iou"], iou):
+    if np.isnan(value):
+      assert np.isnan(results["per_class_iou"][name])
+    else:
+      assert results["per_class_iou"][name] == pytest.approx(value, abs=1e-12)
+
+
+def test_window_starts_by_hand():
+  assert evaluate.window_starts(10, 4, 3) == [0, 3, 6]
+  assert evaluate.window_starts(10, 4, 4) == [0, 4, 6]
+  assert evaluate.window_starts(10, 12, 4) == [0]
+
+
+def _model_and_variables(config):
+  model = models.build_model(config.model, 6)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3), np.float32))
+  images = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (2, 64, 96, 3)))
+  return model, variables, images
+
+
+def test_flip_averaging_makes_predictions_mirror_equivariant(tiny_config):
+  model, variables, images = _model_and_variables(tiny_config)
+  mirrored = images[:, :, ::-1]
+  flip = evaluate.make_logits_fn(model, flip=True)
+  np.testing.assert_allclose(flip(variables, mirrored), flip(variables, images)[:, :, ::-1],
+                             rtol=1e-5, atol=1e-5)
+  plain = evaluate.make_logits_fn(model)
+  assert not np.allclose(plain(variables, mirrored), plain(variables, images)[:, :, ::-1],
+                         atol=1e-3), "without averaging the network is not equivariant"
+
+
+def test_sliding_window_equals_a_loop_over_crops(tiny_config):
+  model, variables, images = _model_and_variables(tiny_config)
+  windowed = evaluate.make_logits_fn(model, window=(64, 64), stride=(32, 32))(variables, images)
+  total = np.zeros(images.shape[:3] + (6,))
+  count = np.zeros(images.shape[:3] + (1,))
+  for left in (0, 32):  # width 96, windows 64 wide at 0 and 32
+    crop = images[:, :, left:left + 64]
+    total[:, :, left:left + 64] += np.asarray(model.apply(variables, crop))
+    count[:, :, left:left + 64] += 1
+  np.testing.assert_allclose(windowed, total / count, rtol=1e-5, atol=1e-5)
+  whole = evaluate.make_logits_fn(model, window=(64, 96), stride=(64, 96))(variables, images)
+  np.testing.assert_allclose(whole, model.apply(variables, images), rtol=1e-5, atol=1e-5)
+
+
+def test_command_line_writes_json_and_markdown(trained, tmp_path):
+  config, workdir, trained_results = trained
+  command = [sys.executable, "-m", "cowmix_jax.evaluate", "--config=configs/synthetic.py",
+             f"--workdir={workdir}", "--checkpoint=best", f"--output={tmp_path / 'r.json'}",
+             f"--markdown={tmp_path / 'r.md'}", f"--config.data.data_dir={config.data.data_dir}"]
+  for key in ("image_size", "num_train", "num_validation", "num_labelled"):
+    command.append(f"--config.data.{key}={config.data[key]}")
+  command += [f"--config.model.width={config.model.width}",
+              "--config.model.decoder_widths=(8,8,8,8,8,8)",
+              "--config.data.eval_canvas=(32,32)", "--config.data.augment.crop_size=(32,32)",
+              "--config.eval_batch_size=8"]
+  out = subprocess.run(command, cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((tmp_path / "r.json").read_text())
+  assert results["checkpoint"] == "best" and results["split"] == "validation"
+  assert results["miou"] == pytest.approx(trained_results["miou"], abs=1e-12)
+  assert f"{100 * trained_results['miou']:6.2f}" in out.stdout
+  assert "**mIoU**" in (tmp_path / "r.md").read_text()
+  missing = subprocess.run(command[:4] + [f"--workdir={tmp_path / 'empty'}"] + command[5:],
+                           cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), capture_output=True,
+                           text=True, timeout=600)
+  assert missing.returncode != 0 and "no best checkpoint in" in missing.stderr
