@@ -46,13 +46,16 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
 
-  def save(self, state: TrainState, force: bool = False) -> None:
-    """Starts an asynchronous save of ``state`` at its step."""
-    self.latest.save(int(state.step), args=ocp.args.StandardSave(state), force=force)
+  def save(self, state: TrainState) -> None:
+    """Starts an asynchronous save of ``state`` at its step, once the previous save has
+    finished (orbax would otherwise skip a save requested while one is in progress)."""
+    self.latest.wait_until_finished()
+    self.latest.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
 
   def save_if_best(self, state: TrainState, miou: float) -> bool:
     if miou <= self.best_miou:
       return False
+    self.best.wait_until_finished()
     self.best.save(int(state.step), args=ocp.args.StandardSave(state),
                    metrics={"miou": float(miou)}, force=True)
     self.best_miou = miou

@@ -84,6 +84,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.normalisation = "imagenet"
 
   config.log_every = 50
+  config.image_every = 1000  # TensorBoard pictures of masks, inputs, targets; 0: never
   config.checkpoint_every = 1000  # 0: only at the end (and on SIGTERM)
   config.keep_checkpoints = 2  # latest checkpoints kept (the best by mIoU is kept apart)
   config.eval_every = 0  # 0: evaluate only at the end

@@ -187,6 +187,39 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 
 
+def make_visualise_fn(model: nn.Module, config: ml_collections.ConfigDict,
+                      mesh: Mesh) -> Callable:
+  """Jitted ``visualise(state, batch) -> dict`` of what a train step does to a batch.
+
+  Called with the state *before* the step, it draws the same perturbation as the step
+  (same key). Returns ``label`` and ``teacher_prediction`` ``[B, H, W]`` int32 of the
+  labelled images and, for methods with an unlabelled term, ``student_input [Bu, H, W,
+  3]``, ``teacher_target`` and ``student_prediction`` ``[Bu, H, W]`` int32 (argmax),
+  ``loss_mask [Bu, H, W]`` and, for mask-based methods, ``mask [Bu, H, W]``.
+  """
+  perturbation = mixing.get_perturbation(config.method)
+  sample, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, config, mesh)
+
+  def visualise(state: TrainState, batch: Batch) -> Dict[str, jax.Array]:
+    out = {"label": batch["label"],
+           "teacher_prediction": jnp.argmax(_teacher_output(model, state, batch["image"]), -1)}
+    if perturbation.uses_unlabelled:
+      pparams = sample(jax.random.fold_in(state.key, state.step), batch["unlabelled_image"])
+      teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], pparams)
+      target, loss_mask = perturb_target(
+          jax.nn.softmax(_teacher_output(model, state, teacher_input)), pparams)
+      student_logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                   student_input, train=False)
+      out.update(student_input=student_input, teacher_target=jnp.argmax(target, -1),
+                 student_prediction=jnp.argmax(student_logits, -1), loss_mask=loss_mask)
+      if "mask" in pparams:
+        out["mask"] = pparams["mask"]
+    return out
+
+  return jax.jit(visualise, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=batch_sharded(mesh))
+
+
 def make_eval_step(model: nn.Module, num_classes: int, mesh: Mesh) -> Callable:
   """Jitted ``eval_step(variables, images, labels, confusion) -> confusion``.
 

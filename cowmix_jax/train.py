@@ -17,7 +17,7 @@ import optax
 from absl import logging
 
 from cowmix_jax import data as data_lib
-from cowmix_jax import losses, metrics, mixing, models, steps
+from cowmix_jax import losses, metrics, mixing, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
 from cowmix_jax.state import TrainState, create_train_state
 
@@ -58,6 +58,10 @@ def evaluate(eval_step, variables, batches, mesh, num_classes: int) -> np.ndarra
 
 def teacher_variables(state: TrainState) -> Dict:
   return {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats}
+
+
+def student_variables(state: TrainState) -> Dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def _format_metrics(values: Dict[str, float]) -> str:
@@ -103,6 +107,13 @@ def _restore_or_init(config, model, tx, mesh, checkpointer: Checkpointer, image_
   return restored
 
 
+def parameter_checksum(params) -> float:
+  """Sum of |w| over this process's copy of the (replicated) parameters: equal on every
+  process of a healthy multi-host run."""
+  return float(sum(np.abs(np.asarray(leaf.addressable_data(0), np.float64)).sum()
+                   for leaf in jax.tree.leaves(params)))
+
+
 def _due(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
 
@@ -143,17 +154,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
                "+".join(inputs.unlabelled_splits), inputs.num_examples(eval_split), eval_split)
   train_step = steps.make_train_step(model, tx, config, mesh)
   eval_step = steps.make_eval_step(model, inputs.num_classes, mesh)
+  visualise = steps.make_visualise_fn(model, config, mesh)
   eval_batch_size = config.eval_batch_size // jax.process_count()
+  writer = reporting.make_writer(workdir)
+  palette = reporting.palette_of(probe.info.metadata, num_classes)
 
-  def evaluate_teacher():
-    return evaluate(eval_step, teacher_variables(state),
-                    inputs.eval_batches(eval_split, eval_batch_size), mesh, inputs.num_classes)
+  def evaluate_model(variables):
+    return evaluate(eval_step, variables, inputs.eval_batches(eval_split, eval_batch_size),
+                    mesh, inputs.num_classes)
+
+  def evaluate_and_report(step):
+    teacher, student = evaluate_model(teacher_variables(state)), evaluate_model(
+        student_variables(state))
+    mious = {"teacher_miou": metrics.mean_iou(teacher), "student_miou": metrics.mean_iou(student)}
+    writer.write_scalars(step, mious)
+    logging.info("step %d  %s mIoU: teacher %.2f, student %.2f", step, eval_split,
+                 100 * mious["teacher_miou"], 100 * mious["student_miou"])
+    return teacher, mious
 
   start = last_time = time.time()
   last_step = start_step
   saved_step = start_step
   for step in range(start_step + 1, config.num_train_steps + 1):
-    state, step_metrics = train_step(state, steps.shard_batch(next(inputs.train), mesh))
+    host_batch = next(inputs.train)
+    batch = steps.shard_batch(host_batch, mesh)
+    if _due(step, config.image_every):  # before the step: the same masks as the step
+      visuals = jax.tree.map(np.asarray, visualise(state, batch))
+      writer.write_images(step, reporting.visual_summaries(visuals, host_batch, palette,
+                                                           config.model.normalisation))
+    state, step_metrics = train_step(state, batch)
     log_due = _due(step, config.log_every) or step == config.num_train_steps
     save_due = _due(step, config.checkpoint_every) or preemption.requested
     if log_due or save_due:
@@ -164,11 +193,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       eta = (config.num_train_steps - step) / rate
       logging.info("step %d/%d  %s  %.2f steps/s  ETA %.0fs", step, config.num_train_steps,
                    _format_metrics(values), rate, eta)
+      writer.write_scalars(step, {**values, "steps_per_sec": rate,
+                                  "learning_rate": config.learning_rate})
       last_time, last_step = now, step
     if _due(step, config.eval_every) and step != config.num_train_steps:
-      miou = metrics.mean_iou(evaluate_teacher())
-      logging.info("step %d  teacher %s mIoU %.2f", step, eval_split, 100 * miou)
-      if checkpointer.save_if_best(state, miou):
+      _, mious = evaluate_and_report(step)
+      if checkpointer.save_if_best(state, mious["teacher_miou"]):
         logging.info("step %d  best mIoU so far: saved to %s/best", step, workdir)
     if save_due:
       checkpointer.save(state)
@@ -177,20 +207,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
     if preemption.requested:
       checkpointer.wait()
       checkpointer.close()
+      writer.close()
       logging.warning("Stopped at step %d by SIGTERM; rerun the same command to resume.", step)
       return None
 
   if saved_step != int(state.step):
     fetch_finite_metrics(step_metrics, int(state.step), checkpointer)
-    checkpointer.save(state, force=True)
+    checkpointer.save(state)
   train_seconds = time.time() - start
-  confusion = evaluate_teacher()
+  logging.info("Final parameter checksum (process %d): %.12e", jax.process_index(),
+               parameter_checksum(state.params))
+  confusion, mious = evaluate_and_report(int(state.step))
+  writer.close()
   iou = metrics.per_class_iou(confusion)
-  checkpointer.save_if_best(state, metrics.mean_iou(confusion))
+  checkpointer.save_if_best(state, mious["teacher_miou"])
   checkpointer.wait()
   checkpointer.close()
   results = {
       "miou": metrics.mean_iou(confusion),
+      "student_miou": mious["student_miou"],
       "per_class_iou": {name: float(v) for name, v in zip(inputs.class_names, iou)},
       "step": int(state.step),
       "split": eval_split,

@@ -88,3 +88,17 @@ def synthetic_builder(tmp_path_factory):
       name="synthetic", seed=0, image_size=32, num_train=24, num_validation=8,
       data_dir=str(tmp_path_factory.mktemp("tfds"))))
   return builders.prepare(data)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+  """A tiny synthetic CowMix run of 4 steps: (config, workdir, the results it printed)."""
+  from cowmix_jax import train
+
+  root = tmp_path_factory.mktemp("trained")
+  config = make_tiny_config()
+  config.data.data_dir = str(root / "tfds")
+  config.num_train_steps = 4
+  config.eval_batch_size = 8
+  results = train.train_and_evaluate(config, str(root / "work"))
+  return config, str(root / "work"), results

@@ -190,17 +190,27 @@ def test_labelled_stream_yields_only_the_chosen_images(synthetic_builder):
   assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(batches, other))
 
 
-def test_processes_get_disjoint_shares_of_the_labelled_subset(synthetic_builder):
+@pytest.mark.parametrize("stream", ["labelled", "unlabelled"])
+def test_process_rows_and_resumed_streams_rebuild_the_global_batches(synthetic_builder, stream):
   chosen = ["train_00001", "train_00002", "train_00005", "train_00008", "train_00013",
             "train_00021"]
-  rendered = _rendered("train", 24)
-  shares = []
-  for index in range(2):
-    stream = pipeline.labelled_stream(synthetic_builder, "train", chosen, 1, 0, PLAIN, "grey",
-                                      process_index=index, process_count=2)
-    shares.append({i for b in _take(stream, 12) for i in _identify(b["image"], rendered)})
-  assert not shares[0] & shares[1]
-  assert shares[0] | shares[1] == set(chosen)
+
+  def make(**kwargs):
+    if stream == "labelled":
+      return pipeline.labelled_stream(synthetic_builder, "train", chosen, 4, 0, PLAIN,
+                                      "grey", **kwargs)
+    return pipeline.unlabelled_stream(synthetic_builder, ["train"], 4, 0, PLAIN, "grey",
+                                      **kwargs)
+
+  single = _take(make(), 8)
+  shares = [_take(make(process_index=i, process_count=2), 8) for i in range(2)]
+  for whole, first, second in zip(single, *shares):
+    for key in whole:  # process 0 holds rows 0-1 of each global batch, process 1 rows 2-3
+      np.testing.assert_array_equal(whole[key], np.concatenate([first[key], second[key]]))
+  resumed = _take(make(start_batch=5), 3)
+  for whole, later in zip(single[5:], resumed):
+    for key in whole:
+      np.testing.assert_array_equal(whole[key], later[key])
 
 
 def test_unlabelled_stream_covers_the_training_split(synthetic_builder):

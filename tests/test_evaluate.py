@@ -10,25 +10,12 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import make_tiny_config
 from PIL import Image
 
 from cowmix_jax import evaluate, models, train
 from cowmix_jax.data import builders
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A tiny synthetic run of 4 steps: (config, workdir, the results training printed)."""
-  root = tmp_path_factory.mktemp("evaluate")
-  config = make_tiny_config()
-  config.data.data_dir = str(root / "tfds")
-  config.num_train_steps = 4
-  config.eval_batch_size = 8
-  results = train.train_and_evaluate(config, str(root / "work"))
-  return config, str(root / "work"), results
 
 
 def test_evaluate_reproduces_the_training_miou_and_saved_predictions(trained, tmp_path):

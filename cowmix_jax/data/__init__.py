@@ -50,9 +50,10 @@ class Inputs:
                                  self.normalisation, self.process_index, self.process_count)
 
 
-def stream_seed(seed: int, stream: int, process_index: int) -> int:
-  """A TensorFlow seed for one input stream of one process, from the run's seed."""
-  return int(np.random.default_rng([seed, stream, process_index]).integers(2**31 - 1))
+def stream_seed(seed: int, stream: int) -> int:
+  """A TensorFlow seed for one input stream, from the run's seed (the same in every
+  process: each takes its rows of the same global stream)."""
+  return int(np.random.default_rng([seed, stream]).integers(2**31 - 1))
 
 
 def choose_labelled_ids(builder, data: ml_collections.ConfigDict, seed: int
@@ -78,8 +79,9 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
 
   Logs the subset's size and per-class pixel histogram, and writes its ids into
   ``workdir/labelled_ids.json`` so the run can be repeated with the same split.
-  The streams give ``config.batch_size / process_count`` labelled and
-  ``config.unlabelled_batch_size / process_count`` unlabelled images per batch, starting
+  The streams give this process's rows (``config.batch_size / process_count`` labelled,
+  ``config.unlabelled_batch_size / process_count`` unlabelled) of global batches that do
+  not depend on the number of processes, starting
   with the batch of step ``start_step + 1`` (a resumed run sees what an uninterrupted
   run would have seen).
   """
@@ -89,31 +91,21 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
   labelled_ids, histograms, all_ids = choose_labelled_ids(builder, data, config.seed)
   logging.info("%d labelled images of %d in %s/%s:\n%s", len(labelled_ids), len(all_ids),
                data.name, data.train_split, splits.histogram_table(histograms, class_names))
-  if workdir is not None:
+  if workdir is not None and process_index == 0:
     splits.write_id_file(os.path.join(workdir, "labelled_ids.json"), labelled_ids,
                          dataset=data.name, split=data.train_split,
                          num_available=len(all_ids))
   aug = pipeline.Augmentation.from_config(data.augment)
   normalisation = config.model.normalisation
   labelled = pipeline.labelled_stream(
-      builder, data.train_split, labelled_ids, _per_process(config.batch_size, process_count),
-      stream_seed(config.seed, 2, process_index), aug, normalisation, process_index,
-      process_count, start_step)
+      builder, data.train_split, labelled_ids, config.batch_size, stream_seed(config.seed, 2),
+      aug, normalisation, process_index, process_count, start_step)
   unlabelled_splits = [s for s in UNLABELLED_SPLITS if s in builder.info.splits]
   unlabelled = None
   if config.method != "supervised":
     unlabelled = pipeline.unlabelled_stream(
-        builder, unlabelled_splits, _per_process(config.unlabelled_batch_size, process_count),
-        stream_seed(config.seed, 3, process_index), aug, normalisation, process_index,
-        process_count, start_step)
+        builder, unlabelled_splits, config.unlabelled_batch_size, stream_seed(config.seed, 3),
+        aug, normalisation, process_index, process_count, start_step)
   return Inputs(builder, class_names, labelled_ids, unlabelled_splits,
                 pipeline.train_batches(labelled, unlabelled), normalisation,
                 tuple(data.eval_canvas), process_index, process_count)
-
-
-def _per_process(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} "
-                     f"processes")
-  return global_batch // process_count
-

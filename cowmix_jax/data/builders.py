@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import jax
 import ml_collections
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 from absl import logging
 
 from cowmix_jax.data import base, camvid, cityscapes, folder, synthetic, voc
@@ -68,8 +70,22 @@ def make_builder(data: ml_collections.ConfigDict) -> base.SegmentationBuilder:
 
 
 def prepare(data: ml_collections.ConfigDict) -> base.SegmentationBuilder:
-  """The builder of ``config.data``, prepared (built once, reused afterwards)."""
+  """The builder of ``config.data``, prepared (built once, reused afterwards).
+
+  With several processes, process 0 prepares and the others wait for it (``data_dir``
+  must then be shared by all hosts).
+  """
   builder = make_builder(data)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      _prepare(builder, data)
+    multihost_utils.sync_global_devices("cowmix_jax dataset prepared")
+    return make_builder(data)  # re-read what process 0 wrote
+  _prepare(builder, data)
+  return builder
+
+
+def _prepare(builder, data: ml_collections.ConfigDict) -> None:
   if not builder.is_prepared():
     logging.info("Preparing %s (%s) into %s; later runs reuse it.", data.name,
                  builder.builder_config.name if builder.builder_config else "default",
@@ -77,4 +93,3 @@ def prepare(data: ml_collections.ConfigDict) -> base.SegmentationBuilder:
     download_config = tfds.download.DownloadConfig(
         manual_dir=manual_dir(data), compute_stats=tfds.download.ComputeStatsMode.SKIP)
     builder.download_and_prepare(download_config=download_config)
-  return builder

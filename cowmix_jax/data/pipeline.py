@@ -228,35 +228,42 @@ def _process_split(splits: Sequence[str], process_index: int, process_count: int
 
 
 def _endless_augmented_batches(dataset: tf.data.Dataset, buffer: int, seed: int,
-                               prepare, batch_size: int, start_batch: int) -> tf.data.Dataset:
+                               prepare, global_batch: int, start_batch: int,
+                               process_index: int, process_count: int) -> tf.data.Dataset:
   """Shuffles each epoch, repeats, and maps ``prepare(example_seed, example)`` where
   ``example_seed = (seed, position in the stream)``; full batches only.
 
-  ``start_batch`` positions the stream for a resumed run: the skipped examples are
-  read and shuffled (cheap: still encoded) but never decoded or augmented, and what
-  follows is exactly what an uninterrupted stream would give.
+  Every process walks the same global stream (same order, same seeds) and decodes and
+  augments only its rows of each global batch, so the global batch does not depend on
+  the number of processes. ``start_batch`` positions the stream for a resumed run.
+  Skipped examples and other processes' rows are read and shuffled (cheap: still
+  encoded) but never decoded or augmented.
   """
+  if global_batch % process_count:
+    raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} "
+                     f"processes")
+  local_batch = global_batch // process_count
   dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-  dataset = dataset.repeat().enumerate().skip(start_batch * batch_size).map(
+  dataset = dataset.repeat().enumerate().skip(start_batch * global_batch)
+  if process_count > 1:
+    dataset = dataset.filter(
+        lambda index, example: (index % global_batch) // local_batch == process_index)
+  dataset = dataset.map(
       lambda index, example: prepare(tf.stack([tf.constant(seed, tf.int64), index]), example),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.batch(batch_size, drop_remainder=True)
+  return dataset.batch(local_batch, drop_remainder=True)
 
 
-def labelled_stream(builder, split: str, image_ids: Sequence[str], batch_size: int,
+def labelled_stream(builder, split: str, image_ids: Sequence[str], global_batch: int,
                     seed: int, aug: Augmentation, normalisation: str,
                     process_index: int = 0, process_count: int = 1,
                     start_batch: int = 0) -> tf.data.Dataset:
   """Endless augmented batches ``{image [B, h, w, 3], label [B, h, w]}`` of the images
-  ``image_ids`` of ``split``; ``B = batch_size`` per process, from batch ``start_batch``.
-
-  The labelled subset is taken before sharding across processes, so every process
-  sees the same subset (each its own share of it).
-  """
+  ``image_ids`` of ``split``: this process's ``B = global_batch / process_count`` rows
+  of each global batch, from global batch ``start_batch``."""
   ids = tf.constant(list(image_ids))
   dataset = _read(builder, split, seed=None).filter(
-      lambda example: tf.reduce_any(tf.equal(example["image_id"], ids)))
-  dataset = dataset.shard(process_count, process_index).cache()
+      lambda example: tf.reduce_any(tf.equal(example["image_id"], ids))).cache()
 
   def prepare(example_seed, example):
     image, label = _decoded(builder, example, with_label=True)
@@ -264,25 +271,25 @@ def labelled_stream(builder, split: str, image_ids: Sequence[str], batch_size: i
     return {"image": out["image"], "label": out["label"]}
 
   buffer = min(SHUFFLE_BUFFER, max(len(image_ids), 1))
-  return _endless_augmented_batches(dataset, buffer, seed, prepare, batch_size, start_batch)
+  return _endless_augmented_batches(dataset, buffer, seed, prepare, global_batch, start_batch,
+                                    process_index, process_count)
 
 
-def unlabelled_stream(builder, splits: Sequence[str], batch_size: int, seed: int,
+def unlabelled_stream(builder, splits: Sequence[str], global_batch: int, seed: int,
                       aug: Augmentation, normalisation: str, process_index: int = 0,
                       process_count: int = 1, start_batch: int = 0) -> tf.data.Dataset:
   """Endless augmented batches ``{unlabelled_image [B, h, w, 3], unlabelled_valid
-  [B, h, w]}`` of every image of ``splits`` (their labels are never read), from batch
-  ``start_batch``."""
-  dataset = _read(builder, _process_split(splits, process_index, process_count),
-                  seed=seed)
+  [B, h, w]}`` of every image of ``splits`` (their labels are never read): this
+  process's rows of each global batch, from global batch ``start_batch``."""
+  dataset = _read(builder, "+".join(splits), seed=seed)
 
   def prepare(example_seed, example):
     image, _ = _decoded(builder, example, with_label=False)
     out = augment(image, None, example_seed, aug, normalisation)
     return {"unlabelled_image": out["image"], "unlabelled_valid": out["valid"]}
 
-  return _endless_augmented_batches(dataset, SHUFFLE_BUFFER, seed, prepare, batch_size,
-                                    start_batch)
+  return _endless_augmented_batches(dataset, SHUFFLE_BUFFER, seed, prepare, global_batch,
+                                    start_batch, process_index, process_count)
 
 
 def train_batches(labelled: tf.data.Dataset, unlabelled: Optional[tf.data.Dataset]

@@ -1,0 +1,109 @@
+"""Segment a folder of arbitrary images with a checkpoint.
+
+python -m cowmix_jax.predict --config=configs/X.py --workdir=DIR --input=IMAGES \\
+    --output=OUT [--checkpoint=latest|best|STEP] [--model=teacher|student] [--flip] \\
+    [--overlay_alpha=0.5]
+
+Writes ``OUT/<name>.png``: a palette PNG whose pixel values are the class ids (viewers
+show the dataset's colours), and ``OUT/<name>_overlay.jpg``: the image blended with the
+coloured prediction. Images of any size are padded to a multiple of 32 and the
+prediction is cropped back; the dataset itself is not needed beyond its class list.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from PIL import Image
+
+from cowmix_jax import evaluate, models, reporting, steps
+from cowmix_jax.data import base, builders, pipeline
+
+
+def list_input_images(directory: str) -> Dict[str, str]:
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"--input={directory!r} is not a directory of images")
+  images = base.list_images(directory)
+  if not images:
+    raise FileNotFoundError(f"--input={directory!r} holds no images "
+                            f"({', '.join(base.IMAGE_SUFFIXES)})")
+  return images
+
+
+def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: str,
+                   output_dir: str, checkpoint: str = "latest", use_teacher: bool = True,
+                   flip: bool = False, overlay_alpha: float = 0.5) -> List[str]:
+  """Writes a label PNG and an overlay per image of ``input_dir``; returns the ids."""
+  images = list_input_images(input_dir)
+  metadata = builders.prepare(config.data).info.metadata
+  num_classes = len(metadata["class_names"])
+  palette = reporting.palette_of(metadata, num_classes)
+  mesh = steps.make_mesh(1)
+  model = models.build_model(config.model, num_classes)
+  variables, step = evaluate.restore_variables(config, workdir, model, mesh, checkpoint,
+                                               use_teacher)
+  logits_fn = jax.jit(evaluate.make_logits_fn(model, flip=flip))
+  os.makedirs(output_dir, exist_ok=True)
+  logging.info("Segmenting %d images with the %s at step %d.", len(images),
+               "teacher" if use_teacher else "student", step)
+  for image_id, path in images.items():
+    image = base.image_array(base.read_file(path), path)
+    prediction = predict_image(logits_fn, variables, image, config.model.normalisation)
+    write_prediction(output_dir, image_id, image, prediction, palette, overlay_alpha)
+  return list(images)
+
+
+def predict_image(logits_fn, variables, image: np.ndarray, normalisation: str) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` -> uint8 ``[H, W]`` class ids."""
+  height, width = image.shape[:2]
+  normalised = pipeline.normalise(np.asarray(image, np.float32), normalisation).numpy()
+  padded = np.pad(normalised, ((0, -height % 32), (0, -width % 32), (0, 0)))
+  logits = logits_fn(variables, jnp.asarray(padded[None]))
+  return np.asarray(jnp.argmax(logits[0, :height, :width], -1), np.uint8)
+
+
+def write_prediction(output_dir: str, image_id: str, image: np.ndarray,
+                     prediction: np.ndarray, palette: np.ndarray,
+                     overlay_alpha: float) -> None:
+  label = Image.frombytes("P", prediction.shape[::-1], np.ascontiguousarray(prediction).tobytes())
+  flat = [int(v) for colour in palette for v in colour]
+  label.putpalette(flat + [0] * (768 - len(flat)))
+  label.save(os.path.join(output_dir, image_id + ".png"))
+  colours = reporting.colourise(prediction[None], palette)[0].astype(np.float32)
+  overlay = (1 - overlay_alpha) * image.astype(np.float32) + overlay_alpha * colours
+  Image.fromarray(np.clip(np.round(overlay), 0, 255).astype(np.uint8)).save(
+      os.path.join(output_dir, image_id + "_overlay.jpg"), quality=90)
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
+flags.DEFINE_string("input", None, "A directory of images.")
+flags.DEFINE_string("output", None, "Where to write the label PNGs and overlays.")
+flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
+flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
+flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
+flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlays.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  ids = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                       FLAGS.checkpoint, FLAGS.model == "teacher", FLAGS.flip,
+                       FLAGS.overlay_alpha)
+  print(f"Wrote {len(ids)} predictions to {FLAGS.output}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir", "input", "output"])
+  app.run(main)

@@ -1,0 +1,84 @@
+"""TensorBoard and console reporting with clu: scalars and pictures of what the method does.
+
+Only process 0 writes event files; the other processes only log.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from typing import Dict, Optional, Sequence
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+from cowmix_jax.data.base import IGNORE_LABEL
+from cowmix_jax.data.pipeline import NORMALISATIONS
+
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def make_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard files in ``workdir`` plus the log (process 0); just the log elsewhere."""
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+  """Distinct colours (evenly spaced hues) for datasets that give none: uint8 ``[C, 3]``."""
+  return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(i / num_classes, 0.7, 0.95)]
+                   for i in range(num_classes)], np.uint8)
+
+
+def colourise(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+  """Class ids ``[N, H, W]`` (255 = ignore, shown white) -> uint8 ``[N, H, W, 3]``."""
+  table = np.zeros((256, 3), np.uint8)
+  table[:] = IGNORE_COLOUR
+  table[:len(palette)] = np.asarray(palette, np.uint8)
+  return table[np.asarray(labels).astype(np.int64).clip(0, IGNORE_LABEL)]
+
+
+def denormalise(images: np.ndarray, normalisation: str) -> np.ndarray:
+  """Model inputs ``[N, H, W, 3]`` -> displayable uint8 RGB (inverse of the pipeline's
+  normalisation)."""
+  spec = NORMALISATIONS[normalisation]
+  images = np.asarray(images, np.float32) * np.array(spec["std"]) + np.array(spec["mean"])
+  if spec["bgr"]:
+    images = images[..., ::-1]
+  return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+def _grey(values: np.ndarray) -> np.ndarray:
+  return np.repeat((np.clip(values, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def visual_summaries(visuals: Dict[str, np.ndarray], batch: Dict[str, np.ndarray],
+                     palette: Sequence[Sequence[int]], normalisation: str,
+                     max_images: int = 4) -> Dict[str, np.ndarray]:
+  """TensorBoard images (uint8 ``[N, H, W, 3]``) from ``steps.make_visualise_fn``'s
+  output: the labelled images, their ground truth and the teacher's prediction; the
+  unlabelled images, the masks, the student's (mixed) inputs, the teacher's targets and
+  the student's predictions, coloured with the dataset palette."""
+  n = max_images
+  out = {
+      "labelled/image": denormalise(batch["image"][:n], normalisation),
+      "labelled/ground_truth": colourise(visuals["label"][:n], palette),
+      "labelled/teacher_prediction": colourise(visuals["teacher_prediction"][:n], palette),
+  }
+  if "student_input" in visuals:
+    out.update({
+        "unlabelled/image": denormalise(batch["unlabelled_image"][:n], normalisation),
+        "unlabelled/student_input": denormalise(visuals["student_input"][:n], normalisation),
+        "unlabelled/teacher_target": colourise(visuals["teacher_target"][:n], palette),
+        "unlabelled/student_prediction": colourise(visuals["student_prediction"][:n],
+                                                   palette),
+        "unlabelled/loss_mask": _grey(visuals["loss_mask"][:n]),
+    })
+    mask = visuals.get("mask")
+    if mask is not None and mask.shape == visuals["loss_mask"].shape:
+      out["unlabelled/mask"] = _grey(mask[:n])
+  return out
+
+
+def palette_of(builder_metadata, num_classes: int) -> np.ndarray:
+  colours: Optional[Sequence[Sequence[int]]] = builder_metadata.get("class_colours")
+  return np.asarray(colours, np.uint8) if colours else default_palette(num_classes)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Any cluster without SLURM or TPU metadata: run this on each host with its own id.
+#
+#   launch/manual_multihost.sh COORDINATOR_HOST:PORT NUM_PROCESSES PROCESS_ID \
+#       --config=configs/cityscapes.py --workdir=/shared/runs/cs
+#
+# Process 0's host must be COORDINATOR_HOST and reachable on PORT from every host.
+set -euo pipefail
+coordinator=${1:?coordinator host:port}
+num_processes=${2:?number of processes}
+process_id=${3:?this process id}
+shift 3
+exec python -m cowmix_jax.main --distributed --coordinator_address="$coordinator" \
+  --num_processes="$num_processes" --process_id="$process_id" "$@"

@@ -1,0 +1,81 @@
+"""Tests of cowmix_jax/reporting.py and of what training writes for TensorBoard."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cowmix_jax import reporting, train
+from cowmix_jax.data import pipeline
+
+
+def test_colourise_by_hand():
+  palette = [(10, 20, 30), (200, 100, 0)]
+  out = reporting.colourise(np.array([[[0, 1, 255]]]), palette)
+  np.testing.assert_array_equal(out[0, 0], [(10, 20, 30), (200, 100, 0), (255, 255, 255)])
+  assert out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("normalisation", sorted(pipeline.NORMALISATIONS))
+def test_denormalise_inverts_the_pipeline(normalisation):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 5, 7, 3)).astype(np.float32)
+  normalised = pipeline.normalise(tf.constant(images), normalisation).numpy()
+  np.testing.assert_array_equal(reporting.denormalise(normalised, normalisation), images)
+
+
+def test_default_palette_is_distinct():
+  palette = reporting.default_palette(12)
+  assert palette.shape == (12, 3) and len({tuple(c) for c in palette}) == 12
+
+
+def _events(workdir):
+  """``{tag: [(step, value)]}`` of scalars and ``{tag: [(step, image)]}`` of images."""
+  scalars, images = {}, {}
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        plugin = value.metadata.plugin_data.plugin_name
+        tensor = tf.make_ndarray(value.tensor)
+        if plugin == "scalars":
+          scalars.setdefault(value.tag, []).append((event.step, float(tensor)))
+        elif plugin == "images":
+          decoded = [tf.io.decode_png(encoded).numpy() for encoded in tensor[2:]]
+          images.setdefault(value.tag, []).append((event.step, decoded))
+  return scalars, images
+
+
+def test_training_writes_scalars_and_pictures(tiny_config, tmp_path):
+  tiny_config.method = "cowmix"
+  tiny_config.data.data_dir = str(tmp_path / "tfds")
+  tiny_config.num_train_steps = 4
+  tiny_config.log_every = 2
+  tiny_config.eval_every = 2
+  tiny_config.image_every = 2
+  results = train.train_and_evaluate(tiny_config, str(tmp_path / "work"))
+  scalars, images = _events(str(tmp_path / "work"))
+  for tag in ("loss", "supervised_loss", "consistency_loss", "confidence", "learning_rate",
+              "steps_per_sec", "teacher_miou", "student_miou"):
+    assert [step for step, _ in scalars[tag]] == [2, 4], tag
+  assert scalars["teacher_miou"][-1][1] == pytest.approx(results["miou"], abs=1e-6)
+  assert scalars["student_miou"][-1][1] == pytest.approx(results["student_miou"], abs=1e-6)
+  assert scalars["learning_rate"][0][1] == pytest.approx(tiny_config.learning_rate)
+  expected = ["labelled/image", "labelled/ground_truth", "labelled/teacher_prediction",
+              "unlabelled/image", "unlabelled/mask", "unlabelled/student_input",
+              "unlabelled/teacher_target", "unlabelled/student_prediction",
+              "unlabelled/loss_mask"]
+  assert sorted(images) == sorted(expected)
+  for tag in expected:
+    steps = [step for step, _ in images[tag]]
+    assert steps == [2, 4], tag
+    pictures = images[tag][0][1]
+    assert len(pictures) == 4 and pictures[0].shape == (32, 32, 3), tag
+  # The mask is a cow mask of 0/1 pixels, about half ones (p = 0.5).
+  mask = np.stack(images["unlabelled/mask"][0][1])[..., 0]
+  assert set(np.unique(mask)) <= {0, 255} and 0.2 < np.mean(mask == 255) < 0.8
+  # Ground-truth pictures use the dataset palette (synthetic: background is black).
+  truth = np.stack(images["labelled/ground_truth"][0][1]).reshape(-1, 3)
+  from cowmix_jax.data import synthetic
+  assert {tuple(c) for c in truth} <= {tuple(c) for c in synthetic.CLASS_COLOURS}
