@@ -82,6 +82,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.decoder_widths = (192, 128, 96, 64, 48, 32)
   # Input normalisation the backbone was trained with: imagenet, caffe or grey.
   config.model.normalisation = "imagenet"
+  # Computation dtype: float32, or bfloat16 for mixed precision on GPUs and TPUs
+  # (parameters and optimiser state stay float32). CPUs gain nothing from bfloat16.
+  config.model.dtype = "float32"
 
   config.log_every = 50
   config.image_every = 1000  # TensorBoard pictures of masks, inputs, targets; 0: never

@@ -76,3 +76,24 @@ def test_unknown_model_name_lists_choices(tiny_config):
   tiny_config.model.name = "segformer"
   with pytest.raises(ValueError, match="unet"):
     models.build_model(tiny_config.model, 3)
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(tiny_config):
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
+  full = models.build_model(tiny_config.model, num_classes=5)
+  variables = full.init(jax.random.PRNGKey(0), x)
+  tiny_config.model.dtype = "bfloat16"
+  mixed = models.build_model(tiny_config.model, num_classes=5)
+  mixed_variables = mixed.init(jax.random.PRNGKey(0), x)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(mixed_variables)):
+    assert b.dtype == jnp.float32 and a.shape == b.shape
+  logits = mixed.apply(variables, x)
+  reference = full.apply(variables, x)
+  assert logits.dtype == jnp.float32
+  error = np.abs(np.asarray(logits) - np.asarray(reference)).max()
+  assert 0 < error < 0.05 * np.abs(np.asarray(reference)).max() + 1e-3
+  hlo = jax.jit(mixed.apply).lower(variables, x).as_text()
+  assert "bf16" in hlo and "convolution" in hlo
+  tiny_config.model.dtype = "float16"
+  with pytest.raises(ValueError, match="config.model.dtype='float16'"):
+    models.build_model(tiny_config.model, 5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from cowmix_jax.models.resnet import ResNetEncoder
@@ -36,7 +37,20 @@ def _build_unet(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
       width=config.get("width", 64),
       freeze_bn=config.get("freeze_bn", False),
       decoder_widths=tuple(config.get("decoder_widths", PAPER_DECODER_WIDTHS)),
+      dtype=compute_dtype(config),
   )
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  """``config.model.dtype``: float32, or bfloat16 for mixed precision (the parameters and
+  the optimiser stay float32; the logits are returned as float32)."""
+  name = config.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype={name!r}: choose one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
 def available_models() -> list:

@@ -6,7 +6,7 @@ Bottleneck blocks put the stride on the 3x3 convolution (torchvision "v1.5").
 from __future__ import annotations
 
 import functools
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -29,19 +29,20 @@ class BasicBlock(nn.Module):
   features: int
   strides: int
   norm: functools.partial
+  conv: functools.partial = functools.partial(nn.Conv, use_bias=False)
 
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = x
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(x)
+    y = self.conv(self.features, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(self.norm()(y))
-    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
+    y = self.conv(self.features, (3, 3), padding=1)(y)
     y = self.norm(scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
-      residual = nn.Conv(self.features, (1, 1), self.strides, use_bias=False,
-                         name="downsample_conv")(residual)
+      residual = self.conv(self.features, (1, 1), self.strides,
+                           name="downsample_conv")(residual)
       residual = self.norm(name="downsample_bn")(residual)
     return nn.relu(y + residual)
 
@@ -52,21 +53,22 @@ class BottleneckBlock(nn.Module):
   features: int
   strides: int
   norm: functools.partial
+  conv: functools.partial = functools.partial(nn.Conv, use_bias=False)
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = x
-    y = nn.Conv(self.features, (1, 1), use_bias=False)(x)
+    y = self.conv(self.features, (1, 1))(x)
     y = nn.relu(self.norm()(y))
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(y)
+    y = self.conv(self.features, (3, 3), self.strides, padding=1)(y)
     y = nn.relu(self.norm()(y))
-    y = nn.Conv(self.features * 4, (1, 1), use_bias=False)(y)
+    y = self.conv(self.features * 4, (1, 1))(y)
     y = self.norm(scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
-      residual = nn.Conv(self.features * 4, (1, 1), self.strides, use_bias=False,
-                         name="downsample_conv")(residual)
+      residual = self.conv(self.features * 4, (1, 1), self.strides,
+                           name="downsample_conv")(residual)
       residual = self.norm(name="downsample_bn")(residual)
     return nn.relu(y + residual)
 
@@ -88,11 +90,13 @@ class ResNetEncoder(nn.Module):
     depth: 18, 34, 50 or 101.
     width: channels of the stem and of conv2_x's 3x3 convs (64 in torchvision).
     freeze_bn: always use the stored BatchNorm statistics (the paper's frozen BN).
+    dtype: computation dtype (bfloat16 for mixed precision); parameters stay float32.
   """
 
   depth: int = 50
   width: int = 64
   freeze_bn: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
@@ -107,15 +111,16 @@ class ResNetEncoder(nn.Module):
     block_cls = BLOCKS[block_type]
     norm = functools.partial(
         nn.BatchNorm, use_running_average=(not train) or self.freeze_bn,
-        momentum=0.9, epsilon=1e-5)
-    x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, name="stem_conv")(x)
+        momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    x = conv(self.width, (7, 7), 2, padding=3, name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {}
     for stage, num_blocks in enumerate(stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = block_cls(self.width * 2**stage, strides, norm,
+        x = block_cls(self.width * 2**stage, strides, norm, conv,
                       name=f"{STAGE_NAMES[stage]}_block{block}")(x)
       features[STAGE_NAMES[stage]] = x
     return features

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -14,14 +14,14 @@ from cowmix_jax.models.resnet import ResNetEncoder
 PAPER_DECODER_WIDTHS = (192, 128, 96, 64, 48, 32)
 
 
-def _conv3x3_relu(x: jax.Array, features: int, name: str) -> jax.Array:
-  return nn.relu(nn.Conv(features, (3, 3), padding=1, name=name)(x))
+def _conv3x3_relu(x: jax.Array, features: int, name: str, dtype=jnp.float32) -> jax.Array:
+  return nn.relu(nn.Conv(features, (3, 3), padding=1, name=name, dtype=dtype)(x))
 
 
-def _upsample_relu(x: jax.Array, features: int, name: str) -> jax.Array:
+def _upsample_relu(x: jax.Array, features: int, name: str, dtype=jnp.float32) -> jax.Array:
   """Transposed 4x4 convolution with stride 2 (doubles height and width)."""
   return nn.relu(nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
-                                  name=name)(x))
+                                  name=name, dtype=dtype)(x))
 
 
 class UNet(nn.Module):
@@ -42,6 +42,7 @@ class UNet(nn.Module):
   width: int = 64
   freeze_bn: bool = False
   decoder_widths: Sequence[int] = PAPER_DECODER_WIDTHS
+  dtype: Any = jnp.float32  # bfloat16: mixed precision (parameters stay float32)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -57,15 +58,16 @@ class UNet(nn.Module):
     if len(self.decoder_widths) != 6:
       raise ValueError(f"decoder_widths needs 6 values, got {tuple(self.decoder_widths)}")
     w = self.decoder_widths
-    features = ResNetEncoder(self.depth, self.width, self.freeze_bn, name="encoder")(x, train)
-    y = _conv3x3_relu(features["conv5_x"], w[0], "conv_32")
-    y = _upsample_relu(y, w[1], "up_16")
+    features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
+                             name="encoder")(x, train)
+    y = _conv3x3_relu(features["conv5_x"], w[0], "conv_32", self.dtype)
+    y = _upsample_relu(y, w[1], "up_16", self.dtype)
     for level, skip_name in enumerate(("conv4_x", "conv3_x", "conv2_x")):
       y = jnp.concatenate([y, features[skip_name]], axis=-1)
-      y = _conv3x3_relu(y, w[level + 1], f"conv_{16 >> level}")
-      y = _upsample_relu(y, w[level + 2], f"up_{8 >> level}")
-    y = _conv3x3_relu(y, w[4], "conv_2")
-    y = _upsample_relu(y, w[5], "up_1")
-    y = _conv3x3_relu(y, w[5], "conv_1")
-    logits = nn.Conv(self.num_classes, (1, 1), name="classifier")(y).astype(jnp.float32)
+      y = _conv3x3_relu(y, w[level + 1], f"conv_{16 >> level}", self.dtype)
+      y = _upsample_relu(y, w[level + 2], f"up_{8 >> level}", self.dtype)
+    y = _conv3x3_relu(y, w[4], "conv_2", self.dtype)
+    y = _upsample_relu(y, w[5], "up_1", self.dtype)
+    y = _conv3x3_relu(y, w[5], "conv_1", self.dtype)
+    logits = nn.Conv(self.num_classes, (1, 1), name="classifier", dtype=self.dtype)(y).astype(jnp.float32)
     return logits[:, :height, :width]
