@@ -179,18 +179,23 @@ def _pair(text: str) -> Optional[Tuple[int, int]]:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
-flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
-flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
-flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
-flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
-flags.DEFINE_string("window", "", "Sliding window H,W ('' = whole images).")
-flags.DEFINE_string("window_stride", "", "Window offsets H,W (default 2/3 of the window).")
-flags.DEFINE_string("output", "", "Write the results as JSON here.")
-flags.DEFINE_string("markdown", "", "Write the per-class table as Markdown here.")
-flags.DEFINE_string("predictions", "", "Write palette PNG predictions into this directory.")
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so that importing
+  this module next to the other tools defines nothing)."""
+  config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
+  flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
+  flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
+  flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
+  flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
+  flags.DEFINE_string("window", "", "Sliding window H,W ('' = whole images).")
+  flags.DEFINE_string("window_stride", "", "Window offsets H,W (default 2/3 of the window).")
+  flags.DEFINE_string("output", "", "Write the results as JSON here.")
+  flags.DEFINE_string("markdown", "", "Write the per-class table as Markdown here.")
+  flags.DEFINE_string("predictions", "", "Write palette PNG predictions into this directory.")
 
 
 def main(argv: Iterable[str]) -> None:
@@ -213,5 +218,6 @@ def main(argv: Iterable[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

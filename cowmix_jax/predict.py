@@ -5,7 +5,7 @@ python -m cowmix_jax.predict --config=configs/X.py --workdir=DIR --input=IMAGES 
     [--overlay_alpha=0.5]
 
 Writes ``OUT/<name>.png``: a palette PNG whose pixel values are the class ids (viewers
-show the dataset's colours), and ``OUT/<name>_overlay.jpg``: the image blended with the
+show the dataset's colours), and ``OUT/<name>_overlay.png``: the image blended with the
 coloured prediction. Images of any size are padded to a multiple of 32 and the
 prediction is cropped back; the dataset itself is not needed beyond its class list.
 """
@@ -79,19 +79,24 @@ def write_prediction(output_dir: str, image_id: str, image: np.ndarray,
   colours = reporting.colourise(prediction[None], palette)[0].astype(np.float32)
   overlay = (1 - overlay_alpha) * image.astype(np.float32) + overlay_alpha * colours
   Image.fromarray(np.clip(np.round(overlay), 0, 255).astype(np.uint8)).save(
-      os.path.join(output_dir, image_id + "_overlay.jpg"), quality=90)
+      os.path.join(output_dir, image_id + "_overlay.png"))
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
-flags.DEFINE_string("input", None, "A directory of images.")
-flags.DEFINE_string("output", None, "Where to write the label PNGs and overlays.")
-flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
-flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
-flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
-flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlays.")
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so that importing
+  this module next to the other tools defines nothing)."""
+  config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
+  flags.DEFINE_string("input", None, "A directory of images.")
+  flags.DEFINE_string("output", None, "Where to write the label PNGs and overlays.")
+  flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
+  flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
+  flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
+  flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlays.")
 
 
 def main(argv) -> None:
@@ -105,5 +110,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config", "workdir", "input", "output"])
   app.run(main)

@@ -184,10 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
                                                            config.model.normalisation))
     state, step_metrics = train_step(state, batch)
     log_due = _due(step, config.log_every) or step == config.num_train_steps
-    save_due = _due(step, config.checkpoint_every) or preemption.requested
-    if log_due or save_due:
-      values = fetch_finite_metrics(step_metrics, step, checkpointer)
     if log_due:
+      values = fetch_finite_metrics(step_metrics, step, checkpointer)
       now = time.time()
       rate = (step - last_step) / (now - last_time)
       eta = (config.num_train_steps - step) / rate
@@ -200,11 +198,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       _, mious = evaluate_and_report(step)
       if checkpointer.save_if_best(state, mious["teacher_miou"]):
         logging.info("step %d  best mIoU so far: saved to %s/best", step, workdir)
-    if save_due:
+    stop = preemption.requested  # read once: the signal may come at any moment
+    if _due(step, config.checkpoint_every) or stop:
+      fetch_finite_metrics(step_metrics, step, checkpointer)
       checkpointer.save(state)
       saved_step = step
       logging.info("step %d  checkpoint saving (async) to %s/checkpoints", step, workdir)
-    if preemption.requested:
+    if stop:
       checkpointer.wait()
       checkpointer.close()
       writer.close()
