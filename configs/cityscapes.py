@@ -4,14 +4,15 @@ python -m cowmix_jax.main --config=configs/cityscapes.py --workdir=DIR \
     --config.data.manual_dir=/path/to/cityscapes [--config.data.num_labelled=372]
 
 The dataset directory comes from config.data.manual_dir, else $COWMIX_CITYSCAPES_DIR.
-Labels are reduced by 2x2 majority vote (builder_config=half_majority; half_nearest and
+`--config=configs/cityscapes.py:deeplab_v2` selects DeepLab v2 (batch 2 of full images,
+learning rate 1e-5). Labels are reduced by 2x2 majority vote (builder_config=half_majority; half_nearest and
 full are the alternatives, see cowmix_jax/data/cityscapes.py).
 """
 
-from cowmix_jax.config_base import get_base_config, get_data_config
+from cowmix_jax.config_base import get_base_config, get_data_config, set_deeplab_v2
 
 
-def get_config():
+def get_config(model: str = "unet"):
   config = get_base_config()
   config.data = get_data_config(
       "cityscapes", builder_config="half_majority", num_labelled=372,
@@ -27,6 +28,12 @@ def get_config():
   config.model.depth = 50
   config.model.freeze_bn = True
   config.model.normalisation = "imagenet"
+  if model == "deeplab_v2":
+    set_deeplab_v2(config)
+    config.batch_size = 2  # paper: DeepLab, batch 2 of full images
+    config.unlabelled_batch_size = 2
+  elif model != "unet":
+    raise ValueError(f"configs/cityscapes.py:{model}: choose unet or deeplab_v2")
   config.eval_batch_size = 1
   config.eval_every = 10_000
   config.log_every = 200

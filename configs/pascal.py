@@ -4,13 +4,15 @@ python -m cowmix_jax.main --config=configs/pascal.py --workdir=DIR \
     --config.data.manual_dir=/path/to/VOCdevkit/VOC2012 [--config.data.num_labelled=100]
 
 The dataset directory comes from config.data.manual_dir, else $COWMIX_VOC_DIR.
+`--config=configs/pascal.py:deeplab_v2` selects DeepLab v2 (ResNet-101, output stride 8,
+Caffe-style 0-255 BGR input, learning rate 1e-5, paper D.3.2).
 321x321 crops, random scale 0.5 to 1.5 in steps of 0.1 (Hung et al.), flips, batch 10.
 """
 
-from cowmix_jax.config_base import get_base_config, get_data_config
+from cowmix_jax.config_base import get_base_config, get_data_config, set_deeplab_v2
 
 
-def get_config():
+def get_config(model: str = "unet"):
   config = get_base_config()
   config.data = get_data_config(
       "pascal", num_labelled=100, eval_canvas=(512, 512),
@@ -25,6 +27,10 @@ def get_config():
   config.model.depth = 50
   config.model.freeze_bn = True
   config.model.normalisation = "imagenet"
+  if model == "deeplab_v2":
+    set_deeplab_v2(config)
+  elif model != "unet":
+    raise ValueError(f"configs/pascal.py:{model}: choose unet or deeplab_v2")
   config.eval_batch_size = 10
   config.eval_every = 5_000
   config.log_every = 200

@@ -94,3 +94,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 16
   config.num_devices = -1  # -1: every visible device
   return config
+
+
+def set_deeplab_v2(config: ml_collections.ConfigDict) -> None:
+  """The paper's DeepLab v2 settings (appendix D.3.2): ResNet-101 at output stride 8,
+  frozen BatchNorm, Caffe-style 0-255 BGR inputs with the mean subtracted, lr 1e-5."""
+  config.model.name = "deeplab_v2"
+  config.model.depth = 101
+  config.model.width = 64
+  config.model.freeze_bn = True
+  config.model.aspp_two_branch_bug = False
+  config.model.normalisation = "caffe"
+  config.learning_rate = 1e-5

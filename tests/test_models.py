@@ -97,3 +97,93 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(tiny_config):
   tiny_config.model.dtype = "float16"
   with pytest.raises(ValueError, match="config.model.dtype='float16'"):
     models.build_model(tiny_config.model, 5)
+
+
+def test_dilation_plans_by_hand():
+  from cowmix_jax.models.resnet import stage_strides_and_dilations as plan
+  assert plan(32, caffe=False) == [(1, 1, 1), (2, 1, 1), (2, 1, 1), (2, 1, 1)]
+  # torchvision: a dilated stage's first block keeps the previous dilation.
+  assert plan(8, caffe=False) == [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+  assert plan(16, caffe=False) == [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 1, 2)]
+  # DeepLab v2 (caffe): every block of a dilated stage is dilated.
+  assert plan(8, caffe=True) == [(1, 1, 1), (2, 1, 1), (1, 2, 2), (1, 4, 4)]
+  with pytest.raises(ValueError, match="output stride must be 8, 16 or 32"):
+    plan(4, caffe=False)
+
+
+def _torch_style_max_pool(x, ceil_mode):
+  """numpy reference: PyTorch MaxPool2d(3, 2, padding=1, ceil_mode) on [H, W]."""
+  size = x.shape[0]
+  if ceil_mode:
+    out = -(-(size + 2 - 3) // 2) + 1
+    if (out - 1) * 2 >= size + 1:
+      out -= 1
+  else:
+    out = (size + 2 - 3) // 2 + 1
+  padded = np.full((size + 6, size + 6), -np.inf)
+  padded[1:size + 1, 1:size + 1] = x
+  return np.array([[padded[2 * i:2 * i + 3, 2 * j:2 * j + 3].max() for j in range(out)]
+                   for i in range(out)])
+
+
+@pytest.mark.parametrize("size", [7, 8, 9, 160, 161])
+def test_ceil_mode_max_pool_matches_pytorch_rounding(size):
+  from cowmix_jax.models.resnet import max_pool_3x3_s2
+  x = np.random.default_rng(size).normal(size=(size, size)).astype(np.float32)
+  for ceil_mode in (False, True):
+    got = np.asarray(max_pool_3x3_s2(jnp.asarray(x)[None, :, :, None], ceil_mode))[0, :, :, 0]
+    np.testing.assert_array_equal(got, _torch_style_max_pool(x, ceil_mode))
+
+
+def _param_count(model, shape):
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape))
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+
+
+def test_deeplab_v2_parameter_count_and_shapes():
+  model = models.DeepLabV2(num_classes=21)
+  # Caffe ResNet-101 without its classifier (torchvision's 44,549,160 - 2,049,000) and
+  # four 3x3 2048 -> 21 convolutions with biases.
+  assert _param_count(model, (1, 65, 65, 3)) == 44_549_160 - 2_049_000 + 4 * (9 * 2048 * 21 + 21)
+  encoder = models.ResNetEncoder(101, output_stride=8, style="caffe")
+  shapes = jax.eval_shape(lambda x: encoder.init_with_output(jax.random.PRNGKey(0), x)[0],
+                          jnp.zeros((1, 321, 321, 3)))
+  # 321 -> conv 161 -> ceil-mode pool 81 -> conv3_x 41, then dilated: 41.
+  assert shapes["conv2_x"].shape == (1, 81, 81, 256)
+  assert shapes["conv5_x"].shape == (1, 41, 41, 2048)
+  tv = models.ResNetEncoder(50, output_stride=16)
+  shapes = jax.eval_shape(lambda x: tv.init_with_output(jax.random.PRNGKey(0), x)[0],
+                          jnp.zeros((1, 64, 96, 3)))
+  assert shapes["conv5_x"].shape == (1, 4, 6, 2048)
+  # Dilation adds no parameters: torchvision ResNet-50 without its classifier.
+  assert _param_count(tv, (1, 64, 64, 3)) == 25_557_032 - 2_049_000
+  logits = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
+                          jnp.zeros((2, 65, 97, 3)))
+  assert logits.shape == (2, 65, 97, 21) and logits.dtype == jnp.float32
+
+
+def test_deeplab_v2_sums_all_four_branches_unless_the_bug_is_asked_for():
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 64, 64, 3))
+  model = models.DeepLabV2(num_classes=3, depth=18, width=8)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  buggy = models.DeepLabV2(num_classes=3, depth=18, width=8, two_branch_bug=True)
+  zeroed = jax.tree_util.tree_map_with_path(
+      lambda path, p: p * 0 if any(getattr(k, "key", "") in ("aspp_2", "aspp_3") for k in path)
+      else p, variables)
+  # With the bug, branches 3 and 4 do not matter; without it, they do.
+  np.testing.assert_allclose(buggy.apply(variables, x), buggy.apply(zeroed, x), atol=1e-6)
+  np.testing.assert_allclose(buggy.apply(variables, x), model.apply(zeroed, x), atol=1e-6)
+  assert not np.allclose(model.apply(variables, x), model.apply(zeroed, x), atol=1e-4)
+
+
+def test_deeplab_v3plus_output_and_head():
+  model = models.DeepLabV3Plus(num_classes=4, depth=18, width=8)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  logits = model.apply(variables, x)
+  assert logits.shape == (2, 64, 64, 4)
+  params = variables["params"]
+  assert params["low_level"]["Conv_0"]["kernel"].shape == (1, 1, 8, 48)  # conv2_x of R18/8
+  assert params["decoder_0"]["Conv_0"]["kernel"].shape == (3, 3, 256 + 48, 256)
+  assert params["aspp"]["project"]["Conv_0"]["kernel"].shape == (1, 1, 5 * 256, 256)
+  assert tuple(model.aspp_rates) == (12, 24, 36)

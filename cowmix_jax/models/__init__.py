@@ -1,7 +1,8 @@
 """Model registry: ``config.model.name`` -> a Flax module.
 
-Each builder takes the model config and the number of classes. New architectures
-(DeepLab v2 / v3+) register themselves here.
+Each builder takes the model config and the number of classes: ``unet`` (the paper's
+Table 4), ``deeplab_v2`` (Caffe-style ResNet-101 at output stride 8, four-branch ASPP)
+and ``deeplab_v3plus``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from cowmix_jax.models.deeplab import DeepLabV2, DeepLabV3Plus
 from cowmix_jax.models.resnet import ResNetEncoder
 from cowmix_jax.models.unet import PAPER_DECODER_WIDTHS, UNet
 
@@ -41,6 +43,30 @@ def _build_unet(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   )
 
 
+@register("deeplab_v2")
+def _build_deeplab_v2(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  return DeepLabV2(
+      num_classes=num_classes,
+      depth=config.get("depth", 101),
+      width=config.get("width", 64),
+      freeze_bn=config.get("freeze_bn", True),
+      two_branch_bug=config.get("aspp_two_branch_bug", False),
+      dtype=compute_dtype(config),
+  )
+
+
+@register("deeplab_v3plus")
+def _build_deeplab_v3plus(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  return DeepLabV3Plus(
+      num_classes=num_classes,
+      depth=config.get("depth", 101),
+      width=config.get("width", 64),
+      freeze_bn=config.get("freeze_bn", True),
+      output_stride=config.get("output_stride", 8),
+      dtype=compute_dtype(config),
+  )
+
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -65,4 +91,5 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return _REGISTRY[config.name](config, num_classes)
 
 
-__all__ = ["build_model", "register", "available_models", "ResNetEncoder", "UNet"]
+__all__ = ["build_model", "register", "available_models", "ResNetEncoder", "UNet",
+           "DeepLabV2", "DeepLabV3Plus"]

@@ -1,0 +1,121 @@
+"""DeepLab v2 and v3+ on dilated ResNets (REFERENCE.md, "Networks")."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cowmix_jax.models.resnet import ResNetEncoder
+
+
+def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
+  """``[N, h, w, C]`` -> ``[N, height, width, C]``, half-pixel bilinear (PyTorch's
+  ``F.interpolate(..., mode="bilinear", align_corners=False)`` when upsampling)."""
+  return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), "bilinear")
+
+
+class DeepLabV2(nn.Module):
+  """DeepLab v2: a Caffe-style ResNet at output stride 8 and an ASPP head that sums four
+  dilated 3x3 convolutions straight to class logits, upsampled to the input.
+
+  Attributes:
+    num_classes: C.
+    depth, width, freeze_bn: encoder settings (ResNet-101, 64, frozen in the paper).
+    aspp_rates: dilation of the four branches.
+    two_branch_bug: sum only the first two branches, as the widely copied PyTorch code
+      does (a misplaced ``return`` in its loop). Off by default; for comparisons only.
+      The other branches still exist (same parameters as the PyTorch module).
+    dtype: computation dtype.
+  """
+
+  num_classes: int
+  depth: int = 101
+  width: int = 64
+  freeze_bn: bool = True
+  aspp_rates: Sequence[int] = (6, 12, 18, 24)
+  two_branch_bug: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Args: x ``[N, H, W, 3]``. Returns ``[N, H, W, C]`` float32 logits."""
+    height, width = x.shape[1:3]
+    features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
+                             output_stride=8, style="caffe", name="encoder")(x, train)
+    branches = [nn.Conv(self.num_classes, (3, 3), padding=rate, kernel_dilation=rate,
+                        kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
+                        name=f"aspp_{i}")(features["conv5_x"])
+                for i, rate in enumerate(self.aspp_rates)]
+    used = branches[:2] if self.two_branch_bug else branches
+    logits = functools.reduce(jnp.add, used)
+    return resize_bilinear(logits.astype(jnp.float32), height, width)
+
+
+class ConvBNReLU(nn.Module):
+  features: int
+  kernel: int = 1
+  dilation: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    pad = self.dilation * (self.kernel // 2)
+    x = nn.Conv(self.features, (self.kernel, self.kernel), padding=pad,
+                kernel_dilation=self.dilation, use_bias=False, dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype)(x)
+    return nn.relu(x)
+
+
+class ASPP(nn.Module):
+  """Atrous spatial pyramid pooling of DeepLab v3: a 1x1 branch, three dilated 3x3
+  branches, image pooling, then a 1x1 projection (all 256 wide with BatchNorm)."""
+
+  rates: Sequence[int] = (12, 24, 36)
+  features: int = 256
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    branches = [ConvBNReLU(self.features, 1, dtype=self.dtype, name="branch_1x1")(x, train)]
+    for i, rate in enumerate(self.rates):
+      branches.append(ConvBNReLU(self.features, 3, rate, dtype=self.dtype,
+                                 name=f"branch_rate{i}")(x, train))
+    pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
+    pooled = ConvBNReLU(self.features, 1, dtype=self.dtype, name="image_pool")(pooled, train)
+    branches.append(jnp.broadcast_to(pooled, branches[0].shape))
+    return ConvBNReLU(self.features, 1, dtype=self.dtype,
+                      name="project")(jnp.concatenate(branches, -1), train)
+
+
+class DeepLabV3Plus(nn.Module):
+  """DeepLab v3+ (the authors' later code): torchvision ResNet at output stride 8, ASPP
+  (rates 12/24/36 with image pooling), a 48-channel projection of conv2_x, two 3x3 256
+  convolutions, class logits upsampled to the input."""
+
+  num_classes: int
+  depth: int = 101
+  width: int = 64
+  freeze_bn: bool = True
+  output_stride: int = 8
+  aspp_rates: Sequence[int] = (12, 24, 36)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Args: x ``[N, H, W, 3]``. Returns ``[N, H, W, C]`` float32 logits."""
+    height, width = x.shape[1:3]
+    features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
+                             output_stride=self.output_stride, name="encoder")(x, train)
+    y = ASPP(self.aspp_rates, dtype=self.dtype, name="aspp")(features["conv5_x"], train)
+    low = ConvBNReLU(48, 1, dtype=self.dtype, name="low_level")(features["conv2_x"], train)
+    y = resize_bilinear(y, low.shape[1], low.shape[2])
+    y = jnp.concatenate([y, low.astype(y.dtype)], axis=-1)
+    y = ConvBNReLU(256, 3, dtype=self.dtype, name="decoder_0")(y, train)
+    y = ConvBNReLU(256, 3, dtype=self.dtype, name="decoder_1")(y, train)
+    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
+    return resize_bilinear(logits.astype(jnp.float32), height, width)
