@@ -85,6 +85,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Computation dtype: float32, or bfloat16 for mixed precision on GPUs and TPUs
   # (parameters and optimiser state stay float32). CPUs gain nothing from bfloat16.
   config.model.dtype = "float32"
+  # Converted weights (python -m cowmix_jax.models.convert): loaded into the encoder (or
+  # all of DeepLab v2); they learn at pretrained_lr_multiplier x the learning rate.
+  config.model.pretrained = ""
+  config.model.pretrained_lr_multiplier = 0.1
 
   config.log_every = 50
   config.image_every = 1000  # TensorBoard pictures of masks, inputs, targets; 0: never

@@ -90,8 +90,8 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, me
                       ) -> Tuple[Dict, int]:
   """The model variables of a checkpoint of ``workdir``, and its step."""
   image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
-  template = create_train_state(model, train.make_optimizer(config),
-                                jax.random.PRNGKey(0), image_shape)
+  variables, tx = train.initial_variables_and_optimizer(config, model, image_shape)
+  template = create_train_state(model, tx, jax.random.PRNGKey(0), image_shape, variables)
   template = jax.device_put(template, steps.replicated(mesh))
   checkpointer = Checkpointer(workdir)
   state = checkpointer.restore(template, checkpoint)

@@ -35,8 +35,9 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       key: jax.Array, input_shape) -> TrainState:
-  """Initialises student and teacher to the same random weights.
+                       key: jax.Array, input_shape, variables=None) -> TrainState:
+  """Initialises student and teacher to the same weights: ``variables`` (e.g. random
+  ones with pretrained weights merged in) or, when None, a fresh random init.
 
   Args:
     model: a Flax module called as ``model(x, train=...)``.
@@ -44,8 +45,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     key: the run's base key (from the config's seed).
     input_shape: ``(N, H, W, C)`` of a dummy input.
   """
-  init_key = jax.random.fold_in(key, 0x5EED)
-  variables = model.init(init_key, jnp.zeros(input_shape, jnp.float32), train=False)
+  if variables is None:
+    variables = init_variables(model, key, input_shape)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   return TrainState(
@@ -58,6 +59,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
       teacher_batch_stats=jax.tree.map(jnp.copy, batch_stats),
       key=key,
   )
+
+
+def init_variables(model: nn.Module, key: jax.Array, input_shape) -> PyTree:
+  """The model's random initial variables for the run's key."""
+  init_key = jax.random.fold_in(key, 0x5EED)
+  return model.init(init_key, jnp.zeros(input_shape, jnp.float32), train=False)
 
 
 def update_teacher(state: TrainState, alpha: float) -> TrainState:

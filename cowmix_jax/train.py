@@ -15,11 +15,13 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from cowmix_jax import data as data_lib
 from cowmix_jax import losses, metrics, mixing, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
-from cowmix_jax.state import TrainState, create_train_state
+from cowmix_jax.models import convert
+from cowmix_jax.state import TrainState, create_train_state, init_variables
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -40,9 +42,40 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam at ``config.learning_rate`` (paper, appendix D.3)."""
-  return optax.adam(config.learning_rate)
+def make_optimizer(config: ml_collections.ConfigDict,
+                   pretrained_labels=None) -> optax.GradientTransformation:
+  """Adam at ``config.learning_rate`` (paper, appendix D.3). With ``pretrained_labels``
+  (a tree like the params of ``pretrained`` / ``new`` strings), pretrained parameters
+  get ``config.model.pretrained_lr_multiplier`` times the rate (0.1 in the authors'
+  code), via ``optax.multi_transform``."""
+  if pretrained_labels is None:
+    return optax.adam(config.learning_rate)
+  multiplier = config.model.get("pretrained_lr_multiplier", 0.1)
+  return optax.multi_transform(
+      {"pretrained": optax.adam(config.learning_rate * multiplier),
+       "new": optax.adam(config.learning_rate)}, pretrained_labels)
+
+
+def initial_variables_and_optimizer(config: ml_collections.ConfigDict, model, image_shape):
+  """The initial variables (random, with ``config.model.pretrained`` merged in when
+  given) and the optimiser (per-group learning rates when pretrained)."""
+  variables = init_variables(model, jax.random.PRNGKey(config.seed), image_shape)
+  path = config.model.get("pretrained", "")
+  if not path:
+    return variables, make_optimizer(config)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.model.pretrained={path!r} does not exist (convert a "
+                            f"PyTorch file with python -m cowmix_jax.models.convert)")
+  pretrained = convert.load(path)
+  variables = convert.merge_pretrained(jax.tree.map(np.asarray, dict(variables)), pretrained,
+                                       source=path)
+  loaded = flatten_dict(pretrained.get("params", {}))
+  labels = unflatten_dict({key: "pretrained" if key in loaded else "new"
+                           for key in flatten_dict(variables["params"])})
+  logging.info("Loaded %d pretrained parameter arrays from %s (lr x%g); %d new.",
+               len(loaded), path, config.model.get("pretrained_lr_multiplier", 0.1),
+               len(flatten_dict(variables["params"])) - len(loaded))
+  return variables, make_optimizer(config, labels)
 
 
 def evaluate(eval_step, variables, batches, mesh, num_classes: int) -> np.ndarray:
@@ -96,8 +129,10 @@ def fetch_finite_metrics(step_metrics, step: int, checkpointer: Checkpointer) ->
   return values
 
 
-def _restore_or_init(config, model, tx, mesh, checkpointer: Checkpointer, image_shape):
-  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape)
+def _restore_or_init(config, model, tx, mesh, checkpointer: Checkpointer, image_shape,
+                     variables):
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape,
+                             variables)
   state = jax.device_put(state, steps.replicated(mesh))
   restored = checkpointer.restore(state)
   if restored is None:
@@ -142,9 +177,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   probe = data_lib.builders.prepare(config.data)
   num_classes = len(probe.info.metadata["class_names"])
   model = models.build_model(config.model, num_classes)
-  tx = make_optimizer(config)
   image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
-  state = _restore_or_init(config, model, tx, mesh, checkpointer, image_shape)
+  variables, tx = initial_variables_and_optimizer(config, model, image_shape)
+  state = _restore_or_init(config, model, tx, mesh, checkpointer, image_shape, variables)
   start_step = int(state.step)
   inputs = data_lib.make_inputs(config, workdir, jax.process_index(), jax.process_count(),
                                 start_step=start_step)
