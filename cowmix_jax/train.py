@@ -20,7 +20,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from cowmix_jax import data as data_lib
 from cowmix_jax import losses, metrics, mixing, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
-from cowmix_jax.models import convert
+from cowmix_jax.models import convert, summary
 from cowmix_jax.state import TrainState, create_train_state, init_variables
 
 
@@ -179,6 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   model = models.build_model(config.model, num_classes)
   image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
   variables, tx = initial_variables_and_optimizer(config, model, image_shape)
+  if jax.process_index() == 0:
+    logging.info("Model %s, parameters and cost:\n%s", config.model.name,
+                 summary.report(model, variables, image_shape))
   state = _restore_or_init(config, model, tx, mesh, checkpointer, image_shape, variables)
   start_step = int(state.step)
   inputs = data_lib.make_inputs(config, workdir, jax.process_index(), jax.process_count(),

@@ -187,3 +187,26 @@ def test_deeplab_v3plus_output_and_head():
   assert params["decoder_0"]["Conv_0"]["kernel"].shape == (3, 3, 256 + 48, 256)
   assert params["aspp"]["project"]["Conv_0"]["kernel"].shape == (1, 1, 5 * 256, 256)
   assert tuple(model.aspp_rates) == (12, 24, 36)
+
+
+def test_flops_and_parameter_report_against_hand_counts():
+  import flax.linen as nn
+
+  from cowmix_jax.models import summary
+
+  class TwoConvs(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.Conv(8, (3, 3), padding=1, name="first")(x)
+      return nn.Conv(4, (1, 1), name="second")(x)
+
+  model = TwoConvs()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  assert summary.parameter_counts(variables["params"]) == {"first": 3 * 3 * 3 * 8 + 8,
+                                                           "second": 8 * 4 + 4}
+  # 2 FLOPs per multiply-add, per output pixel: 3x3x3 -> 8, then 8 -> 4.
+  expected = 2 * 16 * 16 * (27 * 8 + 8 * 4)
+  flops = summary.forward_flops(model, variables, (2, 16, 16, 3))
+  assert abs(flops - expected) / expected < 0.05, (flops, expected)
+  text = summary.report(model, variables, (1, 16, 16, 3))
+  assert "total" in text and f"{3 * 3 * 3 * 8 + 8 + 36:,}" in text and "GFLOPs" in text

@@ -3,7 +3,7 @@
 python -m cowmix_jax.models.convert --layout=torchvision_resnet --depth=50 \\
     --input=resnet50-0676ba61.pth --output=resnet50_imagenet.msgpack
 python -m cowmix_jax.models.convert --layout=deeplab_v2 \\
-    --input=MS_DeepLab_resnet_pretrained_COCO_init.pth --output=deeplab_v2_coco.msgpack
+    --input=resnet101COCO-41f33a49.pth --output=deeplab_v2_coco.msgpack [--drop_head]
 
 PyTorch files are read with ``torch.load(weights_only=True)`` (torch is the optional
 ``convert`` extra). The output holds ``{"params": ..., "batch_stats": ...}`` in this
@@ -130,6 +130,8 @@ def main(argv=None) -> int:
   parser.add_argument("--layout", choices=LAYOUTS, required=True)
   parser.add_argument("--input", required=True, help="a PyTorch .pth file")
   parser.add_argument("--output", required=True, help="the .msgpack file to write")
+  parser.add_argument("--drop_head", action="store_true",
+                      help="leave out DeepLab v2's ASPP (a different number of classes)")
   args = parser.parse_args(argv)
   try:
     import torch
@@ -138,6 +140,9 @@ def main(argv=None) -> int:
   state = torch.load(args.input, map_location="cpu", weights_only=True)
   state = state.get("state_dict", state) if isinstance(state, dict) else state
   variables = convert_state_dict({k: v.numpy() for k, v in state.items()}, args.layout)
+  if args.drop_head:
+    variables["params"] = {k: v for k, v in variables["params"].items()
+                           if not k.startswith("aspp_")}
   save(variables, args.output)
   count = sum(np.size(v) for v in flatten_dict(variables["params"]).values())
   print(f"wrote {args.output}: {count:,} parameters")
