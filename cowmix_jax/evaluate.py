@@ -24,9 +24,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
-from PIL import Image
 
-from cowmix_jax import metrics, models, steps, train
+from cowmix_jax import metrics, models, reporting, steps, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
 from cowmix_jax.state import create_train_state
@@ -107,15 +106,11 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, me
 def save_predictions(directory: str, batch: Dict[str, np.ndarray], predictions: np.ndarray,
                      palette: Optional[Sequence[Sequence[int]]]) -> None:
   """One palette PNG per real image of the batch, cropped to its own size."""
-  flat_palette = [v for colour in (palette or []) for v in colour]
-  for image_id, size, prediction in zip(batch["image_id"], batch["size"], predictions):
-    if not image_id:
-      continue
-    height, width = size
-    pixels = np.ascontiguousarray(prediction[:height, :width], np.uint8)
-    image = Image.frombytes("P", (int(width), int(height)), pixels.tobytes())
-    image.putpalette(flat_palette + [0] * (768 - len(flat_palette)))
-    image.save(os.path.join(directory, image_id.decode() + ".png"))
+  for image_id, (height, width), prediction in zip(batch["image_id"], batch["size"],
+                                                   predictions):
+    if image_id:
+      reporting.save_label_png(os.path.join(directory, image_id.decode() + ".png"),
+                               prediction[:height, :width], palette)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -181,16 +176,20 @@ def _pair(text: str) -> Optional[Tuple[int, int]]:
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-  """The command-line flags (defined only when run as a program, so that importing
-  this module next to the other tools defines nothing)."""
+def define_checkpoint_flags() -> None:
+  """Flags shared by evaluate.py and predict.py: which run, checkpoint and network.
+  (Defined only when a tool runs as a program, so importing both defines nothing.)"""
   config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
   flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
-  flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
   flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
   flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
+
+
+def define_flags() -> None:
+  define_checkpoint_flags()
+  flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
   flags.DEFINE_string("window", "", "Sliding window H,W ('' = whole images).")
   flags.DEFINE_string("window_stride", "", "Window offsets H,W (default 2/3 of the window).")
   flags.DEFINE_string("output", "", "Write the results as JSON here.")

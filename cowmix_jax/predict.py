@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 from PIL import Image
 
 from cowmix_jax import evaluate, models, reporting, steps
@@ -72,10 +71,7 @@ def predict_image(logits_fn, variables, image: np.ndarray, normalisation: str) -
 def write_prediction(output_dir: str, image_id: str, image: np.ndarray,
                      prediction: np.ndarray, palette: np.ndarray,
                      overlay_alpha: float) -> None:
-  label = Image.frombytes("P", prediction.shape[::-1], np.ascontiguousarray(prediction).tobytes())
-  flat = [int(v) for colour in palette for v in colour]
-  label.putpalette(flat + [0] * (768 - len(flat)))
-  label.save(os.path.join(output_dir, image_id + ".png"))
+  reporting.save_label_png(os.path.join(output_dir, image_id + ".png"), prediction, palette)
   colours = reporting.colourise(prediction[None], palette)[0].astype(np.float32)
   overlay = (1 - overlay_alpha) * image.astype(np.float32) + overlay_alpha * colours
   Image.fromarray(np.clip(np.round(overlay), 0, 255).astype(np.uint8)).save(
@@ -86,16 +82,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The command-line flags (defined only when run as a program, so that importing
-  this module next to the other tools defines nothing)."""
-  config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
+  evaluate.define_checkpoint_flags()
   flags.DEFINE_string("input", None, "A directory of images.")
   flags.DEFINE_string("output", None, "Where to write the label PNGs and overlays.")
-  flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
-  flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
-  flags.DEFINE_bool("flip", False, "Average the logits with the mirrored image's.")
   flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlays.")
 
 

@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence
 import jax
 import numpy as np
 from clu import metric_writers
+from PIL import Image
 
 from cowmix_jax.data.base import IGNORE_LABEL
 from cowmix_jax.data.pipeline import NORMALISATIONS
@@ -77,6 +78,18 @@ def visual_summaries(visuals: Dict[str, np.ndarray], batch: Dict[str, np.ndarray
     if mask is not None and mask.shape == visuals["loss_mask"].shape:
       out["unlabelled/mask"] = _grey(mask[:n])
   return out
+
+
+def save_label_png(path: str, labels: np.ndarray,
+                   palette: Optional[Sequence[Sequence[int]]]) -> None:
+  """Class ids ``[H, W]`` as a palette PNG: pixel values are the ids, viewers show the
+  palette's colours."""
+  height, width = labels.shape
+  image = Image.frombytes("P", (int(width), int(height)),
+                          np.ascontiguousarray(labels, np.uint8).tobytes())
+  flat = [int(v) for colour in (palette if palette is not None else []) for v in colour]
+  image.putpalette(flat + [0] * (768 - len(flat)))
+  image.save(path)
 
 
 def palette_of(builder_metadata, num_classes: int) -> np.ndarray:
