@@ -35,6 +35,7 @@ def test_paper_settings():
     load_config("pascal", "pspnet")
 
 
+@pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
 @pytest.mark.parametrize("name,model", [("pascal", "unet"), ("pascal", "deeplab_v2"),
                                         ("cityscapes", "unet"), ("cityscapes", "deeplab_v2")])
 def test_two_training_steps_on_a_tiny_input(name, model, tmp_path, tiny_config):

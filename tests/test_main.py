@@ -55,6 +55,7 @@ def test_bad_config_value_is_a_clear_error(tmp_path):
   assert "config.method='mixup'" in out.stderr and "cowmix" in out.stderr
 
 
+@pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
 @pytest.mark.skipif(not os.path.isdir(SHARED_CAMVID),
                     reason="the shared CamVid copy (../shared/data/camvid) is not present")
 def test_camvid_config_builds_once_and_trains_on_the_real_data(tmp_path):

@@ -53,6 +53,7 @@ def _final_params(workdir, config):
   return Checkpointer(str(workdir)).restore(template).params
 
 
+@pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
 def test_two_processes_train_like_one(tmp_path, tiny_config):
   data_dir = tmp_path / "tfds"
   single = subprocess.run(_command(tmp_path / "single", data_dir), cwd=REPO, env=_env(4),

@@ -71,6 +71,7 @@ def _assert_same_state(a, b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
 def test_killed_or_preempted_runs_resume_to_the_uninterrupted_state(tmp_path, tiny_config):
   tiny_config.model.width = 4
   _run(tmp_path / "straight")
