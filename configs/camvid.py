@@ -8,7 +8,7 @@ Images are 480x360; crops of 480x384 hold the whole image (the 24 rows of paddin
 ignored by every loss), so the network sees full images as in the paper.
 """
 
-from cowmix_jax.config_base import get_base_config, get_data_config
+from cowmix_jax.config_base import get_base_config, get_data_config, set_paper_model
 
 
 def get_config():
@@ -20,13 +20,9 @@ def get_config():
   config.batch_size = 1  # paper: batch 1 with frozen BatchNorm
   config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
   config.num_devices = 1
-  config.learning_rate = 1e-4
   config.num_train_steps = 367 * 100  # 100 epochs of the 367 training images
   config.mask.cow_sigma_range = (4.0, 16.0)
-  config.model.name = "unet"
-  config.model.depth = 50
-  config.model.freeze_bn = True
-  config.model.normalisation = "imagenet"
+  set_paper_model(config, "unet", "configs/camvid.py")
   config.eval_batch_size = 1
   config.eval_every = 367 * 10
   config.log_every = 100

@@ -9,7 +9,7 @@ learning rate 1e-5). Labels are reduced by 2x2 majority vote (builder_config=hal
 full are the alternatives, see cowmix_jax/data/cityscapes.py).
 """
 
-from cowmix_jax.config_base import get_base_config, get_data_config, set_deeplab_v2
+from cowmix_jax.config_base import get_base_config, get_data_config, set_paper_model
 
 
 def get_config(model: str = "unet"):
@@ -21,19 +21,12 @@ def get_config(model: str = "unet"):
   config.batch_size = 1  # paper: U-Net, batch 1, 100k iterations
   config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
   config.num_devices = 1
-  config.learning_rate = 1e-4
   config.num_train_steps = 100_000
   config.mask.cow_sigma_range = (8.0, 32.0)
-  config.model.name = "unet"
-  config.model.depth = 50
-  config.model.freeze_bn = True
-  config.model.normalisation = "imagenet"
+  set_paper_model(config, model, "configs/cityscapes.py")
   if model == "deeplab_v2":
-    set_deeplab_v2(config)
     config.batch_size = 2  # paper: DeepLab, batch 2 of full images
     config.unlabelled_batch_size = 2
-  elif model != "unet":
-    raise ValueError(f"configs/cityscapes.py:{model}: choose unet or deeplab_v2")
   config.eval_batch_size = 1
   config.eval_every = 10_000
   config.log_every = 200

@@ -9,7 +9,7 @@ Caffe-style 0-255 BGR input, learning rate 1e-5, paper D.3.2).
 321x321 crops, random scale 0.5 to 1.5 in steps of 0.1 (Hung et al.), flips, batch 10.
 """
 
-from cowmix_jax.config_base import get_base_config, get_data_config, set_deeplab_v2
+from cowmix_jax.config_base import get_base_config, get_data_config, set_paper_model
 
 
 def get_config(model: str = "unet"):
@@ -20,17 +20,9 @@ def get_config(model: str = "unet"):
   config.method = "cowmix"
   config.batch_size = 10
   config.unlabelled_batch_size = 10
-  config.learning_rate = 1e-4
   config.num_train_steps = 40_000
   config.mask.cow_sigma_range = (8.0, 32.0)
-  config.model.name = "unet"
-  config.model.depth = 50
-  config.model.freeze_bn = True
-  config.model.normalisation = "imagenet"
-  if model == "deeplab_v2":
-    set_deeplab_v2(config)
-  elif model != "unet":
-    raise ValueError(f"configs/pascal.py:{model}: choose unet or deeplab_v2")
+  set_paper_model(config, model, "configs/pascal.py")
   config.eval_batch_size = 10
   config.eval_every = 5_000
   config.log_every = 200

@@ -110,3 +110,19 @@ def set_deeplab_v2(config: ml_collections.ConfigDict) -> None:
   config.model.aspp_two_branch_bug = False
   config.model.normalisation = "caffe"
   config.learning_rate = 1e-5
+
+
+def set_paper_model(config: ml_collections.ConfigDict, model: str, config_file: str) -> None:
+  """The paper's networks: ``unet`` (ImageNet ResNet-50 encoder, frozen BatchNorm, lr
+  1e-4) or ``deeplab_v2`` (see set_deeplab_v2); ``config_file`` names the caller in the
+  error for any other choice."""
+  if model == "unet":
+    config.model.name = "unet"
+    config.model.depth = 50
+    config.model.freeze_bn = True
+    config.model.normalisation = "imagenet"
+    config.learning_rate = 1e-4
+  elif model == "deeplab_v2":
+    set_deeplab_v2(config)
+  else:
+    raise ValueError(f"{config_file}:{model}: choose unet or deeplab_v2")
