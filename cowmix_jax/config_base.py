@@ -18,6 +18,9 @@ def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
     subset_seed: the seed of the labelled draw (-1 = config.seed).
     class_balanced: draw the subset so every class is shown as evenly as possible.
     eval_canvas: (H, W) every evaluation image is padded to (label 255).
+    downscale: shrink every image by this whole factor before anything else (training
+      crops are then in shrunk pixels); evaluation upsamples the logits to the labels'
+      full resolution, so mIoU is always measured at the dataset's resolution.
     augment: see cowmix_jax.data.pipeline.Augmentation.
   """
   data = ml_collections.ConfigDict()
@@ -32,6 +35,7 @@ def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
   data.subset_seed = -1
   data.class_balanced = False
   data.eval_canvas = (512, 512)
+  data.downscale = 1
   data.augment = ml_collections.ConfigDict(dict(
       crop_size=(321, 321), scale_range=(1.0, 1.0), scale_step=0.0, hflip=True,
       rotation_degrees=0.0, brightness_std=0.0, contrast_log_std=0.0))

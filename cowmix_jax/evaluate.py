@@ -76,7 +76,8 @@ def make_predict_fn(model, mesh, num_classes: int, **logits_options):
   logits_fn = make_logits_fn(model, **logits_options)
 
   def predict(variables, images, labels, confusion):
-    predictions = jnp.argmax(logits_fn(variables, images), axis=-1).astype(jnp.int32)
+    logits = steps.resize_to_labels(logits_fn(variables, images), labels)
+    predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return predictions, confusion + metrics.confusion_matrix(labels, predictions, num_classes)
 
   replicated, sharded = steps.replicated(mesh), steps.batch_sharded(mesh)
@@ -136,7 +137,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     os.makedirs(prediction_dir, exist_ok=True)
   confusion = jnp.zeros((len(class_names), len(class_names)), jnp.int32)
   batches = pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
-                                  config.eval_batch_size, config.model.normalisation)
+                                  config.eval_batch_size, config.model.normalisation,
+                                  downscale_factor=config.data.get("downscale", 1))
   for batch in batches:
     images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
     predictions, confusion = predict(variables, images, labels, confusion)

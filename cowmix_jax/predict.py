@@ -54,18 +54,25 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: s
                "teacher" if use_teacher else "student", step)
   for image_id, path in images.items():
     image = base.image_array(base.read_file(path), path)
-    prediction = predict_image(logits_fn, variables, image, config.model.normalisation)
+    prediction = predict_image(logits_fn, variables, image, config.model.normalisation,
+                               config.data.get("downscale", 1))
     write_prediction(output_dir, image_id, image, prediction, palette, overlay_alpha)
   return list(images)
 
 
-def predict_image(logits_fn, variables, image: np.ndarray, normalisation: str) -> np.ndarray:
-  """uint8 ``[H, W, 3]`` -> uint8 ``[H, W]`` class ids."""
+def predict_image(logits_fn, variables, image: np.ndarray, normalisation: str,
+                  downscale_factor: int = 1) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` -> uint8 ``[H, W]`` class ids. With ``downscale_factor`` > 1
+  the network sees the shrunk image and its logits are upsampled to ``H x W``."""
   height, width = image.shape[:2]
-  normalised = pipeline.normalise(np.asarray(image, np.float32), normalisation).numpy()
-  padded = np.pad(normalised, ((0, -height % 32), (0, -width % 32), (0, 0)))
-  logits = logits_fn(variables, jnp.asarray(padded[None]))
-  return np.asarray(jnp.argmax(logits[0, :height, :width], -1), np.uint8)
+  small, _ = pipeline.downscale(np.asarray(image, np.float32), None, downscale_factor)
+  normalised = pipeline.normalise(small, normalisation).numpy()
+  small_h, small_w = normalised.shape[:2]
+  padded = np.pad(normalised, ((0, -small_h % 32), (0, -small_w % 32), (0, 0)))
+  logits = logits_fn(variables, jnp.asarray(padded[None]))[:, :small_h, :small_w]
+  if (small_h, small_w) != (height, width):
+    logits = jax.image.resize(logits, (1, height, width, logits.shape[-1]), "bilinear")
+  return np.asarray(jnp.argmax(logits[0], -1), np.uint8)
 
 
 def write_prediction(output_dir: str, image_id: str, image: np.ndarray,

@@ -220,16 +220,26 @@ def make_visualise_fn(model: nn.Module, config: ml_collections.ConfigDict,
                  out_shardings=batch_sharded(mesh))
 
 
+def resize_to_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Bilinearly resizes ``logits [B, h, w, C]`` to the labels' ``[B, H, W]`` (images
+  evaluated at a reduced resolution, ``config.data.downscale``); same size: unchanged."""
+  if logits.shape[1:3] == labels.shape[1:3]:
+    return logits
+  shape = labels.shape[:3] + logits.shape[3:]
+  return jax.image.resize(logits, shape, method="bilinear", antialias=False)
+
+
 def make_eval_step(model: nn.Module, num_classes: int, mesh: Mesh) -> Callable:
   """Jitted ``eval_step(variables, images, labels, confusion) -> confusion``.
 
   Args of the returned function: variables ``{"params", "batch_stats"}``; images
-  ``[B, H, W, 3]``; labels ``[B, H, W]`` (255 = ignore, also for padding);
+  ``[B, h, w, 3]``; labels ``[B, H, W]`` (255 = ignore, also for padding; the logits
+  are resized to them if ``(h, w) != (H, W)``);
   confusion ``[C, C]`` int32 accumulator (donated).
   """
 
   def eval_step(variables, images, labels, confusion):
-    logits = model.apply(variables, images, train=False)
+    logits = resize_to_labels(model.apply(variables, images, train=False), labels)
     predictions = jnp.argmax(logits, axis=-1)
     return confusion + metrics.confusion_matrix(labels, predictions, num_classes)
 

@@ -244,3 +244,45 @@ def test_eval_batches_pad_to_the_canvas_and_to_full_batches(synthetic_builder, p
   assert sorted(seen) == sorted(rendered)
   assert len(set(counts)) == 1, "every process runs the same number of eval steps"
   assert counts[0] == math.ceil(math.ceil(8 / process_count) / 3)
+
+
+def test_downscale_matches_pil_antialiased_bilinear_and_strided_labels():
+  from PIL import Image
+
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, (36, 48, 3)).astype(np.uint8)
+  label = rng.integers(0, 11, (36, 48)).astype(np.uint8)
+  small, small_label = pipeline.downscale(tf.constant(image), tf.constant(label), 4)
+  assert small.shape == (9, 12, 3) and small_label.shape == (9, 12)
+  # PIL's BILINEAR shrinks with a triangle filter widened by the factor: the same filter.
+  reference = np.stack([np.asarray(Image.fromarray(image[..., c]).convert("F").resize(
+      (12, 9), Image.BILINEAR)) for c in range(3)], -1)
+  np.testing.assert_allclose(small.numpy(), reference, atol=0.5)
+  # Nearest with half-pixel centres picks source pixel 4 i + 2: ids are never blended.
+  np.testing.assert_array_equal(small_label.numpy(), label[2::4, 2::4])
+  same, _ = pipeline.downscale(tf.constant(image), None, 1)
+  np.testing.assert_array_equal(same.numpy(), image)
+
+
+def test_downscale_factor_must_divide_the_canvas():
+  with pytest.raises(ValueError, match=r"eval_canvas=\(40, 48\) is not divisible by "
+                                       r"config.data.downscale=3"):
+    pipeline.check_downscale(3, (40, 48))
+  with pytest.raises(ValueError, match="downscale=0.5: need a whole number"):
+    pipeline.check_downscale(0.5, (40, 48))
+
+
+def test_downscaled_eval_batches_shrink_images_and_keep_full_labels(synthetic_builder):
+  rendered = _rendered("validation", 8)
+  full = next(pipeline.eval_batches(synthetic_builder, "validation", (40, 48), 3, "grey"))
+  small = next(pipeline.eval_batches(synthetic_builder, "validation", (40, 48), 3, "grey",
+                                     downscale_factor=4))
+  assert small["image"].shape == (3, 10, 12, 3) and small["label"].shape == (3, 40, 48)
+  np.testing.assert_array_equal(small["label"], full["label"])
+  np.testing.assert_array_equal(small["size"], full["size"])
+  for image_id, image in zip(small["image_id"], small["image"]):
+    original = rendered[image_id.decode()][0].astype(np.float32)
+    expected = pipeline.downscale(tf.constant(original), None, 4)[0].numpy()
+    np.testing.assert_allclose(_denormalise(image[:8, :8], pipeline.NORMALISATIONS["grey"]),
+                               expected, atol=1e-3)
+    assert np.all(image[8:] == 0) and np.all(image[:, 8:] == 0)

@@ -176,3 +176,42 @@ def test_padded_unlabelled_pixels_carry_no_consistency_loss(method, tiny_config,
   half = ones.copy()
   half[:, :, 16:] = 0  # the right half is padding
   assert 0 < consistency(half) < consistency(ones)
+
+
+def _bilinear_upsample_numpy(x, factor):
+  """``[B, h, w, C]`` -> ``[B, f h, f w, C]`` by hand: output pixel ``o`` samples input
+  coordinate ``(o + 0.5) / f - 0.5`` (half-pixel centres), clamped at the borders."""
+
+  def weights(size):
+    coords = np.clip((np.arange(size * factor) + 0.5) / factor - 0.5, 0, size - 1)
+    low = np.floor(coords).astype(int)
+    high = np.minimum(low + 1, size - 1)
+    matrix = np.zeros((size * factor, size))
+    np.add.at(matrix, (np.arange(size * factor), low), 1 - (coords - low))
+    np.add.at(matrix, (np.arange(size * factor), high), coords - low)
+    return matrix
+
+  rows, cols = weights(x.shape[1]), weights(x.shape[2])
+  return np.einsum("ih,jw,bhwc->bijc", rows, cols, x)
+
+
+def test_logits_are_resized_to_full_resolution_labels(tiny_config):
+  model, _, state = _setup(tiny_config)
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+  labels = np.zeros((2, 20, 28), np.int32)
+  np.testing.assert_allclose(steps.resize_to_labels(jnp.asarray(logits), labels),
+                             _bilinear_upsample_numpy(logits, 4), atol=1e-5)
+  same = steps.resize_to_labels(jnp.asarray(logits), labels[:, :5, :7])
+  np.testing.assert_array_equal(same, logits)
+  # The eval step scores upsampled logits against the full-resolution labels.
+  mesh = steps.make_mesh(1)
+  images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+  labels = rng.integers(0, 6, size=(2, 64, 64)).astype(np.int32)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  confusion = steps.make_eval_step(model, 6, mesh)(
+      variables, images, labels, jnp.zeros((6, 6), jnp.int32))
+  small = np.asarray(model.apply(variables, images, train=False))
+  predictions = _bilinear_upsample_numpy(small, 2).argmax(-1)
+  expected = np.bincount(6 * labels.ravel() + predictions.ravel(), minlength=36).reshape(6, 6)
+  np.testing.assert_array_equal(confusion, expected)

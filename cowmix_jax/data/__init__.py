@@ -33,6 +33,7 @@ class Inputs:
   eval_canvas: Tuple[int, int]
   process_index: int = 0
   process_count: int = 1
+  downscale: int = 1
 
   @property
   def num_classes(self) -> int:
@@ -47,7 +48,8 @@ class Inputs:
       raise ValueError(f"split {split!r} is not in the dataset (it has "
                        f"{sorted(self.builder.info.splits)})")
     return pipeline.eval_batches(self.builder, split, self.eval_canvas, batch_size,
-                                 self.normalisation, self.process_index, self.process_count)
+                                 self.normalisation, self.process_index, self.process_count,
+                                 self.downscale)
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -97,15 +99,16 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
                          num_available=len(all_ids))
   aug = pipeline.Augmentation.from_config(data.augment)
   normalisation = config.model.normalisation
+  factor = pipeline.check_downscale(data.get("downscale", 1), data.eval_canvas)
   labelled = pipeline.labelled_stream(
       builder, data.train_split, labelled_ids, config.batch_size, stream_seed(config.seed, 2),
-      aug, normalisation, process_index, process_count, start_step)
+      aug, normalisation, process_index, process_count, start_step, factor)
   unlabelled_splits = [s for s in UNLABELLED_SPLITS if s in builder.info.splits]
   unlabelled = None
   if config.method != "supervised":
     unlabelled = pipeline.unlabelled_stream(
         builder, unlabelled_splits, config.unlabelled_batch_size, stream_seed(config.seed, 3),
-        aug, normalisation, process_index, process_count, start_step)
+        aug, normalisation, process_index, process_count, start_step, factor)
   return Inputs(builder, class_names, labelled_ids, unlabelled_splits,
                 pipeline.train_batches(labelled, unlabelled), normalisation,
-                tuple(data.eval_canvas), process_index, process_count)
+                tuple(data.eval_canvas), process_index, process_count, factor)

@@ -143,6 +143,30 @@ def _rotate(image, label, valid, degrees: float, seed):
   return image, label, valid
 
 
+def check_downscale(factor: int, canvas: Tuple[int, int]) -> int:
+  """``config.data.downscale`` checked: a positive integer that divides the canvas."""
+  if int(factor) != factor or factor < 1:
+    raise ValueError(f"config.data.downscale={factor}: need a whole number >= 1")
+  if any(size % int(factor) for size in canvas):
+    raise ValueError(f"config.data.eval_canvas={tuple(canvas)} is not divisible by "
+                     f"config.data.downscale={factor}")
+  return int(factor)
+
+
+def downscale(image: tf.Tensor, label: Optional[tf.Tensor], factor: int):
+  """Shrinks ``image [H, W, 3]`` (antialiased bilinear, float32) and ``label [H, W]``
+  (nearest, so ids stay ids) by ``factor`` to ``round(H / factor) x round(W / factor)``;
+  a factor of 1 returns them as they are."""
+  if factor == 1:
+    return image, label
+  size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) / factor), tf.int32)
+  image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear",
+                          antialias=True)
+  if label is not None:
+    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+  return image, label
+
+
 def pad_to(x: tf.Tensor, height, width, value: float) -> tf.Tensor:
   """Pads ``[H, W, ...]`` at the bottom and right to at least ``height x width``."""
   shape = tf.shape(x)
@@ -257,16 +281,17 @@ def _endless_augmented_batches(dataset: tf.data.Dataset, buffer: int, seed: int,
 def labelled_stream(builder, split: str, image_ids: Sequence[str], global_batch: int,
                     seed: int, aug: Augmentation, normalisation: str,
                     process_index: int = 0, process_count: int = 1,
-                    start_batch: int = 0) -> tf.data.Dataset:
+                    start_batch: int = 0, downscale_factor: int = 1) -> tf.data.Dataset:
   """Endless augmented batches ``{image [B, h, w, 3], label [B, h, w]}`` of the images
   ``image_ids`` of ``split``: this process's ``B = global_batch / process_count`` rows
-  of each global batch, from global batch ``start_batch``."""
+  of each global batch, from global batch ``start_batch``. Images are shrunk by
+  ``downscale_factor`` before augmentation."""
   ids = tf.constant(list(image_ids))
   dataset = _read(builder, split, seed=None).filter(
       lambda example: tf.reduce_any(tf.equal(example["image_id"], ids))).cache()
 
   def prepare(example_seed, example):
-    image, label = _decoded(builder, example, with_label=True)
+    image, label = downscale(*_decoded(builder, example, with_label=True), downscale_factor)
     out = augment(image, label, example_seed, aug, normalisation)
     return {"image": out["image"], "label": out["label"]}
 
@@ -277,14 +302,16 @@ def labelled_stream(builder, split: str, image_ids: Sequence[str], global_batch:
 
 def unlabelled_stream(builder, splits: Sequence[str], global_batch: int, seed: int,
                       aug: Augmentation, normalisation: str, process_index: int = 0,
-                      process_count: int = 1, start_batch: int = 0) -> tf.data.Dataset:
+                      process_count: int = 1, start_batch: int = 0,
+                      downscale_factor: int = 1) -> tf.data.Dataset:
   """Endless augmented batches ``{unlabelled_image [B, h, w, 3], unlabelled_valid
   [B, h, w]}`` of every image of ``splits`` (their labels are never read): this
-  process's rows of each global batch, from global batch ``start_batch``."""
+  process's rows of each global batch, from global batch ``start_batch``, shrunk by
+  ``downscale_factor`` before augmentation."""
   dataset = _read(builder, "+".join(splits), seed=seed)
 
   def prepare(example_seed, example):
-    image, _ = _decoded(builder, example, with_label=False)
+    image, _ = downscale(*_decoded(builder, example, with_label=False), downscale_factor)
     out = augment(image, None, example_seed, aug, normalisation)
     return {"unlabelled_image": out["image"], "unlabelled_valid": out["valid"]}
 
@@ -303,16 +330,19 @@ def train_batches(labelled: tf.data.Dataset, unlabelled: Optional[tf.data.Datase
 
 
 def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
-                 normalisation: str, process_index: int = 0, process_count: int = 1
-                 ) -> Iterator[Dict[str, np.ndarray]]:
+                 normalisation: str, process_index: int = 0, process_count: int = 1,
+                 downscale_factor: int = 1) -> Iterator[Dict[str, np.ndarray]]:
   """Whole images padded to ``canvas`` (label 255), in order, as full batches.
 
-  Yields ``{"image": [B, H, W, 3] float32, "label": [B, H, W] int32, "image_id": [B]
-  bytes, "size": [B, 2] int32 (the unpadded height and width)}``. The last batches are
-  padded with ignored pixels (id ``b""``, size 0), and every process yields the same
-  number of batches.
+  Yields ``{"image": [B, H / f, W / f, 3] float32, "label": [B, H, W] int32,
+  "image_id": [B] bytes, "size": [B, 2] int32 (the unpadded label height and width)}``
+  with ``(H, W) = canvas`` and ``f = downscale_factor``: labels keep their full
+  resolution (the evaluation upsamples the logits to them), images are shrunk by ``f``
+  and padded to ``canvas / f``. The last batches are padded with ignored pixels (id
+  ``b""``, size 0), and every process yields the same number of batches.
   """
   height, width = canvas
+  factor = check_downscale(downscale_factor, canvas)
 
   def prepare(example):
     image, label = _decoded(builder, example, with_label=True)
@@ -320,8 +350,9 @@ def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
     tf.debugging.assert_less_equal(
         shape, tf.constant([height, width]),
         message=f"an image is larger than config.data.eval_canvas={tuple(canvas)}")
+    image, _ = downscale(image, None, factor)
     image = normalise(tf.cast(image, tf.float32), normalisation)
-    return {"image": pad_to(image, height, width, 0.0),
+    return {"image": pad_to(image, height // factor, width // factor, 0.0),
             "label": pad_to(tf.cast(label, tf.int32), height, width, IGNORE_LABEL),
             "image_id": example["image_id"], "size": tf.cast(shape, tf.int32)}
 
@@ -334,7 +365,7 @@ def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
   for batch in tfds.as_numpy(dataset.batch(batch_size).prefetch(2)):
     yielded += 1
     yield _pad_batch(batch, batch_size)
-  empty = {"image": np.zeros((0, height, width, 3), np.float32),
+  empty = {"image": np.zeros((0, height // factor, width // factor, 3), np.float32),
            "label": np.zeros((0, height, width), np.int32),
            "image_id": np.zeros((0,), object), "size": np.zeros((0, 2), np.int32)}
   for _ in range(num_batches - yielded):

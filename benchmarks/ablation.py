@@ -1,0 +1,363 @@
+"""Resumable (method x seed [x variant]) experiment grid: the paper's Table 1 and sweeps.
+
+Each run trains in its own workdir ``ROOT/NAME`` (a ``python -m cowmix_jax.main``
+subprocess; its log is ``ROOT/NAME/train.log``). As each run finishes its final teacher
+mIoU, per-class IoU and wall time go into ``ROOT/results.json``. Run the same command
+again to continue: finished runs are skipped, an interrupted run resumes from its last
+checkpoint. SIGTERM or Ctrl-C stops the current run cleanly (it checkpoints) and the
+grid. At the end a table gives mean +- std (over seeds) per method and the fraction of
+the supervised-to-all-labels gap each method closes.
+
+Table 1 at CPU scale (docs/RESULTS.md):
+  python benchmarks/ablation.py --config=configs/camvid_cpu.py --root=runs/camvid_cpu \
+      --seeds=0,1,2 --set=data.manual_dir=../shared/data/camvid
+Sweeps of one key at a time (the base value's runs are shared with the grid):
+  python benchmarks/ablation.py ... --methods=cowmix --vary="cons_weight=1;3;30"
+  python benchmarks/ablation.py ... --methods=cowmix \
+      --vary="mask.cow_sigma_range=(0.5, 2.0);(2.0, 8.0)"
+Only print the table of what is recorded: add --report_only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+# Table 1's columns: a name -> the config overrides that make it.
+METHODS: Dict[str, Dict[str, str]] = {
+    "supervised": {"method": "supervised"},
+    "aug": {"method": "aug"},
+    "ict": {"method": "ict"},
+    "cutout": {"method": "cutout"},
+    "cutmix": {"method": "cutmix"},
+    "cowout": {"method": "cowout"},
+    "cowmix": {"method": "cowmix"},
+    "all_labels": {"method": "supervised", "data.num_labelled": "-1"},
+}
+BASELINE, FULL = "supervised", "all_labels"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the grid."""
+
+  method: str
+  seed: int
+  variant: Tuple[Tuple[str, str], ...] = ()  # (config key, value) pairs
+
+  @property
+  def group(self) -> str:
+    """The table row: the method, and the variant's settings if any."""
+    if not self.variant:
+      return self.method
+    return f"{self.method} [{', '.join(f'{k}={v}' for k, v in self.variant)}]"
+
+  @property
+  def name(self) -> str:
+    """The run's directory name, e.g. ``cowmix_seed0`` or ``cowmix_cons_weight=3_seed0``."""
+    parts = [self.method] + [f"{key}={slug(value)}" for key, value in self.variant]
+    return "_".join(parts + [f"seed{self.seed}"])
+
+
+def slug(value: str) -> str:
+  """A value as a file-name-safe string: ``(0.5, 2.0)`` -> ``0.5-2.0``."""
+  return re.sub(r"[^0-9A-Za-z.+-]+", "-", value).strip("-")
+
+
+def parse_vary(text: str) -> Tuple[str, List[str]]:
+  """``"key=v1;v2;v3"`` -> ``("key", ["v1", "v2", "v3"])``."""
+  key, sep, values = text.partition("=")
+  values = [v.strip() for v in values.split(";") if v.strip()]
+  if not sep or not key.strip() or not values:
+    raise ValueError(f"--vary={text!r}: expected KEY=VALUE1;VALUE2;...")
+  return key.strip(), values
+
+
+def parse_set(text: str) -> Tuple[str, str]:
+  key, sep, value = text.partition("=")
+  if not sep or not key.strip():
+    raise ValueError(f"--set={text!r}: expected KEY=VALUE (a config key, e.g. "
+                     f"data.manual_dir=../shared/data/camvid)")
+  return key.strip(), value
+
+
+def plan_runs(methods: Sequence[str], seeds: Sequence[int],
+              varies: Sequence[Tuple[str, List[str]]] = ()) -> List[Run]:
+  """Every (method, seed) run, or with ``varies`` one variant run per value of each
+  varied key (one key at a time, as in the paper's sweeps), seeds innermost last so a
+  partly finished grid already has every method at the first seeds."""
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+  variants = [()] if not varies else [((key, value),) for key, values in varies
+                                      for value in values]
+  return [Run(method, seed, variant) for seed in seeds for variant in variants
+          for method in methods]
+
+
+# ---------------------------------------------------------------------------------------
+# Results file
+
+
+def load_results(path: str) -> Dict:
+  if not os.path.exists(path):
+    return {"runs": {}}
+  with open(path) as f:
+    try:
+      results = json.load(f)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path}: not a results file ({error}); move it away to start "
+                       f"afresh") from error
+  if not isinstance(results.get("runs"), dict):
+    raise ValueError(f"{path}: expected a JSON object with a 'runs' object")
+  return results
+
+
+def save_results(path: str, results: Dict) -> None:
+  """Writes atomically: a crash mid-write never leaves a broken results file."""
+  temporary = path + ".tmp"
+  with open(temporary, "w") as f:
+    json.dump(results, f, indent=1, sort_keys=True)
+  os.replace(temporary, path)
+
+
+def wall_seconds_file(workdir: str) -> str:
+  return os.path.join(workdir, "wall_seconds.json")
+
+
+def add_wall_seconds(workdir: str, seconds: float) -> float:
+  """Adds one attempt's wall time to the run's total (attempts of a resumed run add up)."""
+  path = wall_seconds_file(workdir)
+  total = read_wall_seconds(workdir) + seconds
+  with open(path, "w") as f:
+    json.dump({"wall_seconds": total}, f)
+  return total
+
+
+def read_wall_seconds(workdir: str) -> float:
+  path = wall_seconds_file(workdir)
+  if not os.path.exists(path):
+    return 0.0
+  with open(path) as f:
+    return float(json.load(f)["wall_seconds"])
+
+
+def run_record(run: Run, workdir: str) -> Optional[Dict]:
+  """The results entry of a finished run (None if ``workdir`` has no results.json)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    final = json.load(f)
+  return {
+      "method": run.method, "seed": run.seed, "group": run.group,
+      "variant": dict(run.variant), "miou": final["miou"],
+      "student_miou": final.get("student_miou"),
+      "per_class_iou": final["per_class_iou"], "step": final["step"],
+      "split": final["split"], "train_seconds": final.get("train_seconds"),
+      "wall_seconds": read_wall_seconds(workdir),
+      "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+  }
+
+
+# ---------------------------------------------------------------------------------------
+# Launching
+
+
+def train_command(run: Run, config: str, workdir: str,
+                  common: Sequence[Tuple[str, str]]) -> List[str]:
+  """The ``cowmix_jax.main`` command line of a run: the method, the seed, the common
+  ``--set`` overrides, then the variant (later overrides win)."""
+  settings = (list(METHODS[run.method].items()) + [("seed", str(run.seed))] + list(common)
+              + list(run.variant))
+  return ([sys.executable, "-m", "cowmix_jax.main", f"--config={config}",
+           f"--workdir={workdir}"] + [f"--config.{key}={value}" for key, value in settings])
+
+
+class StopRequest:
+  """Set by SIGTERM/SIGINT; the signal is passed on to the running training process,
+  which checkpoints and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self.child: Optional[subprocess.Popen] = None
+
+  def install(self) -> "StopRequest":
+    signal.signal(signal.SIGTERM, self._handle)
+    signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signal.SIGTERM)
+
+
+def launch(command: List[str], workdir: str, stop: StopRequest) -> Tuple[int, float]:
+  """Runs one training process (output appended to ``workdir/train.log``); returns its
+  exit code and wall seconds."""
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  with open(os.path.join(workdir, "train.log"), "a") as log:
+    log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')}: "
+              f"{' '.join(command)}\n")
+    log.flush()
+    stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    code = stop.child.wait()
+    stop.child = None
+  return code, time.time() - start
+
+
+# ---------------------------------------------------------------------------------------
+# The table
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, float("nan")
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(records: Sequence[Dict]) -> List[Dict]:
+  """Rows ``{group, method, n, mean, std, gap_closed, seeds, wall_minutes}`` (mIoU in %,
+  std over seeds with ddof 1), in Table 1's method order. ``gap_closed`` is
+  ``(mean - supervised) / (all_labels - supervised)`` over the base runs (None where
+  either is missing)."""
+  groups: Dict[str, List[Dict]] = {}
+  for record in records:
+    groups.setdefault(record["group"], []).append(record)
+  order = list(METHODS)
+  keys = sorted(groups, key=lambda g: (order.index(groups[g][0]["method"]), g))
+  means = {g: _mean_std([100 * r["miou"] for r in groups[g]])[0] for g in keys}
+  rows = []
+  for group in keys:
+    members = sorted(groups[group], key=lambda r: r["seed"])
+    mean, std = _mean_std([100 * r["miou"] for r in members])
+    gap = None
+    if BASELINE in means and FULL in means and means[FULL] != means[BASELINE]:
+      gap = (mean - means[BASELINE]) / (means[FULL] - means[BASELINE])
+    rows.append({"group": group, "method": members[0]["method"], "n": len(members),
+                 "mean": mean, "std": std, "gap_closed": gap,
+                 "seeds": [r["seed"] for r in members],
+                 "wall_minutes": sum(r["wall_seconds"] for r in members) / len(members) / 60})
+  return rows
+
+
+def format_table(rows: Sequence[Dict]) -> str:
+  lines = [f"| method | runs | mIoU % (mean +- std) | gap closed | wall min/run |",
+           "|---|---|---|---|---|"]
+  for row in rows:
+    gap = "" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%"
+    std = "" if math.isnan(row["std"]) else f" +- {row['std']:.2f}"
+    lines.append(f"| {row['group']} | {row['n']} | {row['mean']:.2f}{std} | {gap} | "
+                 f"{row['wall_minutes']:.1f} |")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The grid
+
+
+def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
+             common: Sequence[Tuple[str, str]], stop: Optional[StopRequest] = None,
+             launcher=launch) -> Tuple[Dict, List[str]]:
+  """Runs what is not finished, recording each run as it ends; returns the results and
+  the names of failed runs."""
+  stop = stop or StopRequest().install()
+  results = load_results(results_path)
+  results.setdefault("machine", machine_description())
+  failed, times = [], []
+  for index, run in enumerate(runs, 1):
+    workdir = os.path.join(root, run.name)
+    prefix = f"[{index}/{len(runs)}] {run.name}"
+    if run.name in results["runs"]:
+      print(f"{prefix}: done before ({100 * results['runs'][run.name]['miou']:.2f}%)")
+      continue
+    record = run_record(run, workdir)
+    if record is None and stop.requested:
+      print(f"{prefix}: not started (stop requested); run the same command again.")
+      break
+    if record is None:
+      remaining = sum(1 for r in runs[index - 1:] if r.name not in results["runs"])
+      eta = (f", grid ETA {remaining * sum(times) / len(times) / 60:.0f} min"
+             if times else "")
+      print(f"{prefix}: training (log {os.path.join(workdir, 'train.log')}{eta})", flush=True)
+      code, seconds = launcher(train_command(run, config, workdir, common), workdir, stop)
+      add_wall_seconds(workdir, seconds)
+      if stop.requested:
+        print(f"{prefix}: stopped; run the same command again to resume it.")
+        break
+      record = run_record(run, workdir)
+      if code != 0 or record is None:
+        print(f"{prefix}: FAILED (exit code {code}); see {workdir}/train.log", flush=True)
+        failed.append(run.name)
+        continue
+      times.append(seconds)
+    results["runs"][run.name] = record
+    save_results(results_path, results)
+    print(f"{prefix}: teacher mIoU {100 * record['miou']:.2f}% "
+          f"({record['wall_seconds'] / 60:.1f} min)", flush=True)
+  return results, failed
+
+
+def machine_description() -> str:
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="\n".join(__doc__.splitlines()[1:]))
+  parser.add_argument("--config", required=True, help="a config file (configs/*.py)")
+  parser.add_argument("--root", required=True, help="directory of the runs' workdirs")
+  parser.add_argument("--results", default="", help="results JSON (default ROOT/results.json)")
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help=f"comma-separated, from {','.join(METHODS)}")
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config override for every run (repeatable)")
+  parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1;V2",
+                      help="sweep one config key over values (repeatable; one key at a time)")
+  parser.add_argument("--report_only", action="store_true", help="print the table, run nothing")
+  args = parser.parse_args(argv)
+
+  if not os.path.exists(args.config):
+    parser.error(f"--config={args.config}: no such file")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  except ValueError:
+    parser.error(f"--seeds={args.seeds!r}: expected comma-separated integers")
+  try:
+    runs = plan_runs([m.strip() for m in args.methods.split(",") if m.strip()], seeds,
+                     [parse_vary(v) for v in args.vary])
+    common = [parse_set(s) for s in args.set]
+  except ValueError as error:
+    parser.error(str(error))
+  os.makedirs(args.root, exist_ok=True)
+  results_path = args.results or os.path.join(args.root, "results.json")
+  failed = []
+  if args.report_only:
+    results = load_results(results_path)
+  else:
+    results, failed = run_grid(runs, args.config, args.root, results_path, common)
+  print(f"\nEvery run recorded in {results_path} ({results.get('machine', '')}):")
+  print(format_table(summarise(list(results["runs"].values()))))
+  if failed:
+    print(f"Failed runs: {', '.join(failed)}")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

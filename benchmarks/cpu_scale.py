@@ -1,0 +1,119 @@
+"""How long does one training step cost at a given CPU scale? (finds configs/camvid_cpu.py)
+
+Times the jitted train step on a fixed random batch for each combination of ResNet
+depth, U-Net width factor, input size and method, all in one process, and prints
+seconds per step and the estimated minutes of a run of ``--run_steps`` steps. The ratio
+column is against the first row (the same process, so shared-machine noise cancels).
+
+python benchmarks/cpu_scale.py --sizes 96x128,128x160,192x256 --depths 18,34 \
+    --widths 1.0,0.5 --methods supervised,cowmix --run_steps 3000 [--output=F.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+from cowmix_jax import models, steps, train
+from cowmix_jax.config_base import get_base_config
+from cowmix_jax.state import create_train_state
+
+NUM_CLASSES = 11
+
+
+def scaled_config(depth: int, width: float, method: str, batch: int, unlabelled: int):
+  """The base config with a U-Net on a ResNet of ``depth`` and ``width`` x the usual
+  channel counts (encoder base width 64 and decoder widths)."""
+  config = get_base_config()
+  config.method = method
+  config.batch_size = batch
+  config.unlabelled_batch_size = unlabelled
+  config.model.depth = depth
+  config.model.width = max(8, int(round(64 * width)))
+  config.model.decoder_widths = tuple(max(8, int(round(w * width)))
+                                      for w in config.model.decoder_widths)
+  return config
+
+
+def random_batch(size, batch: int, unlabelled: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  h, w = size
+  return {
+      "image": rng.normal(size=(batch, h, w, 3)).astype(np.float32),
+      "label": rng.integers(0, NUM_CLASSES, size=(batch, h, w)).astype(np.int32),
+      "unlabelled_image": rng.normal(size=(unlabelled, h, w, 3)).astype(np.float32),
+      "unlabelled_valid": np.ones((unlabelled, h, w), np.float32),
+  }
+
+
+def seconds_per_step(config, size, num_steps: int) -> float:
+  mesh = steps.make_mesh(1)
+  model = models.build_model(config.model, NUM_CLASSES)
+  tx = train.make_optimizer(config)
+  state = create_train_state(model, tx, jax.random.PRNGKey(0), (1,) + tuple(size) + (3,))
+  state = jax.device_put(state, steps.replicated(mesh))
+  train_step = steps.make_train_step(model, tx, config, mesh)
+  batch = random_batch(size, config.batch_size, config.unlabelled_batch_size)
+  if config.method == "supervised":
+    batch = {k: v for k, v in batch.items() if not k.startswith("unlabelled")}
+  batch = steps.shard_batch(batch, mesh)
+  state, metrics = train_step(state, batch)  # compile
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    state, metrics = train_step(state, batch)
+  jax.block_until_ready(metrics)
+  return (time.perf_counter() - start) / num_steps
+
+
+def parse_size(text: str):
+  h, w = text.lower().split("x")
+  return int(h), int(w)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", default="96x128", help="HxW crops, comma-separated")
+  parser.add_argument("--depths", default="18", help="ResNet depths, comma-separated")
+  parser.add_argument("--widths", default="1.0", help="channel width factors")
+  parser.add_argument("--methods", default="supervised,cowmix")
+  parser.add_argument("--batch", type=int, default=4, help="labelled images per step")
+  parser.add_argument("--unlabelled", type=int, default=4, help="unlabelled images per step")
+  parser.add_argument("--steps", type=int, default=10, help="steps timed per setting")
+  parser.add_argument("--run_steps", type=int, default=3000, help="steps of a whole run")
+  parser.add_argument("--output", default="")
+  args = parser.parse_args()
+
+  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+             f"JAX on {jax.devices()[0].platform}")
+  print(f"Machine: {machine}; batch {args.batch} labelled + {args.unlabelled} unlabelled")
+  print(f"{'size':>9} {'depth':>5} {'width':>5} {'method':>10} {'s/step':>8} "
+        f"{'ratio':>6} {'min/run':>8}")
+  rows, first = [], None
+  grid = itertools.product(args.sizes.split(","), args.depths.split(","),
+                           args.widths.split(","), args.methods.split(","))
+  for size_text, depth, width, method in grid:
+    size = parse_size(size_text)
+    config = scaled_config(int(depth), float(width), method, args.batch, args.unlabelled)
+    seconds = seconds_per_step(config, size, args.steps)
+    first = first or seconds
+    row = dict(size=size, depth=int(depth), width=float(width), method=method,
+               seconds_per_step=seconds, ratio_to_first=seconds / first,
+               minutes_per_run=seconds * args.run_steps / 60)
+    rows.append(row)
+    print(f"{size_text:>9} {depth:>5} {width:>5} {method:>10} {seconds:8.3f} "
+          f"{seconds / first:6.2f} {row['minutes_per_run']:8.1f}", flush=True)
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump({"machine": machine, "args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

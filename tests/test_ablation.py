@@ -1,0 +1,167 @@
+"""benchmarks/ablation.py: the resumable experiment grid and its table."""
+
+import importlib.util
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "ablation", os.path.join(REPO, "benchmarks", "ablation.py"))
+ablation = sys.modules["ablation"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablation)
+
+TINY = {"num_train_steps": "3", "log_every": "1", "data.image_size": "32",
+        "data.num_train": "16", "data.num_validation": "8", "data.num_labelled": "4",
+        "batch_size": "2", "unlabelled_batch_size": "2", "eval_batch_size": "4",
+        "model.width": "4", "model.decoder_widths": "(8,8,8,8,8,8)",
+        "data.eval_canvas": "(32,32)", "data.augment.crop_size": "(32,32)",
+        "checkpoint_every": "0"}
+
+
+def test_plan_names_every_method_seed_and_variant():
+  runs = ablation.plan_runs(["supervised", "cowmix"], [0, 1],
+                            [("cons_weight", ["3", "30"])])
+  assert [r.name for r in runs[:4]] == [
+      "supervised_cons_weight=3_seed0", "cowmix_cons_weight=3_seed0",
+      "supervised_cons_weight=30_seed0", "cowmix_cons_weight=30_seed0"]
+  assert len(runs) == 8 and {r.seed for r in runs[4:]} == {1}
+  assert runs[1].group == "cowmix [cons_weight=3]"
+  sigma = ablation.Run("cowmix", 2, (("mask.cow_sigma_range", "(0.5, 2.0)"),))
+  assert sigma.name == "cowmix_mask.cow_sigma_range=0.5-2.0_seed2"
+  with pytest.raises(ValueError, match="mixup"):
+    ablation.plan_runs(["mixup"], [0])
+
+
+def test_parse_vary_splits_values_and_rejects_bad_text():
+  assert ablation.parse_vary("mask.cow_sigma_range=(1, 4);(2, 8)") == (
+      "mask.cow_sigma_range", ["(1, 4)", "(2, 8)"])
+  for bad in ("cons_weight", "=1;2", "cons_weight="):
+    with pytest.raises(ValueError, match="KEY=VALUE1"):
+      ablation.parse_vary(bad)
+
+
+def test_command_applies_method_then_common_then_variant():
+  run = ablation.Run("all_labels", 3, (("cons_weight", "30"),))
+  command = ablation.train_command(run, "configs/x.py", "/w", [("cons_weight", "1"),
+                                                               ("data.manual_dir", "/d")])
+  flags = command[command.index("--workdir=/w") + 1:]
+  assert flags == ["--config.method=supervised", "--config.data.num_labelled=-1",
+                   "--config.seed=3", "--config.cons_weight=1",
+                   "--config.data.manual_dir=/d", "--config.cons_weight=30"]
+
+
+def _record(method, seed, miou, variant=()):
+  run = ablation.Run(method, seed, variant)
+  return {"method": method, "seed": seed, "group": run.group, "miou": miou,
+          "wall_seconds": 60.0 * (seed + 1)}
+
+
+def test_summary_means_stds_and_gap_against_numpy():
+  records = [_record("cowmix", 0, 0.50), _record("cowmix", 1, 0.56),
+             _record("supervised", 0, 0.40), _record("supervised", 1, 0.44),
+             _record("all_labels", 0, 0.60), _record("all_labels", 1, 0.64),
+             _record("cowmix", 0, 0.30, (("cons_weight", "1"),))]
+  rows = {row["group"]: row for row in ablation.summarise(records)}
+  assert [row["group"] for row in ablation.summarise(records)] == [
+      "supervised", "cowmix", "cowmix [cons_weight=1]", "all_labels"]
+  assert rows["cowmix"]["mean"] == pytest.approx(53.0)
+  assert rows["cowmix"]["std"] == pytest.approx(np.std([50.0, 56.0], ddof=1))
+  # (53 - 42) / (62 - 42): CowMix closes 55% of the gap; the baseline 0%, full 100%.
+  assert rows["cowmix"]["gap_closed"] == pytest.approx(0.55)
+  assert rows["supervised"]["gap_closed"] == pytest.approx(0.0)
+  assert rows["all_labels"]["gap_closed"] == pytest.approx(1.0)
+  assert rows["cowmix [cons_weight=1]"]["gap_closed"] == pytest.approx(-0.6)
+  assert np.isnan(rows["cowmix [cons_weight=1]"]["std"])
+  assert rows["cowmix"]["wall_minutes"] == pytest.approx(statistics.mean([1.0, 2.0]))
+  table = ablation.format_table(ablation.summarise(records))
+  assert "| cowmix | 2 | 53.00 +- 4.24 | 55% | 1.5 |" in table
+
+
+class FakeTraining:
+  """Stands in for ``launch``: writes a results.json as a finished run would, or, for the
+  run named ``interrupt_at``, requests a stop (as SIGTERM would) and writes nothing."""
+
+  def __init__(self, interrupt_at=None):
+    self.launched, self.interrupt_at = [], interrupt_at
+
+  def __call__(self, command, workdir, stop):
+    name = os.path.basename(workdir)
+    self.launched.append(name)
+    os.makedirs(workdir, exist_ok=True)
+    if name == self.interrupt_at:
+      stop.requested = True
+      return -15, 1.0
+    seed = int(name.rsplit("seed", 1)[1])
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"miou": 0.1 * (seed + 1), "per_class_iou": {"a": 0.5}, "step": 3,
+                 "split": "validation"}, f)
+    return 0, 2.0
+
+
+def test_grid_resumes_without_redoing_finished_runs(tmp_path):
+  runs = ablation.plan_runs(["supervised", "cowmix"], [0, 1])
+  results_path = str(tmp_path / "results.json")
+  first = FakeTraining(interrupt_at="supervised_seed1")
+  results, failed = ablation.run_grid(runs, "c.py", str(tmp_path), results_path, [],
+                                      ablation.StopRequest(), first)
+  assert first.launched == ["supervised_seed0", "cowmix_seed0", "supervised_seed1"]
+  assert sorted(results["runs"]) == ["cowmix_seed0", "supervised_seed0"] and not failed
+  # A run that finished but was not recorded (the runner died in between) is recorded
+  # without training again.
+  FakeTraining()(None, str(tmp_path / "cowmix_seed1"), ablation.StopRequest())
+  second = FakeTraining()
+  results, failed = ablation.run_grid(runs, "c.py", str(tmp_path), results_path, [],
+                                      ablation.StopRequest(), second)
+  assert second.launched == ["supervised_seed1"]
+  saved = json.loads(open(results_path).read())
+  assert sorted(saved["runs"]) == sorted(r.name for r in runs)
+  assert saved["runs"]["cowmix_seed1"]["miou"] == pytest.approx(0.2)
+  # Wall time adds up over the interrupted and the resumed attempt.
+  assert saved["runs"]["supervised_seed1"]["wall_seconds"] == pytest.approx(3.0)
+
+
+def test_unreadable_results_file_names_the_file(tmp_path):
+  path = tmp_path / "results.json"
+  path.write_text("{not json")
+  with pytest.raises(ValueError, match="results.json: not a results file"):
+    ablation.load_results(str(path))
+
+
+@pytest.mark.slow  # four tiny trainings in subprocesses (about 2 minutes on 2 cores)
+def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  common = list(TINY.items()) + [("data.data_dir", str(tmp_path / "tfds"))]
+  runs = ablation.plan_runs(["supervised", "cowmix"], [0])
+  root, results_path = tmp_path / "runs", str(tmp_path / "runs" / "results.json")
+  calls = []
+
+  def stop_after_first(command, workdir, stop):
+    calls.append(os.path.basename(workdir))
+    outcome = ablation.launch(command, workdir, stop)
+    stop.requested = True  # as if SIGTERM came just after the first run ended
+    return outcome
+
+  results, _ = ablation.run_grid(runs, "configs/synthetic.py", str(root), results_path,
+                                 common, ablation.StopRequest(), stop_after_first)
+  assert calls == ["supervised_seed0"] and list(results["runs"]) == ["supervised_seed0"]
+  first_record = results["runs"]["supervised_seed0"]
+  code = ablation.main(["--config=configs/synthetic.py", f"--root={root}",
+                        "--methods=supervised,cowmix", "--seeds=0"]
+                       + [f"--set={k}={v}" for k, v in common])
+  assert code == 0
+  saved = json.loads(open(results_path).read())["runs"]
+  assert saved["supervised_seed0"] == first_record  # not trained again
+  log = (root / "supervised_seed0" / "train.log").read_text()
+  assert log.count("cowmix_jax.main") == 1
+  for name in ("supervised_seed0", "cowmix_seed0"):
+    final = json.loads((root / name / "results.json").read_text())
+    assert saved[name]["miou"] == final["miou"] and saved[name]["step"] == 3
+    assert saved[name]["per_class_iou"] == final["per_class_iou"]
+  assert final["method"] == "cowmix" and saved["cowmix_seed0"]["wall_seconds"] > 0
