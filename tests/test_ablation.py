@@ -165,3 +165,28 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     assert saved[name]["miou"] == final["miou"] and saved[name]["step"] == 3
     assert saved[name]["per_class_iou"] == final["per_class_iou"]
   assert final["method"] == "cowmix" and saved["cowmix_seed0"]["wall_seconds"] > 0
+
+
+def _plot_module():
+  spec = importlib.util.spec_from_file_location(
+      "plot_ablation", os.path.join(REPO, "benchmarks", "plot_ablation.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_sweep_panels_group_values_in_numeric_order():
+  plot = _plot_module()
+  runs = {}
+  for value in ("30", "3", "(2.0, 8.0)", "(0.5, 2.0)"):
+    key = "cons_weight" if "(" not in value else "mask.cow_sigma_range"
+    record = _record("cowmix", 0, 0.5, ((key, value),))
+    runs[ablation.Run("cowmix", 0, ((key, value),)).name] = dict(record, variant={key: value})
+  runs["cowmix_seed0"] = dict(_record("cowmix", 0, 0.6), variant={})
+  groups = plot.sweep_groups({"runs": runs})
+  assert sorted(groups) == ["cons_weight", "mask.cow_sigma_range"]
+  assert sorted(groups["cons_weight"], key=plot._sort_key) == ["3", "30"]
+  labels = ["(2.0, 8.0)", "(1.0, 4.0) (base)", "(0.5, 2.0)"]
+  assert sorted(labels, key=plot._sort_key) == ["(0.5, 2.0)", "(1.0, 4.0) (base)",
+                                                  "(2.0, 8.0)"]
+  assert [r["group"] for r in plot.base_records({"runs": runs})] == ["cowmix"]

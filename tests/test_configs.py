@@ -1,12 +1,16 @@
-"""Tests of configs/: every dataset config loads with the paper's settings, and the
-Pascal and Cityscapes configs train 2 steps with U-Net and with DeepLab v2."""
+"""Tests of configs/: every dataset config loads with the paper's settings, the Pascal
+and Cityscapes configs train 2 steps with U-Net and with DeepLab v2, and the CPU-scale
+CamVid config trains on shrunk images but is scored on the full-resolution labels."""
 
 import importlib.util
 import os
 
+import numpy as np
 import pytest
+from conftest import SHARED_CAMVID
+from PIL import Image
 
-from cowmix_jax import train
+from cowmix_jax import evaluate, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,3 +55,35 @@ def test_two_training_steps_on_a_tiny_input(name, model, tmp_path, tiny_config):
   config.mask.cow_sigma_range = (1.0, 4.0)
   results = train.train_and_evaluate(config, str(tmp_path / "work"))
   assert results["step"] == 2 and 0.0 <= results["miou"] <= 1.0
+
+
+def test_cpu_scale_camvid_is_the_paper_protocol_shrunk_by_one_factor():
+  paper, cpu = load_config("camvid"), load_config("camvid_cpu")
+  factor = cpu.data.downscale
+  assert factor == 4 and cpu.data.num_labelled == paper.data.num_labelled == 30
+  assert tuple(cpu.mask.cow_sigma_range) == tuple(s / factor for s in paper.mask.cow_sigma_range)
+  assert cpu.aug_consistency.translate_pixels == paper.aug_consistency.translate_pixels / factor
+  assert tuple(cpu.data.eval_canvas) == tuple(paper.data.eval_canvas)
+  assert tuple(cpu.data.augment.crop_size) == tuple(s // factor for s in paper.data.augment.crop_size)
+  for key in ("cons_weight", "teacher_alpha", "method"):
+    assert cpu[key] == paper[key], key
+  assert cpu.learning_rate == 1e-3  # measured: 1e-4 is too slow from a random init
+  assert cpu.confidence == paper.confidence and cpu.data.eval_split == "validation"
+
+
+@pytest.mark.slow  # CamVid preparation, two steps and two evaluations of 101 images
+@pytest.mark.skipif(not os.path.isdir(SHARED_CAMVID), reason="needs ../shared/data/camvid")
+def test_cpu_scale_camvid_trains_small_and_scores_full_resolution_labels(tmp_path):
+  config = load_config("camvid_cpu")
+  config.data.manual_dir = SHARED_CAMVID
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.num_train_steps = 2
+  results = train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert results["num_labelled"] == 30 and results["split"] == "validation"
+  scored = evaluate.evaluate_checkpoint(config, str(tmp_path / "work"))
+  assert scored["miou"] == pytest.approx(results["miou"])
+  # Every non-void pixel of the 480x360 val labels is scored, read here with PIL.
+  labels = [np.asarray(Image.open(os.path.join(SHARED_CAMVID, "valannot", name)))
+            for name in os.listdir(os.path.join(SHARED_CAMVID, "valannot"))]
+  assert all(label.shape == (360, 480) for label in labels)
+  assert np.sum(scored["confusion"]) == sum(int(np.sum(label < 11)) for label in labels)

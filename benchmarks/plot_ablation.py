@@ -1,0 +1,175 @@
+"""Charts of an ablation results file (benchmarks/ablation.py): Table 1 bars, per-class
+IoU, and one panel per swept config key (the paper's figures 10-12).
+
+python benchmarks/plot_ablation.py --results=runs/camvid_cpu/results.json --out=docs \
+    [--prefix=camvid_cpu]
+Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
+PREFIX_sweep.png. Needs matplotlib (pip install -e ".[plots]").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ablation  # noqa: E402  (benchmarks/ablation.py)
+
+# Paper Table 1 (CamVid test, U-Net ResNet-50, 10 runs): mean, std.
+PAPER_TABLE_1 = {
+    "supervised": (48.66, 1.80), "aug": (46.24, 2.21), "ict": (48.29, 2.01),
+    "cutout": (53.09, 2.56), "cutmix": (50.95, 2.49), "cowout": (52.93, 1.35),
+    "cowmix": (55.06, 1.74), "all_labels": (64.19, 0.41),
+}
+PER_CLASS_METHODS = ("supervised", "cowmix", "all_labels")
+
+
+def _pyplot():
+  try:
+    import matplotlib
+  except ImportError as error:
+    raise SystemExit("plot_ablation.py needs matplotlib: pip install -e \".[plots]\"") from error
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def base_records(results: Dict) -> List[Dict]:
+  return [r for r in results["runs"].values() if not r.get("variant")]
+
+
+def plot_miou(plt, records: Sequence[Dict], path: str, title: str) -> None:
+  """Bars of mean mIoU per method with +-std error bars and each seed as a dot, next to
+  the paper's Table 1 values."""
+  rows = ablation.summarise(records)
+  x = np.arange(len(rows))
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  ax.bar(x - 0.2, [r["mean"] for r in rows], 0.4, yerr=[np.nan_to_num(r["std"]) for r in rows],
+         capsize=4, color="tab:blue", label="this code (CPU scale, CamVid val)")
+  for i, row in enumerate(rows):
+    values = [100 * rec["miou"] for rec in records if rec["group"] == row["group"]]
+    ax.scatter(np.full(len(values), i - 0.2), values, color="black", s=10, zorder=3)
+  paper = [PAPER_TABLE_1.get(r["method"], (np.nan, np.nan)) for r in rows]
+  ax.bar(x + 0.2, [p[0] for p in paper], 0.4, yerr=[p[1] for p in paper], capsize=4,
+         color="tab:gray", alpha=0.6, label="paper Table 1 (full scale, CamVid test)")
+  ax.set_xticks(x, [r["group"] for r in rows], rotation=20)
+  ax.set_ylabel("mIoU %")
+  ax.set_title(title)
+  ax.legend(loc="upper left")
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_per_class(plt, records: Sequence[Dict], path: str, title: str) -> None:
+  """Per-class IoU (mean over seeds, +-std) of the baseline, CowMix and all labels."""
+  methods = [m for m in PER_CLASS_METHODS if any(r["method"] == m for r in records)]
+  if not methods:
+    return
+  classes = list(next(r for r in records if r["method"] in methods)["per_class_iou"])
+  x = np.arange(len(classes))
+  width = 0.8 / len(methods)
+  fig, ax = plt.subplots(figsize=(10, 4.5))
+  for k, method in enumerate(methods):
+    per_seed = np.array([[100 * r["per_class_iou"][c] for c in classes]
+                         for r in records if r["method"] == method])
+    ax.bar(x + (k - (len(methods) - 1) / 2) * width, per_seed.mean(0), width,
+           yerr=per_seed.std(0, ddof=1) if len(per_seed) > 1 else None, capsize=2,
+           label=f"{method} ({len(per_seed)} seeds)")
+  ax.set_xticks(x, classes, rotation=30)
+  ax.set_ylabel("IoU %")
+  ax.set_title(title)
+  ax.legend()
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def sweep_groups(results: Dict) -> Dict[str, Dict[str, List[Dict]]]:
+  """``{config key: {value: records}}`` of the sweep runs."""
+  sweeps: Dict[str, Dict[str, List[Dict]]] = {}
+  for record in results["runs"].values():
+    for key, value in (record.get("variant") or {}).items():
+      sweeps.setdefault(key, {}).setdefault(value, []).append(record)
+  return sweeps
+
+
+def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
+                method: str = "cowmix") -> bool:
+  """One panel per swept key: mIoU (mean +- std over seeds, seeds as dots) per value,
+  the base config's value taken from the grid's own runs. False if nothing was swept."""
+  sweeps = sweep_groups(results)
+  if not sweeps:
+    return False
+  base = [r for r in base_records(results) if r["method"] == method]
+  fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
+  for ax, (key, by_value) in zip(axes[0], sorted(sweeps.items())):
+    by_value = {v: [r for r in recs if r["method"] == method] for v, recs in by_value.items()}
+    if base and key in base_values:
+      by_value[base_values[key] + " (base)"] = base
+    labels = sorted(by_value, key=_sort_key)
+    values = [[100 * r["miou"] for r in by_value[label]] for label in labels]
+    x = np.arange(len(labels))
+    ax.bar(x, [np.mean(v) for v in values],
+           yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values], capsize=4,
+           color=["tab:orange" if "(base)" in label else "tab:blue" for label in labels])
+    for i, v in enumerate(values):
+      ax.scatter(np.full(len(v), i), v, color="black", s=10, zorder=3)
+    ax.set_xticks(x, labels, rotation=20)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{method} mIoU %")
+    ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def _sort_key(label: str):
+  """Numeric order of values such as ``3``, ``(1.0, 4.0)`` or ``10 (base)``."""
+  numbers = [float(t) for t in label.replace("(", " ").replace(")", " ").replace(",", " ").split()
+             if _is_number(t)]
+  return numbers or [float("inf")], label
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--results", required=True)
+  parser.add_argument("--out", default="docs")
+  parser.add_argument("--prefix", default="camvid_cpu")
+  parser.add_argument("--title", default="CamVid, 30 labels, CPU scale (val)")
+  parser.add_argument("--base", action="append", default=["cons_weight=10",
+                                                          "mask.cow_sigma_range=(1.0, 4.0)"],
+                      metavar="KEY=VALUE", help="the base config's value of a swept key")
+  args = parser.parse_args(argv)
+  plt = _pyplot()
+  results = ablation.load_results(args.results)
+  os.makedirs(args.out, exist_ok=True)
+  records = base_records(results)
+  written = [os.path.join(args.out, f"{args.prefix}_miou.png"),
+             os.path.join(args.out, f"{args.prefix}_per_class.png")]
+  plot_miou(plt, records, written[0], args.title)
+  plot_per_class(plt, records, written[1], args.title + ": per-class IoU")
+  base_values = dict(ablation.parse_set(b) for b in args.base)
+  sweep_path = os.path.join(args.out, f"{args.prefix}_sweep.png")
+  if plot_sweeps(plt, results, sweep_path, base_values):
+    written.append(sweep_path)
+  print("Wrote " + ", ".join(written))
+
+
+if __name__ == "__main__":
+  main()
