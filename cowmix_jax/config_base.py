@@ -54,6 +54,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.batch_size = 8  # labelled images per step (global)
   config.unlabelled_batch_size = 8  # unlabelled images per step (global)
   config.learning_rate = 1e-4
+  config.lr_schedule = "constant"  # the paper; or cosine (decays to 0 at the last step)
   config.cons_weight = 10.0
   config.teacher_alpha = 0.99
   config.consistency_loss = "mse_prob"  # or kl, mse_logit

@@ -42,18 +42,39 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, scale: float = 1.0):
+  """``scale * config.learning_rate``: constant (the paper), or with ``cosine`` decayed
+  to 0 over ``config.num_train_steps`` (an optax schedule of the step count)."""
+  peak = config.learning_rate * scale
+  kind = config.get("lr_schedule", "constant")
+  if kind == "constant":
+    return peak
+  if kind == "cosine":
+    return optax.cosine_decay_schedule(peak, config.num_train_steps)
+  raise ValueError(f"config.lr_schedule={kind!r}: choose one of {LR_SCHEDULES}")
+
+
+def learning_rate_at(config: ml_collections.ConfigDict, step: int) -> float:
+  schedule = learning_rate_schedule(config)
+  return float(schedule(step) if callable(schedule) else schedule)
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    pretrained_labels=None) -> optax.GradientTransformation:
-  """Adam at ``config.learning_rate`` (paper, appendix D.3). With ``pretrained_labels``
-  (a tree like the params of ``pretrained`` / ``new`` strings), pretrained parameters
-  get ``config.model.pretrained_lr_multiplier`` times the rate (0.1 in the authors'
-  code), via ``optax.multi_transform``."""
+  """Adam at ``config.learning_rate`` (paper, appendix D.3), following
+  ``config.lr_schedule``. With ``pretrained_labels`` (a tree like the params of
+  ``pretrained`` / ``new`` strings), pretrained parameters get
+  ``config.model.pretrained_lr_multiplier`` times the rate (0.1 in the authors' code),
+  via ``optax.multi_transform``."""
   if pretrained_labels is None:
-    return optax.adam(config.learning_rate)
+    return optax.adam(learning_rate_schedule(config))
   multiplier = config.model.get("pretrained_lr_multiplier", 0.1)
   return optax.multi_transform(
-      {"pretrained": optax.adam(config.learning_rate * multiplier),
-       "new": optax.adam(config.learning_rate)}, pretrained_labels)
+      {"pretrained": optax.adam(learning_rate_schedule(config, multiplier)),
+       "new": optax.adam(learning_rate_schedule(config))}, pretrained_labels)
 
 
 def initial_variables_and_optimizer(config: ml_collections.ConfigDict, model, image_shape):
@@ -230,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       logging.info("step %d/%d  %s  %.2f steps/s  ETA %.0fs", step, config.num_train_steps,
                    _format_metrics(values), rate, eta)
       writer.write_scalars(step, {**values, "steps_per_sec": rate,
-                                  "learning_rate": config.learning_rate})
+                                  "learning_rate": learning_rate_at(config, step)})
       last_time, last_step = now, step
     if _due(step, config.eval_every) and step != config.num_train_steps:
       _, mious = evaluate_and_report(step)

@@ -1,4 +1,5 @@
-"""Tests of cowmix_jax/train.py: exact resume after SIGKILL or SIGTERM, NaN handling."""
+"""Tests of cowmix_jax/train.py: exact resume after SIGKILL or SIGTERM, NaN handling,
+the learning-rate schedule."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from cowmix_jax import models, steps, train
@@ -130,3 +132,30 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_c
   restored = checkpointer.restore(template)
   assert int(restored.step) == 2
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.params))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule_drives_adam(schedule, tiny_config):
+  """With a constant gradient Adam's step is the learning rate itself (m / sqrt(v) = 1),
+  so the parameter traces minus the running sum of the schedule, here by hand."""
+  tiny_config.learning_rate, tiny_config.num_train_steps = 0.1, 10
+  tiny_config.lr_schedule = schedule
+  tx = train.make_optimizer(tiny_config)
+  params = {"w": jnp.zeros(())}
+  opt_state = tx.init(params)
+  trace = []
+  for _ in range(12):
+    updates, opt_state = tx.update({"w": jnp.ones(())}, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    trace.append(float(params["w"]))
+  steps = np.minimum(np.arange(12), 10)
+  rates = 0.1 * (np.ones(12) if schedule == "constant"
+                 else 0.5 * (1 + np.cos(np.pi * steps / 10)))
+  np.testing.assert_allclose(trace, -np.cumsum(rates), rtol=1e-5, atol=1e-7)
+  assert train.learning_rate_at(tiny_config, 5) == pytest.approx(rates[5])
+
+
+def test_unknown_learning_rate_schedule_is_named(tiny_config):
+  tiny_config.lr_schedule = "step"
+  with pytest.raises(ValueError, match="config.lr_schedule='step': choose one of"):
+    train.make_optimizer(tiny_config)
