@@ -230,6 +230,12 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def natural_key(text: str) -> List:
+  """Sorts numbers inside strings by value: ``w=3`` before ``w=30``."""
+  return [(0, float(part), "") if re.fullmatch(r"\d+(\.\d*)?", part) else (1, 0.0, part)
+          for part in re.split(r"(\d+(?:\.\d*)?)", text) if part]
+
+
 def summarise(records: Sequence[Dict]) -> List[Dict]:
   """Rows ``{group, method, n, mean, std, gap_closed, seeds, wall_minutes}`` (mIoU in %,
   std over seeds with ddof 1), in Table 1's method order. ``gap_closed`` is
@@ -239,7 +245,7 @@ def summarise(records: Sequence[Dict]) -> List[Dict]:
   for record in records:
     groups.setdefault(record["group"], []).append(record)
   order = list(METHODS)
-  keys = sorted(groups, key=lambda g: (order.index(groups[g][0]["method"]), g))
+  keys = sorted(groups, key=lambda g: (order.index(groups[g][0]["method"]), natural_key(g)))
   means = {g: _mean_std([100 * r["miou"] for r in groups[g]])[0] for g in keys}
   rows = []
   for group in keys:

@@ -103,7 +103,8 @@ def sweep_groups(results: Dict) -> Dict[str, Dict[str, List[Dict]]]:
 def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
                 method: str = "cowmix") -> bool:
   """One panel per swept key: mIoU (mean +- std over seeds, seeds as dots) per value,
-  the base config's value taken from the grid's own runs. False if nothing was swept."""
+  the base config's value taken from the grid's own runs of the same seeds. False if
+  nothing was swept."""
   sweeps = sweep_groups(results)
   if not sweeps:
     return False
@@ -111,8 +112,10 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
   fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
   for ax, (key, by_value) in zip(axes[0], sorted(sweeps.items())):
     by_value = {v: [r for r in recs if r["method"] == method] for v, recs in by_value.items()}
-    if base and key in base_values:
-      by_value[base_values[key] + " (base)"] = base
+    seeds = {r["seed"] for recs in by_value.values() for r in recs}
+    same_seeds = [r for r in base if r["seed"] in seeds]  # compare like with like
+    if same_seeds and key in base_values:
+      by_value[base_values[key] + " (base)"] = same_seeds
     labels = sorted(by_value, key=_sort_key)
     values = [[100 * r["miou"] for r in by_value[label]] for label in labels]
     x = np.arange(len(labels))
@@ -122,6 +125,8 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
     for i, v in enumerate(values):
       ax.scatter(np.full(len(v), i), v, color="black", s=10, zorder=3)
     ax.set_xticks(x, labels, rotation=20)
+    everything = [value for v in values for value in v]
+    ax.set_ylim(min(everything) - 3, max(everything) + 2)
     ax.set_xlabel(key)
     ax.set_ylabel(f"{method} mIoU %")
     ax.grid(axis="y", alpha=0.3)

@@ -65,10 +65,13 @@ def test_summary_means_stds_and_gap_against_numpy():
   records = [_record("cowmix", 0, 0.50), _record("cowmix", 1, 0.56),
              _record("supervised", 0, 0.40), _record("supervised", 1, 0.44),
              _record("all_labels", 0, 0.60), _record("all_labels", 1, 0.64),
-             _record("cowmix", 0, 0.30, (("cons_weight", "1"),))]
+             _record("cowmix", 0, 0.30, (("cons_weight", "1"),)),
+             _record("cowmix", 0, 0.30, (("cons_weight", "30"),)),
+             _record("cowmix", 0, 0.30, (("cons_weight", "3"),))]
   rows = {row["group"]: row for row in ablation.summarise(records)}
   assert [row["group"] for row in ablation.summarise(records)] == [
-      "supervised", "cowmix", "cowmix [cons_weight=1]", "all_labels"]
+      "supervised", "cowmix", "cowmix [cons_weight=1]", "cowmix [cons_weight=3]",
+      "cowmix [cons_weight=30]", "all_labels"]
   assert rows["cowmix"]["mean"] == pytest.approx(53.0)
   assert rows["cowmix"]["std"] == pytest.approx(np.std([50.0, 56.0], ddof=1))
   # (53 - 42) / (62 - 42): CowMix closes 55% of the gap; the baseline 0%, full 100%.
