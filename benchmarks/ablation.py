@@ -302,11 +302,11 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
       print(f"{prefix}: training (log {os.path.join(workdir, 'train.log')}{eta})", flush=True)
       code, seconds = launcher(train_command(run, config, workdir, common), workdir, stop)
       add_wall_seconds(workdir, seconds)
-      if stop.requested:
+      record = run_record(run, workdir) if code == 0 else None
+      if record is None and stop.requested:
         print(f"{prefix}: stopped; run the same command again to resume it.")
         break
-      record = run_record(run, workdir)
-      if code != 0 or record is None:
+      if record is None:
         print(f"{prefix}: FAILED (exit code {code}); see {workdir}/train.log", flush=True)
         failed.append(run.name)
         continue
@@ -315,6 +315,9 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
     save_results(results_path, results)
     print(f"{prefix}: teacher mIoU {100 * record['miou']:.2f}% "
           f"({record['wall_seconds'] / 60:.1f} min)", flush=True)
+    if stop.requested:
+      print("Stopped; run the same command again to continue the grid.")
+      break
   return results, failed
 
 
