@@ -116,7 +116,7 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
     same_seeds = [r for r in base if r["seed"] in seeds]  # compare like with like
     if same_seeds and key in base_values:
       by_value[base_values[key] + " (base)"] = same_seeds
-    labels = sorted(by_value, key=_sort_key)
+    labels = sorted(by_value, key=ablation.natural_key)
     values = [[100 * r["miou"] for r in by_value[label]] for label in labels]
     x = np.arange(len(labels))
     ax.bar(x, [np.mean(v) for v in values],
@@ -133,21 +133,6 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
-  return True
-
-
-def _sort_key(label: str):
-  """Numeric order of values such as ``3``, ``(1.0, 4.0)`` or ``10 (base)``."""
-  numbers = [float(t) for t in label.replace("(", " ").replace(")", " ").replace(",", " ").split()
-             if _is_number(t)]
-  return numbers or [float("inf")], label
-
-
-def _is_number(text: str) -> bool:
-  try:
-    float(text)
-  except ValueError:
-    return False
   return True
 
 

@@ -188,8 +188,8 @@ def test_sweep_panels_group_values_in_numeric_order():
   runs["cowmix_seed0"] = dict(_record("cowmix", 0, 0.6), variant={})
   groups = plot.sweep_groups({"runs": runs})
   assert sorted(groups) == ["cons_weight", "mask.cow_sigma_range"]
-  assert sorted(groups["cons_weight"], key=plot._sort_key) == ["3", "30"]
+  assert sorted(groups["cons_weight"], key=ablation.natural_key) == ["3", "30"]
   labels = ["(2.0, 8.0)", "(1.0, 4.0) (base)", "(0.5, 2.0)"]
-  assert sorted(labels, key=plot._sort_key) == ["(0.5, 2.0)", "(1.0, 4.0) (base)",
+  assert sorted(labels, key=ablation.natural_key) == ["(0.5, 2.0)", "(1.0, 4.0) (base)",
                                                   "(2.0, 8.0)"]
   assert [r["group"] for r in plot.base_records({"runs": runs})] == ["cowmix"]

@@ -31,40 +31,30 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
   return wrap
 
 
+def _common_args(config: ml_collections.ConfigDict, num_classes: int, depth: int,
+                 freeze_bn: bool) -> Dict:
+  """The arguments every model takes, with this model's default depth and BatchNorm."""
+  return dict(num_classes=num_classes, depth=config.get("depth", depth),
+              width=config.get("width", 64), freeze_bn=config.get("freeze_bn", freeze_bn),
+              dtype=compute_dtype(config))
+
+
 @register("unet")
 def _build_unet(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return UNet(
-      num_classes=num_classes,
-      depth=config.get("depth", 50),
-      width=config.get("width", 64),
-      freeze_bn=config.get("freeze_bn", False),
-      decoder_widths=tuple(config.get("decoder_widths", PAPER_DECODER_WIDTHS)),
-      dtype=compute_dtype(config),
-  )
+  return UNet(**_common_args(config, num_classes, depth=50, freeze_bn=False),
+              decoder_widths=tuple(config.get("decoder_widths", PAPER_DECODER_WIDTHS)))
 
 
 @register("deeplab_v2")
 def _build_deeplab_v2(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return DeepLabV2(
-      num_classes=num_classes,
-      depth=config.get("depth", 101),
-      width=config.get("width", 64),
-      freeze_bn=config.get("freeze_bn", True),
-      two_branch_bug=config.get("aspp_two_branch_bug", False),
-      dtype=compute_dtype(config),
-  )
+  return DeepLabV2(**_common_args(config, num_classes, depth=101, freeze_bn=True),
+                   two_branch_bug=config.get("aspp_two_branch_bug", False))
 
 
 @register("deeplab_v3plus")
 def _build_deeplab_v3plus(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return DeepLabV3Plus(
-      num_classes=num_classes,
-      depth=config.get("depth", 101),
-      width=config.get("width", 64),
-      freeze_bn=config.get("freeze_bn", True),
-      output_stride=config.get("output_stride", 8),
-      dtype=compute_dtype(config),
-  )
+  return DeepLabV3Plus(**_common_args(config, num_classes, depth=101, freeze_bn=True),
+                       output_stride=config.get("output_stride", 8))
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
