@@ -64,8 +64,9 @@ def test_cpu_scale_camvid_is_the_paper_protocol_shrunk_by_one_factor():
   assert tuple(cpu.mask.cow_sigma_range) == tuple(s / factor for s in paper.mask.cow_sigma_range)
   assert cpu.aug_consistency.translate_pixels == paper.aug_consistency.translate_pixels / factor
   assert tuple(cpu.data.eval_canvas) == tuple(paper.data.eval_canvas)
-  # Random crops of the shrunk 120x90 images (the paper's crop holds the whole image).
-  assert all(c <= s // factor for c, s in zip(cpu.data.augment.crop_size, (360, 480)))
+  # Whole shrunk images, as in the paper: the crop holds the 120x90 image.
+  assert tuple(c * factor for c in cpu.data.augment.crop_size) == tuple(
+      paper.data.augment.crop_size)
   for key in ("cons_weight", "teacher_alpha", "method"):
     assert cpu[key] == paper[key], key
   assert cpu.learning_rate == 1e-3  # measured: 1e-4 is too slow from a random init
