@@ -2,7 +2,7 @@
 IoU, and one panel per swept config key (the paper's figures 10-12).
 
 python benchmarks/plot_ablation.py --results=runs/camvid_cpu/results.json --out=docs \
-    [--prefix=camvid_cpu]
+    [--results=runs/camvid_cpu_sweep/results.json] [--prefix=camvid_cpu]
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
 PREFIX_sweep.png. Needs matplotlib (pip install -e ".[plots]").
 """
@@ -100,32 +100,59 @@ def sweep_groups(results: Dict) -> Dict[str, Dict[str, List[Dict]]]:
   return sweeps
 
 
+# Bar colours of a sweep panel, as in the paper's figures 10-12.
+SWEEP_COLOURS = {"baseline": "black", "value": "tab:blue", "base": "tab:orange",
+                 "full": "tab:green"}
+
+
+def sweep_panel(by_value: Dict[str, List[Dict]], base: Sequence[Dict], key: str,
+                base_values: Dict[str, str], method: str = "cowmix") -> List:
+  """The bars of one sweep panel: ``[(label, [mIoU %, one per seed], role)]``.
+
+  As in the paper's figures 10-12: the supervised baseline first, then every swept value
+  of ``key`` in numeric order (the base config's value taken from the grid's own
+  ``method`` runs, role ``base``), and full supervision last. Only runs of the seeds the
+  sweep used are counted, so every bar compares like with like.
+  """
+  swept = {v: [r for r in recs if r["method"] == method] for v, recs in by_value.items()}
+  seeds = {r["seed"] for recs in swept.values() for r in recs}
+
+  def same_seeds(group: str) -> List[Dict]:
+    return [r for r in base if r["method"] == group and r["seed"] in seeds]
+
+  roles = {value: "value" for value in swept}
+  if same_seeds(method) and key in base_values:
+    label = base_values[key] + " (base)"
+    swept[label], roles[label] = same_seeds(method), "base"
+  bars = [(label, [100 * r["miou"] for r in swept[label]], roles[label])
+          for label in sorted(swept, key=ablation.natural_key)]
+  for role, group in (("baseline", "supervised"), ("full", "all_labels")):
+    runs = same_seeds(group)
+    if runs:
+      bar = (group, [100 * r["miou"] for r in runs], role)
+      bars = [bar] + bars if role == "baseline" else bars + [bar]
+  return bars
+
+
 def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
                 method: str = "cowmix") -> bool:
-  """One panel per swept key: mIoU (mean +- std over seeds, seeds as dots) per value,
-  the base config's value taken from the grid's own runs of the same seeds. False if
-  nothing was swept."""
+  """One panel per swept key (mean +- std over seeds, seeds as dots). False if nothing
+  was swept."""
   sweeps = sweep_groups(results)
   if not sweeps:
     return False
-  base = [r for r in base_records(results) if r["method"] == method]
+  base = base_records(results)
   fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
   for ax, (key, by_value) in zip(axes[0], sorted(sweeps.items())):
-    by_value = {v: [r for r in recs if r["method"] == method] for v, recs in by_value.items()}
-    seeds = {r["seed"] for recs in by_value.values() for r in recs}
-    same_seeds = [r for r in base if r["seed"] in seeds]  # compare like with like
-    if same_seeds and key in base_values:
-      by_value[base_values[key] + " (base)"] = same_seeds
-    labels = sorted(by_value, key=ablation.natural_key)
-    values = [[100 * r["miou"] for r in by_value[label]] for label in labels]
-    x = np.arange(len(labels))
-    ax.bar(x, [np.mean(v) for v in values],
-           yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values], capsize=4,
-           color=["tab:orange" if "(base)" in label else "tab:blue" for label in labels])
-    for i, v in enumerate(values):
-      ax.scatter(np.full(len(v), i), v, color="black", s=10, zorder=3)
-    ax.set_xticks(x, labels, rotation=20)
-    everything = [value for v in values for value in v]
+    bars = sweep_panel(by_value, base, key, base_values, method)
+    x = np.arange(len(bars))
+    ax.bar(x, [np.mean(v) for _, v, _ in bars],
+           yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for _, v, _ in bars], capsize=4,
+           color=[SWEEP_COLOURS[role] for _, _, role in bars])
+    for i, (_, v, _) in enumerate(bars):
+      ax.scatter(np.full(len(v), i), v, color="gray", s=10, zorder=3)
+    ax.set_xticks(x, [label for label, _, _ in bars], rotation=20)
+    everything = [value for _, v, _ in bars for value in v]
     ax.set_ylim(min(everything) - 3, max(everything) + 2)
     ax.set_xlabel(key)
     ax.set_ylabel(f"{method} mIoU %")
@@ -136,9 +163,21 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
   return True
 
 
+def merge_results(paths: Sequence[str]) -> Dict:
+  """The runs of several results files in one (a later file wins on a repeated name)."""
+  merged = {"runs": {}}
+  for path in paths:
+    results = ablation.load_results(path)
+    merged["runs"].update(results["runs"])
+    merged.setdefault("machine", results.get("machine", ""))
+  return merged
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--results", required=True)
+  parser.add_argument("--results", action="append", required=True,
+                      help="a results JSON of benchmarks/ablation.py (repeat to merge the "
+                           "grid's and the sweeps' files)")
   parser.add_argument("--out", default="docs")
   parser.add_argument("--prefix", default="camvid_cpu")
   parser.add_argument("--title", default="CamVid, 30 labels, CPU scale (val)")
@@ -147,7 +186,7 @@ def main(argv=None) -> None:
                       metavar="KEY=VALUE", help="the base config's value of a swept key")
   args = parser.parse_args(argv)
   plt = _pyplot()
-  results = ablation.load_results(args.results)
+  results = merge_results(args.results)
   os.makedirs(args.out, exist_ok=True)
   records = base_records(results)
   written = [os.path.join(args.out, f"{args.prefix}_miou.png"),

@@ -193,3 +193,33 @@ def test_sweep_panels_group_values_in_numeric_order():
   assert sorted(labels, key=ablation.natural_key) == ["(0.5, 2.0)", "(1.0, 4.0) (base)",
                                                   "(2.0, 8.0)"]
   assert [r["group"] for r in plot.base_records({"runs": runs})] == ["cowmix"]
+
+
+def test_sweep_panel_puts_baseline_first_full_last_and_keeps_the_swept_seeds():
+  plot = _plot_module()
+  key = "cons_weight"
+  by_value = {v: [dict(_record("cowmix", 0, m), variant={key: v})]
+              for v, m in (("30", 0.41), ("3", 0.38))}
+  base = [dict(_record(method, seed, miou), variant={})
+          for method, seed, miou in (("supervised", 0, 0.36), ("supervised", 1, 0.30),
+                                     ("cowmix", 0, 0.37), ("cowmix", 1, 0.99),
+                                     ("all_labels", 0, 0.45), ("cutmix", 0, 0.2))]
+  bars = plot.sweep_panel(by_value, base, key, {key: "10"})
+  assert [(label, role) for label, _, role in bars] == [
+      ("supervised", "baseline"), ("3", "value"), ("10 (base)", "base"), ("30", "value"),
+      ("all_labels", "full")]
+  # Only seed 0 was swept, so seed 1's runs (0.30, 0.99) stay out of every bar.
+  assert [len(values) for _, values, _ in bars] == [1] * 5
+  assert [values[0] for _, values, _ in bars] == pytest.approx([36, 38, 37, 41, 45])
+
+
+def test_merged_results_keep_every_run_of_every_file(tmp_path):
+  plot = _plot_module()
+  grid, sweep = str(tmp_path / "grid.json"), str(tmp_path / "sweep.json")
+  ablation.save_results(grid, {"runs": {"cowmix_seed0": _record("cowmix", 0, 0.4)},
+                               "machine": "m"})
+  ablation.save_results(sweep, {"runs": {"cowmix_cons_weight=3_seed0":
+                                         _record("cowmix", 0, 0.3)}})
+  merged = plot.merge_results([grid, sweep])
+  assert sorted(merged["runs"]) == ["cowmix_cons_weight=3_seed0", "cowmix_seed0"]
+  assert merged["runs"]["cowmix_seed0"]["miou"] == 0.4 and merged["machine"] == "m"
