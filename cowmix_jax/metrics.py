@@ -50,6 +50,21 @@ def mean_iou(confusion: np.ndarray) -> float:
   return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
 
 
+def class_shares(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Share of the scored pixels in each class: in the labels, and in the predictions.
+
+  Args:
+    confusion: ``[C, C]`` counts (rows true classes, columns predictions).
+
+  Returns:
+    ``(true_share [C], predicted_share [C])`` float64, each summing to 1 (NaN if empty).
+  """
+  confusion = np.asarray(confusion, np.float64)
+  total = confusion.sum()
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return confusion.sum(axis=1) / total, confusion.sum(axis=0) / total
+
+
 def format_iou_table(confusion: np.ndarray, class_names) -> str:
   """A plain-text table of per-class IoU (percent) and the mean."""
   iou = per_class_iou(confusion)

@@ -27,6 +27,16 @@ def test_iou_hand_worked_example():
   np.testing.assert_allclose(metrics.mean_iou(confusion), (3 / 6 + 4 / 7) / 2)
 
 
+def test_class_shares_count_labels_and_predictions_separately():
+  labels = np.array([[0, 0, 1, 1], [2, 255, 0, 1]])
+  predictions = np.array([[0, 1, 1, 1], [1, 2, 0, 0]])
+  confusion = metrics.confusion_matrix(jnp.asarray(labels), jnp.asarray(predictions), 3)
+  true_share, predicted_share = metrics.class_shares(confusion)
+  # 7 scored pixels (one ignored): labels 0,0,1,1,2,0,1; predictions 0,1,1,1,1,0,0.
+  np.testing.assert_allclose(true_share, [3 / 7, 3 / 7, 1 / 7])
+  np.testing.assert_allclose(predicted_share, [3 / 7, 4 / 7, 0])
+
+
 def test_iou_accumulated_over_split_differs_from_mean_over_images():
   """The paper accumulates counts over the split before dividing."""
   image_a = metrics.confusion_matrix(jnp.array([[[0, 0, 1]]]), jnp.array([[[0, 1, 1]]]), 2)
