@@ -165,6 +165,8 @@ def run_record(run: Run, workdir: str) -> Optional[Dict]:
       "variant": dict(run.variant), "miou": final["miou"],
       "student_miou": final.get("student_miou"),
       "per_class_iou": final["per_class_iou"], "step": final["step"],
+      # The dataset's class order (the results file stores keys sorted).
+      "class_names": list(final["per_class_iou"]),
       "split": final["split"], "train_seconds": final.get("train_seconds"),
       "wall_seconds": read_wall_seconds(workdir),
       "finished": datetime.datetime.now().isoformat(timespec="seconds"),

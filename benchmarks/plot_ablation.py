@@ -66,12 +66,21 @@ def plot_miou(plt, records: Sequence[Dict], path: str, title: str) -> None:
   plt.close(fig)
 
 
+def class_order(records: Sequence[Dict]) -> List[str]:
+  """The dataset's class order, from the first record that kept it (older records only
+  have the per-class dictionary, whose keys the results file stores sorted)."""
+  for record in records:
+    if record.get("class_names"):
+      return list(record["class_names"])
+  return list(records[0]["per_class_iou"])
+
+
 def plot_per_class(plt, records: Sequence[Dict], path: str, title: str) -> None:
   """Per-class IoU (mean over seeds, +-std) of the baseline, CowMix and all labels."""
   methods = [m for m in PER_CLASS_METHODS if any(r["method"] == m for r in records)]
   if not methods:
     return
-  classes = list(next(r for r in records if r["method"] in methods)["per_class_iou"])
+  classes = class_order(records)
   x = np.arange(len(classes))
   width = 0.8 / len(methods)
   fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -80,7 +89,7 @@ def plot_per_class(plt, records: Sequence[Dict], path: str, title: str) -> None:
                          for r in records if r["method"] == method])
     ax.bar(x + (k - (len(methods) - 1) / 2) * width, per_seed.mean(0), width,
            yerr=per_seed.std(0, ddof=1) if len(per_seed) > 1 else None, capsize=2,
-           label=f"{method} ({len(per_seed)} seeds)")
+           label=f"{method} ({len(per_seed)} seed{'s' if len(per_seed) != 1 else ''})")
   ax.set_xticks(x, classes, rotation=30)
   ax.set_ylabel("IoU %")
   ax.set_title(title)

@@ -167,6 +167,7 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     final = json.loads((root / name / "results.json").read_text())
     assert saved[name]["miou"] == final["miou"] and saved[name]["step"] == 3
     assert saved[name]["per_class_iou"] == final["per_class_iou"]
+    assert saved[name]["class_names"] == list(final["per_class_iou"])
   assert final["method"] == "cowmix" and saved["cowmix_seed0"]["wall_seconds"] > 0
 
 
@@ -223,3 +224,13 @@ def test_merged_results_keep_every_run_of_every_file(tmp_path):
   merged = plot.merge_results([grid, sweep])
   assert sorted(merged["runs"]) == ["cowmix_cons_weight=3_seed0", "cowmix_seed0"]
   assert merged["runs"]["cowmix_seed0"]["miou"] == 0.4 and merged["machine"] == "m"
+
+
+def test_class_order_is_the_datasets_not_the_sorted_keys():
+  plot = _plot_module()
+  per_class = {"zebra": 0.1, "apple": 0.2}
+  old = dict(_record("supervised", 0, 0.3), per_class_iou=per_class)
+  new = dict(_record("cowmix", 0, 0.4), per_class_iou=per_class,
+             class_names=["zebra", "apple"])
+  assert plot.class_order([old, new]) == ["zebra", "apple"]
+  assert plot.class_order([old]) == ["zebra", "apple"]  # falls back to the dict's order
