@@ -164,7 +164,9 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
     everything = [value for _, v, _ in bars for value in v]
     ax.set_ylim(min(everything) - 3, max(everything) + 2)
     ax.set_xlabel(key)
-    ax.set_ylabel(f"{method} mIoU %")
+    seeds = sorted({r["seed"] for recs in by_value.values() for r in recs})
+    ax.set_title(f"{method}, seeds {', '.join(map(str, seeds))}")
+    ax.set_ylabel("teacher mIoU %")
     ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
