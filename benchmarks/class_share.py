@@ -19,11 +19,11 @@ from typing import Dict, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from cowmix_jax import evaluate, metrics
+from cowmix_jax import checkpoints, evaluate, metrics
 
 
 def load_run_config(workdir: str, data_dir: Optional[str]) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
   if not os.path.exists(path):
     raise SystemExit(f"{path}: not found; expected a training workdir")
   with open(path) as f:

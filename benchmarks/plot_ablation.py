@@ -133,13 +133,15 @@ def sweep_panel(by_value: Dict[str, List[Dict]], base: Sequence[Dict], key: str,
   if same_seeds(method) and key in base_values:
     label = base_values[key] + " (base)"
     swept[label], roles[label] = same_seeds(method), "base"
-  bars = [(label, [100 * r["miou"] for r in swept[label]], roles[label])
+  def percent(runs: Sequence[Dict]) -> List[float]:
+    return [100 * r["miou"] for r in runs]
+
+  bars = [(label, percent(swept[label]), roles[label])
           for label in sorted(swept, key=ablation.natural_key)]
-  for role, group in (("baseline", "supervised"), ("full", "all_labels")):
-    runs = same_seeds(group)
-    if runs:
-      bar = (group, [100 * r["miou"] for r in runs], role)
-      bars = [bar] + bars if role == "baseline" else bars + [bar]
+  if same_seeds("supervised"):
+    bars.insert(0, ("supervised", percent(same_seeds("supervised")), "baseline"))
+  if same_seeds("all_labels"):
+    bars.append(("all_labels", percent(same_seeds("all_labels")), "full"))
   return bars
 
 
