@@ -4,7 +4,8 @@ IoU, and one panel per swept config key (the paper's figures 10-12).
 python benchmarks/plot_ablation.py --results=runs/camvid_cpu/results.json --out=docs \
     [--results=runs/camvid_cpu_sweep/results.json] [--prefix=camvid_cpu]
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
-PREFIX_sweep.png. Needs matplotlib (pip install -e ".[plots]").
+PREFIX_sweep.png, and prints Table 1 as Markdown (per-seed values, mean +- std, the
+paired difference from the baseline, gap closed, the paper's value, wall time). Needs matplotlib (pip install -e ".[plots]").
 """
 
 from __future__ import annotations
@@ -176,6 +177,55 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
   return True
 
 
+def paired_difference(records: Sequence[Dict], group: str,
+                      baseline: str = ablation.BASELINE) -> Dict:
+  """``{n, mean, std}`` of ``group``'s mIoU minus the baseline's, seed by seed (%).
+
+  A seed fixes the labelled subset, which moves every method's mIoU together, so the
+  per-seed difference is far less noisy than the difference of the two means. Only the
+  seeds both groups ran count; ``n`` is 0 (mean and std NaN) when there are none, and the
+  std is NaN for a single seed.
+  """
+  def by_seed(name: str) -> Dict[int, float]:
+    return {r["seed"]: 100 * r["miou"] for r in records if r["group"] == name}
+
+  ours, base = by_seed(group), by_seed(baseline)
+  differences = [ours[s] - base[s] for s in sorted(ours) if s in base]
+  if not differences:
+    return {"n": 0, "mean": float("nan"), "std": float("nan")}
+  return {"n": len(differences), "mean": float(np.mean(differences)),
+          "std": float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")}
+
+
+def _plus_minus(mean: float, std: float, signed: bool = False) -> str:
+  text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+  return text if np.isnan(std) else f"{text} +- {std:.2f}"
+
+
+def table_markdown(records: Sequence[Dict]) -> str:
+  """Table 1 as Markdown: one row per method, one column per seed, mean +- std, the
+  paired per-seed difference from the baseline, the share of the baseline-to-full gap
+  closed, the paper's value and the mean wall time per run."""
+  seeds = sorted({r["seed"] for r in records})
+  header = (["method"] + [f"seed {s}" for s in seeds] +
+            ["mean +- std", "minus baseline (paired)", "gap closed", "paper (test)",
+             "wall min/run"])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in ablation.summarise(records):
+    by_seed = {r["seed"]: 100 * r["miou"] for r in records if r["group"] == row["group"]}
+    difference = paired_difference(records, row["group"])
+    paper = PAPER_TABLE_1.get(row["method"]) if row["group"] == row["method"] else None
+    cells = ([row["group"]] + [f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds] +
+             [_plus_minus(row["mean"], row["std"]),
+              "" if row["method"] == ablation.BASELINE or not difference["n"]
+              else _plus_minus(difference["mean"], difference["std"], signed=True),
+              "" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%",
+              "" if paper is None else f"{paper[0]:.2f} +- {paper[1]:.2f}",
+              f"{row['wall_minutes']:.1f}"])
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def merge_results(paths: Sequence[str]) -> Dict:
   """The runs of several results files in one (a later file wins on a repeated name)."""
   merged = {"runs": {}}
@@ -211,6 +261,7 @@ def main(argv=None) -> None:
   if plot_sweeps(plt, results, sweep_path, base_values):
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))
+  print("\nTable 1 (teacher mIoU %):\n" + table_markdown(records))
 
 
 if __name__ == "__main__":

@@ -234,3 +234,36 @@ def test_class_order_is_the_datasets_not_the_sorted_keys():
              class_names=["zebra", "apple"])
   assert plot.class_order([old, new]) == ["zebra", "apple"]
   assert plot.class_order([old]) == ["zebra", "apple"]  # falls back to the dict's order
+
+
+def test_paired_difference_compares_seed_by_seed_against_numpy():
+  plot = _plot_module()
+  records = [_record("supervised", 0, 0.30), _record("supervised", 1, 0.40),
+             _record("supervised", 2, 0.35), _record("cowmix", 0, 0.33),
+             _record("cowmix", 1, 0.42), _record("cutmix", 2, 0.36)]
+  # Seeds 0 and 1 pair: differences 3 and 2 points. Seed 2 has no CowMix run.
+  difference = plot.paired_difference(records, "cowmix")
+  assert difference["n"] == 2
+  assert difference["mean"] == pytest.approx(2.5)
+  assert difference["std"] == pytest.approx(np.std([3.0, 2.0], ddof=1))
+  single = plot.paired_difference(records, "cutmix")
+  assert single["n"] == 1 and single["mean"] == pytest.approx(1.0) and np.isnan(single["std"])
+  assert plot.paired_difference(records, "ict")["n"] == 0
+
+
+def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
+  plot = _plot_module()
+  records = [_record("supervised", 0, 0.30), _record("supervised", 1, 0.40),
+             _record("cowmix", 0, 0.34), _record("cowmix", 1, 0.42),
+             _record("all_labels", 0, 0.50), _record("all_labels", 1, 0.60)]
+  lines = plot.table_markdown(records).splitlines()
+  assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | minus baseline (paired) | "
+                      "gap closed | paper (test) | wall min/run |")
+  # CowMix: mean 38, std of (34, 42); differences (4, 2); gap (38 - 35) / (55 - 35) = 15%;
+  # wall (1 + 2) / 2 minutes. The baseline has no difference from itself (empty cell).
+  std = np.std([34.0, 42.0], ddof=1)
+  diff_std = np.std([4.0, 2.0], ddof=1)
+  assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | +3.00 +- {diff_std:.2f} | "
+                      "15% | 55.06 +- 1.74 | 1.5 |")
+  assert lines[2] == (f"| supervised | 30.00 | 40.00 | 35.00 +- {np.std([30.0, 40.0], ddof=1):.2f}"
+                      " |  | 0% | 48.66 +- 1.80 | 1.5 |")
