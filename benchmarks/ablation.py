@@ -136,21 +136,57 @@ def wall_seconds_file(workdir: str) -> str:
   return os.path.join(workdir, "wall_seconds.json")
 
 
-def add_wall_seconds(workdir: str, seconds: float) -> float:
-  """Adds one attempt's wall time to the run's total (attempts of a resumed run add up)."""
+def _load_wall(workdir: str) -> Dict[str, float]:
+  """``{wall_seconds: finished attempts, unfinished_attempt_seconds: the last heartbeat
+  of an attempt that has not ended (or was killed with its runner)}``."""
   path = wall_seconds_file(workdir)
-  total = read_wall_seconds(workdir) + seconds
-  with open(path, "w") as f:
-    json.dump({"wall_seconds": total}, f)
+  if not os.path.exists(path):
+    return {"wall_seconds": 0.0, "unfinished_attempt_seconds": 0.0}
+  try:
+    with open(path) as f:
+      data = json.load(f)
+    return {"wall_seconds": float(data["wall_seconds"]),
+            "unfinished_attempt_seconds": float(data.get("unfinished_attempt_seconds", 0.0))}
+  except (ValueError, KeyError, TypeError) as error:
+    raise SystemExit(f"{path}: unreadable wall-time record ({error}); expected "
+                     '{"wall_seconds": <float>}') from error
+
+
+def _save_wall(workdir: str, finished: float, unfinished: float = 0.0) -> None:
+  data = {"wall_seconds": finished}
+  if unfinished:
+    data["unfinished_attempt_seconds"] = unfinished
+  temporary = wall_seconds_file(workdir) + ".tmp"
+  with open(temporary, "w") as f:
+    json.dump(data, f)
+  os.replace(temporary, wall_seconds_file(workdir))
+
+
+def fold_unfinished_attempt(workdir: str) -> None:
+  """Counts a killed attempt's last heartbeat as finished time, before a new attempt."""
+  wall = _load_wall(workdir)
+  if wall["unfinished_attempt_seconds"]:
+    _save_wall(workdir, wall["wall_seconds"] + wall["unfinished_attempt_seconds"])
+
+
+def record_heartbeat(workdir: str, seconds: float) -> None:
+  """Records how long the running attempt has taken so far, so that the time survives
+  the runner being killed (the end of a session kills it with everything else)."""
+  _save_wall(workdir, _load_wall(workdir)["wall_seconds"], seconds)
+
+
+def add_wall_seconds(workdir: str, seconds: float) -> float:
+  """Adds one ended attempt's wall time to the run's total (attempts of a resumed run
+  add up) and clears its heartbeat."""
+  total = _load_wall(workdir)["wall_seconds"] + seconds
+  _save_wall(workdir, total)
   return total
 
 
 def read_wall_seconds(workdir: str) -> float:
-  path = wall_seconds_file(workdir)
-  if not os.path.exists(path):
-    return 0.0
-  with open(path) as f:
-    return float(json.load(f)["wall_seconds"])
+  """The run's wall time: every finished attempt plus any unfinished one's heartbeat."""
+  wall = _load_wall(workdir)
+  return wall["wall_seconds"] + wall["unfinished_attempt_seconds"]
 
 
 def run_record(run: Run, workdir: str) -> Optional[Dict]:
@@ -206,17 +242,25 @@ class StopRequest:
       self.child.send_signal(signal.SIGTERM)
 
 
-def launch(command: List[str], workdir: str, stop: StopRequest) -> Tuple[int, float]:
+def launch(command: List[str], workdir: str, stop: StopRequest,
+           heartbeat_seconds: float = 30.0) -> Tuple[int, float]:
   """Runs one training process (output appended to ``workdir/train.log``); returns its
-  exit code and wall seconds."""
+  exit code and wall seconds. Every ``heartbeat_seconds`` the attempt's time so far is
+  written to ``wall_seconds.json`` (see ``record_heartbeat``)."""
   os.makedirs(workdir, exist_ok=True)
+  fold_unfinished_attempt(workdir)
   start = time.time()
   with open(os.path.join(workdir, "train.log"), "a") as log:
     log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')}: "
               f"{' '.join(command)}\n")
     log.flush()
     stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    code = stop.child.wait()
+    while True:
+      try:
+        code = stop.child.wait(timeout=heartbeat_seconds)
+        break
+      except subprocess.TimeoutExpired:
+        record_heartbeat(workdir, time.time() - start)
     stop.child = None
   return code, time.time() - start
 

@@ -267,3 +267,40 @@ def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
                       "15% | 55.06 +- 1.74 | 1.5 |")
   assert lines[2] == (f"| supervised | 30.00 | 40.00 | 35.00 +- {np.std([30.0, 40.0], ddof=1):.2f}"
                       " |  | 0% | 48.66 +- 1.80 | 1.5 |")
+
+
+def test_wall_time_of_a_killed_attempt_survives_through_its_heartbeat(tmp_path):
+  workdir = str(tmp_path)
+  ablation.add_wall_seconds(workdir, 100.0)
+  # An attempt whose runner is killed leaves only its last heartbeat behind ...
+  ablation.record_heartbeat(workdir, 40.0)
+  assert ablation.read_wall_seconds(workdir) == pytest.approx(140.0)
+  # ... which the next attempt folds into the finished time before it starts.
+  ablation.fold_unfinished_attempt(workdir)
+  ablation.record_heartbeat(workdir, 5.0)
+  assert ablation.read_wall_seconds(workdir) == pytest.approx(145.0)
+  assert ablation.add_wall_seconds(workdir, 7.0) == pytest.approx(147.0)
+  assert ablation.read_wall_seconds(workdir) == pytest.approx(147.0)
+
+
+def test_launch_writes_heartbeats_while_the_process_runs(tmp_path):
+  workdir = str(tmp_path)
+  ablation.record_heartbeat(workdir, 30.0)  # a killed earlier attempt
+  record = os.path.join(workdir, "wall_seconds.json")
+  # The child prints the record as it stands 0.8 s into its own run.
+  child = [sys.executable, "-c",
+           f"import time; time.sleep(0.8); print('SEEN', open({record!r}).read())"]
+  code, seconds = ablation.launch(child, workdir, ablation.StopRequest(),
+                                  heartbeat_seconds=0.1)
+  assert code == 0 and seconds >= 0.8
+  with open(os.path.join(workdir, "train.log")) as f:
+    seen = json.loads(f.read().split("SEEN ", 1)[1])
+  assert seen["wall_seconds"] == pytest.approx(30.0)
+  assert 0.3 <= seen["unfinished_attempt_seconds"] <= seconds
+
+
+def test_unreadable_wall_time_record_names_the_file(tmp_path):
+  with open(tmp_path / "wall_seconds.json", "w") as f:
+    f.write("{not json")
+  with pytest.raises(SystemExit, match="wall_seconds.json"):
+    ablation.read_wall_seconds(str(tmp_path))
