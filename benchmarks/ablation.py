@@ -189,6 +189,24 @@ def read_wall_seconds(workdir: str) -> float:
   return wall["wall_seconds"] + wall["unfinished_attempt_seconds"]
 
 
+# The line train.py logs at every evaluation: "step 500  validation mIoU: teacher 28.35, ..."
+EVALUATION_LINE = re.compile(r"step (\d+)\s+\w+ mIoU: teacher (\d+(?:\.\d*)?)")
+
+
+def teacher_history(workdir: str) -> Dict[str, float]:
+  """``{step: teacher mIoU (fraction)}`` of every evaluation in ``workdir/train.log``,
+  in step order. A resumed run evaluates some steps again; the later line wins."""
+  path = os.path.join(workdir, "train.log")
+  history: Dict[int, float] = {}
+  if os.path.exists(path):
+    with open(path, errors="replace") as f:
+      for line in f:
+        match = EVALUATION_LINE.search(line)
+        if match:
+          history[int(match.group(1))] = float(match.group(2)) / 100
+  return {str(step): history[step] for step in sorted(history)}
+
+
 def run_record(run: Run, workdir: str) -> Optional[Dict]:
   """The results entry of a finished run (None if ``workdir`` has no results.json)."""
   path = os.path.join(workdir, "results.json")
@@ -205,6 +223,7 @@ def run_record(run: Run, workdir: str) -> Optional[Dict]:
       "class_names": list(final["per_class_iou"]),
       "split": final["split"], "train_seconds": final.get("train_seconds"),
       "wall_seconds": read_wall_seconds(workdir),
+      "teacher_history": teacher_history(workdir),
       "finished": datetime.datetime.now().isoformat(timespec="seconds"),
   }
 
@@ -335,6 +354,8 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
     workdir = os.path.join(root, run.name)
     prefix = f"[{index}/{len(runs)}] {run.name}"
     if run.name in results["runs"]:
+      if add_missing_history(results["runs"][run.name], workdir):
+        save_results(results_path, results)
       print(f"{prefix}: done before ({100 * results['runs'][run.name]['miou']:.2f}%)")
       continue
     record = run_record(run, workdir)
@@ -365,6 +386,15 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
       print("Stopped; run the same command again to continue the grid.")
       break
   return results, failed
+
+
+def add_missing_history(record: Dict, workdir: str) -> bool:
+  """Fills in ``teacher_history`` of a record written before runs kept it; True if it
+  did."""
+  if record.get("teacher_history") or not os.path.isdir(workdir):
+    return False
+  record["teacher_history"] = teacher_history(workdir)
+  return bool(record["teacher_history"])
 
 
 def machine_description() -> str:

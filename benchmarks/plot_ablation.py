@@ -197,26 +197,41 @@ def paired_difference(records: Sequence[Dict], group: str,
           "std": float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")}
 
 
+LATE_EVALUATIONS = 3
+
+
+def late_mean(record: Dict, count: int = LATE_EVALUATIONS) -> float:
+  """Mean teacher mIoU (%) of the run's last ``count`` evaluations (NaN without a
+  history of at least ``count``). At a constant learning rate the teacher moves about a
+  point between evaluations, so this is a steadier number than the final one."""
+  history = list((record.get("teacher_history") or {}).values())
+  if len(history) < count:
+    return float("nan")
+  return 100 * float(np.mean(history[-count:]))
+
+
 def _plus_minus(mean: float, std: float, signed: bool = False) -> str:
   text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
   return text if np.isnan(std) else f"{text} +- {std:.2f}"
 
 
 def table_markdown(records: Sequence[Dict]) -> str:
-  """Table 1 as Markdown: one row per method, one column per seed, mean +- std, the
-  paired per-seed difference from the baseline, the share of the baseline-to-full gap
+  """Table 1 as Markdown: one row per method, one column per seed, mean +- std, the mean
+  of each run's last evaluations (``late_mean``), the paired per-seed difference from
+  the baseline, the share of the baseline-to-full gap
   closed, the paper's value and the mean wall time per run."""
   seeds = sorted({r["seed"] for r in records})
   header = (["method"] + [f"seed {s}" for s in seeds] +
-            ["mean +- std", "minus baseline (paired)", "gap closed", "paper (test)",
+            ["mean +- std", f"last {LATE_EVALUATIONS} evals", "minus baseline (paired)", "gap closed", "paper (test)",
              "wall min/run"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in ablation.summarise(records):
     by_seed = {r["seed"]: 100 * r["miou"] for r in records if r["group"] == row["group"]}
     difference = paired_difference(records, row["group"])
     paper = PAPER_TABLE_1.get(row["method"]) if row["group"] == row["method"] else None
+    late = np.mean([late_mean(r) for r in records if r["group"] == row["group"]])
     cells = ([row["group"]] + [f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds] +
-             [_plus_minus(row["mean"], row["std"]),
+             [_plus_minus(row["mean"], row["std"]), "" if np.isnan(late) else f"{late:.2f}",
               "" if row["method"] == ablation.BASELINE or not difference["n"]
               else _plus_minus(difference["mean"], difference["std"], signed=True),
               "" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%",

@@ -168,6 +168,9 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     assert saved[name]["miou"] == final["miou"] and saved[name]["step"] == 3
     assert saved[name]["per_class_iou"] == final["per_class_iou"]
     assert saved[name]["class_names"] == list(final["per_class_iou"])
+    # The history parsed from train.py's own log ends with the final evaluation.
+    assert list(saved[name]["teacher_history"])[-1] == "3"
+    assert saved[name]["teacher_history"]["3"] == pytest.approx(final["miou"], abs=5e-5)
   assert final["method"] == "cowmix" and saved["cowmix_seed0"]["wall_seconds"] > 0
 
 
@@ -256,17 +259,21 @@ def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
   records = [_record("supervised", 0, 0.30), _record("supervised", 1, 0.40),
              _record("cowmix", 0, 0.34), _record("cowmix", 1, 0.42),
              _record("all_labels", 0, 0.50), _record("all_labels", 1, 0.60)]
+  records[2]["teacher_history"] = {"500": 0.20, "1000": 0.30, "1500": 0.32, "2000": 0.34}
+  records[3]["teacher_history"] = {"1000": 0.40, "1500": 0.41, "2000": 0.42}
   lines = plot.table_markdown(records).splitlines()
-  assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | minus baseline (paired) | "
-                      "gap closed | paper (test) | wall min/run |")
+  assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | last 3 evals | "
+                      "minus baseline (paired) | gap closed | paper (test) | wall min/run |")
   # CowMix: mean 38, std of (34, 42); differences (4, 2); gap (38 - 35) / (55 - 35) = 15%;
   # wall (1 + 2) / 2 minutes. The baseline has no difference from itself (empty cell).
   std = np.std([34.0, 42.0], ddof=1)
   diff_std = np.std([4.0, 2.0], ddof=1)
-  assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | +3.00 +- {diff_std:.2f} | "
+  # Last 3 evaluations: (30 + 32 + 34) / 3 = 32 and (40 + 41 + 42) / 3 = 41; mean 36.5.
+  assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | 36.50 | "
+                      f"+3.00 +- {diff_std:.2f} | "
                       "15% | 55.06 +- 1.74 | 1.5 |")
   assert lines[2] == (f"| supervised | 30.00 | 40.00 | 35.00 +- {np.std([30.0, 40.0], ddof=1):.2f}"
-                      " |  | 0% | 48.66 +- 1.80 | 1.5 |")
+                      " |  |  | 0% | 48.66 +- 1.80 | 1.5 |")  # no histories: empty
 
 
 def test_wall_time_of_a_killed_attempt_survives_through_its_heartbeat(tmp_path):
@@ -304,3 +311,21 @@ def test_unreadable_wall_time_record_names_the_file(tmp_path):
     f.write("{not json")
   with pytest.raises(SystemExit, match="wall_seconds.json"):
     ablation.read_wall_seconds(str(tmp_path))
+
+
+def test_teacher_history_reads_every_evaluation_and_keeps_the_latest_repeat(tmp_path):
+  (tmp_path / "train.log").write_text(
+      "I1124 train.py:230] step 500  validation mIoU: teacher 28.35, student 28.88\n"
+      "I1124 logging_writer.py:48] [500] student_miou=0.288808, teacher_miou=0.283528\n"
+      "I1124 train.py:230] step 1000  test mIoU: teacher 34.48, student 35.28\n"
+      "# resumed from the checkpoint of step 500\n"
+      "I1124 train.py:230] step 1000  test mIoU: teacher 34.50, student 35.00\n"
+      "I1124 train.py:230] step 1500  validation mIoU: teacher 36, student 36.42\n")
+  assert ablation.teacher_history(str(tmp_path)) == pytest.approx(
+      {"500": 0.2835, "1000": 0.3450, "1500": 0.36})
+  assert list(ablation.teacher_history(str(tmp_path))) == ["500", "1000", "1500"]
+  assert ablation.teacher_history(str(tmp_path / "missing")) == {}
+  record = {"miou": 0.36}
+  assert ablation.add_missing_history(record, str(tmp_path))
+  assert record["teacher_history"]["1500"] == pytest.approx(0.36)
+  assert not ablation.add_missing_history(record, str(tmp_path))  # already there
