@@ -415,7 +415,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="a config override for every run (repeatable)")
   parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1;V2",
                       help="sweep one config key over values (repeatable; one key at a time)")
-  parser.add_argument("--report_only", action="store_true", help="print the table, run nothing")
+  parser.add_argument("--report_only", action="store_true", help="print the table, run nothing (fills in missing "
+                           "teacher histories from the workdirs' logs)")
   args = parser.parse_args(argv)
 
   if not os.path.exists(args.config):
@@ -435,6 +436,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   failed = []
   if args.report_only:
     results = load_results(results_path)
+    filled = [add_missing_history(record, os.path.join(args.root, name))
+              for name, record in results["runs"].items()]
+    if any(filled):
+      save_results(results_path, results)
+      print(f"Added the teacher mIoU history of {sum(filled)} runs to {results_path}")
   else:
     results, failed = run_grid(runs, args.config, args.root, results_path, common)
   print(f"\nEvery run recorded in {results_path} ({results.get('machine', '')}):")

@@ -329,3 +329,17 @@ def test_teacher_history_reads_every_evaluation_and_keeps_the_latest_repeat(tmp_
   assert ablation.add_missing_history(record, str(tmp_path))
   assert record["teacher_history"]["1500"] == pytest.approx(0.36)
   assert not ablation.add_missing_history(record, str(tmp_path))  # already there
+
+
+def test_report_only_fills_in_histories_from_the_workdirs(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(REPO)
+  root = tmp_path / "runs"
+  (root / "cowmix_seed0").mkdir(parents=True)
+  (root / "cowmix_seed0" / "train.log").write_text(
+      "train.py:230] step 10  validation mIoU: teacher 41.50, student 40.00\n")
+  results_path = str(root / "results.json")
+  ablation.save_results(results_path, {"runs": {"cowmix_seed0": _record("cowmix", 0, 0.415)}})
+  assert ablation.main(["--config=configs/synthetic.py", f"--root={root}", "--report_only"]) == 0
+  saved = json.loads(open(results_path).read())["runs"]["cowmix_seed0"]
+  assert saved["teacher_history"] == {"10": pytest.approx(0.415)}
+  assert "| cowmix | 1 | 41.50 |" in capsys.readouterr().out
