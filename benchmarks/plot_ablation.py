@@ -204,7 +204,9 @@ def late_mean(record: Dict, count: int = LATE_EVALUATIONS) -> float:
   """Mean teacher mIoU (%) of the run's last ``count`` evaluations (NaN without a
   history of at least ``count``). At a constant learning rate the teacher moves about a
   point between evaluations, so this is a steadier number than the final one."""
-  history = list((record.get("teacher_history") or {}).values())
+  steps = record.get("teacher_history") or {}
+  # The results file stores keys sorted as text ("1000" before "500"): order by step.
+  history = [steps[step] for step in sorted(steps, key=int)]
   if len(history) < count:
     return float("nan")
   return 100 * float(np.mean(history[-count:]))

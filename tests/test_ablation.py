@@ -261,6 +261,10 @@ def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
              _record("all_labels", 0, 0.50), _record("all_labels", 1, 0.60)]
   records[2]["teacher_history"] = {"500": 0.20, "1000": 0.30, "1500": 0.32, "2000": 0.34}
   records[3]["teacher_history"] = {"1000": 0.40, "1500": 0.41, "2000": 0.42}
+  # As read back from a results file, whose keys are sorted as text.
+  records[2]["teacher_history"] = json.loads(json.dumps(records[2]["teacher_history"],
+                                                        sort_keys=True))
+  assert list(records[2]["teacher_history"])[-1] == "500"
   lines = plot.table_markdown(records).splitlines()
   assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | last 3 evals | "
                       "minus baseline (paired) | gap closed | paper (test) | wall min/run |")
