@@ -243,6 +243,30 @@ def table_markdown(records: Sequence[Dict]) -> str:
   return "\n".join(lines)
 
 
+def replace_marked_block(text: str, name: str, content: str) -> str:
+  """``text`` with the lines between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``
+  replaced by ``content`` (the markers stay). Raises ValueError naming the missing
+  marker."""
+  start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+  if start not in text or end not in text or text.index(start) > text.index(end):
+    raise ValueError(f"expected the markers {start} ... {end} in that order")
+  before, rest = text.split(start, 1)
+  after = rest.split(end, 1)[1]
+  return f"{before}{start}\n{content}\n{end}{after}"
+
+
+def update_markdown(path: str, table: str) -> None:
+  """Writes ``table`` into the ``table1`` block of the Markdown file ``path``."""
+  with open(path) as f:
+    text = f.read()
+  try:
+    text = replace_marked_block(text, "table1", table)
+  except ValueError as error:
+    raise SystemExit(f"--update_markdown={path}: {error}") from error
+  with open(path, "w") as f:
+    f.write(text)
+
+
 def merge_results(paths: Sequence[str]) -> Dict:
   """The runs of several results files in one (a later file wins on a repeated name)."""
   merged = {"runs": {}}
@@ -264,6 +288,9 @@ def main(argv=None) -> None:
   parser.add_argument("--base", action="append", default=["cons_weight=10",
                                                           "mask.cow_sigma_range=(1.0, 4.0)"],
                       metavar="KEY=VALUE", help="the base config's value of a swept key")
+  parser.add_argument("--update_markdown", default="", metavar="FILE",
+                      help="also write the table between <!-- table1:start --> and "
+                           "<!-- table1:end --> in FILE (e.g. docs/RESULTS.md)")
   args = parser.parse_args(argv)
   plt = _pyplot()
   results = merge_results(args.results)
@@ -278,7 +305,11 @@ def main(argv=None) -> None:
   if plot_sweeps(plt, results, sweep_path, base_values):
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))
-  print("\nTable 1 (teacher mIoU %):\n" + table_markdown(records))
+  table = table_markdown(records)
+  print("\nTable 1 (teacher mIoU %):\n" + table)
+  if args.update_markdown:
+    update_markdown(args.update_markdown, table)
+    print(f"Updated the table in {args.update_markdown}")
 
 
 if __name__ == "__main__":

@@ -347,3 +347,14 @@ def test_report_only_fills_in_histories_from_the_workdirs(tmp_path, monkeypatch,
   saved = json.loads(open(results_path).read())["runs"]["cowmix_seed0"]
   assert saved["teacher_history"] == {"10": pytest.approx(0.415)}
   assert "| cowmix | 1 | 41.50 |" in capsys.readouterr().out
+
+
+def test_marked_block_is_replaced_and_missing_markers_are_named():
+  plot = _plot_module()
+  text = "intro\n<!-- table1:start -->\n| old |\n<!-- table1:end -->\nafter\n"
+  assert plot.replace_marked_block(text, "table1", "| new |") == (
+      "intro\n<!-- table1:start -->\n| new |\n<!-- table1:end -->\nafter\n")
+  with pytest.raises(ValueError, match="table1:start"):
+    plot.replace_marked_block("no markers", "table1", "x")
+  with pytest.raises(ValueError, match="in that order"):
+    plot.replace_marked_block("<!-- t:end --> <!-- t:start -->", "t", "x")
