@@ -217,30 +217,57 @@ def _plus_minus(mean: float, std: float, signed: bool = False) -> str:
   return text if np.isnan(std) else f"{text} +- {std:.2f}"
 
 
-def table_markdown(records: Sequence[Dict]) -> str:
+def table_markdown(records: Sequence[Dict], with_late: bool = True,
+                   with_paper: bool = True) -> str:
   """Table 1 as Markdown: one row per method, one column per seed, mean +- std, the mean
-  of each run's last evaluations (``late_mean``), the paired per-seed difference from
-  the baseline, the share of the baseline-to-full gap
-  closed, the paper's value and the mean wall time per run."""
+  of each run's last evaluations (``late_mean``; ``with_late``), the paired per-seed
+  difference from the baseline, the share of the baseline-to-full gap closed, the
+  paper's value (``with_paper``) and the mean wall time per run."""
   seeds = sorted({r["seed"] for r in records})
-  header = (["method"] + [f"seed {s}" for s in seeds] +
-            ["mean +- std", f"last {LATE_EVALUATIONS} evals", "minus baseline (paired)", "gap closed", "paper (test)",
-             "wall min/run"])
+  header = (["method"] + [f"seed {s}" for s in seeds] + ["mean +- std"] +
+            ([f"last {LATE_EVALUATIONS} evals"] if with_late else []) +
+            ["minus baseline (paired)", "gap closed"] +
+            (["paper (test)"] if with_paper else []) + ["wall min/run"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in ablation.summarise(records):
-    by_seed = {r["seed"]: 100 * r["miou"] for r in records if r["group"] == row["group"]}
+    members = [r for r in records if r["group"] == row["group"]]
+    by_seed = {r["seed"]: 100 * r["miou"] for r in members}
     difference = paired_difference(records, row["group"])
-    paper = PAPER_TABLE_1.get(row["method"]) if row["group"] == row["method"] else None
-    late = np.mean([late_mean(r) for r in records if r["group"] == row["group"]])
-    cells = ([row["group"]] + [f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds] +
-             [_plus_minus(row["mean"], row["std"]), "" if np.isnan(late) else f"{late:.2f}",
-              "" if row["method"] == ablation.BASELINE or not difference["n"]
-              else _plus_minus(difference["mean"], difference["std"], signed=True),
-              "" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%",
-              "" if paper is None else f"{paper[0]:.2f} +- {paper[1]:.2f}",
-              f"{row['wall_minutes']:.1f}"])
+    cells = [row["group"]] + [f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds]
+    cells.append(_plus_minus(row["mean"], row["std"]))
+    if with_late:
+      late = np.mean([late_mean(r) for r in members])
+      cells.append("" if np.isnan(late) else f"{late:.2f}")
+    cells.append("" if row["method"] == ablation.BASELINE or not difference["n"]
+                 else _plus_minus(difference["mean"], difference["std"], signed=True))
+    cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
+    if with_paper:
+      paper = PAPER_TABLE_1.get(row["method"]) if row["group"] == row["method"] else None
+      cells.append("" if paper is None else f"{paper[0]:.2f} +- {paper[1]:.2f}")
+    cells.append(f"{row['wall_minutes']:.1f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+LEARNED_IOU = 0.10
+
+
+def learned_classes(records: Sequence[Dict], threshold: float = LEARNED_IOU) -> List[str]:
+  """The classes that full supervision learns at this scale: mean IoU over the
+  ``all_labels`` runs of at least ``threshold``, in the dataset's order (empty without
+  ``all_labels`` runs)."""
+  full = [r for r in records if r["method"] == ablation.FULL and r["group"] == ablation.FULL]
+  if not full:
+    return []
+  return [c for c in class_order(records)
+          if np.mean([r["per_class_iou"][c] for r in full]) >= threshold]
+
+
+def restrict_to_classes(records: Sequence[Dict], classes: Sequence[str]) -> List[Dict]:
+  """Copies of ``records`` whose ``miou`` is the mean IoU over ``classes`` only (their
+  evaluation history, which covers every class, is dropped)."""
+  return [dict(r, miou=float(np.mean([r["per_class_iou"][c] for c in classes])),
+               teacher_history={}) for r in records]
 
 
 def replace_marked_block(text: str, name: str, content: str) -> str:
@@ -255,14 +282,15 @@ def replace_marked_block(text: str, name: str, content: str) -> str:
   return f"{before}{start}\n{content}\n{end}{after}"
 
 
-def update_markdown(path: str, table: str) -> None:
-  """Writes ``table`` into the ``table1`` block of the Markdown file ``path``."""
+def update_markdown(path: str, blocks: Dict[str, str]) -> None:
+  """Writes each ``{name: text}`` into its marked block of the Markdown file ``path``."""
   with open(path) as f:
     text = f.read()
-  try:
-    text = replace_marked_block(text, "table1", table)
-  except ValueError as error:
-    raise SystemExit(f"--update_markdown={path}: {error}") from error
+  for name, content in blocks.items():
+    try:
+      text = replace_marked_block(text, name, content)
+    except ValueError as error:
+      raise SystemExit(f"--update_markdown={path}: {error}") from error
   with open(path, "w") as f:
     f.write(text)
 
@@ -289,8 +317,9 @@ def main(argv=None) -> None:
                                                           "mask.cow_sigma_range=(1.0, 4.0)"],
                       metavar="KEY=VALUE", help="the base config's value of a swept key")
   parser.add_argument("--update_markdown", default="", metavar="FILE",
-                      help="also write the table between <!-- table1:start --> and "
-                           "<!-- table1:end --> in FILE (e.g. docs/RESULTS.md)")
+                      help="also write the tables between <!-- table1:start --> and "
+                           "<!-- table1:end --> (and the table1_learned markers) in FILE "
+                           "(e.g. docs/RESULTS.md)")
   args = parser.parse_args(argv)
   plt = _pyplot()
   results = merge_results(args.results)
@@ -305,11 +334,17 @@ def main(argv=None) -> None:
   if plot_sweeps(plt, results, sweep_path, base_values):
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))
-  table = table_markdown(records)
-  print("\nTable 1 (teacher mIoU %):\n" + table)
+  blocks = {"table1": table_markdown(records)}
+  print("\nTable 1 (teacher mIoU %):\n" + blocks["table1"])
+  classes = learned_classes(records)
+  if classes:
+    blocks["table1_learned"] = table_markdown(restrict_to_classes(records, classes),
+                                              with_late=False, with_paper=False)
+    print(f"\nTable 1 over the {len(classes)} classes full supervision learns (IoU >= "
+          f"{100 * LEARNED_IOU:.0f}%: {', '.join(classes)}):\n" + blocks["table1_learned"])
   if args.update_markdown:
-    update_markdown(args.update_markdown, table)
-    print(f"Updated the table in {args.update_markdown}")
+    update_markdown(args.update_markdown, blocks)
+    print(f"Updated {', '.join(blocks)} in {args.update_markdown}")
 
 
 if __name__ == "__main__":

@@ -358,3 +358,29 @@ def test_marked_block_is_replaced_and_missing_markers_are_named():
     plot.replace_marked_block("no markers", "table1", "x")
   with pytest.raises(ValueError, match="in that order"):
     plot.replace_marked_block("<!-- t:end --> <!-- t:start -->", "t", "x")
+
+
+def test_learned_classes_and_the_table_restricted_to_them():
+  plot = _plot_module()
+  def record(method, seed, ious):
+    return dict(_record(method, seed, float(np.mean(ious))), class_names=["a", "b", "c"],
+                per_class_iou=dict(zip("abc", ious)), teacher_history={"1": 0.5})
+  records = [record("all_labels", 0, [0.8, 0.05, 0.6]), record("all_labels", 1, [0.8, 0.2, 0.4]),
+             record("supervised", 0, [0.4, 0.3, 0.2]), record("cowmix", 0, [0.6, 0.0, 0.3])]
+  # b: mean 0.125 over the full runs (>= 0.10), so every class counts at 10%; at 15% b drops.
+  assert plot.learned_classes(records) == ["a", "b", "c"]
+  assert plot.learned_classes(records, threshold=0.15) == ["a", "c"]
+  assert plot.learned_classes(records[2:]) == []
+  restricted = plot.restrict_to_classes(records, ["a", "c"])
+  assert [r["miou"] for r in restricted] == pytest.approx([0.7, 0.6, 0.3, 0.45])
+  assert restricted[3]["teacher_history"] == {} and records[3]["teacher_history"]
+  assert records[3]["miou"] == pytest.approx(0.3)  # the originals are untouched
+
+
+def test_table_markdown_can_leave_out_the_late_and_paper_columns():
+  plot = _plot_module()
+  records = [_record("supervised", 0, 0.30), _record("cowmix", 0, 0.34)]
+  lines = plot.table_markdown(records, with_late=False, with_paper=False).splitlines()
+  assert lines[0] == ("| method | seed 0 | mean +- std | minus baseline (paired) | "
+                      "gap closed | wall min/run |")
+  assert lines[3] == "| cowmix | 34.00 | 34.00 | +4.00 |  | 1.0 |"  # no full runs: no gap
