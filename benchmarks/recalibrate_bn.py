@@ -1,0 +1,115 @@
+"""Does a run's teacher suffer from BatchNorm statistics of perturbed images?
+
+python benchmarks/recalibrate_bn.py runs/camvid_cpu/cowmix_seed0 [more workdirs] \
+    [--data_dir=DIR] [--stats_split=train] [--split=validation]
+
+The student's running BatchNorm statistics are updated by the labelled pass and by the
+unlabelled pass on perturbed images (mixed, blended or cut out), and the teacher's are
+their moving average; the teacher is then evaluated on clean images. This script
+evaluates each workdir's final teacher twice: with its stored statistics, and with
+"precise" statistics recomputed from clean images of ``--stats_split`` (every batch's
+mean and variance per BatchNorm layer, averaged over the split; Wu and Johnson,
+"Rethinking 'batch' in BatchNorm", 2021), the weights unchanged. A large gain means the
+perturbed statistics, not the weights, cost the teacher accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from class_share import load_run_config  # noqa: E402  (benchmarks/class_share.py)
+
+from cowmix_jax import evaluate, metrics, models, steps  # noqa: E402
+from cowmix_jax.data import builders, pipeline  # noqa: E402
+
+
+def precise_batch_stats(apply_fn: Callable, variables: Dict,
+                        batches: Iterable[np.ndarray]) -> Dict:
+  """BatchNorm statistics averaged over ``batches`` of images ``[B, H, W, 3]``.
+
+  ``apply_fn(variables, images) -> new batch_stats`` runs the model in training mode
+  (normalising by each batch's own statistics) with mutable ``batch_stats``. Running
+  statistics update as ``new = m * old + (1 - m) * batch``: starting from zeros gives
+  ``(1 - m) * batch``, and from ones ``m + (1 - m) * batch``, which reveals ``m`` for
+  every layer. Returns ``{"mean", "var"}`` per layer, the plain average over batches.
+  """
+  zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+  ones = jax.tree.map(jnp.ones_like, variables["batch_stats"])
+  total, count, keep = None, 0, None
+  for images in batches:
+    from_zeros = apply_fn(dict(variables, batch_stats=zeros), images)
+    if keep is None:  # 1 - m, per layer (the same for every batch)
+      keep = jax.tree.map(lambda z, o: 1.0 - (o - z),
+                          from_zeros, apply_fn(dict(variables, batch_stats=ones), images))
+    batch = jax.tree.map(lambda z, k: z / k, from_zeros, keep)
+    total = batch if total is None else jax.tree.map(jnp.add, total, batch)
+    count += 1
+  if not count:
+    raise ValueError("precise_batch_stats: no batches")
+  return jax.tree.map(lambda t: t / count, total)
+
+
+def clean_batches(builder, config, split: str) -> Iterable[np.ndarray]:
+  """Whole clean images of ``split`` as the training pass sees them (shrunk, padded to
+  the crop), in batches of ``config.batch_size``; batches with padding examples are
+  left out."""
+  for batch in pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
+                                     config.batch_size, config.model.normalisation,
+                                     downscale_factor=config.data.get("downscale", 1)):
+    if all(batch["image_id"]):
+      yield batch["image"]
+
+
+def miou_on_split(predict, variables, builder, config, split: str, mesh, num_classes: int):
+  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
+  for batch in pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
+                                     config.eval_batch_size, config.model.normalisation,
+                                     downscale_factor=config.data.get("downscale", 1)):
+    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
+    _, confusion = predict(variables, images, labels, confusion)
+  return metrics.mean_iou(np.asarray(confusion, np.int64))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdirs", nargs="+", help="training workdirs")
+  parser.add_argument("--data_dir", default="", help="override config.data.data_dir")
+  parser.add_argument("--stats_split", default="train",
+                      help="clean images the statistics are recomputed on")
+  parser.add_argument("--split", default=None, help="evaluation split (default: the config's)")
+  args = parser.parse_args(argv)
+  print(f"{'run':<28} {'stored BN':>10} {'precise BN':>11} {'change':>7}")
+  for workdir in args.workdirs:
+    config = load_run_config(workdir, args.data_dir)
+    builder = builders.prepare(config.data)
+    num_classes = len(builder.info.metadata["class_names"])
+    mesh = steps.make_mesh(1)
+    model = models.build_model(config.model, num_classes)
+    variables, _ = evaluate.restore_variables(config, workdir, model, mesh)
+
+    @jax.jit
+    def apply_fn(variables, images):
+      _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+      return updates["batch_stats"]
+
+    predict = evaluate.make_predict_fn(model, mesh, num_classes)
+    split = args.split or config.data.eval_split
+    stored = miou_on_split(predict, variables, builder, config, split, mesh, num_classes)
+    precise = dict(variables, batch_stats=precise_batch_stats(
+        apply_fn, variables, clean_batches(builder, config, args.stats_split)))
+    recalibrated = miou_on_split(predict, precise, builder, config, split, mesh, num_classes)
+    name = os.path.basename(os.path.normpath(workdir))
+    print(f"{name:<28} {100 * stored:10.2f} {100 * recalibrated:11.2f} "
+          f"{100 * (recalibrated - stored):+7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
