@@ -132,6 +132,18 @@ def save_results(path: str, results: Dict) -> None:
   os.replace(temporary, path)
 
 
+def save_run(path: str, name: str, record: Dict) -> Dict:
+  """Writes one run's record into the results file as it is on disk now (so fields that
+  other tools added meanwhile, such as ``precise_bn_miou``, survive); returns the file's
+  new contents."""
+  results = load_results(path)
+  results.setdefault("machine", machine_description())
+  previous = results["runs"].get(name, {})
+  results["runs"][name] = {**{k: v for k, v in previous.items() if k not in record}, **record}
+  save_results(path, results)
+  return results
+
+
 def wall_seconds_file(workdir: str) -> str:
   return os.path.join(workdir, "wall_seconds.json")
 
@@ -355,7 +367,7 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
     prefix = f"[{index}/{len(runs)}] {run.name}"
     if run.name in results["runs"]:
       if add_missing_history(results["runs"][run.name], workdir):
-        save_results(results_path, results)
+        results = save_run(results_path, run.name, results["runs"][run.name])
       print(f"{prefix}: done before ({100 * results['runs'][run.name]['miou']:.2f}%)")
       continue
     record = run_record(run, workdir)
@@ -378,8 +390,7 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
         failed.append(run.name)
         continue
       times.append(seconds)
-    results["runs"][run.name] = record
-    save_results(results_path, results)
+    results = save_run(results_path, run.name, record)
     print(f"{prefix}: teacher mIoU {100 * record['miou']:.2f}% "
           f"({record['wall_seconds'] / 60:.1f} min)", flush=True)
     if stop.requested:

@@ -220,12 +220,16 @@ def _plus_minus(mean: float, std: float, signed: bool = False) -> str:
 def table_markdown(records: Sequence[Dict], with_late: bool = True,
                    with_paper: bool = True) -> str:
   """Table 1 as Markdown: one row per method, one column per seed, mean +- std, the mean
-  of each run's last evaluations (``late_mean``; ``with_late``), the paired per-seed
+  of each run's last evaluations (``late_mean``; ``with_late``), the mean mIoU with
+  BatchNorm statistics recomputed on clean images (when some record has
+  ``precise_bn_miou``, from benchmarks/recalibrate_bn.py), the paired per-seed
   difference from the baseline, the share of the baseline-to-full gap closed, the
   paper's value (``with_paper``) and the mean wall time per run."""
   seeds = sorted({r["seed"] for r in records})
+  with_precise = any("precise_bn_miou" in r for r in records)
   header = (["method"] + [f"seed {s}" for s in seeds] + ["mean +- std"] +
             ([f"last {LATE_EVALUATIONS} evals"] if with_late else []) +
+            (["precise BN"] if with_precise else []) +
             ["minus baseline (paired)", "gap closed"] +
             (["paper (test)"] if with_paper else []) + ["wall min/run"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -238,6 +242,9 @@ def table_markdown(records: Sequence[Dict], with_late: bool = True,
     if with_late:
       late = np.mean([late_mean(r) for r in members])
       cells.append("" if np.isnan(late) else f"{late:.2f}")
+    if with_precise:
+      precise = [100 * r["precise_bn_miou"] for r in members if "precise_bn_miou" in r]
+      cells.append(f"{np.mean(precise):.2f}" if len(precise) == len(members) else "")
     cells.append("" if row["method"] == ablation.BASELINE or not difference["n"]
                  else _plus_minus(difference["mean"], difference["std"], signed=True))
     cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
@@ -265,9 +272,14 @@ def learned_classes(records: Sequence[Dict], threshold: float = LEARNED_IOU) -> 
 
 def restrict_to_classes(records: Sequence[Dict], classes: Sequence[str]) -> List[Dict]:
   """Copies of ``records`` whose ``miou`` is the mean IoU over ``classes`` only (their
-  evaluation history, which covers every class, is dropped)."""
-  return [dict(r, miou=float(np.mean([r["per_class_iou"][c] for c in classes])),
-               teacher_history={}) for r in records]
+  evaluation history and precise-BN mIoU, which cover every class, are dropped)."""
+  restricted = []
+  for record in records:
+    copy = dict(record, miou=float(np.mean([record["per_class_iou"][c] for c in classes])),
+                teacher_history={})
+    copy.pop("precise_bn_miou", None)  # an 11-class number
+    restricted.append(copy)
+  return restricted
 
 
 def replace_marked_block(text: str, name: str, content: str) -> str:

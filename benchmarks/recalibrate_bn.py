@@ -2,6 +2,7 @@
 
 python benchmarks/recalibrate_bn.py runs/camvid_cpu/cowmix_seed0 [more workdirs] \
     [--data_dir=DIR] [--stats_split=train] [--split=validation]
+python benchmarks/recalibrate_bn.py --results=runs/camvid_cpu/results.json --root=runs/camvid_cpu
 
 The student's running BatchNorm statistics are updated by the labelled pass and by the
 unlabelled pass on perturbed images (mixed, blended or cut out), and the teacher's are
@@ -10,7 +11,9 @@ evaluates each workdir's final teacher twice: with its stored statistics, and wi
 "precise" statistics recomputed from clean images of ``--stats_split`` (every batch's
 mean and variance per BatchNorm layer, averaged over the split; Wu and Johnson,
 "Rethinking 'batch' in BatchNorm", 2021), the weights unchanged. A large gain means the
-perturbed statistics, not the weights, cost the teacher accuracy.
+perturbed statistics, not the weights, cost the teacher accuracy. With ``--results``
+and ``--root`` it adds ``precise_bn_miou`` to every run of an ablation results file
+(benchmarks/ablation.py), which ``plot_ablation.py`` then shows as a column.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ablation  # noqa: E402  (benchmarks/ablation.py)
 from class_share import load_run_config  # noqa: E402  (benchmarks/class_share.py)
 
 from cowmix_jax import evaluate, metrics, models, steps  # noqa: E402
@@ -78,37 +82,74 @@ def miou_on_split(predict, variables, builder, config, split: str, mesh, num_cla
   return metrics.mean_iou(np.asarray(confusion, np.int64))
 
 
+def recalibrated_miou(workdir: str, data_dir: str, stats_split: str,
+                      split: Optional[str]) -> Tuple[float, float]:
+  """``(stored, precise)``: the final teacher's mIoU with its own BatchNorm statistics
+  and with statistics recomputed on clean ``stats_split`` images."""
+  config = load_run_config(workdir, data_dir)
+  builder = builders.prepare(config.data)
+  num_classes = len(builder.info.metadata["class_names"])
+  mesh = steps.make_mesh(1)
+  model = models.build_model(config.model, num_classes)
+  variables, _ = evaluate.restore_variables(config, workdir, model, mesh)
+
+  @jax.jit
+  def apply_fn(variables, images):
+    _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  predict = evaluate.make_predict_fn(model, mesh, num_classes)
+  split = split or config.data.eval_split
+  stored = miou_on_split(predict, variables, builder, config, split, mesh, num_classes)
+  precise = dict(variables, batch_stats=precise_batch_stats(
+      apply_fn, variables, clean_batches(builder, config, stats_split)))
+  return stored, miou_on_split(predict, precise, builder, config, split, mesh, num_classes)
+
+
+def add_to_results(results_path: str, root: str, data_dir: str, stats_split: str) -> None:
+  """Adds ``precise_bn_miou`` to every run of an ablation results file that lacks it
+  (workdirs under ``root``), saving after each run."""
+  results = ablation.load_results(results_path)
+  for name, record in sorted(results["runs"].items()):
+    if "precise_bn_miou" in record:
+      continue
+    workdir = os.path.join(root, name)
+    if not os.path.isdir(workdir):
+      print(f"{name}: no workdir {workdir}; skipped")
+      continue
+    stored, precise = recalibrated_miou(workdir, data_dir, stats_split, record.get("split"))
+    if abs(stored - record["miou"]) > 1e-6:
+      raise SystemExit(f"{workdir}: the checkpoint gives mIoU {stored:.6f}, the results file "
+                       f"{record['miou']:.6f}; is --root the grid's root?")
+    record["precise_bn_miou"] = precise
+    ablation.save_results(results_path, results)
+    print(f"{name}: {100 * stored:.2f} -> {100 * precise:.2f}", flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("workdirs", nargs="+", help="training workdirs")
+  parser.add_argument("workdirs", nargs="*", help="training workdirs")
   parser.add_argument("--data_dir", default="", help="override config.data.data_dir")
   parser.add_argument("--stats_split", default="train",
                       help="clean images the statistics are recomputed on")
   parser.add_argument("--split", default=None, help="evaluation split (default: the config's)")
+  parser.add_argument("--results", default="",
+                      help="an ablation results file: add precise_bn_miou to its runs")
+  parser.add_argument("--root", default="", help="with --results: the runs' root directory")
   args = parser.parse_args(argv)
+  if args.results:
+    if not args.root:
+      parser.error("--results needs --root (the directory of the runs' workdirs)")
+    add_to_results(args.results, args.root, args.data_dir, args.stats_split)
+    return
+  if not args.workdirs:
+    parser.error("give training workdirs, or --results and --root")
   print(f"{'run':<28} {'stored BN':>10} {'precise BN':>11} {'change':>7}")
   for workdir in args.workdirs:
-    config = load_run_config(workdir, args.data_dir)
-    builder = builders.prepare(config.data)
-    num_classes = len(builder.info.metadata["class_names"])
-    mesh = steps.make_mesh(1)
-    model = models.build_model(config.model, num_classes)
-    variables, _ = evaluate.restore_variables(config, workdir, model, mesh)
-
-    @jax.jit
-    def apply_fn(variables, images):
-      _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-      return updates["batch_stats"]
-
-    predict = evaluate.make_predict_fn(model, mesh, num_classes)
-    split = args.split or config.data.eval_split
-    stored = miou_on_split(predict, variables, builder, config, split, mesh, num_classes)
-    precise = dict(variables, batch_stats=precise_batch_stats(
-        apply_fn, variables, clean_batches(builder, config, args.stats_split)))
-    recalibrated = miou_on_split(predict, precise, builder, config, split, mesh, num_classes)
+    stored, precise = recalibrated_miou(workdir, args.data_dir, args.stats_split, args.split)
     name = os.path.basename(os.path.normpath(workdir))
-    print(f"{name:<28} {100 * stored:10.2f} {100 * recalibrated:11.2f} "
-          f"{100 * (recalibrated - stored):+7.2f}", flush=True)
+    print(f"{name:<28} {100 * stored:10.2f} {100 * precise:11.2f} "
+          f"{100 * (precise - stored):+7.2f}", flush=True)
 
 
 if __name__ == "__main__":

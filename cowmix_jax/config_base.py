@@ -84,6 +84,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.depth = 50
   config.model.width = 64
   config.model.freeze_bn = False
+  # Which student passes update the running BatchNorm statistics (and so, through the
+  # moving average, the teacher's): "both_passes" (the labelled pass, then the pass on
+  # perturbed unlabelled images) or "labelled_pass" (perturbed images are normalised by
+  # their own batch statistics but never written into the running ones). No effect with
+  # freeze_bn.
+  config.model.bn_running_stats = "both_passes"
   config.model.decoder_widths = (192, 128, 96, 64, 48, 32)
   # Input normalisation the backbone was trained with: imagenet, caffe or grey.
   config.model.normalisation = "imagenet"

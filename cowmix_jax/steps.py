@@ -91,6 +91,9 @@ def make_perturbation_fns(perturbation, config: ml_collections.ConfigDict, mesh:
   return sample, inputs, target
 
 
+BN_RUNNING_STATS = ("both_passes", "labelled_pass")
+
+
 def _apply_student(model, params, batch_stats, images):
   logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                 train=True, mutable=["batch_stats"])
@@ -115,6 +118,10 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
   perturbation = mixing.get_perturbation(config.method)
   _, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, config, mesh)
   kind = config.consistency_loss
+  running_stats_from = config.model.get("bn_running_stats", "both_passes")
+  if running_stats_from not in BN_RUNNING_STATS:
+    raise ValueError(f"config.model.bn_running_stats={running_stats_from!r}: expected one "
+                     f"of {', '.join(BN_RUNNING_STATS)}")
 
   def unlabelled_term(params, batch_stats, state, batch, pparams):
     teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], pparams)
@@ -129,7 +136,10 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
       loss_mask = loss_mask * valid
     weight = losses.confidence_weight(target_probs, config.confidence.threshold,
                                       config.confidence.mode, valid)
-    student_logits, batch_stats = _apply_student(model, params, batch_stats, student_input)
+    student_logits, perturbed_stats = _apply_student(model, params, batch_stats,
+                                                     student_input)
+    if running_stats_from == "both_passes":
+      batch_stats = perturbed_stats
     loss = losses.masked_consistency(student_logits, target, loss_mask, weight, kind)
     return loss, batch_stats, jnp.mean(weight)
 

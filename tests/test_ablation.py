@@ -172,6 +172,24 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     assert list(saved[name]["teacher_history"])[-1] == "3"
     assert saved[name]["teacher_history"]["3"] == pytest.approx(final["miou"], abs=5e-5)
   assert final["method"] == "cowmix" and saved["cowmix_seed0"]["wall_seconds"] > 0
+  # benchmarks/recalibrate_bn.py re-evaluates each final teacher: with its stored
+  # statistics it must give the recorded mIoU (it exits otherwise), and it adds the
+  # precise-BN mIoU to the file without touching the rest of each record.
+  recalibrate_bn = _load_benchmark("recalibrate_bn")
+  recalibrate_bn.add_to_results(results_path, str(root), str(tmp_path / "tfds"), "train")
+  annotated = json.loads(open(results_path).read())["runs"]
+  for name in ("supervised_seed0", "cowmix_seed0"):
+    assert 0.0 <= annotated[name].pop("precise_bn_miou") <= 1.0
+    assert annotated[name] == saved[name]
+
+
+def _load_benchmark(name):
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks",
+                                                                   f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _plot_module():
@@ -384,3 +402,41 @@ def test_table_markdown_can_leave_out_the_late_and_paper_columns():
   assert lines[0] == ("| method | seed 0 | mean +- std | minus baseline (paired) | "
                       "gap closed | wall min/run |")
   assert lines[3] == "| cowmix | 34.00 | 34.00 | +4.00 |  | 1.0 |"  # no full runs: no gap
+
+
+def test_saving_a_run_keeps_what_other_tools_added_to_the_file(tmp_path):
+  path = str(tmp_path / "results.json")
+  ablation.save_results(path, {"runs": {"supervised_seed0": _record("supervised", 0, 0.3)}})
+  # Another tool annotates the file while the grid runs ...
+  annotated = ablation.load_results(path)
+  annotated["runs"]["supervised_seed0"]["precise_bn_miou"] = 0.31
+  ablation.save_results(path, annotated)
+  # ... and the grid, holding an older copy, records the next run.
+  results = ablation.save_run(path, "cowmix_seed0", _record("cowmix", 0, 0.4))
+  saved = ablation.load_results(path)
+  assert saved == results
+  assert saved["runs"]["supervised_seed0"]["precise_bn_miou"] == 0.31
+  assert saved["runs"]["cowmix_seed0"]["miou"] == 0.4
+  # A record that is written again keeps the added fields it does not set itself.
+  ablation.save_run(path, "supervised_seed0", dict(_record("supervised", 0, 0.3),
+                                                   teacher_history={"1": 0.3}))
+  again = ablation.load_results(path)["runs"]["supervised_seed0"]
+  assert again["precise_bn_miou"] == 0.31 and again["teacher_history"] == {"1": 0.3}
+
+
+def test_table_markdown_shows_precise_bn_when_every_seed_has_it():
+  plot = _plot_module()
+  records = [dict(_record("supervised", 0, 0.30), precise_bn_miou=0.29),
+             dict(_record("cowmix", 0, 0.34), precise_bn_miou=0.37),
+             dict(_record("cowmix", 1, 0.36), precise_bn_miou=0.39),
+             _record("cutmix", 0, 0.33), _record("cutmix", 1, 0.35),
+             dict(_record("cutmix", 2, 0.35), precise_bn_miou=0.35)]
+  lines = plot.table_markdown(records, with_late=False, with_paper=False).splitlines()
+  assert lines[0].startswith("| method | seed 0 | seed 1 | seed 2 | mean +- std | precise BN |")
+  cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:]}
+  assert cells["supervised"][5] == "29.00"
+  assert cells["cowmix"][5] == "38.00"  # (37 + 39) / 2
+  assert cells["cutmix"][5] == ""  # not every seed was recalibrated
+  restricted = plot.restrict_to_classes(
+      [dict(r, per_class_iou={"a": 0.5}) for r in records[:2]], ["a"])
+  assert all("precise_bn_miou" not in r for r in restricted)

@@ -114,6 +114,35 @@ def test_teacher_is_ema_of_student_after_a_step(tiny_config, synthetic_batch):
                                rtol=1e-5, atol=1e-7)
 
 
+def test_running_bn_statistics_come_from_the_chosen_passes(tiny_config, synthetic_batch):
+  tiny_config.method = "cowmix"
+  model, tx, state = _setup(tiny_config)
+  mesh = steps.make_mesh(1)
+  batch = synthetic_batch(tiny_config)
+
+  def stats_after(images, stats):  # one training-mode pass, as the step makes it
+    _, updates = model.apply({"params": state.params, "batch_stats": stats}, images,
+                             train=True, mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  labelled_only = _host_copy(stats_after(batch["image"], state.batch_stats))
+  perturbed_pass_too = _host_copy(stats_after(batch["unlabelled_image"],
+                                              stats_after(batch["image"], state.batch_stats)))
+  # The two differ (the unlabelled images are other images), so the check below can fail.
+  assert any(not np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(
+      jax.tree.leaves(perturbed_pass_too), jax.tree.leaves(labelled_only)))
+  tiny_config.model.bn_running_stats = "labelled_pass"
+  train_step = steps.make_train_step(model, tx, tiny_config, mesh)
+  new_state, _ = train_step(jax.device_put(jax.tree.map(jnp.copy, state), steps.replicated(mesh)),
+                            jax.device_put(batch, steps.batch_sharded(mesh)))
+  for got, want in zip(jax.tree.leaves(_host_copy(new_state.batch_stats)),
+                       jax.tree.leaves(labelled_only)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  tiny_config.model.bn_running_stats = "unlabelled"
+  with pytest.raises(ValueError, match="bn_running_stats='unlabelled'"):
+    steps.make_train_step(model, tx, tiny_config, mesh)
+
+
 def test_step_key_depends_on_seed_and_step(tiny_config, synthetic_batch):
   """Same seed, same first step; the second step draws new masks."""
   tiny_config.method = "cowmix"
