@@ -313,24 +313,40 @@ def natural_key(text: str) -> List:
           for part in re.split(r"(\d+(?:\.\d*)?)", text) if part]
 
 
+def paired_gap_closed(members: Sequence[Dict], baseline: Sequence[Dict],
+                      full: Sequence[Dict]) -> Optional[float]:
+  """``mean(run - baseline) / mean(full - baseline)`` over the seeds all three ran (a
+  seed fixes the labelled images, so runs are compared seed by seed); None without a
+  common seed or when full supervision does not beat the baseline on average. With
+  every seed present this equals the ratio of the differences of the means."""
+  def by_seed(records):
+    return {r["seed"]: 100 * r["miou"] for r in records}
+
+  ours, base, top = by_seed(members), by_seed(baseline), by_seed(full)
+  seeds = sorted(set(ours) & set(base) & set(top))
+  if not seeds:
+    return None
+  span = sum(top[s] - base[s] for s in seeds) / len(seeds)
+  if span == 0:
+    return None
+  return sum(ours[s] - base[s] for s in seeds) / len(seeds) / span
+
+
 def summarise(records: Sequence[Dict]) -> List[Dict]:
   """Rows ``{group, method, n, mean, std, gap_closed, seeds, wall_minutes}`` (mIoU in %,
   std over seeds with ddof 1), in Table 1's method order. ``gap_closed`` is
-  ``(mean - supervised) / (all_labels - supervised)`` over the base runs (None where
-  either is missing)."""
+  ``paired_gap_closed`` against the base (not swept) supervised and all-labels runs
+  (None where either is missing)."""
   groups: Dict[str, List[Dict]] = {}
   for record in records:
     groups.setdefault(record["group"], []).append(record)
   order = list(METHODS)
   keys = sorted(groups, key=lambda g: (order.index(groups[g][0]["method"]), natural_key(g)))
-  means = {g: _mean_std([100 * r["miou"] for r in groups[g]])[0] for g in keys}
   rows = []
   for group in keys:
     members = sorted(groups[group], key=lambda r: r["seed"])
     mean, std = _mean_std([100 * r["miou"] for r in members])
-    gap = None
-    if BASELINE in means and FULL in means and means[FULL] != means[BASELINE]:
-      gap = (mean - means[BASELINE]) / (means[FULL] - means[BASELINE])
+    gap = paired_gap_closed(members, groups.get(BASELINE, []), groups.get(FULL, []))
     rows.append({"group": group, "method": members[0]["method"], "n": len(members),
                  "mean": mean, "std": std, "gap_closed": gap,
                  "seeds": [r["seed"] for r in members],

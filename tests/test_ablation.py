@@ -78,7 +78,8 @@ def test_summary_means_stds_and_gap_against_numpy():
   assert rows["cowmix"]["gap_closed"] == pytest.approx(0.55)
   assert rows["supervised"]["gap_closed"] == pytest.approx(0.0)
   assert rows["all_labels"]["gap_closed"] == pytest.approx(1.0)
-  assert rows["cowmix [cons_weight=1]"]["gap_closed"] == pytest.approx(-0.6)
+  # Seed by seed: the variant ran seed 0 only, so (30 - 40) / (60 - 40) = -0.5.
+  assert rows["cowmix [cons_weight=1]"]["gap_closed"] == pytest.approx(-0.5)
   assert np.isnan(rows["cowmix [cons_weight=1]"]["std"])
   assert rows["cowmix"]["wall_minutes"] == pytest.approx(statistics.mean([1.0, 2.0]))
   table = ablation.format_table(ablation.summarise(records))
@@ -440,3 +441,17 @@ def test_table_markdown_shows_precise_bn_when_every_seed_has_it():
   restricted = plot.restrict_to_classes(
       [dict(r, per_class_iou={"a": 0.5}) for r in records[:2]], ["a"])
   assert all("precise_bn_miou" not in r for r in restricted)
+
+
+def test_gap_closed_compares_the_same_seeds_only():
+  # The baseline's seed 1 drew a poor labelled subset; CowMix has not run seed 1 yet.
+  records = [_record("supervised", 0, 0.36), _record("supervised", 1, 0.26),
+             _record("all_labels", 0, 0.45), _record("all_labels", 1, 0.45),
+             _record("cowmix", 0, 0.37)]
+  rows = {row["group"]: row for row in ablation.summarise(records)}
+  # Seed 0 only: (37 - 36) / (45 - 36) = 1/9, not (37 - 31) / (45 - 31) from the means.
+  assert rows["cowmix"]["gap_closed"] == pytest.approx(1 / 9)
+  # Full supervision over both seeds: ((45 - 36) + (45 - 26)) / ((45 - 36) + (45 - 26)).
+  assert rows["all_labels"]["gap_closed"] == pytest.approx(1.0)
+  assert ablation.paired_gap_closed(records[4:], records[:1], []) is None
+  assert ablation.paired_gap_closed(records[4:], records[:1], records[:1]) is None
