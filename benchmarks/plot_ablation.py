@@ -76,11 +76,21 @@ def class_order(records: Sequence[Dict]) -> List[str]:
   return list(records[0]["per_class_iou"])
 
 
+def common_seed_records(records: Sequence[Dict], methods: Sequence[str]) -> List[Dict]:
+  """The base runs of ``methods`` restricted to the seeds every one of them ran, so that
+  per-class means compare the same labelled subsets."""
+  runs = [r for r in records if r["method"] in methods and r["group"] == r["method"]]
+  seeds = set.intersection(*[{r["seed"] for r in runs if r["method"] == m} for m in methods])
+  return [r for r in runs if r["seed"] in seeds]
+
+
 def plot_per_class(plt, records: Sequence[Dict], path: str, title: str) -> None:
-  """Per-class IoU (mean over seeds, +-std) of the baseline, CowMix and all labels."""
+  """Per-class IoU (mean over the seeds all three ran, +-std) of the baseline, CowMix
+  and all labels."""
   methods = [m for m in PER_CLASS_METHODS if any(r["method"] == m for r in records)]
   if not methods:
     return
+  records = common_seed_records(records, methods)
   classes = class_order(records)
   x = np.arange(len(classes))
   width = 0.8 / len(methods)

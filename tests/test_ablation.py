@@ -455,3 +455,15 @@ def test_gap_closed_compares_the_same_seeds_only():
   assert rows["all_labels"]["gap_closed"] == pytest.approx(1.0)
   assert ablation.paired_gap_closed(records[4:], records[:1], []) is None
   assert ablation.paired_gap_closed(records[4:], records[:1], records[:1]) is None
+
+
+def test_per_class_chart_uses_the_seeds_every_method_ran():
+  plot = _plot_module()
+  records = [_record("supervised", 0, 0.3), _record("supervised", 1, 0.2),
+             _record("cowmix", 0, 0.4), _record("cowmix", 1, 0.3),
+             _record("all_labels", 0, 0.5), _record("cutmix", 2, 0.1),
+             _record("cowmix", 0, 0.9, (("cons_weight", "3"),))]
+  kept = plot.common_seed_records(records, ["supervised", "cowmix", "all_labels"])
+  assert sorted((r["method"], r["seed"]) for r in kept) == [
+      ("all_labels", 0), ("cowmix", 0), ("supervised", 0)]
+  assert all(r["miou"] != 0.9 for r in kept)  # sweep variants are not base runs
