@@ -313,16 +313,18 @@ def natural_key(text: str) -> List:
           for part in re.split(r"(\d+(?:\.\d*)?)", text) if part]
 
 
+def miou_by_seed(records: Sequence[Dict]) -> Dict[int, float]:
+  """``{seed: mIoU %}`` of one group's runs."""
+  return {r["seed"]: 100 * r["miou"] for r in records}
+
+
 def paired_gap_closed(members: Sequence[Dict], baseline: Sequence[Dict],
                       full: Sequence[Dict]) -> Optional[float]:
   """``mean(run - baseline) / mean(full - baseline)`` over the seeds all three ran (a
   seed fixes the labelled images, so runs are compared seed by seed); None without a
   common seed or when full supervision does not beat the baseline on average. With
   every seed present this equals the ratio of the differences of the means."""
-  def by_seed(records):
-    return {r["seed"]: 100 * r["miou"] for r in records}
-
-  ours, base, top = by_seed(members), by_seed(baseline), by_seed(full)
+  ours, base, top = miou_by_seed(members), miou_by_seed(baseline), miou_by_seed(full)
   seeds = sorted(set(ours) & set(base) & set(top))
   if not seeds:
     return None
@@ -442,8 +444,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="a config override for every run (repeatable)")
   parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1;V2",
                       help="sweep one config key over values (repeatable; one key at a time)")
-  parser.add_argument("--report_only", action="store_true", help="print the table, run nothing (fills in missing "
-                           "teacher histories from the workdirs' logs)")
+  parser.add_argument("--report_only", action="store_true",
+                      help="print the table, run nothing (fills in missing teacher "
+                           "histories from the workdirs' logs)")
   args = parser.parse_args(argv)
 
   if not os.path.exists(args.config):

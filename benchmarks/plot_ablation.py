@@ -4,8 +4,8 @@ IoU, and one panel per swept config key (the paper's figures 10-12).
 python benchmarks/plot_ablation.py --results=runs/camvid_cpu/results.json --out=docs \
     [--results=runs/camvid_cpu_sweep/results.json] [--prefix=camvid_cpu]
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
-PREFIX_sweep.png, and prints Table 1 as Markdown (per-seed values, mean +- std, the
-paired difference from the baseline, gap closed, the paper's value, wall time). Needs matplotlib (pip install -e ".[plots]").
+PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``);
+--update_markdown=FILE writes it into FILE. Needs matplotlib (pip install -e ".[plots]").
 """
 
 from __future__ import annotations
@@ -196,10 +196,8 @@ def paired_difference(records: Sequence[Dict], group: str,
   seeds both groups ran count; ``n`` is 0 (mean and std NaN) when there are none, and the
   std is NaN for a single seed.
   """
-  def by_seed(name: str) -> Dict[int, float]:
-    return {r["seed"]: 100 * r["miou"] for r in records if r["group"] == name}
-
-  ours, base = by_seed(group), by_seed(baseline)
+  ours = ablation.miou_by_seed([r for r in records if r["group"] == group])
+  base = ablation.miou_by_seed([r for r in records if r["group"] == baseline])
   differences = [ours[s] - base[s] for s in sorted(ours) if s in base]
   if not differences:
     return {"n": 0, "mean": float("nan"), "std": float("nan")}
@@ -245,7 +243,7 @@ def table_markdown(records: Sequence[Dict], with_late: bool = True,
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in ablation.summarise(records):
     members = [r for r in records if r["group"] == row["group"]]
-    by_seed = {r["seed"]: 100 * r["miou"] for r in members}
+    by_seed = ablation.miou_by_seed(members)
     difference = paired_difference(records, row["group"])
     cells = [row["group"]] + [f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds]
     cells.append(_plus_minus(row["mean"], row["std"]))

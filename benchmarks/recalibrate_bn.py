@@ -72,14 +72,10 @@ def clean_batches(builder, config, split: str) -> Iterable[np.ndarray]:
       yield batch["image"]
 
 
-def miou_on_split(predict, variables, builder, config, split: str, mesh, num_classes: int):
-  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-  for batch in pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
-                                     config.eval_batch_size, config.model.normalisation,
-                                     downscale_factor=config.data.get("downscale", 1)):
-    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
-    _, confusion = predict(variables, images, labels, confusion)
-  return metrics.mean_iou(np.asarray(confusion, np.int64))
+def miou_on_split(predict, variables, builder, config, split: str, mesh,
+                  num_classes: int) -> float:
+  return metrics.mean_iou(evaluate.confusion_on_split(predict, variables, builder, config,
+                                                      split, mesh, num_classes))
 
 
 def recalibrated_miou(workdir: str, data_dir: str, stats_split: str,
@@ -121,8 +117,7 @@ def add_to_results(results_path: str, root: str, data_dir: str, stats_split: str
     if abs(stored - record["miou"]) > 1e-6:
       raise SystemExit(f"{workdir}: the checkpoint gives mIoU {stored:.6f}, the results file "
                        f"{record['miou']:.6f}; is --root the grid's root?")
-    record["precise_bn_miou"] = precise
-    ablation.save_results(results_path, results)
+    ablation.save_run(results_path, name, dict(record, precise_bn_miou=precise))
     print(f"{name}: {100 * stored:.2f} -> {100 * precise:.2f}", flush=True)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +114,23 @@ def save_predictions(directory: str, batch: Dict[str, np.ndarray], predictions: 
                                prediction[:height, :width], palette)
 
 
+def confusion_on_split(predict, variables: Dict, builder, config: ml_collections.ConfigDict,
+                       split: str, mesh, num_classes: int,
+                       on_predictions: Optional[Callable] = None) -> np.ndarray:
+  """The ``[C, C]`` int64 confusion matrix of ``predict`` (``make_predict_fn``) with
+  ``variables`` over the whole ``split``, batched as the config says;
+  ``on_predictions(batch, [B, H, W] predictions)`` sees every batch."""
+  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
+  for batch in pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
+                                     config.eval_batch_size, config.model.normalisation,
+                                     downscale_factor=config.data.get("downscale", 1)):
+    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
+    predictions, confusion = predict(variables, images, labels, confusion)
+    if on_predictions is not None:
+      on_predictions(batch, np.asarray(predictions))
+  return np.asarray(confusion, np.int64)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str = "latest", split: Optional[str] = None,
                         use_teacher: bool = True, flip: bool = False,
@@ -135,17 +152,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                             stride=window_stride)
   if prediction_dir:
     os.makedirs(prediction_dir, exist_ok=True)
-  confusion = jnp.zeros((len(class_names), len(class_names)), jnp.int32)
-  batches = pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
-                                  config.eval_batch_size, config.model.normalisation,
-                                  downscale_factor=config.data.get("downscale", 1))
-  for batch in batches:
-    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
-    predictions, confusion = predict(variables, images, labels, confusion)
-    if prediction_dir:
-      save_predictions(prediction_dir, batch, np.asarray(predictions),
+  on_predictions = None
+  if prediction_dir:
+    def on_predictions(batch, predictions):
+      save_predictions(prediction_dir, batch, predictions,
                        builder.info.metadata.get("class_colours"))
-  confusion = np.asarray(confusion, np.int64)
+  confusion = confusion_on_split(predict, variables, builder, config, split, mesh,
+                                 len(class_names), on_predictions)
   iou = metrics.per_class_iou(confusion)
   return {
       "miou": metrics.mean_iou(confusion),
