@@ -1,6 +1,5 @@
 """benchmarks/ablation.py: the resumable experiment grid and its table."""
 
-import importlib.util
 import json
 import os
 import statistics
@@ -9,11 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "ablation", os.path.join(REPO, "benchmarks", "ablation.py"))
-ablation = sys.modules["ablation"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+from conftest import REPO, load_benchmark
+
+ablation = load_benchmark("ablation")
 
 TINY = {"num_train_steps": "3", "log_every": "1", "data.image_size": "32",
         "data.num_train": "16", "data.num_validation": "8", "data.num_labelled": "4",
@@ -176,7 +173,7 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
   # benchmarks/recalibrate_bn.py re-evaluates each final teacher: with its stored
   # statistics it must give the recorded mIoU (it exits otherwise), and it adds the
   # precise-BN mIoU to the file without touching the rest of each record.
-  recalibrate_bn = _load_benchmark("recalibrate_bn")
+  recalibrate_bn = load_benchmark("recalibrate_bn")
   recalibrate_bn.add_to_results(results_path, str(root), str(tmp_path / "tfds"), "train")
   annotated = json.loads(open(results_path).read())["runs"]
   for name in ("supervised_seed0", "cowmix_seed0"):
@@ -184,21 +181,8 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     assert annotated[name] == saved[name]
 
 
-def _load_benchmark(name):
-  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks",
-                                                                   f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _plot_module():
-  spec = importlib.util.spec_from_file_location(
-      "plot_ablation", os.path.join(REPO, "benchmarks", "plot_ablation.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark("plot_ablation")
 
 
 def test_sweep_panels_group_values_in_numeric_order():

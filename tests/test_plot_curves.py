@@ -1,18 +1,11 @@
 """benchmarks/plot_curves.py: learning curves of ablation runs."""
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-_spec = importlib.util.spec_from_file_location(
-    "plot_curves", os.path.join(REPO, "benchmarks", "plot_curves.py"))
-plot_curves = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plot_curves)
+from conftest import load_benchmark
+
+plot_curves = load_benchmark("plot_curves")
 
 
 def _record(group, seed, history, method=None):

@@ -1,8 +1,6 @@
 """benchmarks/recalibrate_bn.py: precise BatchNorm statistics."""
 
-import importlib.util
 import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -10,12 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-_spec = importlib.util.spec_from_file_location(
-    "recalibrate_bn", os.path.join(REPO, "benchmarks", "recalibrate_bn.py"))
-recalibrate_bn = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recalibrate_bn)
+from conftest import load_benchmark
+
+recalibrate_bn = load_benchmark("recalibrate_bn")
 
 
 class TwoNorms(nn.Module):
