@@ -16,8 +16,7 @@ from cowmix_jax.config_base import get_base_config, get_data_config  # noqa: E40
 from cowmix_jax.data import synthetic  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_CAMVID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             os.pardir, "shared", "data", "camvid")
+SHARED_CAMVID = os.path.join(REPO, os.pardir, "shared", "data", "camvid")
 
 
 def load_benchmark(name):

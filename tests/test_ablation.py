@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, load_benchmark
 
 ablation = load_benchmark("ablation")
+plot_ablation = load_benchmark("plot_ablation")
 
 TINY = {"num_train_steps": "3", "log_every": "1", "data.image_size": "32",
         "data.num_train": "16", "data.num_validation": "8", "data.num_labelled": "4",
@@ -181,29 +182,23 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     assert annotated[name] == saved[name]
 
 
-def _plot_module():
-  return load_benchmark("plot_ablation")
-
-
 def test_sweep_panels_group_values_in_numeric_order():
-  plot = _plot_module()
   runs = {}
   for value in ("30", "3", "(2.0, 8.0)", "(0.5, 2.0)"):
     key = "cons_weight" if "(" not in value else "mask.cow_sigma_range"
     record = _record("cowmix", 0, 0.5, ((key, value),))
     runs[ablation.Run("cowmix", 0, ((key, value),)).name] = dict(record, variant={key: value})
   runs["cowmix_seed0"] = dict(_record("cowmix", 0, 0.6), variant={})
-  groups = plot.sweep_groups({"runs": runs})
+  groups = plot_ablation.sweep_groups({"runs": runs})
   assert sorted(groups) == ["cons_weight", "mask.cow_sigma_range"]
   assert sorted(groups["cons_weight"], key=ablation.natural_key) == ["3", "30"]
   labels = ["(2.0, 8.0)", "(1.0, 4.0) (base)", "(0.5, 2.0)"]
   assert sorted(labels, key=ablation.natural_key) == ["(0.5, 2.0)", "(1.0, 4.0) (base)",
                                                   "(2.0, 8.0)"]
-  assert [r["group"] for r in plot.base_records({"runs": runs})] == ["cowmix"]
+  assert [r["group"] for r in plot_ablation.base_records({"runs": runs})] == ["cowmix"]
 
 
 def test_sweep_panel_puts_baseline_first_full_last_and_keeps_the_swept_seeds():
-  plot = _plot_module()
   key = "cons_weight"
   by_value = {v: [dict(_record("cowmix", 0, m), variant={key: v})]
               for v, m in (("30", 0.41), ("3", 0.38))}
@@ -211,7 +206,7 @@ def test_sweep_panel_puts_baseline_first_full_last_and_keeps_the_swept_seeds():
           for method, seed, miou in (("supervised", 0, 0.36), ("supervised", 1, 0.30),
                                      ("cowmix", 0, 0.37), ("cowmix", 1, 0.99),
                                      ("all_labels", 0, 0.45), ("cutmix", 0, 0.2))]
-  bars = plot.sweep_panel(by_value, base, key, {key: "10"})
+  bars = plot_ablation.sweep_panel(by_value, base, key, {key: "10"})
   assert [(label, role) for label, _, role in bars] == [
       ("supervised", "baseline"), ("3", "value"), ("10 (base)", "base"), ("30", "value"),
       ("all_labels", "full")]
@@ -221,44 +216,40 @@ def test_sweep_panel_puts_baseline_first_full_last_and_keeps_the_swept_seeds():
 
 
 def test_merged_results_keep_every_run_of_every_file(tmp_path):
-  plot = _plot_module()
   grid, sweep = str(tmp_path / "grid.json"), str(tmp_path / "sweep.json")
   ablation.save_results(grid, {"runs": {"cowmix_seed0": _record("cowmix", 0, 0.4)},
                                "machine": "m"})
   ablation.save_results(sweep, {"runs": {"cowmix_cons_weight=3_seed0":
                                          _record("cowmix", 0, 0.3)}})
-  merged = plot.merge_results([grid, sweep])
+  merged = plot_ablation.merge_results([grid, sweep])
   assert sorted(merged["runs"]) == ["cowmix_cons_weight=3_seed0", "cowmix_seed0"]
   assert merged["runs"]["cowmix_seed0"]["miou"] == 0.4 and merged["machine"] == "m"
 
 
 def test_class_order_is_the_datasets_not_the_sorted_keys():
-  plot = _plot_module()
   per_class = {"zebra": 0.1, "apple": 0.2}
   old = dict(_record("supervised", 0, 0.3), per_class_iou=per_class)
   new = dict(_record("cowmix", 0, 0.4), per_class_iou=per_class,
              class_names=["zebra", "apple"])
-  assert plot.class_order([old, new]) == ["zebra", "apple"]
-  assert plot.class_order([old]) == ["zebra", "apple"]  # falls back to the dict's order
+  assert plot_ablation.class_order([old, new]) == ["zebra", "apple"]
+  assert plot_ablation.class_order([old]) == ["zebra", "apple"]  # falls back to the dict's order
 
 
 def test_paired_difference_compares_seed_by_seed_against_numpy():
-  plot = _plot_module()
   records = [_record("supervised", 0, 0.30), _record("supervised", 1, 0.40),
              _record("supervised", 2, 0.35), _record("cowmix", 0, 0.33),
              _record("cowmix", 1, 0.42), _record("cutmix", 2, 0.36)]
   # Seeds 0 and 1 pair: differences 3 and 2 points. Seed 2 has no CowMix run.
-  difference = plot.paired_difference(records, "cowmix")
+  difference = plot_ablation.paired_difference(records, "cowmix")
   assert difference["n"] == 2
   assert difference["mean"] == pytest.approx(2.5)
   assert difference["std"] == pytest.approx(np.std([3.0, 2.0], ddof=1))
-  single = plot.paired_difference(records, "cutmix")
+  single = plot_ablation.paired_difference(records, "cutmix")
   assert single["n"] == 1 and single["mean"] == pytest.approx(1.0) and np.isnan(single["std"])
-  assert plot.paired_difference(records, "ict")["n"] == 0
+  assert plot_ablation.paired_difference(records, "ict")["n"] == 0
 
 
 def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
-  plot = _plot_module()
   records = [_record("supervised", 0, 0.30), _record("supervised", 1, 0.40),
              _record("cowmix", 0, 0.34), _record("cowmix", 1, 0.42),
              _record("all_labels", 0, 0.50), _record("all_labels", 1, 0.60)]
@@ -268,7 +259,7 @@ def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
   records[2]["teacher_history"] = json.loads(json.dumps(records[2]["teacher_history"],
                                                         sort_keys=True))
   assert list(records[2]["teacher_history"])[-1] == "500"
-  lines = plot.table_markdown(records).splitlines()
+  lines = plot_ablation.table_markdown(records).splitlines()
   assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | last 3 evals | "
                       "minus baseline (paired) | gap closed | paper (test) | wall min/run |")
   # CowMix: mean 38, std of (34, 42); differences (4, 2); gap (38 - 35) / (55 - 35) = 15%;
@@ -353,37 +344,34 @@ def test_report_only_fills_in_histories_from_the_workdirs(tmp_path, monkeypatch,
 
 
 def test_marked_block_is_replaced_and_missing_markers_are_named():
-  plot = _plot_module()
   text = "intro\n<!-- table1:start -->\n| old |\n<!-- table1:end -->\nafter\n"
-  assert plot.replace_marked_block(text, "table1", "| new |") == (
+  assert plot_ablation.replace_marked_block(text, "table1", "| new |") == (
       "intro\n<!-- table1:start -->\n| new |\n<!-- table1:end -->\nafter\n")
   with pytest.raises(ValueError, match="table1:start"):
-    plot.replace_marked_block("no markers", "table1", "x")
+    plot_ablation.replace_marked_block("no markers", "table1", "x")
   with pytest.raises(ValueError, match="in that order"):
-    plot.replace_marked_block("<!-- t:end --> <!-- t:start -->", "t", "x")
+    plot_ablation.replace_marked_block("<!-- t:end --> <!-- t:start -->", "t", "x")
 
 
 def test_learned_classes_and_the_table_restricted_to_them():
-  plot = _plot_module()
   def record(method, seed, ious):
     return dict(_record(method, seed, float(np.mean(ious))), class_names=["a", "b", "c"],
                 per_class_iou=dict(zip("abc", ious)), teacher_history={"1": 0.5})
   records = [record("all_labels", 0, [0.8, 0.05, 0.6]), record("all_labels", 1, [0.8, 0.2, 0.4]),
              record("supervised", 0, [0.4, 0.3, 0.2]), record("cowmix", 0, [0.6, 0.0, 0.3])]
   # b: mean 0.125 over the full runs (>= 0.10), so every class counts at 10%; at 15% b drops.
-  assert plot.learned_classes(records) == ["a", "b", "c"]
-  assert plot.learned_classes(records, threshold=0.15) == ["a", "c"]
-  assert plot.learned_classes(records[2:]) == []
-  restricted = plot.restrict_to_classes(records, ["a", "c"])
+  assert plot_ablation.learned_classes(records) == ["a", "b", "c"]
+  assert plot_ablation.learned_classes(records, threshold=0.15) == ["a", "c"]
+  assert plot_ablation.learned_classes(records[2:]) == []
+  restricted = plot_ablation.restrict_to_classes(records, ["a", "c"])
   assert [r["miou"] for r in restricted] == pytest.approx([0.7, 0.6, 0.3, 0.45])
   assert restricted[3]["teacher_history"] == {} and records[3]["teacher_history"]
   assert records[3]["miou"] == pytest.approx(0.3)  # the originals are untouched
 
 
 def test_table_markdown_can_leave_out_the_late_and_paper_columns():
-  plot = _plot_module()
   records = [_record("supervised", 0, 0.30), _record("cowmix", 0, 0.34)]
-  lines = plot.table_markdown(records, with_late=False, with_paper=False).splitlines()
+  lines = plot_ablation.table_markdown(records, with_late=False, with_paper=False).splitlines()
   assert lines[0] == ("| method | seed 0 | mean +- std | minus baseline (paired) | "
                       "gap closed | wall min/run |")
   assert lines[3] == "| cowmix | 34.00 | 34.00 | +4.00 |  | 1.0 |"  # no full runs: no gap
@@ -410,19 +398,18 @@ def test_saving_a_run_keeps_what_other_tools_added_to_the_file(tmp_path):
 
 
 def test_table_markdown_shows_precise_bn_when_every_seed_has_it():
-  plot = _plot_module()
   records = [dict(_record("supervised", 0, 0.30), precise_bn_miou=0.29),
              dict(_record("cowmix", 0, 0.34), precise_bn_miou=0.37),
              dict(_record("cowmix", 1, 0.36), precise_bn_miou=0.39),
              _record("cutmix", 0, 0.33), _record("cutmix", 1, 0.35),
              dict(_record("cutmix", 2, 0.35), precise_bn_miou=0.35)]
-  lines = plot.table_markdown(records, with_late=False, with_paper=False).splitlines()
+  lines = plot_ablation.table_markdown(records, with_late=False, with_paper=False).splitlines()
   assert lines[0].startswith("| method | seed 0 | seed 1 | seed 2 | mean +- std | precise BN |")
   cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:]}
   assert cells["supervised"][5] == "29.00"
   assert cells["cowmix"][5] == "38.00"  # (37 + 39) / 2
   assert cells["cutmix"][5] == ""  # not every seed was recalibrated
-  restricted = plot.restrict_to_classes(
+  restricted = plot_ablation.restrict_to_classes(
       [dict(r, per_class_iou={"a": 0.5}) for r in records[:2]], ["a"])
   assert all("precise_bn_miou" not in r for r in restricted)
 
@@ -442,12 +429,11 @@ def test_gap_closed_compares_the_same_seeds_only():
 
 
 def test_per_class_chart_uses_the_seeds_every_method_ran():
-  plot = _plot_module()
   records = [_record("supervised", 0, 0.3), _record("supervised", 1, 0.2),
              _record("cowmix", 0, 0.4), _record("cowmix", 1, 0.3),
              _record("all_labels", 0, 0.5), _record("cutmix", 2, 0.1),
              _record("cowmix", 0, 0.9, (("cons_weight", "3"),))]
-  kept = plot.common_seed_records(records, ["supervised", "cowmix", "all_labels"])
+  kept = plot_ablation.common_seed_records(records, ["supervised", "cowmix", "all_labels"])
   assert sorted((r["method"], r["seed"]) for r in kept) == [
       ("all_labels", 0), ("cowmix", 0), ("supervised", 0)]
   assert all(r["miou"] != 0.9 for r in kept)  # sweep variants are not base runs
