@@ -65,8 +65,9 @@ def clean_batches(builder, config, split: str) -> Iterable[np.ndarray]:
   """Whole clean images of ``split`` as the training pass sees them (shrunk, padded to
   the crop), in batches of ``config.batch_size``; batches with padding examples are
   left out."""
+  normalisation = models.input_normalisation(config.model)
   for batch in pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
-                                     config.batch_size, config.model.normalisation,
+                                     config.batch_size, normalisation,
                                      downscale_factor=config.data.get("downscale", 1)):
     if all(batch["image_id"]):
       yield batch["image"]

@@ -91,13 +91,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   # freeze_bn.
   config.model.bn_running_stats = "both_passes"
   config.model.decoder_widths = (192, 128, 96, 64, 48, 32)
-  # Input normalisation the backbone was trained with: imagenet, caffe or grey.
-  config.model.normalisation = "imagenet"
+  # The encoder: resnet (config.model.depth and width) or efficientnet_lite
+  # (config.model.encoder_variant: lite0, lite1 or lite2; widths fixed). U-Net only.
+  config.model.encoder = "resnet"
+  config.model.encoder_variant = "lite0"
+  # Input normalisation the backbone was trained with: imagenet, caffe, efficientnet_lite,
+  # grey, or auto (chosen by the encoder: imagenet for ResNets, efficientnet_lite for
+  # EfficientNet-Lite).
+  config.model.normalisation = "auto"
   # Computation dtype: float32, or bfloat16 for mixed precision on GPUs and TPUs
   # (parameters and optimiser state stay float32). CPUs gain nothing from bfloat16.
   config.model.dtype = "float32"
-  # Converted weights (python -m cowmix_jax.models.convert): loaded into the encoder (or
-  # all of DeepLab v2); they learn at pretrained_lr_multiplier x the learning rate.
+  # Converted weights (python -m cowmix_jax.models.convert), a .msgpack path, or the name
+  # of weights that a package ships (efficientnet_lite0, efficientnet_lite1,
+  # efficientnet_lite2: converted once into the cache, see models/pretrained.py): loaded
+  # into the encoder (or all of DeepLab v2); they learn at pretrained_lr_multiplier x the
+  # learning rate.
   config.model.pretrained = ""
   config.model.pretrained_lr_multiplier = 0.1
 

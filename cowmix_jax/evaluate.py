@@ -121,8 +121,9 @@ def confusion_on_split(predict, variables: Dict, builder, config: ml_collections
   ``variables`` over the whole ``split``, batched as the config says;
   ``on_predictions(batch, [B, H, W] predictions)`` sees every batch."""
   confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
+  normalisation = models.input_normalisation(config.model)
   for batch in pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
-                                     config.eval_batch_size, config.model.normalisation,
+                                     config.eval_batch_size, normalisation,
                                      downscale_factor=config.data.get("downscale", 1)):
     images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
     predictions, confusion = predict(variables, images, labels, confusion)

@@ -52,9 +52,10 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: s
   os.makedirs(output_dir, exist_ok=True)
   logging.info("Segmenting %d images with the %s at step %d.", len(images),
                "teacher" if use_teacher else "student", step)
+  normalisation = models.input_normalisation(config.model)
   for image_id, path in images.items():
     image = base.image_array(base.read_file(path), path)
-    prediction = predict_image(logits_fn, variables, image, config.model.normalisation,
+    prediction = predict_image(logits_fn, variables, image, normalisation,
                                config.data.get("downscale", 1))
     write_prediction(output_dir, image_id, image, prediction, palette, overlay_alpha)
   return list(images)

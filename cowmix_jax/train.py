@@ -21,6 +21,7 @@ from cowmix_jax import data as data_lib
 from cowmix_jax import losses, metrics, mixing, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
 from cowmix_jax.models import convert, summary
+from cowmix_jax.models import pretrained as pretrained_lib
 from cowmix_jax.state import TrainState, create_train_state, init_variables
 
 
@@ -81,22 +82,42 @@ def initial_variables_and_optimizer(config: ml_collections.ConfigDict, model, im
   """The initial variables (random, with ``config.model.pretrained`` merged in when
   given) and the optimiser (per-group learning rates when pretrained)."""
   variables = init_variables(model, jax.random.PRNGKey(config.seed), image_shape)
-  path = config.model.get("pretrained", "")
-  if not path:
+  name = config.model.get("pretrained", "")
+  if not name:
     return variables, make_optimizer(config)
+  path = pretrained_lib.resolve(name)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.model.pretrained={path!r} does not exist (convert a "
-                            f"PyTorch file with python -m cowmix_jax.models.convert)")
+    raise FileNotFoundError(
+        f"config.model.pretrained={path!r} does not exist (convert a PyTorch file with "
+        f"python -m cowmix_jax.models.convert, or name packaged weights: "
+        f"{sorted(pretrained_lib.PACKAGED)})")
   pretrained = convert.load(path)
   variables = convert.merge_pretrained(jax.tree.map(np.asarray, dict(variables)), pretrained,
                                        source=path)
   loaded = flatten_dict(pretrained.get("params", {}))
   labels = unflatten_dict({key: "pretrained" if key in loaded else "new"
                            for key in flatten_dict(variables["params"])})
-  logging.info("Loaded %d pretrained parameter arrays from %s (lr x%g); %d new.",
-               len(loaded), path, config.model.get("pretrained_lr_multiplier", 0.1),
-               len(flatten_dict(variables["params"])) - len(loaded))
+  logging.info("%s", describe_pretrained_load(variables, pretrained, path, config))
   return variables, make_optimizer(config, labels)
+
+
+def describe_pretrained_load(variables: Dict, pretrained: Dict, path: str,
+                             config: ml_collections.ConfigDict) -> str:
+  """How many arrays came from ``path``, and which encoder arrays it did not have (they
+  keep their random init: a sign of a file for another encoder)."""
+  loaded = {c: flatten_dict(pretrained.get(c, {})) for c in ("params", "batch_stats")}
+  text = (f"Loaded {len(loaded['params'])} parameter and {len(loaded['batch_stats'])} "
+          f"BatchNorm statistic arrays from {path} (lr x"
+          f"{config.model.get('pretrained_lr_multiplier', 0.1):g}); "
+          f"{len(flatten_dict(variables['params'])) - len(loaded['params'])} parameter "
+          f"arrays are new.")
+  not_loaded = ["/".join(key) for collection in ("params", "batch_stats")
+                for key in flatten_dict(variables.get(collection, {}))
+                if key[0] == "encoder" and key not in loaded[collection]]
+  if not_loaded:
+    text += (f" {len(not_loaded)} encoder array(s) were not in the file and keep their "
+             f"random init: {not_loaded[:10]}")
+  return text
 
 
 def evaluate(eval_step, variables, batches, mesh, num_classes: int) -> np.ndarray:
@@ -217,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   eval_batch_size = config.eval_batch_size // jax.process_count()
   writer = reporting.make_writer(workdir)
   palette = reporting.palette_of(probe.info.metadata, num_classes)
+  normalisation = models.input_normalisation(config.model)
 
   def evaluate_model(variables):
     return evaluate(eval_step, variables, inputs.eval_batches(eval_split, eval_batch_size),
@@ -240,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
     if _due(step, config.image_every):  # before the step: the same masks as the step
       visuals = jax.tree.map(np.asarray, visualise(state, batch))
       writer.write_images(step, reporting.visual_summaries(visuals, host_batch, palette,
-                                                           config.model.normalisation))
+                                                           normalisation))
     state, step_metrics = train_step(state, batch)
     log_due = _due(step, config.log_every) or step == config.num_train_steps
     if log_due:

@@ -47,6 +47,65 @@ def test_unet_decoder_matches_paper_table_4():
   assert _count(decoder) == expected
 
 
+def test_unet_on_efficientnet_lite_takes_its_skips_at_the_paper_strides():
+  """The same Table 4 decoder, fed by Lite2's 1/32 head (1280 ch) and its 1/16, 1/8 and
+  1/4 stage outputs (120, 48, 24 channels); the encoder is the whole EfficientNet-Lite."""
+  config = ml_collections.ConfigDict(dict(name="unet", encoder="efficientnet_lite",
+                                          encoder_variant="lite2", freeze_bn=True))
+  model = models.build_model(config, num_classes=11)
+  x = jnp.zeros((1, 96, 128, 3))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+  conv = lambda k, cin, cout: k * k * cin * cout + cout
+  expected = (conv(3, 1280, 192) + conv(4, 192, 128) + conv(3, 128 + 120, 128) + conv(4, 128, 96)
+              + conv(3, 96 + 48, 96) + conv(4, 96, 64) + conv(3, 64 + 24, 64) + conv(4, 64, 48)
+              + conv(3, 48, 48) + conv(4, 48, 32) + conv(3, 32, 32) + conv(1, 32, 11))
+  decoder = {k: v for k, v in shapes["params"].items() if k != "encoder"}
+  assert _count(decoder) == expected
+  encoder = models.EfficientNetLite("lite2")
+  encoder_shapes = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), x))
+  assert jax.tree.map(lambda a: a.shape, shapes["params"]["encoder"]) == \
+      jax.tree.map(lambda a: a.shape, encoder_shapes["params"])
+  logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 90, 120, 3))), shapes)
+  assert logits.shape == (2, 90, 120, 11)
+
+
+def test_resnet_unet_keeps_its_parameter_names():
+  """Checkpoints of the ResNet U-Net written before encoders were selectable restore:
+  the encoder is still ``encoder/stem_conv``, ``encoder/conv2_x_block0``, ... ."""
+  config = ml_collections.ConfigDict(dict(name="unet", depth=18, width=8,
+                                          decoder_widths=(8,) * 6))
+  model = models.build_model(config, num_classes=3)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  assert sorted(shapes["params"]) == sorted(
+      ["encoder", "conv_32", "up_16", "conv_16", "up_8", "conv_8", "up_4", "conv_4", "up_2",
+       "conv_2", "up_1", "conv_1", "classifier"])
+  assert sorted(shapes["params"]["encoder"]) == sorted(
+      ["stem_conv", "stem_bn"] + [f"conv{s}_x_block{b}" for s in (2, 3, 4, 5) for b in (0, 1)])
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("encoder", "vit", r"config.model.encoder='vit': choose one of \['efficientnet_lite', "
+                       r"'resnet'\]"),
+    ("encoder_variant", "lite4", r"config.model.encoder_variant='lite4'"),
+    ("width", 32, r"config.model.width=32 applies to ResNet encoders only"),
+])
+def test_bad_encoder_settings_name_the_key(key, value, message):
+  config = ml_collections.ConfigDict(dict(name="unet", encoder="efficientnet_lite",
+                                          encoder_variant="lite0", width=64))
+  config[key] = value
+  with pytest.raises(ValueError, match=message):
+    models.build_model(config, num_classes=3)
+
+
+def test_normalisation_auto_follows_the_encoder():
+  config = ml_collections.ConfigDict(dict(name="unet", encoder="resnet", normalisation="auto"))
+  assert models.input_normalisation(config) == "imagenet"
+  config.encoder = "efficientnet_lite"
+  assert models.input_normalisation(config) == "efficientnet_lite"
+  config.normalisation = "grey"
+  assert models.input_normalisation(config) == "grey"
+
+
 def test_unet_output_shape_and_frozen_bn(tiny_config):
   tiny_config.model.freeze_bn = True
   model = models.build_model(tiny_config.model, num_classes=5)

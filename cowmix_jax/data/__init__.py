@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from cowmix_jax import models
 from cowmix_jax.data import builders, pipeline, splits
 from cowmix_jax.data.base import BadExampleError, DatasetLayoutError  # noqa: F401
 
@@ -98,7 +99,7 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
                          dataset=data.name, split=data.train_split,
                          num_available=len(all_ids))
   aug = pipeline.Augmentation.from_config(data.augment)
-  normalisation = config.model.normalisation
+  normalisation = models.input_normalisation(config.model)
   factor = pipeline.check_downscale(data.get("downscale", 1), data.eval_canvas)
   labelled = pipeline.labelled_stream(
       builder, data.train_split, labelled_ids, config.batch_size, stream_seed(config.seed, 2),

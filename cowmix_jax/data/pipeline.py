@@ -30,6 +30,9 @@ NORMALISATIONS = {
     # Caffe models (DeepLab v2 of Hung et al.): BGR, 0..255 with the mean subtracted.
     "caffe": dict(mean=(104.00698793, 116.66876762, 122.67891434), std=(1.0, 1.0, 1.0),
                   bgr=True),
+    # EfficientNet-Lite's ImageNet weights (TensorFlow's lite builder): (pixel - 127) / 128.
+    "efficientnet_lite": dict(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),
+                              bgr=False),
     # The synthetic dataset: grey 0.5 -> 0, std 0.25.
     "grey": dict(mean=(127.5, 127.5, 127.5), std=(63.75, 63.75, 63.75), bgr=False),
 }

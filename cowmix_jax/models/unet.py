@@ -1,4 +1,4 @@
-"""The paper's U-Net decoder (Table 4) on a ResNet encoder."""
+"""The paper's U-Net decoder (Table 4) on a ResNet or EfficientNet-Lite encoder."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cowmix_jax.models.efficientnet_lite import EfficientNetLite
 from cowmix_jax.models.resnet import ResNetEncoder
 
 # Table 4: conv widths at 1/32, 1/16, 1/8, 1/4, 1/2 and full resolution.
 PAPER_DECODER_WIDTHS = (192, 128, 96, 64, 48, 32)
+# Encoder -> the names of its feature maps at strides 4, 8, 16 and 32.
+ENCODER_SKIPS = {
+    "resnet": ("conv2_x", "conv3_x", "conv4_x", "conv5_x"),
+    "efficientnet_lite": ("stride_4", "stride_8", "stride_16", "stride_32"),
+}
 
 
 def _conv3x3_relu(x: jax.Array, features: int, name: str, dtype=jnp.float32) -> jax.Array:
@@ -25,15 +31,19 @@ def _upsample_relu(x: jax.Array, features: int, name: str, dtype=jnp.float32) ->
 
 
 class UNet(nn.Module):
-  """ResNet-encoder U-Net of French et al. (Table 4, Figure 7).
+  """The U-Net of French et al. (Table 4, Figure 7) on any encoder of ENCODER_SKIPS.
 
-  From conv5_x: conv3x3 w0 -> tconv w1, concat conv4_x -> conv3x3 w1 -> tconv w2,
-  concat conv3_x -> conv3x3 w2 -> tconv w3, concat conv2_x -> conv3x3 w3 -> tconv w4
-  -> conv3x3 w4 -> tconv w5 -> conv3x3 w5 -> conv1x1 to classes.
+  From the 1/32 features (ResNet conv5_x): conv3x3 w0 -> tconv w1, concat 1/16 ->
+  conv3x3 w1 -> tconv w2, concat 1/8 -> conv3x3 w2 -> tconv w3, concat 1/4 -> conv3x3
+  w3 -> tconv w4 -> conv3x3 w4 -> tconv w5 -> conv3x3 w5 -> conv1x1 to classes.
 
   Attributes:
     num_classes: number of output classes C.
-    depth, width, freeze_bn: encoder settings (see ResNetEncoder).
+    encoder: ``resnet`` (the paper's) or ``efficientnet_lite``; either is the submodule
+      ``encoder``.
+    depth, width: the ResNet's depth and base width (see ResNetEncoder).
+    encoder_variant: the EfficientNet-Lite variant (lite0, lite1, lite2).
+    freeze_bn: the encoder's BatchNorm uses its stored statistics.
     decoder_widths: six decoder widths (the paper's are 192, 128, 96, 64, 48, 32).
   """
 
@@ -43,6 +53,16 @@ class UNet(nn.Module):
   freeze_bn: bool = False
   decoder_widths: Sequence[int] = PAPER_DECODER_WIDTHS
   dtype: Any = jnp.float32  # bfloat16: mixed precision (parameters stay float32)
+  encoder: str = "resnet"
+  encoder_variant: str = "lite0"
+
+  def _encoder(self) -> nn.Module:
+    if self.encoder == "resnet":
+      return ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype, name="encoder")
+    if self.encoder == "efficientnet_lite":
+      return EfficientNetLite(self.encoder_variant, self.freeze_bn, self.dtype, name="encoder")
+    raise ValueError(f"config.model.encoder={self.encoder!r}: choose one of "
+                     f"{sorted(ENCODER_SKIPS)}")
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -58,11 +78,11 @@ class UNet(nn.Module):
     if len(self.decoder_widths) != 6:
       raise ValueError(f"decoder_widths needs 6 values, got {tuple(self.decoder_widths)}")
     w = self.decoder_widths
-    features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
-                             name="encoder")(x, train)
-    y = _conv3x3_relu(features["conv5_x"], w[0], "conv_32", self.dtype)
+    features = self._encoder()(x, train)
+    skip_4, skip_8, skip_16, top = ENCODER_SKIPS[self.encoder]
+    y = _conv3x3_relu(features[top], w[0], "conv_32", self.dtype)
     y = _upsample_relu(y, w[1], "up_16", self.dtype)
-    for level, skip_name in enumerate(("conv4_x", "conv3_x", "conv2_x")):
+    for level, skip_name in enumerate((skip_16, skip_8, skip_4)):
       y = jnp.concatenate([y, features[skip_name]], axis=-1)
       y = _conv3x3_relu(y, w[level + 1], f"conv_{16 >> level}", self.dtype)
       y = _upsample_relu(y, w[level + 2], f"up_{8 >> level}", self.dtype)
