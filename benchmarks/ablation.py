@@ -11,6 +11,11 @@ the supervised-to-all-labels gap each method closes.
 Table 1 at CPU scale (docs/RESULTS.md):
   python benchmarks/ablation.py --config=configs/camvid_cpu.py --root=runs/camvid_cpu \
       --seeds=0,1,2 --set=data.manual_dir=../shared/data/camvid
+Each method at the paper's length (Table 1's caption: 300 epochs; standard augmentation
+50, CutMix 100; CowOut both 300 and, as appendix D.3.3 says, 100: ``cowout_100ep``),
+all scaled by one factor (epochs as ``config.num_epochs`` counts them):
+  python benchmarks/ablation.py --config=configs/camvid_cpu.py --root=runs/camvid_lite0 \
+      --epoch_scale=0.04 --seeds=0,1,2,3,4 --set=data.manual_dir=../shared/data/camvid
 Sweeps of one key at a time (the base value's runs are shared with the grid):
   python benchmarks/ablation.py ... --methods=cowmix --vary="cons_weight=1;3;30"
   python benchmarks/ablation.py ... --methods=cowmix \
@@ -42,10 +47,16 @@ METHODS: Dict[str, Dict[str, str]] = {
     "cutout": {"method": "cutout"},
     "cutmix": {"method": "cutmix"},
     "cowout": {"method": "cowout"},
+    "cowout_100ep": {"method": "cowout"},
     "cowmix": {"method": "cowmix"},
     "all_labels": {"method": "supervised", "data.num_labelled": "-1"},
 }
 BASELINE, FULL = "supervised", "all_labels"
+# Training length of each column in the paper's epochs (Table 1's caption; appendix
+# D.3.3 gives CowOut 100 instead of 300, hence both).
+PAPER_EPOCHS: Dict[str, int] = {
+    "supervised": 300, "aug": 50, "ict": 300, "cutout": 300, "cutmix": 100, "cowout": 300,
+    "cowout_100ep": 100, "cowmix": 300, "all_labels": 300}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +230,17 @@ def teacher_history(workdir: str) -> Dict[str, float]:
   return {str(step): history[step] for step in sorted(history)}
 
 
+def best_of_run(final: Dict, history: Dict[str, float]) -> Dict:
+  """``{"best_miou", "best_step"}``: the run's own record of its best teacher (train.py
+  writes it), else the best of its logged evaluations (earliest on ties)."""
+  if final.get("best_miou") is not None:
+    return {"best_miou": final["best_miou"], "best_step": final["best_step"]}
+  if not history:
+    return {"best_miou": final["miou"], "best_step": final["step"]}
+  step = max(history, key=lambda s: (history[s], -int(s)))
+  return {"best_miou": history[step], "best_step": int(step)}
+
+
 def run_record(run: Run, workdir: str) -> Optional[Dict]:
   """The results entry of a finished run (None if ``workdir`` has no results.json)."""
   path = os.path.join(workdir, "results.json")
@@ -231,6 +253,7 @@ def run_record(run: Run, workdir: str) -> Optional[Dict]:
       "variant": dict(run.variant), "miou": final["miou"],
       "student_miou": final.get("student_miou"),
       "per_class_iou": final["per_class_iou"], "step": final["step"],
+      **best_of_run(final, teacher_history(workdir)),
       # The dataset's class order (the results file stores keys sorted).
       "class_names": list(final["per_class_iou"]),
       "split": final["split"], "train_seconds": final.get("train_seconds"),
@@ -244,12 +267,20 @@ def run_record(run: Run, workdir: str) -> Optional[Dict]:
 # Launching
 
 
-def train_command(run: Run, config: str, workdir: str,
-                  common: Sequence[Tuple[str, str]]) -> List[str]:
-  """The ``cowmix_jax.main`` command line of a run: the method, the seed, the common
-  ``--set`` overrides, then the variant (later overrides win)."""
-  settings = (list(METHODS[run.method].items()) + [("seed", str(run.seed))] + list(common)
-              + list(run.variant))
+def method_epochs(method: str, epoch_scale: float) -> float:
+  """``PAPER_EPOCHS[method] x epoch_scale``: the run's ``config.num_epochs``."""
+  return PAPER_EPOCHS[method] * epoch_scale
+
+
+def train_command(run: Run, config: str, workdir: str, common: Sequence[Tuple[str, str]],
+                  epoch_scale: float = 0.0) -> List[str]:
+  """The ``cowmix_jax.main`` command line of a run: the method, its length in epochs
+  (with ``epoch_scale`` > 0), the seed, the common ``--set`` overrides, then the variant
+  (later overrides win)."""
+  length = ([("num_epochs", f"{method_epochs(run.method, epoch_scale):g}")]
+            if epoch_scale > 0 else [])
+  settings = (list(METHODS[run.method].items()) + length + [("seed", str(run.seed))]
+              + list(common) + list(run.variant))
   return ([sys.executable, "-m", "cowmix_jax.main", f"--config={config}",
            f"--workdir={workdir}"] + [f"--config.{key}={value}" for key, value in settings])
 
@@ -348,21 +379,27 @@ def summarise(records: Sequence[Dict]) -> List[Dict]:
   for group in keys:
     members = sorted(groups[group], key=lambda r: r["seed"])
     mean, std = _mean_std([100 * r["miou"] for r in members])
+    best_mean, best_std = _mean_std([100 * r.get("best_miou", r["miou"]) for r in members])
     gap = paired_gap_closed(members, groups.get(BASELINE, []), groups.get(FULL, []))
     rows.append({"group": group, "method": members[0]["method"], "n": len(members),
-                 "mean": mean, "std": std, "gap_closed": gap,
+                 "mean": mean, "std": std, "best_mean": best_mean, "best_std": best_std,
+                 "gap_closed": gap,
                  "seeds": [r["seed"] for r in members],
                  "wall_minutes": sum(r["wall_seconds"] for r in members) / len(members) / 60})
   return rows
 
 
+def _plus_minus(std: float) -> str:
+  return "" if math.isnan(std) else f" +- {std:.2f}"
+
+
 def format_table(rows: Sequence[Dict]) -> str:
-  lines = [f"| method | runs | mIoU % (mean +- std) | gap closed | wall min/run |",
-           "|---|---|---|---|---|"]
+  lines = ["| method | runs | final mIoU % (mean +- std) | best periodic mIoU % | "
+           "gap closed (final) | wall min/run |", "|---|---|---|---|---|---|"]
   for row in rows:
     gap = "" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%"
-    std = "" if math.isnan(row["std"]) else f" +- {row['std']:.2f}"
-    lines.append(f"| {row['group']} | {row['n']} | {row['mean']:.2f}{std} | {gap} | "
+    lines.append(f"| {row['group']} | {row['n']} | {row['mean']:.2f}{_plus_minus(row['std'])} "
+                 f"| {row['best_mean']:.2f}{_plus_minus(row['best_std'])} | {gap} | "
                  f"{row['wall_minutes']:.1f} |")
   return "\n".join(lines)
 
@@ -373,7 +410,7 @@ def format_table(rows: Sequence[Dict]) -> str:
 
 def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
              common: Sequence[Tuple[str, str]], stop: Optional[StopRequest] = None,
-             launcher=launch) -> Tuple[Dict, List[str]]:
+             launcher=launch, epoch_scale: float = 0.0) -> Tuple[Dict, List[str]]:
   """Runs what is not finished, recording each run as it ends; returns the results and
   the names of failed runs."""
   stop = stop or StopRequest().install()
@@ -397,7 +434,8 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
       eta = (f", grid ETA {remaining * sum(times) / len(times) / 60:.0f} min"
              if times else "")
       print(f"{prefix}: training (log {os.path.join(workdir, 'train.log')}{eta})", flush=True)
-      code, seconds = launcher(train_command(run, config, workdir, common), workdir, stop)
+      code, seconds = launcher(train_command(run, config, workdir, common, epoch_scale),
+                               workdir, stop)
       add_wall_seconds(workdir, seconds)
       record = run_record(run, workdir) if code == 0 else None
       if record is None and stop.requested:
@@ -444,6 +482,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="a config override for every run (repeatable)")
   parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1;V2",
                       help="sweep one config key over values (repeatable; one key at a time)")
+  parser.add_argument("--epoch_scale", type=float, default=0.0,
+                      help="> 0: train each method for its paper length in epochs times "
+                           "this factor (config.num_epochs); 0: the config's length")
   parser.add_argument("--report_only", action="store_true",
                       help="print the table, run nothing (fills in missing teacher "
                            "histories from the workdirs' logs)")
@@ -472,7 +513,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       save_results(results_path, results)
       print(f"Added the teacher mIoU history of {sum(filled)} runs to {results_path}")
   else:
-    results, failed = run_grid(runs, args.config, args.root, results_path, common)
+    if args.epoch_scale < 0:
+      parser.error(f"--epoch_scale={args.epoch_scale} must be >= 0")
+    results, failed = run_grid(runs, args.config, args.root, results_path, common,
+                               epoch_scale=args.epoch_scale)
   print(f"\nEvery run recorded in {results_path} ({results.get('machine', '')}):")
   print(format_table(summarise(list(results["runs"].values()))))
   if failed:

@@ -1,10 +1,18 @@
 """How long does one training step cost at a given CPU scale? (finds configs/camvid_cpu.py)
 
-Times the jitted train step on a fixed random batch for each combination of ResNet
-depth, U-Net width factor, input size and method, all in one process, and prints
-seconds per step and the estimated minutes of a run of ``--run_steps`` steps. The ratio
-column is against the first row (the same process, so shared-machine noise cancels).
+Times the jitted train step on a fixed random batch for each combination of encoder,
+input size and method, all in one process, and prints seconds per step and the
+estimated minutes of a run of ``--run_steps`` steps. The ratio column is against the
+first row (the same process, so shared-machine noise cancels).
 
+Encoders are either ``--encoders`` specs, ``resnet<depth>x<width factor>`` (a ResNet
+U-Net whose encoder and decoder widths are scaled, BatchNorm training, as in the
+random-init CPU protocol) and ``lite<n>`` or ``lite<n>x<decoder factor>`` (the
+EfficientNet-Lite U-Net with frozen BatchNorm, the decoder widths scaled), or, without
+``--encoders``, the ResNet grid ``--depths`` x ``--widths``:
+
+python benchmarks/cpu_scale.py --sizes 90x120,180x240,360x480 \
+    --encoders resnet18x0.5,lite0,lite1 --methods supervised,cowmix --batch 1 --unlabelled 1
 python benchmarks/cpu_scale.py --sizes 96x128,128x160,192x256 --depths 18,34 \
     --widths 1.0,0.5 --methods supervised,cowmix --run_steps 3000 [--output=F.json]
 """
@@ -16,6 +24,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import time
 
 import jax
@@ -28,17 +37,30 @@ from cowmix_jax.state import create_train_state
 NUM_CLASSES = 11
 
 
-def scaled_config(depth: int, width: float, method: str, batch: int, unlabelled: int):
-  """The base config with a U-Net on a ResNet of ``depth`` and ``width`` x the usual
-  channel counts (encoder base width 64 and decoder widths)."""
+def _scaled(widths, factor: float):
+  return tuple(max(8, int(round(w * factor))) for w in widths)
+
+
+def scaled_config(encoder: str, method: str, batch: int, unlabelled: int):
+  """The base config with a U-Net on ``encoder`` (a spec, see the module docstring)."""
+  match = re.fullmatch(r"(resnet(\d+)|lite(\d))(?:x([\d.]+))?", encoder)
+  if not match:
+    raise ValueError(f"encoder spec {encoder!r}: expected resnet<depth>x<factor> or "
+                     f"lite<n>[x<decoder factor>]")
+  factor = float(match.group(4) or 1.0)
   config = get_base_config()
   config.method = method
   config.batch_size = batch
   config.unlabelled_batch_size = unlabelled
-  config.model.depth = depth
-  config.model.width = max(8, int(round(64 * width)))
-  config.model.decoder_widths = tuple(max(8, int(round(w * width)))
-                                      for w in config.model.decoder_widths)
+  config.model.decoder_widths = _scaled(config.model.decoder_widths, factor)
+  if match.group(2):
+    config.model.depth = int(match.group(2))
+    config.model.width = max(8, int(round(64 * factor)))
+    config.model.freeze_bn = False
+  else:
+    config.model.encoder = "efficientnet_lite"
+    config.model.encoder_variant = f"lite{match.group(3)}"
+    config.model.freeze_bn = True
   return config
 
 
@@ -81,6 +103,9 @@ def parse_size(text: str):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="96x128", help="HxW crops, comma-separated")
+  parser.add_argument("--encoders", default="",
+                      help="encoder specs (resnet18x0.5, lite0, lite1x0.5, ...); when "
+                           "given, --depths and --widths are not used")
   parser.add_argument("--depths", default="18", help="ResNet depths, comma-separated")
   parser.add_argument("--widths", default="1.0", help="channel width factors")
   parser.add_argument("--methods", default="supervised,cowmix")
@@ -94,21 +119,23 @@ def main():
   machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
              f"JAX on {jax.devices()[0].platform}")
   print(f"Machine: {machine}; batch {args.batch} labelled + {args.unlabelled} unlabelled")
-  print(f"{'size':>9} {'depth':>5} {'width':>5} {'method':>10} {'s/step':>8} "
-        f"{'ratio':>6} {'min/run':>8}")
+  encoders = args.encoders.split(",") if args.encoders else [
+      f"resnet{depth}x{width}" for depth in args.depths.split(",")
+      for width in args.widths.split(",")]
+  print(f"{'size':>9} {'encoder':>14} {'method':>10} {'s/step':>8} {'ratio':>6} "
+        f"{'min/run':>8}")
   rows, first = [], None
-  grid = itertools.product(args.sizes.split(","), args.depths.split(","),
-                           args.widths.split(","), args.methods.split(","))
-  for size_text, depth, width, method in grid:
+  grid = itertools.product(args.sizes.split(","), encoders, args.methods.split(","))
+  for size_text, encoder, method in grid:
     size = parse_size(size_text)
-    config = scaled_config(int(depth), float(width), method, args.batch, args.unlabelled)
+    config = scaled_config(encoder, method, args.batch, args.unlabelled)
     seconds = seconds_per_step(config, size, args.steps)
     first = first or seconds
-    row = dict(size=size, depth=int(depth), width=float(width), method=method,
+    row = dict(size=size, encoder=encoder, method=method,
                seconds_per_step=seconds, ratio_to_first=seconds / first,
                minutes_per_run=seconds * args.run_steps / 60)
     rows.append(row)
-    print(f"{size_text:>9} {depth:>5} {width:>5} {method:>10} {seconds:8.3f} "
+    print(f"{size_text:>9} {encoder:>14} {method:>10} {seconds:8.3f} "
           f"{seconds / first:6.2f} {row['minutes_per_run']:8.1f}", flush=True)
   if args.output:
     with open(args.output, "w") as f:

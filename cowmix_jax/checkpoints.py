@@ -21,7 +21,8 @@ from cowmix_jax.state import TrainState
 
 LATEST, BEST = "checkpoints", "best"
 # Config keys that may change between a run and its resumption.
-RESUMABLE_KEYS = ("num_train_steps", "log_every", "eval_every", "checkpoint_every",
+RESUMABLE_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every",
+                  "eval_every_epochs", "checkpoint_every",
                   "keep_checkpoints", "eval_batch_size", "data.manual_dir", "data.data_dir")
 CONFIG_FILE = "config.json"
 
@@ -60,6 +61,12 @@ class Checkpointer:
                    metrics={"miou": float(miou)}, force=True)
     self.best_miou = miou
     return True
+
+  def best_record(self) -> dict:
+    """``{"best_miou", "best_step"}`` of the best checkpoint (None, None without one)."""
+    step = self.best.best_step()
+    return {"best_miou": None if step is None else float(self.best.metrics(step)["miou"]),
+            "best_step": step}
 
   def restore(self, template: TrainState, which: Union[str, int] = "latest"
               ) -> Optional[TrainState]:

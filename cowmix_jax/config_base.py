@@ -51,6 +51,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.method = "cowmix"
 
   config.num_train_steps = 1000
+  # > 0: the length in epochs instead (passes over the training split at batch_size
+  # labelled images per step, as the paper counts them); sets num_train_steps.
+  config.num_epochs = 0.0
   config.batch_size = 8  # labelled images per step (global)
   config.unlabelled_batch_size = 8  # unlabelled images per step (global)
   config.learning_rate = 1e-4
@@ -65,6 +68,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mask = ml_collections.ConfigDict()
   config.mask.cow_sigma_range = (4.0, 16.0)  # pixels at the training resolution
   config.mask.exact_proportion = False
+  # Cow masks are drawn on a canvas this many sigma_max larger than the image and
+  # cropped, so that they do not wrap around the borders; 0: a canvas the image's size
+  # (periodic masks, the behaviour before this key existed).
+  config.mask.cow_canvas_margin_sigmas = 6.0
   config.mask.cowmix_p_range = (0.5, 0.5)
   config.mask.cowout_p_range = (0.0, 1.0)
   config.mask.cutmix_p_range = (0.5, 0.5)
@@ -115,6 +122,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000  # 0: only at the end (and on SIGTERM)
   config.keep_checkpoints = 2  # latest checkpoints kept (the best by mIoU is kept apart)
   config.eval_every = 0  # 0: evaluate only at the end
+  config.eval_every_epochs = 0.0  # > 0: sets eval_every from epochs, like num_epochs
   config.eval_batch_size = 16
   config.num_devices = -1  # -1: every visible device
   return config

@@ -76,12 +76,25 @@ def _band_rows(canvas: int, max_frequency: float) -> np.ndarray:
   return np.concatenate([np.arange(limit + 1), np.arange(canvas - limit, canvas)])
 
 
+# The field's correlation at lag d is exp(-d^2 / (4 sigma^2)): below 1e-4 from 6 sigma.
+WRAP_MARGIN_SIGMAS = 6.0
+
+
+def canvas_margin(sigma_max: float, sigmas: float = WRAP_MARGIN_SIGMAS) -> int:
+  """Pixels added to each axis before the circular blur, so that the field does not
+  wrap around from one edge to the opposite one: ``sigmas x sigma_max``, rounded up."""
+  return int(np.ceil(sigmas * sigma_max))
+
+
 def blurred_noise(key: jax.Array, shape: Sequence[int], sigma: jax.Array,
-                  sigma_min: float) -> jax.Array:
+                  sigma_min: float, margin: int = 0) -> jax.Array:
   """White noise N(0, I) blurred by a Gaussian of width sigma, sampled in Fourier space.
 
   Statistically identical to ``gaussian_blur_fft(normal(key, shape), sigma)`` on a
-  canvas of FFT-friendly size cropped to ``shape``, so the field is exactly stationary.
+  canvas of FFT-friendly size at least ``shape + margin``, cropped to ``shape``, so the
+  field is exactly stationary. With ``margin`` 0 the canvas is about the image's size
+  and the field is periodic (its left and right edges are neighbours); cow masks use
+  ``canvas_margin(sigma_max)``, which leaves opposite edges independent.
   Only frequencies where the transfer function of the narrowest blur (``sigma_min``) is
   above ``SPECTRUM_CUTOFF`` are drawn, so wide blurs draw far fewer random numbers.
   The spectrum is made Hermitian explicitly, so any real inverse FFT gives the same field.
@@ -91,12 +104,13 @@ def blurred_noise(key: jax.Array, shape: Sequence[int], sigma: jax.Array,
     shape: ``(N, H, W)``.
     sigma: ``[N]`` float32 blur widths, each at least ``sigma_min``.
     sigma_min: a static lower bound on sigma (sets the band that is sampled).
+    margin: static extra canvas pixels along each axis.
 
   Returns:
     ``[N, H, W]`` float32.
   """
   n, height, width = shape
-  canvas_h, canvas_w = fft_friendly_size(height), fft_friendly_size(width)
+  canvas_h, canvas_w = fft_friendly_size(height + margin), fft_friendly_size(width + margin)
   max_frequency = np.sqrt(np.log(1 / SPECTRUM_CUTOFF) / (2 * np.pi**2 * sigma_min**2))
   rows = _band_rows(canvas_h, max_frequency)
   num_cols = min(int(np.ceil(max_frequency * canvas_w)), canvas_w // 2) + 1
@@ -175,12 +189,15 @@ def cow_masks(
     sigma_range: Range,
     p_range: Range,
     exact_proportion: bool = False,
+    canvas_margin_sigmas: float = WRAP_MARGIN_SIGMAS,
 ) -> jax.Array:
   """Cow masks: thresholded Gaussian-blurred white noise (French et al., Sec. 3.4).
 
-  For each mask: sigma ~ log U(sigma_range), p ~ U(p_range), noise ~ N(0, I) of the
-  image size blurred by a Gaussian of width sigma (drawn in Fourier space, see
-  ``blurred_noise``: exactly stationary, cost independent of sigma), and ones where the blurred noise is at or below
+  For each mask: sigma ~ log U(sigma_range), p ~ U(p_range), noise ~ N(0, I) blurred by
+  a Gaussian of width sigma on a canvas ``canvas_margin(sigma_max)`` pixels larger than
+  the image in each direction, cropped to the image (drawn in Fourier space, see
+  ``blurred_noise``: exactly stationary, cost independent of sigma, and no wrap-around
+  from one edge to the opposite one), and ones where the blurred noise is at or below
   ``mean + std * sqrt(2) * erfinv(2p - 1)`` (a proportion p of ones on average). With
   ``exact_proportion`` the threshold is the blurred noise's own p-quantile instead.
 
@@ -191,6 +208,8 @@ def cow_masks(
       (Python floats: static under jit, since sigma_min sets the sampled band).
     p_range: ``(p_min, p_max)`` range of the proportion of ones.
     exact_proportion: threshold at the per-mask quantile.
+    canvas_margin_sigmas: the canvas margin in units of sigma_max; 0 draws on a canvas
+      the size of the image, whose masks wrap around (as before this option existed).
 
   Returns:
     ``[N, H, W]`` float32 masks of 0/1.
@@ -200,7 +219,8 @@ def cow_masks(
   sigma_key, p_key, noise_key = jax.random.split(key, 3)
   sigma = sample_log_uniform(sigma_key, n, sigma_range)
   p = _uniform(p_key, n, p_range)
-  smooth = blurred_noise(noise_key, (n, height, width), sigma, float(sigma_range[0]))
+  smooth = blurred_noise(noise_key, (n, height, width), sigma, float(sigma_range[0]),
+                         margin=canvas_margin(float(sigma_range[1]), canvas_margin_sigmas))
   threshold_fn = _quantile_threshold if exact_proportion else _erfinv_threshold
   threshold = threshold_fn(smooth, p)
   return (smooth <= threshold[:, None, None]).astype(jnp.float32)

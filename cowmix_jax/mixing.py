@@ -51,7 +51,9 @@ def _sample_mask(key: jax.Array, shape, config: ml_collections.ConfigDict, kind:
                  p_range) -> jax.Array:
   if kind == "cow":
     return masks.cow_masks(key, shape, tuple(config.mask.cow_sigma_range), tuple(p_range),
-                           exact_proportion=config.mask.exact_proportion)
+                           exact_proportion=config.mask.exact_proportion,
+                           canvas_margin_sigmas=config.mask.get(
+                               "cow_canvas_margin_sigmas", masks.WRAP_MARGIN_SIGMAS))
   return masks.box_masks(key, shape, tuple(p_range))
 
 

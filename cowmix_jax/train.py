@@ -191,6 +191,30 @@ def parameter_checksum(params) -> float:
                    for leaf in jax.tree.leaves(params)))
 
 
+def resolve_training_length(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
+  """Sets ``config.num_train_steps`` (and ``config.eval_every``) from
+  ``config.num_epochs`` (and ``config.eval_every_epochs``) when those are positive.
+
+  An epoch is one pass over the ``num_train_examples`` images of the training split at
+  ``config.batch_size`` labelled images per step, as in the paper (CamVid: 367 steps at
+  batch 1, so 300 epochs are 110,100 steps), whatever the number of labelled images.
+  Lengths round to the nearest step (at least 1).
+  """
+  steps_per_epoch = num_train_examples / config.batch_size
+  epochs = config.get("num_epochs", 0)
+  if epochs < 0:
+    raise ValueError(f"config.num_epochs={epochs} must be >= 0 (0: use num_train_steps)")
+  if epochs > 0:
+    config.num_train_steps = max(1, int(round(epochs * steps_per_epoch)))
+  eval_epochs = config.get("eval_every_epochs", 0)
+  if eval_epochs > 0:
+    config.eval_every = max(1, int(round(eval_epochs * steps_per_epoch)))
+  if epochs > 0 or eval_epochs > 0:
+    logging.info("%s epochs of %d images at batch %d: %d steps, evaluating every %s steps.",
+                 f"{epochs:g}" if epochs else "-", num_train_examples, config.batch_size,
+                 config.num_train_steps, config.eval_every or "(end only)")
+
+
 def _due(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
 
@@ -210,13 +234,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   num_devices = config.num_devices if config.num_devices > 0 else jax.device_count()
   mesh = steps.make_mesh(num_devices)
   validate_config(config, num_devices)
+  # The model needs the class count and an epoch the training split's size, known once
+  # the dataset is prepared; the inputs need the start step, known once the state is
+  # restored.
+  probe = data_lib.builders.prepare(config.data)
+  resolve_training_length(config, probe.info.splits[config.data.train_split].num_examples)
   if jax.process_index() == 0:
     check_or_save_config(config, workdir)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   preemption = PreemptionFlag()
-  # The model needs the class count, known once the dataset is prepared; the inputs
-  # need the start step, known once the state is restored.
-  probe = data_lib.builders.prepare(config.data)
   num_classes = len(probe.info.metadata["class_names"])
   model = models.build_model(config.model, num_classes)
   image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
@@ -315,6 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       "method": config.method,
       "model": "teacher",
       "train_seconds": train_seconds,
+      # The best teacher of the periodic evaluations and the final one (DIR/best).
+      **checkpointer.best_record(),
   }
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:

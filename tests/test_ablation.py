@@ -53,6 +53,37 @@ def test_command_applies_method_then_common_then_variant():
                    "--config.data.manual_dir=/d", "--config.cons_weight=30"]
 
 
+def test_each_method_trains_for_its_paper_length_times_one_factor():
+  """Table 1's caption: 300 epochs, except standard augmentation (50) and CutMix (100);
+  CowOut at both 300 and 100 (appendix D.3.3)."""
+  flags = {}
+  for method in ablation.METHODS:
+    command = ablation.train_command(ablation.Run(method, 0), "c.py", "/w", [], 0.04)
+    epochs = [f for f in command if f.startswith("--config.num_epochs=")]
+    flags[method] = float(epochs[0].split("=")[1])
+  assert flags == pytest.approx({"supervised": 12, "aug": 2, "ict": 12, "cutout": 12,
+                                 "cutmix": 4, "cowout": 12, "cowout_100ep": 4, "cowmix": 12,
+                                 "all_labels": 12})
+  # The length comes before the common overrides, so --set num_epochs=... still wins.
+  command = ablation.train_command(ablation.Run("cowout_100ep", 1), "c.py", "/w",
+                                   [("num_epochs", "1")], 0.04)
+  flags = command[command.index("--workdir=/w") + 1:]
+  assert flags == ["--config.method=cowout", "--config.num_epochs=4", "--config.seed=1",
+                   "--config.num_epochs=1"]
+  # Without a factor, the config's own length.
+  command = ablation.train_command(ablation.Run("aug", 0), "c.py", "/w", [])
+  assert not [f for f in command if "num_epochs" in f]
+
+
+def test_best_score_comes_from_the_run_else_from_its_logged_evaluations():
+  final = {"miou": 0.30, "step": 300, "best_miou": 0.35, "best_step": 200}
+  assert ablation.best_of_run(final, {"100": 0.2}) == {"best_miou": 0.35, "best_step": 200}
+  older = {"miou": 0.30, "step": 300}  # written before runs recorded their best
+  assert ablation.best_of_run(older, {"100": 0.33, "200": 0.33, "300": 0.30}) == {
+      "best_miou": 0.33, "best_step": 100}
+  assert ablation.best_of_run(older, {}) == {"best_miou": 0.30, "best_step": 300}
+
+
 def _record(method, seed, miou, variant=()):
   run = ablation.Run(method, seed, variant)
   return {"method": method, "seed": seed, "group": run.group, "miou": miou,
@@ -71,6 +102,7 @@ def test_summary_means_stds_and_gap_against_numpy():
       "supervised", "cowmix", "cowmix [cons_weight=1]", "cowmix [cons_weight=3]",
       "cowmix [cons_weight=30]", "all_labels"]
   assert rows["cowmix"]["mean"] == pytest.approx(53.0)
+  assert rows["cowmix"]["best_mean"] == pytest.approx(53.0)  # no best recorded: the final
   assert rows["cowmix"]["std"] == pytest.approx(np.std([50.0, 56.0], ddof=1))
   # (53 - 42) / (62 - 42): CowMix closes 55% of the gap; the baseline 0%, full 100%.
   assert rows["cowmix"]["gap_closed"] == pytest.approx(0.55)
@@ -81,7 +113,7 @@ def test_summary_means_stds_and_gap_against_numpy():
   assert np.isnan(rows["cowmix [cons_weight=1]"]["std"])
   assert rows["cowmix"]["wall_minutes"] == pytest.approx(statistics.mean([1.0, 2.0]))
   table = ablation.format_table(ablation.summarise(records))
-  assert "| cowmix | 2 | 53.00 +- 4.24 | 55% | 1.5 |" in table
+  assert "| cowmix | 2 | 53.00 +- 4.24 | 53.00 +- 4.24 | 55% | 1.5 |" in table
 
 
 class FakeTraining:

@@ -60,22 +60,24 @@ def _reference_features(model, x):
       logits.detach().numpy()
 
 
-def _flax(variant, variables, x_nhwc):
-  model = efficientnet_lite.EfficientNetLite(variant, freeze_bn=True, imagenet_head=True)
+def _flax(variant, variables, x_nhwc, depthwise="auto"):
+  model = efficientnet_lite.EfficientNetLite(variant, freeze_bn=True, imagenet_head=True,
+                                             depthwise_implementation=depthwise)
   return model.apply({"params": variables["params"]["encoder"],
                       "batch_stats": variables["batch_stats"]["encoder"]},
                      jnp.asarray(x_nhwc), train=True)
 
 
-@pytest.mark.parametrize("variant", ["lite0", "lite2"])
-def test_converted_random_weights_match_pytorch(variant):
+@pytest.mark.parametrize("variant,depthwise", [("lite0", "shifts"), ("lite0", "grouped_conv"),
+                                               ("lite2", "auto")])
+def test_converted_random_weights_match_pytorch(variant, depthwise):
   size = 96
   reference = _reference(variant, size, seed=len(variant) + int(variant[-1]))
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
   variables = convert.convert_state_dict(state, f"efficientnet_{variant}", imagenet_head=True)
   x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
   expected, expected_logits = _reference_features(reference, torch.from_numpy(x))
-  ours = _flax(variant, variables, x.transpose(0, 2, 3, 1))
+  ours = _flax(variant, variables, x.transpose(0, 2, 3, 1), depthwise)
   assert set(ours) == set(efficientnet_lite.FEATURE_NAMES) | {"imagenet_logits"}
   assert set(expected) == set(efficientnet_lite.FEATURE_NAMES)
   for name, value in expected.items():
@@ -87,6 +89,23 @@ def test_converted_random_weights_match_pytorch(variant):
   # Same number of parameters as PyTorch's model, classifier included.
   count = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(variables["params"]))
   assert count == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize("size,kernel,stride", [((9, 12), 3, 2), ((8, 7), 5, 2), ((6, 5), 5, 1)])
+def test_depthwise_by_shifts_equals_grouped_convolution_with_its_gradients(size, kernel, stride):
+  rng = np.random.default_rng(sum(size) + kernel)
+  x = jnp.asarray(rng.normal(size=(2,) + size + (6,)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+  target = jnp.asarray(rng.normal(size=(2, -(-size[0] // stride), -(-size[1] // stride), 6)))
+
+  def loss(fn):
+    return jax.value_and_grad(lambda w, x: jnp.sum(fn(x, w, stride) * target), (0, 1))(w, x)
+
+  (value, grads) = loss(efficientnet_lite.depthwise_by_shifts)
+  (expected, expected_grads) = loss(efficientnet_lite.depthwise_by_grouped_conv)
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  for ours, theirs in zip(grads, expected_grads):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_feature_channels_and_odd_sizes_round_up_like_tensorflow():

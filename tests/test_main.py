@@ -31,12 +31,25 @@ def _run(workdir, *extra, config="configs/synthetic.py", flags=TINY):
 
 
 def test_same_config_and_seed_give_the_same_run(tmp_path):
-  outputs = [_run(tmp_path / name) for name in ("a", "b")]
+  """Two identical runs end identically. Their length is given in epochs: 16 training
+  images at batch 2 make an 8-step epoch, so 0.5 epochs are 4 steps and an evaluation
+  every 0.25 epochs is one every 2 steps; results.json keeps the final teacher mIoU and
+  the best of the evaluations (the log's lines), with its step."""
+  flags = [f for f in TINY if not f.startswith("--config.num_train_steps")]
+  outputs = [_run(tmp_path / name, "--config.num_epochs=0.5", "--config.eval_every_epochs=0.25",
+                  flags=flags) for name in ("a", "b")]
   for out in outputs:
     assert out.returncode == 0, out.stderr[-3000:]
   results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("a", "b")]
   assert results[0]["per_class_iou"] == results[1]["per_class_iou"]
   assert results[0]["step"] == 4 and results[0]["method"] == "cowmix"
+  history = {int(step): float(miou) for step, miou in re.findall(
+      r"step (\d+)\s+validation mIoU: teacher ([\d.]+)", outputs[0].stderr)}
+  assert sorted(history) == [2, 4]
+  assert abs(100 * results[0]["miou"] - history[4]) < 0.01
+  best_step = max(history, key=lambda step: (history[step], -step))
+  assert results[0]["best_step"] == best_step
+  assert abs(100 * results[0]["best_miou"] - history[best_step]) < 0.01
   # The printed final mIoU is the saved one, and the mean of the per-class IoUs.
   printed = float(re.search(r"Final teacher validation mIoU: ([\d.]+)%", outputs[0].stdout)[1])
   per_class = np.array(list(results[0]["per_class_iou"].values()), float)

@@ -138,6 +138,24 @@ def test_blurred_noise_has_the_covariance_of_blurred_white_noise(shape):
   np.testing.assert_allclose(border.var(), variance, rtol=0.08)
 
 
+def test_cow_masks_do_not_wrap_around_the_image_edges():
+  """Opposite edges of a mask are far apart, so they agree about as often as two
+  independent pixels (1/2 at p = 1/2: 1/2 + arcsin(rho) / pi with rho the field's
+  correlation across the image, 0.004 here); a canvas the size of the image makes them
+  neighbours (the periodic field below agrees in about 80% of pixels)."""
+  shape, sigma_range = (1000, 48, 64), (4.0, 16.0)
+  m = np.asarray(masks.cow_masks(jax.random.PRNGKey(9), shape, sigma_range, (0.5, 0.5)))
+  left_right = np.mean(m[:, :, 0] == m[:, :, -1])
+  top_bottom = np.mean(m[:, 0, :] == m[:, -1, :])
+  assert abs(left_right - 0.5) < 0.03 and abs(top_bottom - 0.5) < 0.03, (left_right, top_bottom)
+  # Without the margin (config.mask.cow_canvas_margin_sigmas=0, the masks of earlier
+  # versions) the field is periodic, so opposite edges are neighbours.
+  periodic = np.asarray(masks.cow_masks(jax.random.PRNGKey(9), shape, sigma_range, (0.5, 0.5),
+                                        canvas_margin_sigmas=0.0))
+  assert np.mean(periodic[:, :, 0] == periodic[:, :, -1]) > 0.75
+  assert np.mean(periodic[:, 0, :] == periodic[:, -1, :]) > 0.75
+
+
 def test_blurred_noise_band_matches_full_spectrum_sampling():
   """Sampling only the band changes nothing beyond the cutoff: the per-mask spectra
   of band-limited fields vanish outside the band."""

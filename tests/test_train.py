@@ -159,3 +159,22 @@ def test_unknown_learning_rate_schedule_is_named(tiny_config):
   tiny_config.lr_schedule = "step"
   with pytest.raises(ValueError, match="config.lr_schedule='step': choose one of"):
     train.make_optimizer(tiny_config)
+
+
+def test_epochs_count_passes_over_the_training_split_at_the_labelled_batch(tiny_config):
+  """The paper's CamVid: 367 images at batch 1, 300 epochs = 110,100 steps."""
+  tiny_config.batch_size, tiny_config.num_epochs = 1, 300
+  train.resolve_training_length(tiny_config, 367)
+  assert tiny_config.num_train_steps == 110_100 and tiny_config.eval_every == 0
+  tiny_config.batch_size, tiny_config.num_epochs, tiny_config.eval_every_epochs = 4, 10, 0.5
+  train.resolve_training_length(tiny_config, 367)
+  assert tiny_config.num_train_steps == round(10 * 367 / 4) == 918
+  assert tiny_config.eval_every == round(0.5 * 367 / 4) == 46
+  tiny_config.num_epochs, tiny_config.eval_every_epochs = 0, 0
+  tiny_config.num_train_steps, tiny_config.eval_every = 123, 7
+  train.resolve_training_length(tiny_config, 367)
+  assert (tiny_config.num_train_steps, tiny_config.eval_every) == (123, 7)
+  tiny_config.num_epochs = -1
+  with pytest.raises(ValueError, match="config.num_epochs=-1"):
+    train.resolve_training_length(tiny_config, 367)
+

@@ -32,7 +32,7 @@ EFFICIENTNET_LAYOUTS = {f"efficientnet_{variant}": variant
                         for variant in efficientnet_lite.VARIANTS}
 LAYOUTS = ("torchvision_resnet", "deeplab_v2") + tuple(EFFICIENTNET_LAYOUTS)
 STAGES = {f"layer{i}": f"conv{i + 1}_x" for i in range(1, 5)}
-# efficientnet_pytorch's BatchNorm names inside a block -> ours.
+# efficientnet_pytorch's module names inside a block, and outside the blocks -> ours.
 _EFFICIENTNET_BLOCK_MODULES = {
     "_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "depthwise_conv",
     "_bn1": "depthwise_bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
@@ -78,7 +78,7 @@ def _efficientnet_module_path(torch_module: str) -> Tuple[str, ...]:
   raise KeyError(torch_module)
 
 
-def _kernel(value: np.ndarray, path: Tuple[str, ...]) -> np.ndarray:
+def _kernel(value: np.ndarray) -> np.ndarray:
   """A PyTorch weight in Flax's layout: convolutions ``[kh, kw, in, out]`` (depthwise
   ``[kh, kw, 1, C]``), dense ``[in, out]``."""
   return _conv(value) if value.ndim == 4 else value.T
@@ -123,7 +123,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str,
     value = np.asarray(value, np.float32)
     is_conv = _is_kernel(path)
     if leaf == "weight":
-      params[path + ("kernel" if is_conv else "scale",)] = _kernel(value, path) if is_conv \
+      params[path + ("kernel" if is_conv else "scale",)] = _kernel(value) if is_conv \
           else value
     elif leaf == "bias":
       params[path + ("bias",)] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Tuple
 
 import jax
@@ -32,13 +33,20 @@ def forward_flops(model, variables, input_shape: Tuple[int, ...]) -> float:
   return float(analysis["flops"]) / input_shape[0]
 
 
+def _encoder_group(module: str) -> str:
+  """ResNet ``conv4_x_block3`` -> ``conv4_x``; EfficientNet-Lite ``block12`` -> ``blocks``."""
+  if re.fullmatch(r"block\d+", module):
+    return "blocks"
+  return module.split("_block")[0]
+
+
 def report(model, variables, input_shape: Tuple[int, ...]) -> str:
   """A table of parameter counts by module (encoder stages summed) and the FLOPs."""
   counts = parameter_counts(variables["params"])
   grouped: Dict[str, int] = {}
   for name, count in counts.items():
     parts = name.split("/")
-    key = parts[0] if parts[0] != "encoder" else "encoder/" + parts[1].split("_block")[0]
+    key = parts[0] if parts[0] != "encoder" else "encoder/" + _encoder_group(parts[1])
     grouped[key] = grouped.get(key, 0) + count
   width = max(len(k) for k in grouped) + 2
   lines = [f"{name:<{width}}{count:>14,}" for name, count in grouped.items()]
