@@ -28,7 +28,7 @@ Evaluation is on val (the test split is not in ../shared); any other split is on
 --config.data.eval_split=test.
 """
 
-from cowmix_jax.config_base import get_base_config, get_data_config
+from cowmix_jax.config_base import get_camvid_cpu_config
 
 DOWNSCALE = 4
 # The common factor on the paper's epochs: 300 epochs -> 12 (4,404 steps at batch 1),
@@ -37,19 +37,11 @@ EPOCH_SCALE = 0.04
 
 
 def get_config():
-  config = get_base_config()
-  config.data = get_data_config(
-      "camvid", num_labelled=30, downscale=DOWNSCALE, eval_canvas=(384, 480),
-      augment=dict(crop_size=(96, 120), hflip=True))
-  config.method = "cowmix"
+  config = get_camvid_cpu_config(DOWNSCALE)
   config.batch_size = 1  # the paper's, with frozen BatchNorm
   config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
-  config.num_devices = 1
   config.num_epochs = 300 * EPOCH_SCALE
   config.learning_rate = 1e-4  # the paper's
-  config.mask.cow_sigma_range = (4.0 / DOWNSCALE, 16.0 / DOWNSCALE)
-  config.aug_consistency.translate_pixels = 4.0 / DOWNSCALE  # pixels too
-  config.model.name = "unet"
   config.model.encoder = "efficientnet_lite"
   config.model.encoder_variant = "lite0"
   config.model.decoder_widths = (96, 64, 48, 32, 24, 16)  # Table 4's, halved
@@ -57,9 +49,5 @@ def get_config():
   config.model.pretrained = "efficientnet_lite0"
   config.model.pretrained_lr_multiplier = 0.1
   config.model.normalisation = "auto"  # (pixel - 127) / 128, as the weights were trained
-  config.eval_batch_size = 8
   config.eval_every_epochs = 0.5
-  config.checkpoint_every = 500
-  config.log_every = 100
-  config.image_every = 0
   return config

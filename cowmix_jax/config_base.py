@@ -154,3 +154,26 @@ def set_paper_model(config: ml_collections.ConfigDict, model: str, config_file: 
     set_deeplab_v2(config)
   else:
     raise ValueError(f"{config_file}:{model}: choose unet or deeplab_v2")
+
+
+def get_camvid_cpu_config(downscale: int) -> ml_collections.ConfigDict:
+  """CamVid's Table 1 setting (30 labels, CowMix) with images shrunk ``downscale``
+  times and trained whole: cow-mask sigmas and the aug method's translation in shrunk
+  pixels, evaluation on the full-resolution labels, one device, CPU-sized logging. The
+  CPU-scale configs set the model, batch, length and learning rate."""
+  config = get_base_config()
+  height, width = 360 // downscale, 480 // downscale
+  config.data = get_data_config(
+      "camvid", num_labelled=30, downscale=downscale, eval_canvas=(384, 480),
+      augment=dict(crop_size=(-(-height // 32) * 32, width), hflip=True))
+  config.method = "cowmix"
+  config.num_devices = 1
+  config.mask.cow_sigma_range = (4.0 / downscale, 16.0 / downscale)
+  config.aug_consistency.translate_pixels = 4.0 / downscale
+  config.model.name = "unet"
+  config.eval_batch_size = 8
+  config.checkpoint_every = 500
+  config.log_every = 100
+  config.image_every = 0
+  return config
+

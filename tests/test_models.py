@@ -34,17 +34,23 @@ def test_encoder_feature_strides_and_channels(depth):
     assert f.shape == (2, 64 // stride, 96 // stride, channels), name
 
 
+def _table_4_decoder_parameters(top: int, skips, classes: int) -> int:
+  """Table 4's layer list by hand: the 1/32 features of ``top`` channels, the skips at
+  1/16, 1/8 and 1/4 of ``skips`` channels."""
+  conv = lambda k, cin, cout: k * k * cin * cout + cout
+  s16, s8, s4 = skips
+  return (conv(3, top, 192) + conv(4, 192, 128) + conv(3, 128 + s16, 128) + conv(4, 128, 96)
+          + conv(3, 96 + s8, 96) + conv(4, 96, 64) + conv(3, 64 + s4, 64) + conv(4, 64, 48)
+          + conv(3, 48, 48) + conv(4, 48, 32) + conv(3, 32, 32) + conv(1, 32, classes))
+
+
 def test_unet_decoder_matches_paper_table_4():
   """Decoder parameter count from Table 4's layer list, on the ResNet-50 encoder."""
   config = ml_collections.ConfigDict(dict(name="unet", depth=50, width=64, freeze_bn=True))
   model = models.build_model(config, num_classes=11)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
-  conv = lambda k, cin, cout: k * k * cin * cout + cout
-  expected = (conv(3, 2048, 192) + conv(4, 192, 128) + conv(3, 128 + 1024, 128) + conv(4, 128, 96)
-              + conv(3, 96 + 512, 96) + conv(4, 96, 64) + conv(3, 64 + 256, 64) + conv(4, 64, 48)
-              + conv(3, 48, 48) + conv(4, 48, 32) + conv(3, 32, 32) + conv(1, 32, 11))
   decoder = {k: v for k, v in shapes["params"].items() if k != "encoder"}
-  assert _count(decoder) == expected
+  assert _count(decoder) == _table_4_decoder_parameters(2048, (1024, 512, 256), 11)
 
 
 def test_unet_on_efficientnet_lite_takes_its_skips_at_the_paper_strides():
@@ -55,12 +61,8 @@ def test_unet_on_efficientnet_lite_takes_its_skips_at_the_paper_strides():
   model = models.build_model(config, num_classes=11)
   x = jnp.zeros((1, 96, 128, 3))
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
-  conv = lambda k, cin, cout: k * k * cin * cout + cout
-  expected = (conv(3, 1280, 192) + conv(4, 192, 128) + conv(3, 128 + 120, 128) + conv(4, 128, 96)
-              + conv(3, 96 + 48, 96) + conv(4, 96, 64) + conv(3, 64 + 24, 64) + conv(4, 64, 48)
-              + conv(3, 48, 48) + conv(4, 48, 32) + conv(3, 32, 32) + conv(1, 32, 11))
   decoder = {k: v for k, v in shapes["params"].items() if k != "encoder"}
-  assert _count(decoder) == expected
+  assert _count(decoder) == _table_4_decoder_parameters(1280, (120, 48, 24), 11)
   encoder = models.EfficientNetLite("lite2")
   encoder_shapes = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), x))
   assert jax.tree.map(lambda a: a.shape, shapes["params"]["encoder"]) == \
@@ -156,6 +158,20 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(tiny_config):
   tiny_config.model.dtype = "float16"
   with pytest.raises(ValueError, match="config.model.dtype='float16'"):
     models.build_model(tiny_config.model, 5)
+
+
+def test_efficientnet_lite_in_bfloat16_keeps_float32_parameters():
+  """Traced only (no compilation): float32 parameters, bf16 feature maps and
+  convolutions, float32 ImageNet logits."""
+  x = jnp.zeros((1, 32, 32, 3))
+  model = models.EfficientNetLite("lite0", dtype=jnp.bfloat16, imagenet_head=True)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  out = jax.eval_shape(model.apply, variables, x)
+  assert {out[name].dtype for name in ("stride_2", "stride_16", "stride_32")} == {
+      jnp.dtype(jnp.bfloat16)}
+  assert out["imagenet_logits"].dtype == jnp.float32
+  assert "bf16" in jax.jit(model.apply).lower(variables, x).as_text()
 
 
 def test_dilation_plans_by_hand():
