@@ -8,7 +8,8 @@ python -m cowmix_jax.main --config=configs/camvid_cpu.py --workdir=DIR \
 What is the paper's: 30 labelled images drawn by the seed (all 367 training images
 unlabelled); a U-Net whose ImageNet encoder keeps its BatchNorm statistics frozen and
 learns at 0.1x the rate, with Table 4's decoder; batch 1 labelled image per step (and 2
-unlabelled, the pair that mixing needs); Adam; mean teacher 0.99; consistency weight
+unlabelled, the pair that mixing needs); Adam (at 1e-3 instead of 1e-4: measured
+below); mean teacher 0.99; consistency weight
 10; confidence threshold 0.97 (batch fraction); CowMix p = 0.5; lengths counted in
 epochs of 367 steps.
 
@@ -41,7 +42,10 @@ def get_config():
   config.batch_size = 1  # the paper's, with frozen BatchNorm
   config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
   config.num_epochs = 300 * EPOCH_SCALE
-  config.learning_rate = 1e-4  # the paper's
+  # Measured (docs/RESULTS.md, "Pretrained protocol"): at this length the paper's 1e-4
+  # leaves the 30-label baseline at 40.4 mIoU and still rising; 1e-3 (the encoder at
+  # 0.1x, 1e-4) reaches 46-47 by half the run.
+  config.learning_rate = 1e-3
   config.model.encoder = "efficientnet_lite"
   config.model.encoder_variant = "lite0"
   config.model.decoder_widths = (96, 64, 48, 32, 24, 16)  # Table 4's, halved
