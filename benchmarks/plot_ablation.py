@@ -16,6 +16,7 @@ import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ablation  # noqa: E402  (benchmarks/ablation.py)
@@ -189,20 +190,27 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
 
 def paired_difference(records: Sequence[Dict], group: str,
                       baseline: str = ablation.BASELINE) -> Dict:
-  """``{n, mean, std}`` of ``group``'s mIoU minus the baseline's, seed by seed (%).
+  """``{n, mean, std, p}`` of ``group``'s mIoU minus the baseline's, seed by seed (%).
 
   A seed fixes the labelled subset, which moves every method's mIoU together, so the
   per-seed difference is far less noisy than the difference of the two means. Only the
   seeds both groups ran count; ``n`` is 0 (mean and std NaN) when there are none, and the
-  std is NaN for a single seed.
+  std is NaN for a single seed. ``p`` is the one-sided paired t-test's p-value for "the
+  group is above the baseline" (NaN below two seeds).
   """
   ours = ablation.miou_by_seed([r for r in records if r["group"] == group])
   base = ablation.miou_by_seed([r for r in records if r["group"] == baseline])
   differences = [ours[s] - base[s] for s in sorted(ours) if s in base]
   if not differences:
-    return {"n": 0, "mean": float("nan"), "std": float("nan")}
+    return {"n": 0, "mean": float("nan"), "std": float("nan"), "p": float("nan")}
+  if len(differences) < 2:
+    return {"n": 1, "mean": float(differences[0]), "std": float("nan"), "p": float("nan")}
+  if np.ptp(differences) == 0:  # no spread: t is infinite (or undefined at 0)
+    p = float("nan") if differences[0] == 0 else (0.0 if differences[0] > 0 else 1.0)
+  else:
+    p = stats.ttest_1samp(differences, 0.0, alternative="greater").pvalue
   return {"n": len(differences), "mean": float(np.mean(differences)),
-          "std": float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")}
+          "std": float(np.std(differences, ddof=1)), "p": float(p)}
 
 
 LATE_EVALUATIONS = 3
@@ -235,10 +243,13 @@ def table_markdown(records: Sequence[Dict], with_late: bool = True,
   paper's value (``with_paper``) and the mean wall time per run."""
   seeds = sorted({r["seed"] for r in records})
   with_precise = any("precise_bn_miou" in r for r in records)
+  with_best = any(r.get("best_miou") is not None for r in records)
   header = (["method"] + [f"seed {s}" for s in seeds] + ["mean +- std"] +
+            (["best periodic, mean +- std"] if with_best else []) +
             ([f"last {LATE_EVALUATIONS} evals"] if with_late else []) +
             (["precise BN"] if with_precise else []) +
-            ["minus baseline (paired)", "gap closed"] +
+            ["minus baseline (paired)"] + (["p (one-sided paired t)"] if with_best else []) +
+            ["gap closed"] +
             (["paper (test)"] if with_paper else []) + ["wall min/run"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in ablation.summarise(records):
@@ -247,14 +258,19 @@ def table_markdown(records: Sequence[Dict], with_late: bool = True,
     difference = paired_difference(records, row["group"])
     cells = [row["group"]] + [f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds]
     cells.append(_plus_minus(row["mean"], row["std"]))
+    if with_best:
+      cells.append(_plus_minus(row["best_mean"], row["best_std"]))
     if with_late:
       late = np.mean([late_mean(r) for r in members])
       cells.append("" if np.isnan(late) else f"{late:.2f}")
     if with_precise:
       precise = [100 * r["precise_bn_miou"] for r in members if "precise_bn_miou" in r]
       cells.append(f"{np.mean(precise):.2f}" if len(precise) == len(members) else "")
-    cells.append("" if row["method"] == ablation.BASELINE or not difference["n"]
+    is_baseline = row["method"] == ablation.BASELINE
+    cells.append("" if is_baseline or not difference["n"]
                  else _plus_minus(difference["mean"], difference["std"], signed=True))
+    if with_best:
+      cells.append("" if is_baseline or np.isnan(difference["p"]) else f"{difference['p']:.3f}")
     cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
     if with_paper:
       paper = PAPER_TABLE_1.get(row["method"]) if row["group"] == row["method"] else None

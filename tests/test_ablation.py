@@ -278,6 +278,14 @@ def test_paired_difference_compares_seed_by_seed_against_numpy():
   assert difference["std"] == pytest.approx(np.std([3.0, 2.0], ddof=1))
   single = plot_ablation.paired_difference(records, "cutmix")
   assert single["n"] == 1 and single["mean"] == pytest.approx(1.0) and np.isnan(single["std"])
+  assert np.isnan(single["p"])
+  # One-sided paired t-test, by hand: differences 1, 2, 3 points give t = 2 / (1 / sqrt 3)
+  # on 2 degrees of freedom, where P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2.
+  records = [_record("supervised", s, 0.30) for s in range(3)] + [
+      _record("cowmix", s, 0.30 + 0.01 * (s + 1)) for s in range(3)]
+  t = 2.0 * np.sqrt(3.0)
+  assert plot_ablation.paired_difference(records, "cowmix")["p"] == pytest.approx(
+      (1 - t / np.sqrt(t**2 + 2)) / 2, rel=1e-6)
   assert plot_ablation.paired_difference(records, "ict")["n"] == 0
 
 
@@ -304,6 +312,17 @@ def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
                       "15% | 55.06 +- 1.74 | 1.5 |")
   assert lines[2] == (f"| supervised | 30.00 | 40.00 | 35.00 +- {np.std([30.0, 40.0], ddof=1):.2f}"
                       " |  |  | 0% | 48.66 +- 1.80 | 1.5 |")  # no histories: empty
+  # Runs that record their best periodic score add it, and the paired test's p-value.
+  for record, best in zip(records, (0.31, 0.41, 0.36, 0.43, 0.50, 0.61)):
+    record["best_miou"] = best
+  lines = plot_ablation.table_markdown(records, with_late=False, with_paper=False).splitlines()
+  assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | best periodic, mean +- std "
+                      "| minus baseline (paired) | p (one-sided paired t) | gap closed | "
+                      "wall min/run |")
+  p = plot_ablation.paired_difference(records, "cowmix")["p"]
+  assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | 39.50 +- "
+                      f"{np.std([36.0, 43.0], ddof=1):.2f} | +3.00 +- {diff_std:.2f} | "
+                      f"{p:.3f} | 15% | 1.5 |")
 
 
 def test_wall_time_of_a_killed_attempt_survives_through_its_heartbeat(tmp_path):
