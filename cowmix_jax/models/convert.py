@@ -85,8 +85,8 @@ def _kernel(value: np.ndarray) -> np.ndarray:
 
 
 def _is_kernel(path: Tuple[str, ...]) -> bool:
-  return path[-1].startswith(("Conv", "stem_conv", "downsample_conv", "aspp")) or \
-      path[-1].endswith("_conv") or path[-1] == "imagenet_head"
+  return (path[-1].startswith(("Conv", "aspp")) or path[-1].endswith("_conv")
+          or path[-1] == "imagenet_head")
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str,

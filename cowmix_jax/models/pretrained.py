@@ -18,6 +18,8 @@ from typing import Dict, NamedTuple
 
 import numpy as np
 
+from cowmix_jax.models import convert
+
 EXTRA = 'pip install -e ".[pretrained]"'
 CACHE_ENV = "COWMIX_JAX_CACHE"
 
@@ -74,8 +76,6 @@ def cache_dir() -> str:
 def _write_atomically(variables: Dict, path: str) -> None:
   """Writes through a temporary file and a rename, so that processes converting at the
   same time (several hosts on one file system) never read half a file."""
-  from cowmix_jax.models import convert
-
   os.makedirs(os.path.dirname(path), exist_ok=True)
   handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".partial")
   os.close(handle)
@@ -91,8 +91,6 @@ def cached_conversion(name: str) -> str:
   """The converted ``.msgpack`` of the packaged weights ``name``, converting them first
   if the cache does not hold them yet. The cached file is named after the package's file
   (which carries its hash), so another version of the package converts anew."""
-  from cowmix_jax.models import convert
-
   source = packaged_file(name)
   stem = os.path.splitext(os.path.basename(source))[0]
   target = os.path.join(cache_dir(), stem + ".msgpack")
