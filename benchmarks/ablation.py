@@ -39,6 +39,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from cowmix_jax import metrics_file
+
 # Table 1's columns: a name -> the config overrides that make it.
 METHODS: Dict[str, Dict[str, str]] = {
     "supervised": {"method": "supervised"},
@@ -212,22 +214,12 @@ def read_wall_seconds(workdir: str) -> float:
   return wall["wall_seconds"] + wall["unfinished_attempt_seconds"]
 
 
-# The line train.py logs at every evaluation: "step 500  validation mIoU: teacher 28.35, ..."
-EVALUATION_LINE = re.compile(r"step (\d+)\s+\w+ mIoU: teacher (\d+(?:\.\d*)?)")
-
-
 def teacher_history(workdir: str) -> Dict[str, float]:
-  """``{step: teacher mIoU (fraction)}`` of every evaluation in ``workdir/train.log``,
-  in step order. A resumed run evaluates some steps again; the later line wins."""
-  path = os.path.join(workdir, "train.log")
-  history: Dict[int, float] = {}
-  if os.path.exists(path):
-    with open(path, errors="replace") as f:
-      for line in f:
-        match = EVALUATION_LINE.search(line)
-        if match:
-          history[int(match.group(1))] = float(match.group(2)) / 100
-  return {str(step): history[step] for step in sorted(history)}
+  """``{step: teacher mIoU (fraction)}`` of every evaluation in ``workdir/metrics.jsonl``
+  (train.py writes it), in step order; a step evaluated again after a resume keeps its
+  later value."""
+  return {str(step): value
+          for step, value in metrics_file.metric_history(workdir, "teacher_miou").items()}
 
 
 def best_of_run(final: Dict, history: Dict[str, float]) -> Dict:
@@ -421,8 +413,6 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
     workdir = os.path.join(root, run.name)
     prefix = f"[{index}/{len(runs)}] {run.name}"
     if run.name in results["runs"]:
-      if add_missing_history(results["runs"][run.name], workdir):
-        results = save_run(results_path, run.name, results["runs"][run.name])
       print(f"{prefix}: done before ({100 * results['runs'][run.name]['miou']:.2f}%)")
       continue
     record = run_record(run, workdir)
@@ -455,15 +445,6 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
   return results, failed
 
 
-def add_missing_history(record: Dict, workdir: str) -> bool:
-  """Fills in ``teacher_history`` of a record written before runs kept it; True if it
-  did."""
-  if record.get("teacher_history") or not os.path.isdir(workdir):
-    return False
-  record["teacher_history"] = teacher_history(workdir)
-  return bool(record["teacher_history"])
-
-
 def machine_description() -> str:
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
 
@@ -486,8 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="> 0: train each method for its paper length in epochs times "
                            "this factor (config.num_epochs); 0: the config's length")
   parser.add_argument("--report_only", action="store_true",
-                      help="print the table, run nothing (fills in missing teacher "
-                           "histories from the workdirs' logs)")
+                      help="print the table of what is recorded, run nothing")
   args = parser.parse_args(argv)
 
   if not os.path.exists(args.config):
@@ -507,11 +487,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   failed = []
   if args.report_only:
     results = load_results(results_path)
-    filled = [add_missing_history(record, os.path.join(args.root, name))
-              for name, record in results["runs"].items()]
-    if any(filled):
-      save_results(results_path, results)
-      print(f"Added the teacher mIoU history of {sum(filled)} runs to {results_path}")
   else:
     if args.epoch_scale < 0:
       parser.error(f"--epoch_scale={args.epoch_scale} must be >= 0")

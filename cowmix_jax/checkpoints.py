@@ -4,7 +4,8 @@
 ``checkpoint_every`` steps and at the end); ``workdir/best/<step>`` holds the state with
 the best validation mIoU so far. Saves are asynchronous and atomic: orbax writes into a
 temporary directory and renames it when complete, so a kill during a save leaves the
-previous checkpoint as the latest usable one.
+previous checkpoint as the latest usable one. A workdir may be a local path or a URL
+that ``etils.epath`` and orbax serve (``gs://bucket/run``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Dict, Optional, Union
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from cowmix_jax.state import TrainState
 
@@ -27,7 +29,15 @@ RESUMABLE_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every",
 CONFIG_FILE = "config.json"
 
 
-def _manager(directory: str, **options) -> ocp.CheckpointManager:
+def workdir_path(workdir: Union[str, epath.Path]) -> epath.Path:
+  """``workdir`` as an ``epath.Path``: URLs (``gs://b/run``) as given, local paths made
+  absolute (orbax needs absolute paths; ``os.path.abspath`` would mangle a URL)."""
+  if "://" in str(workdir):
+    return epath.Path(workdir)
+  return epath.Path(os.path.abspath(os.path.expanduser(str(workdir))))
+
+
+def _manager(directory: epath.Path, **options) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       create=True, enable_async_checkpointing=True, **options))
 
@@ -36,9 +46,9 @@ class Checkpointer:
   """Saves and restores :class:`TrainState` in a workdir."""
 
   def __init__(self, workdir: str, keep: int = 2):
-    self.workdir = os.path.abspath(workdir)
-    self.latest = _manager(os.path.join(self.workdir, LATEST), max_to_keep=keep)
-    self.best = _manager(os.path.join(self.workdir, BEST), max_to_keep=1,
+    self.workdir = workdir_path(workdir)
+    self.latest = _manager(self.workdir / LATEST, max_to_keep=keep)
+    self.best = _manager(self.workdir / BEST, max_to_keep=1,
                          best_fn=lambda metrics: metrics["miou"], best_mode="max")
     best_step = self.best.best_step()
     self.best_miou = (self.best.metrics(best_step)["miou"] if best_step is not None
@@ -109,22 +119,34 @@ def _plain(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def check_or_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Saves the config into ``workdir``, or, when one is there already (a restart),
-  raises ValueError listing every setting that differs (except RESUMABLE_KEYS)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  current = _plain(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    old, new = _flatten(saved), _flatten(current)
-    differences = [f"  {key}: {old.get(key, '(absent)')!r} in the workdir, now "
-                   f"{new.get(key, '(absent)')!r}"
-                   for key in sorted(set(old) | set(new))
-                   if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
-    if differences:
-      raise ValueError(
-          f"{workdir} holds a run with a different config ({path}); use a new workdir, or "
-          f"the same settings. Differences:\n" + "\n".join(differences))
-  with open(path, "w") as f:
-    json.dump(current, f, indent=2, sort_keys=True)
+def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list:
+  """Lines ``key: saved value in the workdir, now value`` for every setting that differs
+  from the run already in ``workdir`` (none when there is no run yet), except
+  RESUMABLE_KEYS."""
+  path = workdir_path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return []
+  old, new = _flatten(json.loads(path.read_text())), _flatten(_plain(config))
+  return [f"  {key}: {old.get(key, '(absent)')!r} in the workdir, now "
+          f"{new.get(key, '(absent)')!r}"
+          for key in sorted(set(old) | set(new))
+          if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ValueError listing every difference from the run in ``workdir`` (a restart
+  with settings that would not continue the same run). Every process of a multi-host run
+  calls it, before any of them writes, so that all stop together."""
+  differences = config_differences(config, workdir)
+  if differences:
+    raise ValueError(
+        f"{workdir} holds a run with a different config "
+        f"({workdir_path(workdir) / CONFIG_FILE}); use a new workdir, or the same settings. "
+        f"Differences:\n" + "\n".join(differences))
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes ``workdir/config.json`` (the evaluation tools read it back)."""
+  (workdir_path(workdir) / CONFIG_FILE).write_text(
+      json.dumps(_plain(config), indent=2, sort_keys=True))
+

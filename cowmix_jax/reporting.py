@@ -1,27 +1,85 @@
-"""TensorBoard and console reporting with clu: scalars and pictures of what the method does.
+"""TensorBoard, console and ``metrics.jsonl`` reporting with clu: scalars and pictures of
+what the method does.
 
-Only process 0 writes event files; the other processes only log.
+Only process 0 writes files (event files and ``metrics.jsonl``); the other processes only
+log. Paths go through ``etils.epath``, so a workdir may be a ``gs://`` URL.
 """
 
 from __future__ import annotations
 
 import colorsys
-from typing import Dict, Optional, Sequence
+import json
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 from clu import metric_writers
+from etils import epath
 from PIL import Image
 
+from cowmix_jax import metrics_file
 from cowmix_jax.data.base import IGNORE_LABEL
 from cowmix_jax.data.pipeline import NORMALISATIONS
 
 IGNORE_COLOUR = (255, 255, 255)
 
 
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends each ``write_scalars(step, scalars)`` to ``directory/metrics.jsonl`` as one
+  line ``{"step": step, **scalars}``; everything else (images, ...) is not kept.
+
+  The file is append-only: a run resumed from a checkpoint writes the steps after it
+  again, and :func:`cowmix_jax.metrics_file.read_metrics` keeps the last value of each
+  name at each step.
+  """
+
+  def __init__(self, directory: str):
+    self._path = epath.Path(directory) / metrics_file.METRICS_FILE
+    self._lines = []
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {"step": int(step), **{name: float(value) for name, value in scalars.items()}}
+    self._lines.append(json.dumps(record, allow_nan=True) + "\n")
+    self.flush()
+
+  def flush(self) -> None:
+    if self._lines:
+      with self._path.open("a") as f:  # tf.io.gfile appends on gs:// too
+        f.write("".join(self._lines))
+      self._lines = []
+
+  def close(self) -> None:
+    self.flush()
+
+  def write_summaries(self, step, values, metadata=None) -> None:
+    del step, values, metadata
+
+  def write_images(self, step, images) -> None:
+    del step, images
+
+  def write_videos(self, step, videos) -> None:
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate) -> None:
+    del step, audios, sample_rate
+
+  def write_texts(self, step, texts) -> None:
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None) -> None:
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams) -> None:
+    del hparams
+
+
 def make_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard files in ``workdir`` plus the log (process 0); just the log elsewhere."""
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  """TensorBoard files and ``metrics.jsonl`` in ``workdir`` plus the log (process 0);
+  just the log elsewhere."""
+  if jax.process_index() > 0:
+    return metric_writers.create_default_writer(just_logging=True)
+  return metric_writers.MultiWriter([
+      metric_writers.create_default_writer(workdir), JsonlWriter(workdir)])
 
 
 def default_palette(num_classes: int) -> np.ndarray:

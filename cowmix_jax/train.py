@@ -15,11 +15,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from cowmix_jax import data as data_lib
 from cowmix_jax import losses, metrics, mixing, models, reporting, steps
-from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
+from cowmix_jax.checkpoints import Checkpointer, check_config, save_config, workdir_path
 from cowmix_jax.models import convert, summary
 from cowmix_jax.models import pretrained as pretrained_lib
 from cowmix_jax.state import TrainState, create_train_state, init_variables
@@ -143,18 +144,41 @@ def _format_metrics(values: Dict[str, float]) -> str:
   return " ".join(f"{name}={value:.4f}" for name, value in values.items())
 
 
-class PreemptionFlag:
-  """Set by SIGTERM (a preemption notice): the loop checkpoints and exits."""
+class PreemptionWatch:
+  """When to stop for a preemption notice (SIGTERM): the loop then checkpoints and exits.
+
+  One process: a SIGTERM handler sets a flag that the loop reads after each step.
+  Several processes (``jax.distributed``): JAX's preemption sync service catches SIGTERM
+  on any process and gives every process the same step to stop at, whichever processes
+  got the signal and when, so all of them enter the collective checkpoint save together.
+  """
 
   def __init__(self):
-    self.requested = False
-    if threading.current_thread() is threading.main_thread():
+    self.coordinated = jax.process_count() > 1
+    self._signalled = False
+    if not self.coordinated and threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self.requested = True
+    self._signalled = True
+
+  def should_stop(self, step: int) -> bool:
+    """Called once after every step, with the same steps on every process."""
+    if not self.coordinated:
+      return self._signalled
+    if multihost_utils.reached_preemption_sync_point(step):
+      logging.warning("Preemption notice (SIGTERM) on some process: every process saves "
+                      "a checkpoint at step %d and stops.", step)
+      return True
+    return False
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (nothing to wait for with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def fetch_finite_metrics(step_metrics, step: int, checkpointer: Checkpointer) -> Dict[str, float]:
@@ -189,6 +213,14 @@ def parameter_checksum(params) -> float:
   process of a healthy multi-host run."""
   return float(sum(np.abs(np.asarray(leaf.addressable_data(0), np.float64)).sum()
                    for leaf in jax.tree.leaves(params)))
+
+
+def checksums_of_every_process(params) -> Dict[str, float]:
+  """``{"parameter_checksum_process<i>": checksum}`` for every process (gathered; float32
+  when the gather goes through JAX without x64)."""
+  local = np.array([parameter_checksum(params)], np.float32)
+  gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(-1)
+  return {f"parameter_checksum_process{i}": float(v) for i, v in enumerate(gathered)}
 
 
 def resolve_training_length(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
@@ -230,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   Returns:
     the results dictionary, or None when stopped by SIGTERM.
   """
-  os.makedirs(workdir, exist_ok=True)
+  workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   num_devices = config.num_devices if config.num_devices > 0 else jax.device_count()
   mesh = steps.make_mesh(num_devices)
   validate_config(config, num_devices)
@@ -239,10 +271,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   # restored.
   probe = data_lib.builders.prepare(config.data)
   resolve_training_length(config, probe.info.splits[config.data.train_split].num_examples)
+  check_config(config, workdir)  # every process, so that all of them stop on a mismatch
+  barrier("config checked")  # before process 0 replaces the file the others read
   if jax.process_index() == 0:
-    check_or_save_config(config, workdir)
+    save_config(config, workdir)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-  preemption = PreemptionFlag()
+  preemption = PreemptionWatch()
   num_classes = len(probe.info.metadata["class_names"])
   model = models.build_model(config.model, num_classes)
   image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
@@ -305,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       _, mious = evaluate_and_report(step)
       if checkpointer.save_if_best(state, mious["teacher_miou"]):
         logging.info("step %d  best mIoU so far: saved to %s/best", step, workdir)
-    stop = preemption.requested  # read once: the signal may come at any moment
+    stop = preemption.should_stop(step)  # read once: the signal may come at any moment
     if _due(step, config.checkpoint_every) or stop:
       fetch_finite_metrics(step_metrics, step, checkpointer)
       checkpointer.save(state)
@@ -315,15 +349,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       checkpointer.wait()
       checkpointer.close()
       writer.close()
-      logging.warning("Stopped at step %d by SIGTERM; rerun the same command to resume.", step)
+      logging.warning("Stopped at step %d by SIGTERM; rerun the same command to resume.",
+                      step)
       return None
 
   if saved_step != int(state.step):
     fetch_finite_metrics(step_metrics, int(state.step), checkpointer)
     checkpointer.save(state)
   train_seconds = time.time() - start
-  logging.info("Final parameter checksum (process %d): %.12e", jax.process_index(),
-               parameter_checksum(state.params))
+  writer.write_scalars(int(state.step), checksums_of_every_process(state.params))
   confusion, mious = evaluate_and_report(int(state.step))
   writer.close()
   iou = metrics.per_class_iou(confusion)
@@ -345,8 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       **checkpointer.best_record(),
   }
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    (workdir_path(workdir) / "results.json").write_text(json.dumps(results, indent=2))
   logging.info("Teacher per-class IoU (%%) on %s:\n%s", eval_split,
                metrics.format_iou_table(confusion, inputs.class_names))
   print(f"Final teacher {eval_split} mIoU: {100 * results['miou']:.2f}% "

@@ -199,7 +199,7 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     assert saved[name]["miou"] == final["miou"] and saved[name]["step"] == 3
     assert saved[name]["per_class_iou"] == final["per_class_iou"]
     assert saved[name]["class_names"] == list(final["per_class_iou"])
-    # The history parsed from train.py's own log ends with the final evaluation.
+    # The history read from the run's metrics.jsonl ends with the final evaluation.
     assert list(saved[name]["teacher_history"])[-1] == "3"
     assert saved[name]["teacher_history"]["3"] == pytest.approx(final["miou"], abs=5e-5)
   assert final["method"] == "cowmix" and saved["cowmix_seed0"]["wall_seconds"] > 0
@@ -362,36 +362,32 @@ def test_unreadable_wall_time_record_names_the_file(tmp_path):
     ablation.read_wall_seconds(str(tmp_path))
 
 
-def test_teacher_history_reads_every_evaluation_and_keeps_the_latest_repeat(tmp_path):
-  (tmp_path / "train.log").write_text(
-      "I1124 train.py:230] step 500  validation mIoU: teacher 28.35, student 28.88\n"
-      "I1124 logging_writer.py:48] [500] student_miou=0.288808, teacher_miou=0.283528\n"
-      "I1124 train.py:230] step 1000  test mIoU: teacher 34.48, student 35.28\n"
-      "# resumed from the checkpoint of step 500\n"
-      "I1124 train.py:230] step 1000  test mIoU: teacher 34.50, student 35.00\n"
-      "I1124 train.py:230] step 1500  validation mIoU: teacher 36, student 36.42\n")
+def test_teacher_history_reads_metrics_jsonl_and_keeps_the_latest_repeat(tmp_path):
+  # As train.py writes it: losses at log steps, mIoUs at evaluations, a resume from the
+  # checkpoint of step 500 that evaluates step 1000 again, and a line cut short by a kill.
+  lines = [{"step": 500, "loss": 0.5}, {"step": 500, "teacher_miou": 0.2835,
+                                         "student_miou": 0.2888},
+           {"step": 1000, "teacher_miou": 0.3448}]
+  text = "".join(json.dumps(line) + "\n" for line in lines) + '{"step": 1000, "teach\n'
+  text += json.dumps({"step": 1000, "teacher_miou": 0.3450}) + "\n"
+  text += json.dumps({"step": 1500, "teacher_miou": 0.36, "loss": float("nan")}) + "\n"
+  (tmp_path / "metrics.jsonl").write_text(text)
   assert ablation.teacher_history(str(tmp_path)) == pytest.approx(
       {"500": 0.2835, "1000": 0.3450, "1500": 0.36})
   assert list(ablation.teacher_history(str(tmp_path))) == ["500", "1000", "1500"]
   assert ablation.teacher_history(str(tmp_path / "missing")) == {}
-  record = {"miou": 0.36}
-  assert ablation.add_missing_history(record, str(tmp_path))
-  assert record["teacher_history"]["1500"] == pytest.approx(0.36)
-  assert not ablation.add_missing_history(record, str(tmp_path))  # already there
 
 
-def test_report_only_fills_in_histories_from_the_workdirs(tmp_path, monkeypatch, capsys):
+def test_report_only_prints_the_recorded_table_and_trains_nothing(tmp_path, monkeypatch,
+                                                                   capsys):
   monkeypatch.chdir(REPO)
   root = tmp_path / "runs"
-  (root / "cowmix_seed0").mkdir(parents=True)
-  (root / "cowmix_seed0" / "train.log").write_text(
-      "train.py:230] step 10  validation mIoU: teacher 41.50, student 40.00\n")
+  root.mkdir()
   results_path = str(root / "results.json")
   ablation.save_results(results_path, {"runs": {"cowmix_seed0": _record("cowmix", 0, 0.415)}})
   assert ablation.main(["--config=configs/synthetic.py", f"--root={root}", "--report_only"]) == 0
-  saved = json.loads(open(results_path).read())["runs"]["cowmix_seed0"]
-  assert saved["teacher_history"] == {"10": pytest.approx(0.415)}
   assert "| cowmix | 1 | 41.50 |" in capsys.readouterr().out
+  assert sorted(os.listdir(root)) == ["results.json"]
 
 
 def test_marked_block_is_replaced_and_missing_markers_are_named():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cowmix_jax import models, train
-from cowmix_jax.checkpoints import Checkpointer, check_or_save_config
+from cowmix_jax.checkpoints import Checkpointer, check_config, save_config
 from cowmix_jax.state import create_train_state
 
 
@@ -73,16 +73,17 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_usable(tiny_config, 
 
 
 def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path):
-  check_or_save_config(tiny_config, str(tmp_path))
+  check_config(tiny_config, str(tmp_path))  # no run yet: nothing to differ from
+  save_config(tiny_config, str(tmp_path))
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["method"] == tiny_config.method
   tiny_config.num_train_steps = 50  # allowed: extend a run
   tiny_config.data.data_dir = "/elsewhere"  # allowed: the same data moved
-  check_or_save_config(tiny_config, str(tmp_path))
+  check_config(tiny_config, str(tmp_path))
   tiny_config.learning_rate = 0.5
   tiny_config.mask.cow_sigma_range = (2.0, 3.0)
   with pytest.raises(ValueError) as error:
-    check_or_save_config(tiny_config, str(tmp_path))
+    check_config(tiny_config, str(tmp_path))
   message = str(error.value)
   assert "learning_rate: 0.001 in the workdir, now 0.5" in message
   assert "mask.cow_sigma_range" in message and "num_train_steps" not in message

@@ -1,17 +1,21 @@
 """Two processes x two CPU devices over loopback (jax.distributed, gloo collectives)
 train like one process with four devices: same global batches, same parameters."""
 
+import itertools
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from cowmix_jax import models, train
+from cowmix_jax import metrics_file, models, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.state import create_train_state
 
@@ -41,9 +45,11 @@ def _env(devices):
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def _checksums(log):
-  return {int(p): float(v) for p, v in
-          re.findall(r"Final parameter checksum \(process (\d)\): ([-+.\deE]+)", log)}
+def _checksums(workdir):
+  """``{process: parameter checksum}`` as the run recorded them in metrics.jsonl."""
+  final = list(metrics_file.read_metrics(str(workdir)).values())[-1]
+  return {int(name.rsplit("process", 1)[1]): value for name, value in final.items()
+          if name.startswith("parameter_checksum_process")}
 
 
 def _final_params(workdir, config):
@@ -70,10 +76,112 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
   for process, (_, err) in zip(processes, logs):
     assert process.returncode == 0, err[-3000:]
   assert "Process 1 of 2; 2 local of 4 global devices" in logs[1][1]
-  checksums = {**_checksums(logs[0][1]), **_checksums(logs[1][1])}
+  checksums = _checksums(tmp_path / "multi")
   assert set(checksums) == {0, 1} and checksums[0] == checksums[1], checksums
-  assert _checksums(single.stderr)[0] == pytest.approx(checksums[0], rel=1e-5)
+  assert _checksums(tmp_path / "single")[0] == pytest.approx(checksums[0], rel=1e-5)
   tiny_config.model.width = 4
   for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "single", tiny_config)),
                   jax.tree.leaves(_final_params(tmp_path / "multi", tiny_config))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+_LAUNCHES = itertools.count()
+
+
+def _launch_two(workdir, data_dir, *extra):
+  """Two processes x two CPU devices of one run, over loopback; their output goes to
+  files (a pipe nobody reads while the test waits would fill up and block them)."""
+  port, launch = _free_port(), next(_LAUNCHES)
+  processes = []
+  for i in range(2):
+    log = open(workdir.parent / f"{workdir.name}-launch{launch}-process{i}.log", "w+")
+    process = subprocess.Popen(
+        _command(workdir, data_dir, "--distributed", f"--coordinator_address=localhost:{port}",
+                 "--num_processes=2", f"--process_id={i}", *extra),
+        cwd=REPO, env=_env(2), stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    processes.append(process)
+  return processes
+
+
+def _output(process) -> str:
+  process.log.seek(0)
+  return process.log.read()
+
+
+def _wait_all(processes, timeout=600):
+  """``[(exit code, output)]``; fails (killing them) if any is still running after
+  ``timeout`` seconds: a hang is the failure these tests look for."""
+  deadline = time.time() + timeout
+  for p in processes:
+    try:
+      p.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      for q in processes:
+        q.kill()
+      pytest.fail(f"a process was still running after {timeout} s (hung): "
+                  f"{[_output(q)[-2000:] for q in processes]}")
+  return [(p.returncode, _output(p)) for p in processes]
+
+
+def _wait_for_step(workdir, step, processes, timeout=600):
+  """Returns once process 0 has logged ``step`` in metrics.jsonl."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if any(p.poll() is not None for p in processes):
+      pytest.fail(f"a process ended before step {step}: "
+                  f"{[_output(p)[-2000:] for p in processes if p.poll() is not None]}")
+    logged = [s for s, values in metrics_file.read_metrics(str(workdir)).items()
+              if "loss" in values]
+    if logged and max(logged) >= step:
+      return
+    time.sleep(0.05)
+  pytest.fail(f"step {step} not reached in {timeout} s")
+
+
+def _stop_steps(outcomes):
+  return [int(m) for _, err in outcomes for m in re.findall(r"Stopped at step (\d+)", err)]
+
+
+LONG = ["--config.num_train_steps=120", "--config.checkpoint_every=0"]
+
+
+@pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
+def test_sigterm_to_some_processes_stops_all_at_one_step_and_the_run_resumes_exactly(
+    tmp_path, tiny_config):
+  data_dir = tmp_path / "tfds"
+  reference = subprocess.run(_command(tmp_path / "reference", data_dir, *LONG), cwd=REPO,
+                             env=_env(4), capture_output=True, text=True, timeout=900)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  tiny_config.model.width = 4
+  expected = _final_params(tmp_path / "reference", tiny_config)
+  # SIGTERM to process 1 only; then to both, 0.3 s apart (the second may find the first
+  # already stopping). Every process must stop at the same step, save it together, exit
+  # 0, and the same command must then finish the run as if nothing had happened.
+  for case, (first, others) in {"one": (1, ()), "both": (0, (1,))}.items():
+    workdir = tmp_path / case
+    processes = _launch_two(workdir, data_dir, *LONG)
+    _wait_for_step(workdir, 10, processes)
+    processes[first].send_signal(signal.SIGTERM)
+    for other in others:
+      time.sleep(0.3)
+      if processes[other].poll() is None:
+        processes[other].send_signal(signal.SIGTERM)
+    outcomes = _wait_all(processes)
+    assert [code for code, _ in outcomes] == [0, 0], [err[-3000:] for _, err in outcomes]
+    stops = _stop_steps(outcomes)
+    assert len(stops) == 2 and stops[0] == stops[1] < 120, (case, stops)
+    assert Checkpointer(str(workdir)).latest_step() == stops[0]
+    assert not (workdir / "results.json").exists()
+    outcomes = _wait_all(_launch_two(workdir, data_dir, *LONG))
+    assert [code for code, _ in outcomes] == [0, 0], [err[-3000:] for _, err in outcomes]
+    assert json.loads((workdir / "results.json").read_text())["step"] == 120
+    for a, b in zip(jax.tree.leaves(expected),
+                    jax.tree.leaves(_final_params(workdir, tiny_config))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # A restart with a setting that cannot continue this run: every process stops with the
+  # difference named, before any training; none waits for the others.
+  outcomes = _wait_all(_launch_two(tmp_path / "one", data_dir, *LONG,
+                                   "--config.learning_rate=0.5"), timeout=300)
+  for code, err in outcomes:
+    assert code != 0 and "learning_rate: 0.003 in the workdir, now 0.5" in err, err[-2000:]

@@ -7,12 +7,12 @@ it), chooses the labelled subset, and returns the training and evaluation stream
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from cowmix_jax import models
 from cowmix_jax.data import builders, pipeline, splits
@@ -95,7 +95,7 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
   logging.info("%d labelled images of %d in %s/%s:\n%s", len(labelled_ids), len(all_ids),
                data.name, data.train_split, splits.histogram_table(histograms, class_names))
   if workdir is not None and process_index == 0:
-    splits.write_id_file(os.path.join(workdir, "labelled_ids.json"), labelled_ids,
+    splits.write_id_file(epath.Path(workdir) / "labelled_ids.json", labelled_ids,
                          dataset=data.name, split=data.train_split,
                          num_available=len(all_ids))
   aug = pipeline.Augmentation.from_config(data.augment)

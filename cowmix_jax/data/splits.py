@@ -14,10 +14,10 @@ Command line (on a prepared or preparable dataset)::
 from __future__ import annotations
 
 import json
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from etils import epath
 
 from cowmix_jax.data.base import IGNORE_LABEL
 
@@ -93,11 +93,10 @@ def _balanced_order(order: np.ndarray, present: np.ndarray, count: int) -> List[
 
 def read_id_file(path: str) -> List[str]:
   """Ids from a text file (one per line, ``#`` comments) or a JSON list / ``{"ids": [...]}``."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"labelled id file {path!r} does not exist")
-  with open(path) as f:
-    text = f.read()
-  if path.endswith(".json"):
+  text = epath.Path(path).read_text()
+  if str(path).endswith(".json"):
     try:
       content = json.loads(text)
     except json.JSONDecodeError as error:
@@ -118,12 +117,13 @@ def read_id_file(path: str) -> List[str]:
 
 
 def write_id_file(path: str, ids: Sequence[str], **info) -> None:
-  """Writes ``{"ids": [...], **info}`` as JSON (or one id per line for ``.txt``)."""
-  with open(path, "w") as f:
-    if path.endswith(".txt"):
-      f.write("".join(f"{i}\n" for i in ids))
-    else:
-      json.dump({"ids": list(ids), **info}, f, indent=1)
+  """Writes ``{"ids": [...], **info}`` as JSON (or one id per line for ``.txt``); any
+  path ``etils.epath`` serves (``gs://`` included)."""
+  if str(path).endswith(".txt"):
+    text = "".join(f"{i}\n" for i in ids)
+  else:
+    text = json.dumps({"ids": list(ids), **info}, indent=1)
+  epath.Path(path).write_text(text)
 
 
 def check_ids_exist(ids: Sequence[str], available: Sequence[str], source: str) -> None:
