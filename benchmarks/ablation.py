@@ -2,7 +2,9 @@
 
 Each run trains in its own workdir ``ROOT/NAME`` (a ``python -m cowmix_jax.main``
 subprocess; its log is ``ROOT/NAME/train.log``). As each run finishes its final teacher
-mIoU, per-class IoU and wall time go into ``ROOT/results.json``. Run the same command
+mIoU, per-class IoU, wall time and teacher mIoU history (from ``ROOT/NAME/metrics.jsonl``)
+go into ``ROOT/results.json``. ROOT is a local directory (the runs' logs are their
+processes' output). Run the same command
 again to continue: finished runs are skipped, an interrupted run resumes from its last
 checkpoint. SIGTERM or Ctrl-C stops the current run cleanly (it checkpoints) and the
 grid. At the end a table gives mean +- std (over seeds) per method and the fraction of

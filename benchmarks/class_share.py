@@ -12,7 +12,6 @@ to show which classes CowMix stops predicting at CPU scale.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Dict, Optional, Sequence
 
@@ -23,11 +22,11 @@ from cowmix_jax import checkpoints, evaluate, metrics
 
 
 def load_run_config(workdir: str, data_dir: Optional[str]) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise SystemExit(f"{path}: not found; expected a training workdir")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  """The run's saved config, with ``data_dir`` (if given) in place of its own."""
+  try:
+    config = checkpoints.load_config(workdir)
+  except (FileNotFoundError, ValueError) as error:
+    raise SystemExit(str(error)) from None
   if data_dir:
     config.data.data_dir = data_dir
   return config

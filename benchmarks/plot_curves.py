@@ -5,7 +5,7 @@ python benchmarks/plot_curves.py --results=docs/camvid_cpu_results.json \
     --out=docs/camvid_cpu_curves.png [--results=MORE.json] [--groups=supervised,cowmix]
     [--seeds=0,1,2] [--title=...]
 Each run's history comes from its record's ``teacher_history`` (benchmarks/ablation.py
-parses it from train.log). A group's curve covers the steps all its selected seeds
+reads it from the run's metrics.jsonl). A group's curve covers the steps all its selected seeds
 evaluated; the shaded band is +-1 std over seeds. Needs matplotlib.
 """
 

@@ -88,7 +88,7 @@ def recalibrated_miou(workdir: str, data_dir: str, stats_split: str,
   num_classes = len(builder.info.metadata["class_names"])
   mesh = steps.make_mesh(1)
   model = models.build_model(config.model, num_classes)
-  variables, _ = evaluate.restore_variables(config, workdir, model, mesh)
+  variables, _ = evaluate.restore_variables(workdir, mesh)
 
   @jax.jit
   def apply_fn(variables, images):

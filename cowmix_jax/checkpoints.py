@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import jax
 import ml_collections
@@ -78,22 +78,58 @@ class Checkpointer:
     return {"best_miou": None if step is None else float(self.best.metrics(step)["miou"]),
             "best_step": step}
 
+  @staticmethod
+  def _resolve_step(manager: ocp.CheckpointManager, which: Union[str, int]) -> Optional[int]:
+    """The step ``which`` names (``latest``, ``best`` or a step); None when there is no
+    checkpoint yet; ValueError naming the steps there are for a step that is not."""
+    if which == "best":
+      return manager.best_step()
+    if which == "latest":
+      return manager.latest_step()
+    step = int(which)
+    if step not in manager.all_steps():
+      raise ValueError(f"no checkpoint at step {step} in {manager.directory} (there are "
+                       f"{sorted(manager.all_steps())})")
+    return step
+
   def restore(self, template: TrainState, which: Union[str, int] = "latest"
               ) -> Optional[TrainState]:
     """The state saved at ``which`` (``latest``, ``best`` or a step), shaped and sharded
     like ``template``; None when there is no such checkpoint."""
     manager = self.best if which == "best" else self.latest
-    if which in ("latest", "best"):
-      step = manager.best_step() if which == "best" else manager.latest_step()
-    else:
-      step = int(which)
-      if step not in manager.all_steps():
-        raise ValueError(f"no checkpoint at step {step} in {manager.directory} (there are "
-                         f"{sorted(manager.all_steps())})")
+    step = self._resolve_step(manager, which)
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore_entries(self, names: Sequence[str], sharding: jax.sharding.Sharding,
+                      which: Union[str, int] = "latest") -> Tuple[Dict[str, Any], int]:
+    """Some fields of the train state saved at ``which`` (e.g. ``teacher_params``,
+    ``teacher_batch_stats``), as arrays placed with ``sharding``, and the step.
+
+    Shapes come from the checkpoint's own metadata: neither the model's initialisation
+    nor the optimiser (nor the pretrained file it was built from) is needed.
+    """
+    manager = self.best if which == "best" else self.latest
+    step = self._resolve_step(manager, which)
+    if step is None:
+      raise FileNotFoundError(f"no {which} checkpoint in {manager.directory}")
+    reader = ocp.CheckpointManager(manager.directory,
+                                   item_handlers=ocp.PyTreeCheckpointHandler())
+    metadata = reader.item_metadata(step)
+    unknown = [name for name in names if name not in TrainState.__dataclass_fields__]
+    if unknown:
+      raise KeyError(f"{unknown}: not fields of the train state")
+    # An empty collection (a model without BatchNorm) is not in the metadata.
+    abstract = {name: jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        dict(metadata[name])) for name in names if metadata.get(name)}
+    restored = reader.restore(step, args=ocp.args.PyTreeRestore(
+        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True))
+    reader.close()
+    return {name: restored.get(name, {}) for name in names}, step
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -146,7 +182,29 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes ``workdir/config.json`` (the evaluation tools read it back)."""
+  """Writes ``workdir/config.json`` (:func:`load_config` reads it back)."""
   (workdir_path(workdir) / CONFIG_FILE).write_text(
       json.dumps(_plain(config), indent=2, sort_keys=True))
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the config files write (overrides parse as tuples)."""
+  if isinstance(value, dict):
+    return {key: _tuples(item) for key, item in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(item) for item in value)
+  return value
+
+
+def load_config(run: str) -> ml_collections.ConfigDict:
+  """The config a run saved: ``run`` is its workdir or the path of its config.json."""
+  path = epath.Path(run) if str(run).endswith(".json") else workdir_path(run) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: expected the workdir of a training run "
+                            f"(it saves {CONFIG_FILE}) or the path of that file")
+  try:
+    saved = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path}: not valid JSON ({error})") from None
+  return ml_collections.ConfigDict(_tuples(saved))
 

@@ -1,9 +1,13 @@
 """Evaluate a checkpoint: per-class IoU over a whole split, as a table and JSON.
 
-python -m cowmix_jax.evaluate --config=configs/X.py --workdir=DIR \\
+python -m cowmix_jax.evaluate --workdir=DIR [--config=configs/X.py] \\
     [--checkpoint=latest|best|STEP] [--split=validation|test] [--model=teacher|student] \\
     [--flip] [--window=H,W [--window_stride=H,W]] [--output=FILE.json] \\
     [--markdown=FILE.md] [--predictions=DIR]
+
+Without ``--config``, the run's own saved config (``DIR/config.json``) is used, with any
+``--config.KEY=VALUE`` overrides on top; only the checkpoint is read, so a pretrained
+file the run started from need not exist any more.
 
 Images are evaluated whole (padded to ``config.data.eval_canvas``, the padding ignored),
 single scale, argmax; ``--flip`` averages the logits with those of the mirrored image;
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
@@ -28,7 +33,6 @@ from ml_collections import config_flags
 from cowmix_jax import metrics, models, reporting, steps, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
-from cowmix_jax.state import create_train_state
 
 
 def window_starts(size: int, window: int, stride: int) -> List[int]:
@@ -85,23 +89,23 @@ def make_predict_fn(model, mesh, num_classes: int, **logits_options):
                  out_shardings=(sharded, replicated), donate_argnums=3)
 
 
-def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, mesh,
-                      checkpoint: str = "latest", use_teacher: bool = True
-                      ) -> Tuple[Dict, int]:
-  """The model variables of a checkpoint of ``workdir``, and its step."""
-  image_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
-  variables, tx = train.initial_variables_and_optimizer(config, model, image_shape)
-  template = create_train_state(model, tx, jax.random.PRNGKey(0), image_shape, variables)
-  template = jax.device_put(template, steps.replicated(mesh))
+def restore_variables(workdir: str, mesh, checkpoint: str = "latest",
+                      use_teacher: bool = True) -> Tuple[Dict, int]:
+  """The model variables (teacher's or student's) of a checkpoint of ``workdir``,
+  replicated on ``mesh``, and its step. Only the checkpoint is read: not the model's
+  initialisation, nor the pretrained file the run started from."""
+  prefix = "teacher_" if use_teacher else ""
   checkpointer = Checkpointer(workdir)
-  state = checkpointer.restore(template, checkpoint)
-  checkpointer.close()
-  if state is None:
-    raise FileNotFoundError(f"no {checkpoint} checkpoint in {os.path.abspath(workdir)} "
-                            f"(train with: python -m cowmix_jax.main --workdir={workdir} ...)")
-  if use_teacher:
-    return train.teacher_variables(state), int(state.step)
-  return {"params": state.params, "batch_stats": state.batch_stats}, int(state.step)
+  try:
+    entries, step = checkpointer.restore_entries(
+        [f"{prefix}params", f"{prefix}batch_stats"], steps.replicated(mesh), checkpoint)
+  except FileNotFoundError as error:
+    raise FileNotFoundError(f"{error} (train with: python -m cowmix_jax.main "
+                            f"--workdir={workdir} ...)") from None
+  finally:
+    checkpointer.close()
+  return {"params": entries[f"{prefix}params"],
+          "batch_stats": entries[f"{prefix}batch_stats"]}, step
 
 
 def save_predictions(directory: str, batch: Dict[str, np.ndarray], predictions: np.ndarray,
@@ -146,7 +150,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   class_names = list(builder.info.metadata["class_names"])
   mesh = steps.make_mesh(1)
   model = models.build_model(config.model, len(class_names))
-  variables, step = restore_variables(config, workdir, model, mesh, checkpoint, use_teacher)
+  variables, step = restore_variables(workdir, mesh, checkpoint, use_teacher)
   if window is not None and window_stride is None:
     window_stride = tuple(max(1, 2 * w // 3) for w in window)
   predict = make_predict_fn(model, mesh, len(class_names), flip=flip, window=window,
@@ -190,13 +194,32 @@ def _pair(text: str) -> Optional[Tuple[int, int]]:
 
 
 FLAGS = flags.FLAGS
+SAVED_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_config.py")
+
+
+def config_argv(argv: Sequence[str]) -> List[str]:
+  """The command line with the run's saved config in place of an omitted ``--config``
+  (``--workdir=W`` gives ``--config=.../saved_config.py:W``) or of ``--config=FILE.json``;
+  other command lines are returned unchanged. ``--config.KEY=VALUE`` overrides stay."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config=") and arg.endswith(".json"):
+      argv[i] = f"--config={SAVED_CONFIG_FILE}:{arg[len('--config='):]}"
+      return argv
+    if arg.startswith("--config=") or arg == "--config":
+      return argv
+  workdirs = [arg[len("--workdir="):] for arg in argv if arg.startswith("--workdir=")]
+  if workdirs:
+    argv.insert(1, f"--config={SAVED_CONFIG_FILE}:{workdirs[-1]}")
+  return argv
 
 
 def define_checkpoint_flags() -> None:
   """Flags shared by evaluate.py and predict.py: which run, checkpoint and network.
   (Defined only when a tool runs as a program, so importing both defines nothing.)"""
-  config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "The run's config: a config file (configs/*.py), or the run's "
+      "config.json; default: the one the run saved in --workdir.", lock_config=True)
   flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
   flags.DEFINE_string("checkpoint", "latest", "latest, best, or a step number.")
   flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which network.")
@@ -234,5 +257,5 @@ def main(argv: Iterable[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main, argv=config_argv(sys.argv))

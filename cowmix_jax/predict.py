@@ -1,18 +1,20 @@
 """Segment a folder of arbitrary images with a checkpoint.
 
-python -m cowmix_jax.predict --config=configs/X.py --workdir=DIR --input=IMAGES \\
-    --output=OUT [--checkpoint=latest|best|STEP] [--model=teacher|student] [--flip] \\
-    [--overlay_alpha=0.5]
+python -m cowmix_jax.predict --workdir=DIR --input=IMAGES --output=OUT \\
+    [--config=configs/X.py] [--checkpoint=latest|best|STEP] [--model=teacher|student] \\
+    [--flip] [--overlay_alpha=0.5]
 
 Writes ``OUT/<name>.png``: a palette PNG whose pixel values are the class ids (viewers
 show the dataset's colours), and ``OUT/<name>_overlay.png``: the image blended with the
-coloured prediction. Images of any size are padded to a multiple of 32 and the
+coloured prediction. Without ``--config`` the run's saved config (``DIR/config.json``)
+is used, overrides on top. Images of any size are padded to a multiple of 32 and the
 prediction is cropped back; the dataset itself is not needed beyond its class list.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Dict, List
 
 import jax
@@ -46,8 +48,7 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: s
   palette = reporting.palette_of(metadata, num_classes)
   mesh = steps.make_mesh(1)
   model = models.build_model(config.model, num_classes)
-  variables, step = evaluate.restore_variables(config, workdir, model, mesh, checkpoint,
-                                               use_teacher)
+  variables, step = evaluate.restore_variables(workdir, mesh, checkpoint, use_teacher)
   logits_fn = jax.jit(evaluate.make_logits_fn(model, flip=flip))
   os.makedirs(output_dir, exist_ok=True)
   logging.info("Segmenting %d images with the %s at step %d.", len(images),
@@ -108,5 +109,5 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["config", "workdir", "input", "output"])
-  app.run(main)
+  flags.mark_flags_as_required(["workdir", "input", "output"])
+  app.run(main, argv=evaluate.config_argv(sys.argv))

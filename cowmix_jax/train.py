@@ -26,7 +26,51 @@ from cowmix_jax.models import pretrained as pretrained_lib
 from cowmix_jax.state import TrainState, create_train_state, init_variables
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
+
+
+def shareable_batches(config: ml_collections.ConfigDict, devices: int) -> Dict[str, int]:
+  """The smallest batches ``devices`` devices can share: the labelled and unlabelled
+  batches grown by one common factor (keeping their ratio, e.g. the paper's 1 + 2), the
+  evaluation batch rounded up to a multiple of ``devices``."""
+  labelled, unlabelled = max(1, config.batch_size), max(1, config.unlabelled_batch_size)
+  factor = next(k for k in range(1, devices + 1)
+                if labelled * k % devices == 0 and unlabelled * k % devices == 0)
+  return {"batch_size": labelled * factor, "unlabelled_batch_size": unlabelled * factor,
+          "eval_batch_size": -(-max(1, config.eval_batch_size) // devices) * devices}
+
+
+def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> int:
+  """The number of devices in the ``('data',)`` mesh: ``config.num_devices``, or all of
+  them when it is <= 0; ValueError, with the exact overrides that would work, when the
+  global batches cannot be shared by them or a multi-process run would leave devices out.
+  """
+  asked = config.num_devices if config.num_devices > 0 else device_count
+  problems = []
+  if asked > device_count:
+    problems.append(f"config.num_devices={config.num_devices} but {device_count} devices "
+                    f"are visible")
+  if process_count > 1 and asked != device_count:
+    problems.append(f"config.num_devices={config.num_devices}: a run of {process_count} "
+                    f"processes must use all {device_count} devices (every process feeds "
+                    f"its own)")
+  devices = device_count if problems else asked
+  for key in BATCH_KEYS:
+    if config[key] <= 0 or config[key] % devices:
+      problems.append(f"config.{key}={config[key]} is not a positive multiple of the "
+                      f"{devices} devices (one device cannot hold part of an image)")
+  if problems:
+    fixes = ([f"--config.num_devices={-1 if devices == device_count else devices}"]
+             if devices != asked or asked > device_count else [])
+    fixes += [f"--config.{key}={value}" for key, value in
+              shareable_batches(config, devices).items() if value != config[key]]
+    raise ValueError("; ".join(problems) + ". Use: " + " ".join(fixes) + " (batches are "
+                     "global: a larger batch changes the optimisation, so reconsider the "
+                     "learning rate and num_train_steps).")
+  return asked
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the config key when a setting cannot work."""
   mixing.get_perturbation(config.method)
   if config.consistency_loss not in losses.CONSISTENCY_LOSSES:
@@ -35,11 +79,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.confidence.mode not in losses.CONFIDENCE_MODES:
     raise ValueError(f"config.confidence.mode={config.confidence.mode!r}: choose one of "
                      f"{losses.CONFIDENCE_MODES}")
-  for key in ("batch_size", "unlabelled_batch_size", "eval_batch_size"):
-    value = config[key]
-    if value <= 0 or value % num_devices:
-      raise ValueError(f"config.{key}={value} must be a positive multiple of the "
-                       f"{num_devices} devices in the mesh")
   if not 0.0 <= config.teacher_alpha <= 1.0:
     raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
 
@@ -263,9 +302,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
     the results dictionary, or None when stopped by SIGTERM.
   """
   workdir_path(workdir).mkdir(parents=True, exist_ok=True)
-  num_devices = config.num_devices if config.num_devices > 0 else jax.device_count()
+  num_devices = mesh_size(config, jax.device_count(), jax.process_count())
+  validate_config(config)
   mesh = steps.make_mesh(num_devices)
-  validate_config(config, num_devices)
   # The model needs the class count and an epoch the training split's size, known once
   # the dataset is prepared; the inputs need the start step, known once the state is
   # restored.

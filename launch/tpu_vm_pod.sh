@@ -2,7 +2,12 @@
 # A Cloud TPU VM pod slice: the same command on every worker; jax.distributed.initialize
 # finds the coordinator and the process ids from the TPU metadata.
 #
-#   launch/tpu_vm_pod.sh TPU_NAME ZONE --config=configs/pascal.py --workdir=gs://bucket/runs/voc100
+#   launch/tpu_vm_pod.sh TPU_NAME ZONE --config=configs/pascal.py --workdir=gs://bucket/runs/voc100 \
+#       --config.batch_size=16 --config.unlabelled_batch_size=16 --config.eval_batch_size=16
+#
+# Batches are global, multiples of the slice's device count (16 fits 8 or 16 devices;
+# the paper's 10 fits neither). A preemption notice (SIGTERM) to any worker makes every
+# worker save the same step to the bucket and exit 0; rerun the command to resume.
 #
 # Install the project on every worker first, e.g.:
 #   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all \

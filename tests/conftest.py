@@ -38,6 +38,15 @@ def load_benchmark(name):
   return module
 
 
+def load_config(name, argument=None):
+  """``configs/<name>.py``'s ``get_config([argument])``."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if argument is None else module.get_config(argument)
+
+
 @pytest.fixture
 def tiny_config():
   """A config with a tiny model and synthetic 32x32 images, for fast tests."""
@@ -121,3 +130,35 @@ def trained(tmp_path_factory):
   config.eval_batch_size = 8
   results = train.train_and_evaluate(config, str(root / "work"))
   return config, str(root / "work"), results
+
+
+@pytest.fixture
+def fake_bucket(tmp_path):
+  """``gs://bucket/...`` served from ``tmp_path/bucket`` through etils.epath's own test
+  mock (no real cloud storage offline): whatever the code under test opens, lists,
+  creates or renames by a gs:// path must go through epath to land there. Yields the
+  local directory. (orbax's array writes go through TensorStore, which this cannot fake.)"""
+  from etils import epath
+
+  root = tmp_path / "bucket"
+  root.mkdir()
+
+  def local(path):
+    text = os.fspath(path)
+    return str(root / text[len("gs://bucket/"):]) if text.startswith("gs://bucket/") else text
+
+  def one_path(original, path, *args, **kwargs):
+    return original(local(path), *args, **kwargs)
+
+  def two_paths(original, path, dst, *args, **kwargs):
+    return original(local(path), local(dst), *args, **kwargs)
+
+  names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove",
+           "rmtree", "stat", "walk")
+  # With TensorFlow installed, epath sends gs:// to tf.io.gfile ahead of the mocked
+  # backend; pretend it is not, so that the mock serves the bucket.
+  from unittest import mock
+  with mock.patch.object(epath.gpath, "_is_tf_installed", lambda: False), \
+      epath.testing.mock_epath(**{name: one_path for name in names}, copy=two_paths,
+                               rename=two_paths, replace=two_paths):
+    yield root

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cowmix_jax import models, train
-from cowmix_jax.checkpoints import Checkpointer, check_config, save_config
+from cowmix_jax.checkpoints import (Checkpointer, check_config, load_config, save_config,
+                                   workdir_path)
 from cowmix_jax.state import create_train_state
 
 
@@ -88,3 +89,25 @@ def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path
   assert "learning_rate: 0.001 in the workdir, now 0.5" in message
   assert "mask.cow_sigma_range" in message and "num_train_steps" not in message
   assert os.path.basename(str(tmp_path)) in message
+
+
+def test_url_workdirs_are_kept_as_urls_and_local_ones_made_absolute(monkeypatch, tmp_path):
+  assert str(workdir_path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
+  monkeypatch.chdir(tmp_path)
+  assert str(workdir_path("runs/a")) == str(tmp_path / "runs" / "a")
+
+
+def test_the_config_is_saved_checked_and_read_back_through_a_url(fake_bucket, tiny_config):
+  workdir = "gs://bucket/runs/a"
+  workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  check_config(tiny_config, workdir)
+  save_config(tiny_config, workdir)
+  assert json.loads((fake_bucket / "runs" / "a" / "config.json").read_text())["seed"] == 0
+  loaded = load_config(workdir)
+  assert loaded.data.eval_canvas == (32, 32) and loaded.model.decoder_widths == (8,) * 6
+  assert load_config(workdir + "/config.json") == loaded
+  tiny_config.seed = 3
+  with pytest.raises(ValueError, match="seed: 0 in the workdir, now 3"):
+    check_config(tiny_config, workdir)
+  with pytest.raises(FileNotFoundError, match="gs://bucket/runs/b/config.json does not exist"):
+    load_config("gs://bucket/runs/b")

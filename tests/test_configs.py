@@ -2,24 +2,16 @@
 and Cityscapes configs train 2 steps with U-Net and with DeepLab v2, and the CPU-scale
 CamVid config trains on shrunk images but is scored on the full-resolution labels."""
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
-from conftest import SHARED_CAMVID
+from conftest import SHARED_CAMVID, load_config
 from PIL import Image
 
 from cowmix_jax import evaluate, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, argument=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config() if argument is None else module.get_config(argument)
 
 
 def test_paper_settings():

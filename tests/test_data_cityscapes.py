@@ -20,7 +20,7 @@ OFFICIAL_TRAIN_IDS = {0: 255, 1: 255, 2: 255, 3: 255, 4: 255, 5: 255, 6: 255, 7:
 SIZE = (8, 16)
 
 
-def _tree(root, seed=0):
+def write_tree(root, seed=0, size=SIZE):
   """Official layout, two cities in train, one in val; returns ``{id: (image, labelIds)}``."""
   rng = np.random.default_rng(seed)
   written = {}
@@ -28,8 +28,8 @@ def _tree(root, seed=0):
     for city in cities:
       for frame in range(2):
         stem = f"{city}_000000_{frame:06d}"
-        image = rng.integers(0, 256, SIZE + (3,), dtype=np.uint8)
-        label = rng.choice(np.array(list(OFFICIAL_TRAIN_IDS), np.uint8), SIZE)
+        image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+        label = rng.choice(np.array(list(OFFICIAL_TRAIN_IDS), np.uint8), size)
         write_png(os.path.join(root, "leftImg8bit", split, city, stem + "_leftImg8bit.png"),
                   image)
         write_png(os.path.join(root, "gtFine", split, city, stem + "_gtFine_labelIds.png"),
@@ -61,7 +61,7 @@ def _majority_by_loops(label, factor):
 
 
 def test_full_resolution_maps_label_ids_to_train_ids(tmp_path):
-  written = _tree(tmp_path / "cs")
+  written = write_tree(tmp_path / "cs")
   builder = builders.prepare(_data(tmp_path / "cs", tmp_path / "tfds", "full"))
   assert builder.info.splits["train"].num_examples == 4
   assert builder.info.splits["validation"].num_examples == 2
@@ -100,7 +100,7 @@ def test_downsampling_rules_match_independent_references():
 
 
 def test_half_resolution_configs_use_their_label_rule(tmp_path):
-  written = _tree(tmp_path / "cs")
+  written = write_tree(tmp_path / "cs")
   for rule in ("majority", "nearest"):
     builder = builders.prepare(_data(tmp_path / "cs", tmp_path / "tfds", f"half_{rule}"))
     examples = _examples(builder, "train")
@@ -114,7 +114,7 @@ def test_half_resolution_configs_use_their_label_rule(tmp_path):
 
 
 def test_official_zips_give_the_same_dataset_as_the_trees(tmp_path):
-  _tree(tmp_path / "cs")
+  write_tree(tmp_path / "cs")
   zipped = tmp_path / "zipped"
   zipped.mkdir()
   for top, archive in cityscapes.ZIPS.items():
@@ -134,7 +134,7 @@ def test_official_zips_give_the_same_dataset_as_the_trees(tmp_path):
 
 
 def test_unknown_label_ids_name_the_file(tmp_path):
-  _tree(tmp_path / "cs")
+  write_tree(tmp_path / "cs")
   path = tmp_path / "cs" / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000001_gtFine_labelIds.png"
   label = np.full(SIZE, 7, np.uint8)
   label[0, 0] = 40

@@ -22,7 +22,7 @@ def _palette():
   return palette
 
 
-def _tree(root, seed=0):
+def write_tree(root, seed=0, size=SIZE):
   """VOCdevkit/VOC2012 with SBD labels (grey PNGs) for train_aug and VOC palette PNGs
   for val; returns ``{id: (image, label)}``."""
   rng = np.random.default_rng(seed)
@@ -31,8 +31,8 @@ def _tree(root, seed=0):
   train_ids = ["2007_000032", "2008_000002", "2011_003276"]
   val_ids = ["2007_000033", "2007_000042"]
   for image_id in train_ids + val_ids:
-    image = rng.integers(0, 256, SIZE + (3,), dtype=np.uint8)
-    label = rng.choice(np.array(list(range(21)) + [255], np.uint8), SIZE)
+    image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    label = rng.choice(np.array(list(range(21)) + [255], np.uint8), size)
     os.makedirs(os.path.join(voc_root, "JPEGImages"), exist_ok=True)
     Image.fromarray(image).save(os.path.join(voc_root, "JPEGImages", image_id + ".jpg"),
                                 quality=95)
@@ -68,7 +68,7 @@ def test_palette_labels_decode_to_class_ids_not_colours(tmp_path):
 
 
 def test_voc_aug_builder_reads_lists_images_and_both_label_kinds(tmp_path):
-  written = _tree(tmp_path / "voc")
+  written = write_tree(tmp_path / "voc")
   # The parent of VOCdevkit is accepted as well as VOC2012 itself.
   builder = builders.prepare(_data(tmp_path / "voc", tmp_path / "tfds"))
   assert builder.info.splits["train"].num_examples == 3
@@ -90,14 +90,14 @@ def test_voc_aug_builder_reads_lists_images_and_both_label_kinds(tmp_path):
 
 
 def test_voc_root_given_directly(tmp_path):
-  _tree(tmp_path / "voc")
+  write_tree(tmp_path / "voc")
   root = tmp_path / "voc" / "VOCdevkit" / "VOC2012"
   builder = builders.prepare(_data(root, tmp_path / "tfds"))
   assert builder.info.splits["train"].num_examples == 3
 
 
 def test_missing_list_names_where_it_was_looked_for(tmp_path):
-  _tree(tmp_path / "voc")
+  write_tree(tmp_path / "voc")
   os.remove(tmp_path / "voc" / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" /
             "val.txt")
   with pytest.raises(base.DatasetLayoutError, match="(?s)val.txt is missing.*ImageSets"):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from cowmix_jax import evaluate, models, train
 from cowmix_jax.data import builders
+from cowmix_jax.models import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,15 +88,10 @@ def test_sliding_window_equals_a_loop_over_crops(tiny_config):
 
 def test_command_line_writes_json_and_markdown(trained, tmp_path):
   config, workdir, trained_results = trained
-  command = [sys.executable, "-m", "cowmix_jax.evaluate", "--config=configs/synthetic.py",
+  # The run's saved config.json stands for the dozen overrides it was trained with.
+  command = [sys.executable, "-m", "cowmix_jax.evaluate", f"--config={workdir}/config.json",
              f"--workdir={workdir}", "--checkpoint=best", f"--output={tmp_path / 'r.json'}",
-             f"--markdown={tmp_path / 'r.md'}", f"--config.data.data_dir={config.data.data_dir}"]
-  for key in ("image_size", "num_train", "num_validation", "num_labelled"):
-    command.append(f"--config.data.{key}={config.data[key]}")
-  command += [f"--config.model.width={config.model.width}",
-              "--config.model.decoder_widths=(8,8,8,8,8,8)",
-              "--config.data.eval_canvas=(32,32)", "--config.data.augment.crop_size=(32,32)",
-              "--config.eval_batch_size=8"]
+             f"--markdown={tmp_path / 'r.md'}"]
   out = subprocess.run(command, cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -104,7 +100,57 @@ def test_command_line_writes_json_and_markdown(trained, tmp_path):
   assert results["miou"] == pytest.approx(trained_results["miou"], abs=1e-12)
   assert f"{100 * trained_results['miou']:6.2f}" in out.stdout
   assert "**mIoU**" in (tmp_path / "r.md").read_text()
-  missing = subprocess.run(command[:4] + [f"--workdir={tmp_path / 'empty'}"] + command[5:],
+  missing = subprocess.run(command[:3] + ["--config=configs/synthetic.py",
+                                         f"--workdir={tmp_path / 'empty'}"] + command[5:],
                            cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), capture_output=True,
                            text=True, timeout=600)
   assert missing.returncode != 0 and "no best checkpoint in" in missing.stderr
+
+
+def _tool(module, *args):
+  return subprocess.run([sys.executable, "-m", f"cowmix_jax.{module}", *args], cwd=REPO,
+                        env=dict(os.environ, XLA_FLAGS=""), capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_tools_need_only_the_checkpoint_and_the_saved_config(tmp_path, tiny_config):
+  # A run that started from a pretrained encoder file, with settings that differ from
+  # configs/synthetic.py in a dozen places; then the file is deleted.
+  model = models.build_model(tiny_config.model, 6)
+  donor = train.init_variables(model, jax.random.PRNGKey(7), (1, 32, 32, 3))
+  encoder_file = tmp_path / "encoder.msgpack"
+  convert.save({c: {"encoder": donor[c]["encoder"]} for c in ("params", "batch_stats")},
+               str(encoder_file))
+  tiny_config.model.pretrained = str(encoder_file)
+  tiny_config.data.data_dir = str(tmp_path / "tfds")
+  workdir = str(tmp_path / "work")
+  trained = train.train_and_evaluate(tiny_config, workdir)
+  encoder_file.unlink()
+  # evaluate.py without --config: the run's own config; an override on top still applies.
+  out = _tool("evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'r.json'}",
+              "--config.eval_batch_size=4", f"--predictions={tmp_path / 'eval_png'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads((tmp_path / "r.json").read_text())["miou"] == trained["miou"]
+  # predict.py likewise, on a validation image written out as a file: the same labels as
+  # evaluate.py's predictions of it.
+  builder = builders.prepare(tiny_config.data)
+  example = next(iter(tfds.as_numpy(builder.as_dataset(split="validation"))))
+  name = example["image_id"].decode()
+  (tmp_path / "images").mkdir()
+  Image.fromarray(example["image"]).save(tmp_path / "images" / f"{name}.png")
+  out = _tool("predict", f"--workdir={workdir}", f"--input={tmp_path / 'images'}",
+              f"--output={tmp_path / 'predict_png'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "predict_png" / f"{name}.png")),
+                                np.asarray(Image.open(tmp_path / "eval_png" / f"{name}.png")))
+
+
+def test_config_argv_puts_the_saved_config_in_place_of_a_missing_or_json_config():
+  saved = evaluate.SAVED_CONFIG_FILE
+  assert evaluate.config_argv(["prog", "--workdir=W", "--config.seed=1"]) == [
+      "prog", f"--config={saved}:W", "--workdir=W", "--config.seed=1"]
+  assert evaluate.config_argv(["prog", "--config=gs://b/run/config.json", "--workdir=W"]) == [
+      "prog", f"--config={saved}:gs://b/run/config.json", "--workdir=W"]
+  unchanged = ["prog", "--config=configs/synthetic.py", "--workdir=W"]
+  assert evaluate.config_argv(unchanged) == unchanged
+  assert evaluate.config_argv(["prog", "--split=test"]) == ["prog", "--split=test"]

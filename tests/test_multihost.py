@@ -143,16 +143,17 @@ def _stop_steps(outcomes):
   return [int(m) for _, err in outcomes for m in re.findall(r"Stopped at step (\d+)", err)]
 
 
-LONG = ["--config.num_train_steps=120", "--config.checkpoint_every=0"]
+LONG = ["--config.num_train_steps=40", "--config.checkpoint_every=0"]
 
 
 @pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
 def test_sigterm_to_some_processes_stops_all_at_one_step_and_the_run_resumes_exactly(
     tmp_path, tiny_config):
   data_dir = tmp_path / "tfds"
-  reference = subprocess.run(_command(tmp_path / "reference", data_dir, *LONG), cwd=REPO,
-                             env=_env(4), capture_output=True, text=True, timeout=900)
-  assert reference.returncode == 0, reference.stderr[-3000:]
+  # The uninterrupted run, on the same 2 x 2 devices (over 40 steps, summation-order
+  # differences from a 1 x 4 run grow past any tight tolerance).
+  outcomes = _wait_all(_launch_two(tmp_path / "reference", data_dir, *LONG))
+  assert [code for code, _ in outcomes] == [0, 0], [err[-3000:] for _, err in outcomes]
   tiny_config.model.width = 4
   expected = _final_params(tmp_path / "reference", tiny_config)
   # SIGTERM to process 1 only; then to both, 0.3 s apart (the second may find the first
@@ -161,7 +162,7 @@ def test_sigterm_to_some_processes_stops_all_at_one_step_and_the_run_resumes_exa
   for case, (first, others) in {"one": (1, ()), "both": (0, (1,))}.items():
     workdir = tmp_path / case
     processes = _launch_two(workdir, data_dir, *LONG)
-    _wait_for_step(workdir, 10, processes)
+    _wait_for_step(workdir, 5, processes)
     processes[first].send_signal(signal.SIGTERM)
     for other in others:
       time.sleep(0.3)
@@ -170,15 +171,15 @@ def test_sigterm_to_some_processes_stops_all_at_one_step_and_the_run_resumes_exa
     outcomes = _wait_all(processes)
     assert [code for code, _ in outcomes] == [0, 0], [err[-3000:] for _, err in outcomes]
     stops = _stop_steps(outcomes)
-    assert len(stops) == 2 and stops[0] == stops[1] < 120, (case, stops)
+    assert len(stops) == 2 and stops[0] == stops[1] < 40, (case, stops)
     assert Checkpointer(str(workdir)).latest_step() == stops[0]
     assert not (workdir / "results.json").exists()
     outcomes = _wait_all(_launch_two(workdir, data_dir, *LONG))
     assert [code for code, _ in outcomes] == [0, 0], [err[-3000:] for _, err in outcomes]
-    assert json.loads((workdir / "results.json").read_text())["step"] == 120
+    assert json.loads((workdir / "results.json").read_text())["step"] == 40
     for a, b in zip(jax.tree.leaves(expected),
                     jax.tree.leaves(_final_params(workdir, tiny_config))):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
   # A restart with a setting that cannot continue this run: every process stops with the
   # difference named, before any training; none waits for the others.
   outcomes = _wait_all(_launch_two(tmp_path / "one", data_dir, *LONG,

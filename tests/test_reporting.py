@@ -1,14 +1,15 @@
 """Tests of cowmix_jax/reporting.py and of what training writes for TensorBoard."""
 
 import glob
+import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cowmix_jax import reporting, train
-from cowmix_jax.data import pipeline
+from cowmix_jax import metrics_file, reporting, train
+from cowmix_jax.data import pipeline, splits
 
 
 def test_colourise_by_hand():
@@ -62,6 +63,11 @@ def test_training_writes_scalars_and_pictures(tiny_config, tmp_path):
   assert scalars["teacher_miou"][-1][1] == pytest.approx(results["miou"], abs=1e-6)
   assert scalars["student_miou"][-1][1] == pytest.approx(results["student_miou"], abs=1e-6)
   assert scalars["learning_rate"][0][1] == pytest.approx(tiny_config.learning_rate)
+  # metrics.jsonl holds every scalar of the event files (float32 there), step by step.
+  logged = metrics_file.read_metrics(str(tmp_path / "work"))
+  for tag, values in scalars.items():
+    for step, value in values:
+      assert logged[step][tag] == pytest.approx(value, rel=1e-6), (tag, step)
   expected = ["labelled/image", "labelled/ground_truth", "labelled/teacher_prediction",
               "unlabelled/image", "unlabelled/mask", "unlabelled/student_input",
               "unlabelled/teacher_target", "unlabelled/student_prediction",
@@ -79,3 +85,19 @@ def test_training_writes_scalars_and_pictures(tiny_config, tmp_path):
   truth = np.stack(images["labelled/ground_truth"][0][1]).reshape(-1, 3)
   from cowmix_jax.data import synthetic
   assert {tuple(c) for c in truth} <= {tuple(c) for c in synthetic.CLASS_COLOURS}
+
+
+def test_metrics_and_labelled_ids_go_through_a_url_workdir(fake_bucket):
+  (fake_bucket / "run").mkdir()  # train.py makes the workdir first
+  writer = reporting.JsonlWriter("gs://bucket/run")
+  writer.write_scalars(5, {"loss": np.float32(0.5), "teacher_miou": 0.25})
+  writer.write_scalars(5, {"loss": 0.4})  # a resumed run writes the step again
+  writer.close()
+  lines = (fake_bucket / "run" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [
+      {"step": 5, "loss": 0.5, "teacher_miou": 0.25}, {"step": 5, "loss": 0.4}]
+  assert metrics_file.read_metrics("gs://bucket/run") == {5: {"loss": 0.4,
+                                                              "teacher_miou": 0.25}}
+  splits.write_id_file("gs://bucket/run/labelled_ids.json", ["a", "b"], seed=1)
+  assert splits.read_id_file("gs://bucket/run/labelled_ids.json") == ["a", "b"]
+  assert (fake_bucket / "run" / "labelled_ids.json").exists()
