@@ -61,7 +61,7 @@ def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_coun
                       f"{devices} devices (one device cannot hold part of an image)")
   if problems:
     fixes = ([f"--config.num_devices={-1 if devices == device_count else devices}"]
-             if devices != asked or asked > device_count else [])
+             if devices != asked else [])
     fixes += [f"--config.{key}={value}" for key, value in
               shareable_batches(config, devices).items() if value != config[key]]
     raise ValueError("; ".join(problems) + ". Use: " + " ".join(fixes) + " (batches are "

@@ -38,6 +38,14 @@ def load_benchmark(name):
   return module
 
 
+def free_port() -> int:
+  """A TCP port on localhost that is free now (for a coordinator over loopback)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
 def load_config(name, argument=None):
   """``configs/<name>.py``'s ``get_config([argument])``."""
   import importlib.util

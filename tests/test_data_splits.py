@@ -102,3 +102,21 @@ def test_cli_generate_inspect_compare(tmp_path, synthetic_builder, capsys, monke
   other = splits.read_id_file(str(tmp_path / "c.json"))
   assert result["only_a"] == sorted(set(ids) - set(other))
   assert result["common"] == len(set(ids) & set(other))
+
+
+def test_split_files_of_the_field_name_the_ids_of_the_fixture_trees(tmp_path):
+  # UniMatch / U2PL / CPS list image-label path pairs; the ids are the image names.
+  from test_data_cityscapes import write_tree as write_cityscapes
+  from test_data_voc import write_tree as write_voc
+  voc = sorted(write_voc(tmp_path / "voc"))
+  cityscapes = sorted(write_cityscapes(tmp_path / "cityscapes"))
+  (tmp_path / "voc.txt").write_text(
+      "".join(f"JPEGImages/{i}.jpg SegmentationClass/{i}.png\n" for i in voc[:2]))
+  city = [i for i in cityscapes if i.startswith("aachen")]
+  (tmp_path / "cs.txt").write_text("".join(
+      f"leftImg8bit/train/aachen/{i}_leftImg8bit.png gtFine/train/aachen/{i}_gtFine_"
+      f"labelTrainIds.png\n" for i in city))
+  assert splits.read_id_file(str(tmp_path / "voc.txt")) == voc[:2]
+  assert splits.read_id_file(str(tmp_path / "cs.txt")) == city
+  assert splits.id_of_line("img_001") == "img_001"
+  assert splits.id_of_line("0001TP_006690.png") == "0001TP_006690"

@@ -8,11 +8,11 @@ script's usage comment (its config and batch overrides), with a local workdir an
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 from test_data_cityscapes import write_tree as write_cityscapes
 from test_data_voc import write_tree as write_voc
 
@@ -39,12 +39,6 @@ FAKE_GCLOUD = ("#!/usr/bin/env bash\nfor arg; do [[ $arg == --command=* ]] && "
                "command=${arg#--command=}; done\nset -- bash -c \"$command\"\n" + TASKS)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def documented_command(script: str) -> list:
   """The ``--flag`` arguments of the usage example in ``launch/<script>``'s comment."""
   lines = open(os.path.join(REPO, "launch", script)).read().splitlines()
@@ -68,7 +62,8 @@ def _environment(tmp_path, **extra):
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
   path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]])
-  return dict(os.environ, PATH=path, JAX_PLATFORMS="cpu", JAX_COORDINATOR_PORT=str(_free_port()),
+  return dict(os.environ, PATH=path, JAX_PLATFORMS="cpu",
+              JAX_COORDINATOR_PORT=str(free_port()),
               XLA_FLAGS="--xla_force_host_platform_device_count=2", **extra)
 
 
@@ -93,7 +88,7 @@ SYNTHETIC = ["--config=configs/synthetic.py", "--config.data.image_size=32",
 
 @pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
 def test_local_multiprocess_script(tmp_path):
-  env = _environment(tmp_path, COWMIX_PORT=str(_free_port()))
+  env = _environment(tmp_path, COWMIX_PORT=str(free_port()))
   workdir = tmp_path / "work"
   outcome = _run(["bash", "launch/local_multiprocess.sh", "2", "2", *SYNTHETIC,
                   f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
@@ -104,7 +99,7 @@ def test_local_multiprocess_script(tmp_path):
 @pytest.mark.slow
 def test_manual_multihost_script(tmp_path):
   env = _environment(tmp_path)
-  workdir, port = tmp_path / "work", _free_port()
+  workdir, port = tmp_path / "work", free_port()
   processes = [subprocess.Popen(
       ["bash", "launch/manual_multihost.sh", f"localhost:{port}", "2", str(i), *SYNTHETIC,
        f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}", *TINY,
@@ -117,34 +112,39 @@ def test_manual_multihost_script(tmp_path):
   _assert_two_processes_trained(outcome, workdir)
 
 
+def _documented_arguments(script, config, tmp_path, data_dir, size):
+  """``(workdir, arguments)``: the flags of ``script``'s usage example (which must name
+  ``configs/<config>.py``) with a local workdir, then a tiny model, 2 labelled images of
+  the dataset in ``data_dir`` and crops of ``size``."""
+  workdir = tmp_path / "work"
+  args = _with_workdir(documented_command(script), workdir)
+  assert f"--config=configs/{config}.py" in args
+  height, width = size
+  return workdir, [*args, *TINY, f"--config.data.manual_dir={data_dir}",
+                   f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.num_labelled=2",
+                   f"--config.data.eval_canvas=({height},{width})",
+                   f"--config.data.augment.crop_size=({height},{width})"]
+
+
 @pytest.mark.slow
 def test_slurm_script_runs_its_documented_cityscapes_command(tmp_path):
   write_cityscapes(tmp_path / "cityscapes", size=(64, 128))
-  workdir = tmp_path / "work"
-  args = _with_workdir(documented_command("slurm_gpu.sbatch"), workdir)
-  assert "--config=configs/cityscapes.py" in args
-  outcome = _run(["bash", "launch/slurm_gpu.sbatch", *args, *TINY,
-                  f"--config.data.manual_dir={tmp_path / 'cityscapes'}",
-                  f"--config.data.data_dir={tmp_path / 'tfds'}",
-                  "--config.data.builder_config=full", "--config.data.num_labelled=2",
-                  "--config.data.eval_canvas=(64,128)",
-                  "--config.data.augment.crop_size=(64,128)"], REPO, _environment(tmp_path))
+  workdir, args = _documented_arguments("slurm_gpu.sbatch", "cityscapes", tmp_path,
+                                        tmp_path / "cityscapes", (64, 128))
+  outcome = _run(["bash", "launch/slurm_gpu.sbatch", *args,
+                  "--config.data.builder_config=full"], REPO, _environment(tmp_path))
   _assert_two_processes_trained(outcome, workdir)
 
 
 @pytest.mark.slow
 def test_tpu_pod_script_runs_its_documented_pascal_command(tmp_path):
   write_voc(tmp_path / "voc", size=(64, 64))
-  workdir = tmp_path / "work"
-  args = _with_workdir(documented_command("tpu_vm_pod.sh"), workdir)
-  assert "--config=configs/pascal.py" in args
+  workdir, args = _documented_arguments("tpu_vm_pod.sh", "pascal", tmp_path, tmp_path / "voc",
+                                        (64, 64))
   # The script runs `cd cowmix_jax && python ...` in the worker's home directory.
   home = tmp_path / "home"
   home.mkdir()
   (home / "cowmix_jax").symlink_to(REPO)
-  outcome = _run(["bash", os.path.join(REPO, "launch", "tpu_vm_pod.sh"), "tpu", "zone", *args,
-                  *TINY, f"--config.data.manual_dir={tmp_path / 'voc'}",
-                  f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.num_labelled=2",
-                  "--config.data.eval_canvas=(64,64)", "--config.data.augment.crop_size=(64,64)"],
+  outcome = _run(["bash", os.path.join(REPO, "launch", "tpu_vm_pod.sh"), "tpu", "zone", *args],
                  home, _environment(tmp_path))
   _assert_two_processes_trained(outcome, workdir)

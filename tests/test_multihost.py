@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import free_port
 
 from cowmix_jax import metrics_file, models, train
 from cowmix_jax.checkpoints import Checkpointer
@@ -27,12 +27,6 @@ FLAGS = ["--config.num_train_steps=3", "--config.checkpoint_every=0", "--config.
          "--config.eval_batch_size=4", "--config.model.width=4",
          "--config.model.decoder_widths=(8,8,8,8,8,8)", "--config.confidence.mode=none",
          "--config.data.eval_canvas=(32,32)", "--config.data.augment.crop_size=(32,32)"]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _command(workdir, data_dir, *extra):
@@ -65,7 +59,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
   single = subprocess.run(_command(tmp_path / "single", data_dir), cwd=REPO, env=_env(4),
                           capture_output=True, text=True, timeout=900)
   assert single.returncode == 0, single.stderr[-3000:]
-  port = _free_port()
+  port = free_port()
   processes = [subprocess.Popen(
       _command(tmp_path / "multi", data_dir, "--distributed",
                f"--coordinator_address=localhost:{port}", "--num_processes=2",
@@ -91,7 +85,7 @@ _LAUNCHES = itertools.count()
 def _launch_two(workdir, data_dir, *extra):
   """Two processes x two CPU devices of one run, over loopback; their output goes to
   files (a pipe nobody reads while the test waits would fill up and block them)."""
-  port, launch = _free_port(), next(_LAUNCHES)
+  port, launch = free_port(), next(_LAUNCHES)
   processes = []
   for i in range(2):
     log = open(workdir.parent / f"{workdir.name}-launch{launch}-process{i}.log", "w+")

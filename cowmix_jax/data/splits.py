@@ -14,12 +14,13 @@ Command line (on a prepared or preparable dataset)::
 from __future__ import annotations
 
 import json
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from etils import epath
 
-from cowmix_jax.data.base import IGNORE_LABEL
+from cowmix_jax.data.base import IGNORE_LABEL, IMAGE_SUFFIXES
 
 
 def read_ids_and_histograms(builder, split: str) -> Tuple[List[str], np.ndarray]:
@@ -91,8 +92,31 @@ def _balanced_order(order: np.ndarray, present: np.ndarray, count: int) -> List[
   return chosen
 
 
+# Endings of image file names that are not part of the image's id: Cityscapes names its
+# images <city>_<sequence>_<frame>_leftImg8bit.png, and its ids are <city>_<sequence>_<frame>.
+IMAGE_NAME_ENDINGS = ("_leftImg8bit",)
+
+
+def id_of_line(line: str) -> str:
+  """The image id a line of an id file names: the line itself, or, for the path lines of
+  the field's split files (UniMatch, U2PL, CPS: ``JPEGImages/2007_000733.jpg
+  SegmentationClass/2007_000733.png``, ``leftImg8bit/train/jena/jena_000000_000019_
+  leftImg8bit.png gtFine/...``), the first path's file name without its directory, image
+  extension and dataset ending."""
+  first = line.split()[0]
+  stem, extension = os.path.splitext(first.rsplit("/", 1)[-1])
+  if "/" not in first and extension.lower() not in IMAGE_SUFFIXES:
+    return first
+  for ending in IMAGE_NAME_ENDINGS:
+    if stem.endswith(ending):
+      stem = stem[:-len(ending)]
+  return stem
+
+
 def read_id_file(path: str) -> List[str]:
-  """Ids from a text file (one per line, ``#`` comments) or a JSON list / ``{"ids": [...]}``."""
+  """Ids from a text file (one per line, ``#`` comments; lines may be the image-label path
+  pairs of the field's split files, see :func:`id_of_line`) or a JSON list /
+  ``{"ids": [...]}``."""
   if not epath.Path(path).is_file():
     raise FileNotFoundError(f"labelled id file {path!r} does not exist")
   text = epath.Path(path).read_text()
@@ -106,8 +130,8 @@ def read_id_file(path: str) -> List[str]:
       raise ValueError(f"{path}: expected a JSON list of image id strings or an object "
                        f"with an 'ids' list")
   else:
-    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    ids = [i for i in ids if i]
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    ids = [id_of_line(line) for line in lines if line]
   duplicates = sorted({i for i in ids if ids.count(i) > 1})
   if duplicates:
     raise ValueError(f"{path}: ids listed more than once: {duplicates[:10]}")
