@@ -35,21 +35,17 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def __init__(self, directory: str):
     self._path = epath.Path(directory) / metrics_file.METRICS_FILE
-    self._lines = []
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     record = {"step": int(step), **{name: float(value) for name, value in scalars.items()}}
-    self._lines.append(json.dumps(record, allow_nan=True) + "\n")
-    self.flush()
+    with self._path.open("a") as f:  # tf.io.gfile appends on gs:// too
+      f.write(json.dumps(record) + "\n")
 
   def flush(self) -> None:
-    if self._lines:
-      with self._path.open("a") as f:  # tf.io.gfile appends on gs:// too
-        f.write("".join(self._lines))
-      self._lines = []
+    pass  # every write is on disk when write_scalars returns
 
   def close(self) -> None:
-    self.flush()
+    pass
 
   def write_summaries(self, step, values, metadata=None) -> None:
     del step, values, metadata
