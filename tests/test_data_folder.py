@@ -1,6 +1,7 @@
 """Tests of cowmix_jax/data/folder.py: users' own directories, unlabelled images included."""
 
 import json
+import logging
 import os
 
 import ml_collections
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from conftest import write_png
+from PIL import Image
 
 from cowmix_jax.data import base, builders, folder
 
@@ -102,3 +104,107 @@ def test_label_values_beyond_the_class_list_are_named(tmp_path):
   with pytest.raises(base.BadExampleError, match=r"img_a.png: label values \[3\] are outside "
                                                  r"the 3 classes"):
     builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))
+
+
+def _binary_tree(root, values=None, label_format="PNG", rgb=False, seed=0):
+  """A grey-image binary dataset whose masks store background 0 and foreground 255;
+  returns ``{id: class-id mask}`` of the train images."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(root)
+  classes = ["background", "foreground"] if values is None else [
+      {"name": "background", "value": values[0]}, {"name": "foreground", "value": values[1]}]
+  with open(os.path.join(root, "classes.json"), "w") as f:
+    json.dump(classes, f)
+  masks = {}
+  for index in range(3):
+    image_id = f"case{index}"
+    ids = np.zeros((32, 48), np.uint8)
+    top, left = rng.integers(0, 16), rng.integers(0, 24)
+    ids[top:top + 16, left:left + 24] = 1  # a block: 1/4 of the pixels
+    write_png(os.path.join(root, "train", "images", image_id + ".png"),
+              rng.integers(0, 256, (32, 48), dtype=np.uint8))
+    stored = ids * 255
+    suffix = ".png" if label_format == "PNG" else ".jpg"
+    path = os.path.join(root, "train", "labels", image_id + suffix)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    picture = Image.fromarray(np.stack([stored] * 3, -1) if rgb else stored)
+    picture.save(path, format=label_format, **({"quality": 75} if suffix == ".jpg" else {}))
+    masks[image_id] = ids
+  return masks
+
+
+def _train_labels(builder):
+  return {e["image_id"].decode(): e["label"]
+          for e in tfds.as_numpy(builder.as_dataset(split="train"))}
+
+
+def test_class_values_map_binary_masks_to_both_classes(tmp_path):
+  masks = _binary_tree(str(tmp_path / "mine"), values=(0, 255))
+  builder = builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))
+  labels = _train_labels(builder)
+  assert labels.keys() == masks.keys()
+  for image_id, ids in masks.items():
+    np.testing.assert_array_equal(labels[image_id], ids)
+
+
+def test_binary_masks_without_values_stop_with_the_classes_json_fix(tmp_path):
+  _binary_tree(str(tmp_path / "mine"))
+  fix = ('[{"name": "background", "value": 0}, {"name": "foreground", "value": 255}]')
+  with pytest.raises(base.BadExampleError) as raised:
+    builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))
+  message = str(raised.value)
+  assert "['foreground']" in message and "covers 25.0% of the labelled pixels" in message
+  assert fix in message and str(tmp_path / "mine" / "classes.json") in message
+  # The fix, pasted into classes.json, builds (the changed class list is a new dataset).
+  (tmp_path / "mine" / "classes.json").write_text(fix)
+  assert set(np.unique(np.concatenate([l.ravel() for l in _train_labels(
+      builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))).values()]))) == {0, 1}
+
+
+@pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
+def test_jpeg_masks_snap_to_the_listed_values(tmp_path, rgb, caplog):
+  caplog.set_level(logging.INFO)
+  masks = _binary_tree(str(tmp_path / "mine"), values=(0, 255), label_format="JPEG", rgb=rgb)
+  # The files really are noisy: values other than 0 and 255 around the block edges.
+  stored = base.decode_label(base.read_file(
+      str(tmp_path / "mine" / "train" / "labels" / "case0.jpg")), "case0.jpg")
+  assert np.count_nonzero((stored != 0) & (stored != 255)) > 0
+  labels = _train_labels(builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds")))
+  for image_id, ids in masks.items():
+    np.testing.assert_array_equal(labels[image_id], ids)
+  noisy = sum(np.count_nonzero((base.decode_label(base.read_file(str(path)), "") % 255) != 0)
+              for path in (tmp_path / "mine" / "train" / "labels").iterdir())
+  assert f"3 lossy (JPEG) label file(s); {noisy} of {3 * 32 * 48} pixels" in caplog.text
+
+
+def test_png_values_that_no_class_has_are_named(tmp_path):
+  _binary_tree(str(tmp_path / "mine"), values=(0, 255))
+  write_png(str(tmp_path / "mine" / "train" / "labels" / "case0.png"),
+            np.full((32, 48), 128))
+  with pytest.raises(base.BadExampleError,
+                     match=r"case0.png: label values \[128\] are not among the classes' "
+                           r"values \[0, 255\]"):
+    builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))
+
+
+def test_class_values_must_be_distinct_bytes(tmp_path):
+  os.makedirs(tmp_path / "mine")
+  for entries, message in (('[{"name": "a", "value": 0}, {"name": "b", "value": 300}]',
+                            "class 'b': value 300 is not an integer in 0..255"),
+                           ('[{"name": "a", "value": 7}, {"name": "b", "value": 7}]',
+                            r"share the values \[7\]"),
+                           ('[{"name": "a", "value": 0}, "b"]',
+                            "give a value for every class or for none"),
+                           ('[{"name": "a", "valeu": 0}]', r"unknown keys \['valeu'\]")):
+    (tmp_path / "mine" / "classes.json").write_text(entries)
+    with pytest.raises(base.DatasetLayoutError, match=message):
+      folder.read_classes(str(tmp_path / "mine"))
+
+
+def test_snap_table_goes_to_the_nearest_value_and_keeps_ignore():
+  classes = folder.ClassList(["a", "b", "c"], values=[0, 100, 200])
+  snapped = classes.snap_table()
+  expected = np.array([np.argmin([abs(v - 0), abs(v - 100), abs(v - 200), abs(v - 255)])
+                       for v in range(256)])
+  expected[expected == 3] = base.IGNORE_LABEL
+  np.testing.assert_array_equal(snapped, expected)

@@ -109,9 +109,11 @@ def image_array(data: bytes, name: str) -> np.ndarray:
 
 
 def decode_label(data: bytes, name: str) -> np.ndarray:
-  """A label PNG as class ids, uint8 ``[H, W]``.
+  """A label image's values, uint8 ``[H, W]``.
 
-  Palette PNGs give their palette indices (the class ids), not the palette colours.
+  Palette PNGs give their palette indices (the class ids), not the palette colours; an
+  RGB image whose channels agree (a grey mask saved as RGB, JPEG noise allowed) gives
+  their mean.
   """
   image = _open(data, name, "label")
   if image.mode in ("L", "P"):
@@ -122,9 +124,25 @@ def decode_label(data: bytes, name: str) -> np.ndarray:
       raise BadExampleError(f"{name}: label values {values.min()}..{values.max()} do not "
                             f"fit in 0..255")
     return values.astype(np.uint8)
+  if image.mode == "RGB":
+    grey = _grey_of_rgb(np.asarray(image, np.int16))
+    if grey is not None:
+      return grey
   raise BadExampleError(
-      f"{name}: label image has mode {image.mode!r}; expected a single-channel PNG of "
-      f"class ids (mode L or P), not colours")
+      f"{name}: label image has mode {image.mode!r}; expected a single-channel image of "
+      f"class ids or values (mode L or P, or RGB with three equal channels), not colours")
+
+
+# JPEG's chroma noise around grey pixels stays well below this.
+GREY_TOLERANCE = 32
+
+
+def _grey_of_rgb(rgb: np.ndarray) -> Optional[np.ndarray]:
+  """uint8 ``[H, W]`` channel mean of an int ``[H, W, 3]`` image whose channels agree
+  within GREY_TOLERANCE everywhere (a grey mask saved as RGB); None otherwise."""
+  if int(np.max(rgb.max(axis=-1) - rgb.min(axis=-1), initial=0)) > GREY_TOLERANCE:
+    return None
+  return np.round(rgb.mean(axis=-1)).astype(np.uint8)
 
 
 def check_label(label: np.ndarray, name: str, num_classes: int,
