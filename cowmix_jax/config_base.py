@@ -17,7 +17,9 @@ def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
     labelled_ids_file: a .txt or .json list of image ids; overrides num_labelled.
     subset_seed: the seed of the labelled draw (-1 = config.seed).
     class_balanced: draw the subset so every class is shown as evenly as possible.
-    eval_canvas: (H, W) every evaluation image is padded to (label 255).
+    eval_canvas: (H, W) every evaluation image is padded to (label 255), or "auto" (the
+      default): the largest image of the evaluation split. A canvas too small for an
+      image stops the run before training.
     downscale: shrink every image by this whole factor before anything else (training
       crops are then in shrunk pixels); evaluation upsamples the logits to the labels'
       full resolution, so mIoU is always measured at the dataset's resolution.
@@ -34,7 +36,9 @@ def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
   data.labelled_ids_file = ""
   data.subset_seed = -1
   data.class_balanced = False
-  data.eval_canvas = (512, 512)
+  # (H, W), or "auto": the largest evaluation image (rounded up to a multiple of
+  # downscale), found when the run starts.
+  data.eval_canvas = overrides.pop("eval_canvas", "auto")
   data.downscale = 1
   data.augment = ml_collections.ConfigDict(dict(
       crop_size=(321, 321), scale_range=(1.0, 1.0), scale_step=0.0, hflip=True,

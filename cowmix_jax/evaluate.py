@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cowmix_jax import data as data_lib
 from cowmix_jax import metrics, models, reporting, steps, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
@@ -147,6 +148,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   builder = builders.prepare(config.data)
   if split not in builder.info.splits:
     raise ValueError(f"--split={split}: the dataset has {sorted(builder.info.splits)}")
+  data_lib.resolve_eval_canvas(config.data, builder, split)
   class_names = list(builder.info.metadata["class_names"])
   mesh = steps.make_mesh(1)
   model = models.build_model(config.model, len(class_names))

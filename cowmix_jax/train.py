@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,6 +82,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"{losses.CONFIDENCE_MODES}")
   if not 0.0 <= config.teacher_alpha <= 1.0:
     raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
+  check_cow_sigma(config)
+
+
+def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
+  """Cow masks (cowmix, cowout) whose largest sigma exceeds the crop's shorter side
+  would be almost uniform: the perturbation would vanish without a word."""
+  if getattr(mixing.get_perturbation(config.method), "mask_kind", None) != "cow":
+    return
+  sigma = max(config.mask.cow_sigma_range)
+  crop = tuple(config.data.augment.crop_size)
+  if sigma > min(crop):
+    scale = min(crop) / 360  # the paper's CamVid: sigma 4..16 for 480x360 images
+    suggestion = (round(4 * scale, 2), round(16 * scale, 2))
+    raise ValueError(
+        f"config.mask.cow_sigma_range={tuple(config.mask.cow_sigma_range)}: sigma {sigma:g} "
+        f"is larger than the crop's shorter side (config.data.augment.crop_size={crop}, "
+        f"pixels after config.data.downscale), so cow masks would be nearly uniform. The "
+        f"paper uses 4..16 for 480x360 images; for this crop, e.g. "
+        f"--config.mask.cow_sigma_range='{suggestion}'.")
+
+
+def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
+  """The settings that depend on the prepared dataset, checked before any work: the
+  splits exist, the evaluation canvas holds every evaluation image (``auto`` resolved
+  here), the labelled subset fits the training split."""
+  present = sorted(builder.info.splits)
+  for key in ("train_split", "eval_split"):
+    if config.data[key] not in builder.info.splits:
+      raise ValueError(f"config.data.{key}={config.data[key]!r}: the dataset "
+                       f"{config.data.name!r} has the splits {present}")
+  data_lib.resolve_eval_canvas(config.data, builder, config.data.eval_split)
+  data_lib.splits.check_num_labelled(
+      config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -309,12 +343,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   # the dataset is prepared; the inputs need the start step, known once the state is
   # restored.
   probe = data_lib.builders.prepare(config.data)
+  check_against_data(config, probe)
   resolve_training_length(config, probe.info.splits[config.data.train_split].num_examples)
   check_config(config, workdir)  # every process, so that all of them stop on a mismatch
   barrier("config checked")  # before process 0 replaces the file the others read
   if jax.process_index() == 0:
     save_config(config, workdir)
-  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+  # Every exit path, an exception included, closes the writers and then the
+  # checkpointer (which lets an async save in flight finish): the error is then the
+  # last thing printed, and the last checkpoint is whole.
+  with contextlib.ExitStack() as cleanup:
+    checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+    cleanup.callback(checkpointer.close)
+    return _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe)
+
+
+def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
+  """The body of train_and_evaluate once the checkpointer exists."""
   preemption = PreemptionWatch()
   num_classes = len(probe.info.metadata["class_names"])
   model = models.build_model(config.model, num_classes)
@@ -336,6 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   visualise = steps.make_visualise_fn(model, config, mesh)
   eval_batch_size = config.eval_batch_size // jax.process_count()
   writer = reporting.make_writer(workdir)
+  cleanup.callback(writer.close)
   palette = reporting.palette_of(probe.info.metadata, num_classes)
   normalisation = models.input_normalisation(config.model)
 
@@ -386,8 +432,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
       logging.info("step %d  checkpoint saving (async) to %s/checkpoints", step, workdir)
     if stop:
       checkpointer.wait()
-      checkpointer.close()
-      writer.close()
       logging.warning("Stopped at step %d by SIGTERM; rerun the same command to resume.",
                       step)
       return None
@@ -398,11 +442,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   train_seconds = time.time() - start
   writer.write_scalars(int(state.step), checksums_of_every_process(state.params))
   confusion, mious = evaluate_and_report(int(state.step))
-  writer.close()
   iou = metrics.per_class_iou(confusion)
   checkpointer.save_if_best(state, mious["teacher_miou"])
   checkpointer.wait()
-  checkpointer.close()
   results = {
       "miou": metrics.mean_iou(confusion),
       "student_miou": mious["student_miou"],

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_png
 
 from cowmix_jax import data as data_lib
-from cowmix_jax.data import splits, synthetic
+from cowmix_jax.data import builders, splits, synthetic
 
 
 def test_synthetic_is_deterministic_by_seed_and_index():
@@ -72,3 +73,51 @@ def test_asking_for_more_labelled_images_than_exist_says_so(tiny_config, tmp_pat
 def test_unknown_dataset_name_is_an_error(tiny_config, tmp_path):
   with pytest.raises(ValueError, match="config.data.name='imagenet'.*camvid"):
     _inputs(tiny_config, tmp_path, name="imagenet")
+
+
+def _mixed_size_folder(root):
+  """A folder dataset whose validation images have three sizes; returns them (H, W)."""
+  sizes = [(9, 11), (13, 7), (5, 20)]
+  root.mkdir()
+  (root / "classes.json").write_text('["a", "b"]')
+  rng = np.random.default_rng(0)
+  for split in ("train", "validation"):
+    for index, size in enumerate(sizes):
+      write_png(str(root / split / "images" / f"{split}{index}.png"),
+                rng.integers(0, 256, size + (3,)))
+      write_png(str(root / split / "labels" / f"{split}{index}.png"), rng.integers(0, 2, size))
+  return sizes
+
+
+@pytest.mark.parametrize("downscale", [1, 2])
+def test_auto_eval_canvas_is_the_largest_image_rounded_to_the_downscale(
+    tmp_path, tiny_config, downscale):
+  sizes = _mixed_size_folder(tmp_path / "mine")
+  data = tiny_config.data
+  data.name, data.manual_dir, data.data_dir = "folder", str(tmp_path / "mine"), str(
+      tmp_path / "tfds")
+  data.downscale = downscale
+  builder = builders.prepare(data)
+  height, width = (max(s[0] for s in sizes), max(s[1] for s in sizes))
+  assert data_lib.largest_image(builder, "validation") == ((height, width), "validation2")  # 5x20: the largest area
+  data.eval_canvas = ("auto",)  # what --config.data.eval_canvas=auto makes of a tuple field
+  canvas = data_lib.resolve_eval_canvas(data, builder, "validation")
+  assert canvas == (-(-height // downscale) * downscale, -(-width // downscale) * downscale)
+  assert data.eval_canvas == canvas
+  data.eval_canvas = (height, width - 1)
+  with pytest.raises(ValueError, match=rf"eval_canvas=\({height}, {width - 1}\) \(H, W\) "
+                                       rf"cannot hold every validation image.*'validation2'"):
+    data_lib.resolve_eval_canvas(data, builder, "validation")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("auto", None), (("auto",), None), ((64, 48), (64, 48)), ("(64, 48)", (64, 48)),
+    ("64,48", (64, 48))])
+def test_canvas_settings(value, expected):
+  assert data_lib.canvas_setting(value) == expected
+
+
+@pytest.mark.parametrize("value", ["big", (64,), (64, 0), "(64.5, 3)"])
+def test_bad_canvas_settings_are_named(value):
+  with pytest.raises(ValueError, match="config.data.eval_canvas="):
+    data_lib.canvas_setting(value)

@@ -218,3 +218,71 @@ def test_batches_devices_cannot_share_are_rejected_with_the_overrides_that_work(
   config.num_devices = 9
   with pytest.raises(ValueError, match="config.num_devices=9 but 8 devices are visible"):
     train.mesh_size(config, 8, 1)
+
+
+DRIVER = """
+import sys
+from absl import app
+from cowmix_jax import main, train
+
+def failing_evaluate(*args, **kwargs):
+  raise RuntimeError("evaluation failed on purpose")
+
+train.evaluate = failing_evaluate
+app.run(main.main)
+"""
+
+
+def test_an_exception_during_training_ends_with_one_traceback_and_keeps_the_checkpoint(
+    tmp_path, tiny_config):
+  # The checkpoint of step 2 may still be writing (async) when step 3's evaluation raises:
+  # the run must let it finish, close the checkpointer and the writers, and print the
+  # error once, without the checkpointer's threads failing at interpreter shutdown.
+  (tmp_path / "driver.py").write_text(DRIVER)
+  workdir = tmp_path / "run"
+  command = [sys.executable, str(tmp_path / "driver.py")] + _command(workdir)[3:] + [
+      "--config.eval_every=3"]
+  out = subprocess.run(command, cwd=REPO, env=dict(_env(), PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode != 0
+  assert out.stderr.count("Traceback") == 1, out.stderr[-5000:]
+  assert out.stderr.rstrip().endswith("RuntimeError: evaluation failed on purpose"), \
+      out.stderr[-3000:]
+  assert "cannot schedule new futures" not in out.stderr
+  checkpointer = Checkpointer(str(workdir))
+  assert checkpointer.latest_step() == 2
+  tiny_config.model.width = 4
+  model = models.build_model(tiny_config.model, 6)
+  template = create_train_state(model, train.make_optimizer(tiny_config),
+                                jax.random.PRNGKey(0), (1, 32, 32, 3))
+  assert int(checkpointer.restore(template).step) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data.eval_canvas": (16, 32)}, r"eval_canvas=\(16, 32\) \(H, W\) cannot hold every "
+                                     r"validation image.*eval_canvas=auto"),
+    ({"data.num_labelled": 40}, r"num_labelled=40: must be -1 \(all\) or between 1 and the "
+                                r"32 training images"),
+    ({"mask.cow_sigma_range": (4.0, 40.0)}, r"cow_sigma_range=\(4.0, 40.0\): sigma 40 is "
+                                            r"larger than the crop's shorter side"),
+    ({"data.eval_split": "test"}, r"eval_split='test': the dataset 'synthetic' has the "
+                                  r"splits \['train', 'validation'\]"),
+    ({"eval_batch_size": 3}, r"eval_batch_size=3"),
+])
+def test_settings_that_would_fail_later_stop_the_run_before_any_work(
+    tmp_path, tiny_config, monkeypatch, change, message):
+  def no_work(*args, **kwargs):
+    raise AssertionError("the run got as far as building the model")
+
+  monkeypatch.setattr(train, "initial_variables_and_optimizer", no_work)
+  tiny_config.data.data_dir = str(tmp_path / "tfds")
+  tiny_config.num_devices = 2  # the 8 simulated devices of conftest: 2 cannot share 3
+  for key, value in change.items():
+    section, name = key.rsplit(".", 1) if "." in key else ("", key)
+    target = tiny_config
+    for part in filter(None, section.split(".")):
+      target = target[part]
+    target[name] = value
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "work"))
+  assert not (tmp_path / "work" / "config.json").exists()

@@ -6,11 +6,15 @@ it), chooses the labelled subset, and returns the training and evaluation stream
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import math
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
@@ -51,6 +55,72 @@ class Inputs:
     return pipeline.eval_batches(self.builder, split, self.eval_canvas, batch_size,
                                  self.normalisation, self.process_index, self.process_count,
                                  self.downscale)
+
+
+AUTO = "auto"
+
+
+def canvas_setting(value) -> Optional[Tuple[int, int]]:
+  """``config.data.eval_canvas`` as ``(H, W)``, or None for ``auto``. Accepts a tuple,
+  ``"auto"`` (also ``("auto",)``, what the command line makes of ``auto`` for a tuple
+  field) and the strings ``"H,W"`` / ``"(H, W)"`` (what it makes of a tuple for the
+  string field of ``auto``)."""
+  if value in (AUTO, (AUTO,)):
+    return None
+  if isinstance(value, str):
+    try:
+      value = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      value = None
+  if (isinstance(value, (tuple, list)) and len(value) == 2 and
+      all(isinstance(v, int) and v > 0 for v in value)):
+    return tuple(value)
+  raise ValueError(f"config.data.eval_canvas={value!r}: expected (H, W) in pixels or "
+                   f"'{AUTO}' (the largest evaluation image)")
+
+
+def largest_image(builder, split: str) -> Tuple[Tuple[int, int], str]:
+  """The largest height and width over the labelled images of ``split`` (from the
+  labels; images stay encoded) and the id of an image with the largest area."""
+  dataset = builder.as_dataset(split=split, shuffle_files=False,
+                               decoders={"image": tfds.decode.SkipDecoding()})
+  dataset = dataset.map(lambda ex: (ex["image_id"], tf.shape(ex["label"])),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  height = width = largest_area = 0
+  largest_id = ""
+  for image_id, (h, w) in tfds.as_numpy(dataset):
+    height, width = max(height, int(h)), max(width, int(w))
+    if h * w > largest_area:
+      largest_area, largest_id = int(h * w), image_id.decode()
+  return (height, width), largest_id
+
+
+def resolve_eval_canvas(data: ml_collections.ConfigDict, builder, split: str
+                        ) -> Tuple[int, int]:
+  """Sets ``data.eval_canvas`` to ``(H, W)``: for ``auto`` the largest image of
+  ``split`` rounded up to a multiple of ``data.downscale``; a given canvas is checked
+  to hold every image of ``split`` (a smaller one would stop the run at its first
+  evaluation). Returns it."""
+  factor = int(data.get("downscale", 1))
+  (height, width), largest_id = largest_image(builder, split)
+  canvas = canvas_setting(data.eval_canvas)
+  if canvas is None:
+    canvas = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
+    logging.info("config.data.eval_canvas=auto: %s, the largest %s image (%dx%d) "
+                 "rounded up to a multiple of config.data.downscale=%d.", canvas, split,
+                 height, width, factor)
+  elif canvas[0] < height or canvas[1] < width:
+    fits = (max(canvas[0], math.ceil(height / factor) * factor),
+            max(canvas[1], math.ceil(width / factor) * factor))
+    raise ValueError(
+        f"config.data.eval_canvas={canvas} (H, W) cannot hold every {split} image: the "
+        f"largest are {height} high and {width} wide (e.g. {largest_id!r}). Set "
+        f"--config.data.eval_canvas=auto or --config.data.eval_canvas='{fits}'.")
+  pipeline.check_downscale(factor, canvas)
+  with data.unlocked():  # the field may be the string "auto": replace it, type and all
+    del data["eval_canvas"]
+    data.eval_canvas = tuple(canvas)
+  return tuple(canvas)
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -98,6 +168,8 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
     splits.write_id_file(epath.Path(workdir) / "labelled_ids.json", labelled_ids,
                          dataset=data.name, split=data.train_split,
                          num_available=len(all_ids))
+  if canvas_setting(data.eval_canvas) is None:  # train.check_against_data checks the rest
+    resolve_eval_canvas(data, builder, data.eval_split)
   aug = pipeline.Augmentation.from_config(data.augment)
   normalisation = models.input_normalisation(config.model)
   factor = pipeline.check_downscale(data.get("downscale", 1), data.eval_canvas)

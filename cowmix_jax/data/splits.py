@@ -41,6 +41,13 @@ def read_ids_and_histograms(builder, split: str) -> Tuple[List[str], np.ndarray]
   return [ids[i] for i in order], np.stack(histograms)[order]
 
 
+def check_num_labelled(num_labelled: int, available: int) -> None:
+  """``config.data.num_labelled`` must be -1 (all) or 1..``available``."""
+  if num_labelled != -1 and not 0 < num_labelled <= available:
+    raise ValueError(f"config.data.num_labelled={num_labelled}: must be -1 (all) or "
+                     f"between 1 and the {available} training images available")
+
+
 def choose_labelled(image_ids: Sequence[str], num_labelled: int, seed: int,
                     histograms: Optional[np.ndarray] = None,
                     class_balanced: bool = False) -> List[str]:
@@ -51,11 +58,9 @@ def choose_labelled(image_ids: Sequence[str], num_labelled: int, seed: int,
   random order; it needs ``histograms [N, C + 1]``.
   """
   available = len(image_ids)
+  check_num_labelled(num_labelled, available)
   if num_labelled == -1:
     return sorted(image_ids)
-  if not 0 < num_labelled <= available:
-    raise ValueError(f"config.data.num_labelled={num_labelled}: must be -1 (all) or "
-                     f"between 1 and the {available} training images available")
   order = np.random.default_rng([seed, 1]).permutation(available)
   if not class_balanced:
     return sorted(image_ids[i] for i in order[:num_labelled])
