@@ -5,6 +5,24 @@ import math
 import ml_collections
 
 
+AUTO = "auto"
+
+
+def replace_field(parent: ml_collections.ConfigDict, key: str, value) -> None:
+  """Sets ``parent[key]`` even when ``value``'s type differs from the field's (an
+  ``"auto"`` string replaced by the tuple it resolves to, or the reverse)."""
+  with parent.unlocked():
+    if key in parent:
+      del parent[key]
+    parent[key] = value
+
+
+def is_auto(value) -> bool:
+  """``"auto"``, or ``("auto",)``: what the command line makes of ``auto`` given to a
+  tuple field."""
+  return value in (AUTO, (AUTO,))
+
+
 def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """``config.data``: which dataset, where it is, the labelled subset and augmentation.
 

@@ -82,7 +82,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"{losses.CONFIDENCE_MODES}")
   if not 0.0 <= config.teacher_alpha <= 1.0:
     raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
-  check_cow_sigma(config)
 
 
 def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
@@ -90,7 +89,8 @@ def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
   would be almost uniform: the perturbation would vanish without a word."""
   if getattr(mixing.get_perturbation(config.method), "mask_kind", None) != "cow":
     return
-  sigma = max(config.mask.cow_sigma_range)
+  sigma = max(data_lib.pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
+                                    "(smallest, largest) sigma in pixels", float))
   crop = tuple(config.data.augment.crop_size)
   if sigma > min(crop):
     scale = min(crop) / 360  # the paper's CamVid: sigma 4..16 for 480x360 images
@@ -105,14 +105,16 @@ def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
 
 def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   """The settings that depend on the prepared dataset, checked before any work: the
-  splits exist, the evaluation canvas holds every evaluation image (``auto`` resolved
-  here), the labelled subset fits the training split."""
+  splits exist, the evaluation canvas holds every evaluation image, the labelled subset
+  fits the training split, cow masks are not wider than the crops (``auto`` canvas,
+  crop and sigmas resolved here)."""
   present = sorted(builder.info.splits)
   for key in ("train_split", "eval_split"):
     if config.data[key] not in builder.info.splits:
       raise ValueError(f"config.data.{key}={config.data[key]!r}: the dataset "
                        f"{config.data.name!r} has the splits {present}")
-  data_lib.resolve_eval_canvas(config.data, builder, config.data.eval_split)
+  data_lib.resolve_data_settings(config, builder)
+  check_cow_sigma(config)
   data_lib.splits.check_num_labelled(
       config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
 

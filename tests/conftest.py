@@ -1,11 +1,17 @@
 """Test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for every test process and the runs they start:
+# the suite compiles the same tiny models and steps many times (a repeated subprocess
+# run drops from about 110 s to 40 s). Compiled programs are the same either way.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"cowmix_jax_tests_xla_cache_{os.getuid()}"))
 
 import jax  # noqa: E402  (after the flags)
 import numpy as np  # noqa: E402

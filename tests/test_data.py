@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_png
+from conftest import load_config, write_png
 
 from cowmix_jax import data as data_lib
 from cowmix_jax.data import builders, splits, synthetic
@@ -121,3 +121,18 @@ def test_canvas_settings(value, expected):
 def test_bad_canvas_settings_are_named(value):
   with pytest.raises(ValueError, match="config.data.eval_canvas="):
     data_lib.canvas_setting(value)
+
+
+def test_auto_crop_and_sigma_follow_the_largest_training_image(tmp_path, tiny_config,
+                                                               monkeypatch):
+  sizes = _mixed_size_folder(tmp_path / "mine")
+  config = load_config("folder")
+  config.data.manual_dir, config.data.data_dir = str(tmp_path / "mine"), str(tmp_path / "tfds")
+  config.data.downscale = 2
+  builder = builders.prepare(config.data)
+  monkeypatch.setattr(data_lib, "AUTO_CROP_LIMIT", 8)  # caps the 20-pixel width
+  data_lib.resolve_data_settings(config, builder)
+  height = max(s[0] for s in sizes)
+  assert config.data.augment.crop_size == (-(-height // 2), 8)  # (7, 8)
+  assert config.mask.cow_sigma_range == (round(7 * 4 / 360, 2), round(7 * 16 / 360, 2))
+  assert config.data.eval_canvas == (14, 20)

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from cowmix_jax import models
+from cowmix_jax import config_base, models
 from cowmix_jax.data import builders, pipeline, splits
 from cowmix_jax.data.base import BadExampleError, DatasetLayoutError  # noqa: F401
 
@@ -57,26 +57,36 @@ class Inputs:
                                  self.downscale)
 
 
-AUTO = "auto"
+# Training crops that "auto" makes from the largest training image are capped at this
+# many (shrunk) pixels a side.
+AUTO_CROP_LIMIT = 512
+# "auto" cow-mask sigmas: the paper's CamVid range, 4..16 pixels for 360-pixel-high
+# images, relative to the crop's shorter side.
+PAPER_SIGMA_RELATIVE = (4.0 / 360, 16.0 / 360)
 
 
-def canvas_setting(value) -> Optional[Tuple[int, int]]:
-  """``config.data.eval_canvas`` as ``(H, W)``, or None for ``auto``. Accepts a tuple,
-  ``"auto"`` (also ``("auto",)``, what the command line makes of ``auto`` for a tuple
-  field) and the strings ``"H,W"`` / ``"(H, W)"`` (what it makes of a tuple for the
-  string field of ``auto``)."""
-  if value in (AUTO, (AUTO,)):
+def pair_setting(value, key: str, what: str, kind=int) -> Optional[Tuple]:
+  """A setting of two positive numbers (``config.KEY``), or None for ``auto``.
+  Accepts a tuple, ``"auto"`` / ``("auto",)`` and the strings ``"a,b"`` / ``"(a, b)"``
+  (what the command line makes of a tuple given to the string field of ``auto``)."""
+  if config_base.is_auto(value):
     return None
   if isinstance(value, str):
     try:
       value = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
       value = None
+  types = (int,) if kind is int else (int, float)
   if (isinstance(value, (tuple, list)) and len(value) == 2 and
-      all(isinstance(v, int) and v > 0 for v in value)):
-    return tuple(value)
-  raise ValueError(f"config.data.eval_canvas={value!r}: expected (H, W) in pixels or "
-                   f"'{AUTO}' (the largest evaluation image)")
+      all(isinstance(v, types) and not isinstance(v, bool) and v > 0 for v in value)):
+    return tuple(kind(v) for v in value)
+  raise ValueError(f"config.{key}={value!r}: expected {what} or '{config_base.AUTO}'")
+
+
+def canvas_setting(value) -> Optional[Tuple[int, int]]:
+  """``config.data.eval_canvas`` as ``(H, W)``, or None for ``auto``."""
+  return pair_setting(value, "data.eval_canvas",
+                      "(H, W) in pixels (auto: the largest evaluation image)")
 
 
 def largest_image(builder, split: str) -> Tuple[Tuple[int, int], str]:
@@ -117,10 +127,38 @@ def resolve_eval_canvas(data: ml_collections.ConfigDict, builder, split: str
         f"largest are {height} high and {width} wide (e.g. {largest_id!r}). Set "
         f"--config.data.eval_canvas=auto or --config.data.eval_canvas='{fits}'.")
   pipeline.check_downscale(factor, canvas)
-  with data.unlocked():  # the field may be the string "auto": replace it, type and all
-    del data["eval_canvas"]
-    data.eval_canvas = tuple(canvas)
+  config_base.replace_field(data, "eval_canvas", tuple(canvas))
   return tuple(canvas)
+
+
+def resolve_crop_and_sigma(config: ml_collections.ConfigDict, builder) -> None:
+  """``auto`` training crops and cow-mask sigmas, from the images: the crop is the
+  largest labelled training image after ``data.downscale`` (whole images, as the paper
+  trains CamVid), at most AUTO_CROP_LIMIT a side; the sigmas are the paper's CamVid
+  range relative to the crop's shorter side."""
+  augment = config.data.augment
+  if pair_setting(augment.crop_size, "data.augment.crop_size", "(H, W)") is None:
+    factor = int(config.data.get("downscale", 1))
+    (height, width), _ = largest_image(builder, config.data.train_split)
+    crop = tuple(min(AUTO_CROP_LIMIT, math.ceil(size / factor)) for size in (height, width))
+    config_base.replace_field(augment, "crop_size", crop)
+    logging.info("config.data.augment.crop_size=auto: %s (the largest %s image, %dx%d, "
+                 "shrunk %d times, at most %d a side).", crop, config.data.train_split,
+                 height, width, factor, AUTO_CROP_LIMIT)
+  if pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
+                  "(smallest, largest) sigma in pixels", float) is None:
+    side = min(augment.crop_size)
+    sigmas = tuple(round(r * side, 2) for r in PAPER_SIGMA_RELATIVE)
+    config_base.replace_field(config.mask, "cow_sigma_range", sigmas)
+    logging.info("config.mask.cow_sigma_range=auto: %s (the paper's 4..16 for 360 "
+                 "pixels, scaled to the crop's %d).", sigmas, side)
+
+
+def resolve_data_settings(config: ml_collections.ConfigDict, builder) -> None:
+  """Every setting that may be ``auto`` or must fit the data, resolved and checked:
+  the evaluation canvas, the training crop, the cow-mask sigmas."""
+  resolve_eval_canvas(config.data, builder, config.data.eval_split)
+  resolve_crop_and_sigma(config, builder)
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -168,8 +206,9 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None
     splits.write_id_file(epath.Path(workdir) / "labelled_ids.json", labelled_ids,
                          dataset=data.name, split=data.train_split,
                          num_available=len(all_ids))
-  if canvas_setting(data.eval_canvas) is None:  # train.check_against_data checks the rest
-    resolve_eval_canvas(data, builder, data.eval_split)
+  if any(config_base.is_auto(v) for v in (data.eval_canvas, data.augment.crop_size,
+                                           config.mask.cow_sigma_range)):
+    resolve_data_settings(config, builder)  # train.check_against_data did it for runs
   aug = pipeline.Augmentation.from_config(data.augment)
   normalisation = models.input_normalisation(config.model)
   factor = pipeline.check_downscale(data.get("downscale", 1), data.eval_canvas)
