@@ -95,6 +95,20 @@ def test_cli_generate_inspect_compare(tmp_path, synthetic_builder, capsys, monke
   assert ids == splits.choose_labelled(all_ids, 5, 2)
   assert splits.main(["inspect", str(tmp_path / "b.txt"), *common]) == 0
   capsys.readouterr()
+  # A split file of the field's layout is imported into an id file of ours...
+  (tmp_path / "labeled.txt").write_text("".join(f"images/{i}.png labels/{i}.png\n"
+                                                for i in ids))
+  assert splits.main(["inspect", str(tmp_path / "labeled.txt"), *common,
+                      f"--output={tmp_path / 'imported.json'}"]) == 0
+  assert "5 ids, 5 of them in synthetic/train" in capsys.readouterr().out
+  assert splits.read_id_file(str(tmp_path / "imported.json")) == ids
+  # ... and one naming images the dataset does not have is reported, exit status 1.
+  (tmp_path / "other.txt").write_text("images/train_00001.png x\nimages/2007_000033.jpg x\n")
+  assert splits.main(["inspect", str(tmp_path / "other.txt"), *common,
+                      f"--output={tmp_path / 'not.json'}"]) == 1
+  out = capsys.readouterr().out
+  assert "2 ids, 1 of them" in out and "['2007_000033']" in out
+  assert not (tmp_path / "not.json").exists()
   assert splits.main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.txt")]) == 0
   assert json.loads(capsys.readouterr().out)["identical"] is True
   assert splits.main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 1

@@ -203,7 +203,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for name in ("generate", "inspect"):
     sub = commands.add_parser(name)
     if name == "inspect":
-      sub.add_argument("file")
+      sub.add_argument("file", help="an id file: ours (.json / .txt), or a split file of "
+                                    "UniMatch / U2PL / CPS (image-label path pairs)")
+      sub.add_argument("--output", default=None, help="write its ids here (.json or "
+                                                      ".txt), when every id exists")
     sub.add_argument("--dataset", required=True, help="camvid, cityscapes, pascal, folder, "
                                                        "synthetic")
     sub.add_argument("--manual_dir", default=None, help="the dataset's directory")
@@ -233,7 +236,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {len(chosen)} ids to {flags.output}")
   else:
     chosen = read_id_file(flags.file)
-    check_ids_exist(chosen, ids, flags.file)
+    missing = sorted(set(chosen) - set(ids))
+    print(f"{flags.file}: {len(chosen)} ids, {len(chosen) - len(missing)} of them in "
+          f"{flags.dataset}/{flags.split}")
+    if missing:
+      print(f"{len(missing)} ids are not in {flags.dataset}/{flags.split} (a split file "
+            f"of another dataset or split?), e.g. {missing[:5]}")
+      return 1
+    if flags.output:
+      write_id_file(flags.output, chosen, dataset=flags.dataset, split=flags.split,
+                    source=os.path.abspath(flags.file))
+      print(f"wrote {len(chosen)} ids to {flags.output}")
   rows = np.stack([histograms[ids.index(i)] for i in chosen])
   print(f"{len(chosen)} labelled images of {len(ids)}:")
   print(histogram_table(rows, builder.info.metadata["class_names"]))
