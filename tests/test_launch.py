@@ -62,9 +62,11 @@ def _environment(tmp_path, **extra):
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
   path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]])
-  return dict(os.environ, PATH=path, JAX_PLATFORMS="cpu",
-              JAX_COORDINATOR_PORT=str(free_port()),
-              XLA_FLAGS="--xla_force_host_platform_device_count=2", **extra)
+  env = dict(os.environ, PATH=path, JAX_PLATFORMS="cpu",
+             JAX_COORDINATOR_PORT=str(free_port()),
+             XLA_FLAGS="--xla_force_host_platform_device_count=2", **extra)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # as in test_multihost._env
+  return env
 
 
 def _assert_two_processes_trained(outcome, workdir, steps=2):
