@@ -10,27 +10,43 @@ from cowmix_jax import data as data_lib
 from cowmix_jax.data import builders, splits, synthetic
 
 
-def test_synthetic_is_deterministic_by_seed_and_index():
-  a_image, a_label = synthetic.render_example(0, "train", 5, 64)
-  b_image, b_label = synthetic.render_example(0, "train", 5, 64)
+@pytest.mark.parametrize("task", sorted(synthetic.TASKS))
+def test_synthetic_is_deterministic_by_seed_and_index(task):
+  render = synthetic.TASKS[task][0]
+  a_image, a_label = render(0, "train", 5, 64)
+  b_image, b_label = render(0, "train", 5, 64)
   np.testing.assert_array_equal(a_image, b_image)
   np.testing.assert_array_equal(a_label, b_label)
-  c_image, _ = synthetic.render_example(1, "train", 5, 64)
-  d_image, _ = synthetic.render_example(0, "validation", 5, 64)
+  c_image, _ = render(1, "train", 5, 64)
+  d_image, _ = render(0, "validation", 5, 64)
   assert np.mean(a_image != c_image) > 0.5 and np.mean(a_image != d_image) > 0.5
   assert a_image.dtype == np.uint8 and a_image.shape == (64, 64, 3)
   assert a_label.dtype == np.uint8 and a_label.shape == (64, 64)
 
 
-def test_synthetic_uses_every_class_and_colour_does_not_give_the_class():
-  images, labels = synthetic.load_split(0, "train", 64, 64)
-  counts = np.bincount(labels.ravel(), minlength=synthetic.NUM_CLASSES)
-  assert np.all(counts > 0.01 * labels.size), counts
+@pytest.mark.parametrize("task", sorted(synthetic.TASKS))
+def test_synthetic_uses_every_class_and_colour_does_not_give_the_class(task):
+  images, labels = synthetic.load_split(0, "train", 64, 64, task)
+  names = synthetic.TASKS[task][1]
+  counts = np.bincount(labels.ravel(), minlength=len(names))
+  assert len(counts) == len(names) and np.all(counts > 0.01 * labels.size), counts
   # Objects are randomly coloured: the mean colour of each class is close to grey,
   # and varies a lot within the class.
-  for class_id in range(1, synthetic.NUM_CLASSES):
+  for class_id in range(1, len(names)):
     pixels = images[labels == class_id].astype(np.float64) / 255
-    assert pixels.std(axis=0).min() > 0.2, synthetic.CLASS_NAMES[class_id]
+    assert pixels.std(axis=0).min() > 0.2, names[class_id]
+
+
+def test_texture_task_builds_with_its_own_classes(tmp_path, tiny_config):
+  data = tiny_config.data
+  data.data_dir, data.task = str(tmp_path / "tfds"), "textures"
+  builder = builders.prepare(data)
+  assert builder.info.metadata["class_names"] == list(synthetic.TEXTURE_CLASS_NAMES)
+  example = next(iter(builder.as_dataset(split="train").as_numpy_iterator()))
+  image, label = synthetic.render_texture_example(0, "train", int(example["image_id"][-5:]),
+                                                  32)
+  np.testing.assert_array_equal(example["label"], label)
+  np.testing.assert_array_equal(example["image"], image)
 
 
 def _inputs(config, tmp_path, **data):

@@ -53,7 +53,8 @@ def make_builder(data: ml_collections.ConfigDict) -> base.SegmentationBuilder:
   kwargs = {"data_dir": data_dir(data)}
   if data.name == "synthetic":
     return synthetic.Synthetic(config=synthetic.config_for(
-        data.seed, data.image_size, data.num_train, data.num_validation), **kwargs)
+        data.seed, data.image_size, data.num_train, data.num_validation,
+        data.get("task", "shapes")), **kwargs)
   directory = manual_dir(data)
   layout = BUILDERS[data.name].LAYOUT
   variable = MANUAL_DIR_VARIABLES[data.name]

@@ -94,16 +94,90 @@ def render_example(seed: int, split: str, index: int, size: int) -> Tuple[np.nda
   return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), label
 
 
-def load_split(seed: int, split: str, num_examples: int, size: int):
-  """All examples of a split.
+TEXTURE_CLASS_NAMES = ("background", "stripes", "checks", "dots", "speckle")
+TEXTURE_CLASS_COLOURS = ((0, 0, 0), (220, 60, 60), (60, 180, 75), (0, 130, 200),
+                         (245, 130, 48))
+
+
+def _blob(rng: np.random.Generator, rows, cols, size: int) -> np.ndarray:
+  """Boolean ``[S, S]`` region of a random smooth blob (a wobbly ellipse): its outline
+  says nothing about its class."""
+  centre = rng.uniform(0.1 * size, 0.9 * size, 2)
+  radii = rng.uniform(0.12, 0.28, 2) * size
+  angle = rng.uniform(0, np.pi)
+  dy, dx = rows - centre[0], cols - centre[1]
+  u = (np.cos(angle) * dx + np.sin(angle) * dy) / radii[0]
+  v = (-np.sin(angle) * dx + np.cos(angle) * dy) / radii[1]
+  theta = np.arctan2(v, u)
+  wobble = 1 + sum(rng.uniform(-0.12, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+                   for k in (2, 3, 5))
+  return u**2 + v**2 <= wobble**2
+
+
+def _texture(rng: np.random.Generator, name: str, rows, cols, size: int) -> np.ndarray:
+  """``[S, S]`` pattern in [0, 1] of one texture class, at a random scale, orientation
+  and phase."""
+  angle = rng.uniform(0, np.pi)
+  u = np.cos(angle) * cols + np.sin(angle) * rows
+  v = -np.sin(angle) * cols + np.cos(angle) * rows
+  period = rng.uniform(3.0, 7.0)
+  if name == "stripes":
+    return (np.floor(u / period + rng.uniform()) % 2).astype(np.float32)
+  if name == "checks":
+    return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+  if name == "dots":
+    cu = (u / period) % 1 - 0.5
+    cv = (v / period) % 1 - 0.5
+    return (cu**2 + cv**2 <= rng.uniform(0.04, 0.1)).astype(np.float32)
+  if name == "speckle":
+    return (rng.uniform(size=(size, size)) < rng.uniform(0.3, 0.6)).astype(np.float32)
+  raise ValueError(name)
+
+
+def render_texture_example(seed: int, split: str, index: int, size: int
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+  """One image of the ``textures`` task and its label map: 2-4 randomly shaped blobs,
+  each patterned with two random colours in one of four textures (stripes, checks,
+  dots, speckle: the class), on a smooth, unevenly lit background; scale, orientation,
+  contrast and colour vary, so neither colour nor outline gives the class.
+
+  Returns:
+    ``(image [size, size, 3] uint8, label [size, size] uint8 class ids)``.
+  """
+  rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 1])
+  rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+  grey = rng.uniform(0.3, 0.7) + rng.uniform(-0.05, 0.05, 3)
+  image = grey + 0.1 * _smooth_field(rng, size, 4, 3)
+  label = np.zeros((size, size), np.uint8)
+  for _ in range(rng.integers(2, 5)):
+    class_id = int(rng.integers(1, len(TEXTURE_CLASS_NAMES)))
+    region = _blob(rng, rows, cols, size)
+    pattern = _texture(rng, TEXTURE_CLASS_NAMES[class_id], rows, cols, size)[..., None]
+    first, second = _saturated_colour(rng), _saturated_colour(rng)
+    contrast = rng.uniform(0.3, 1.0)
+    second = first + contrast * (second - first)
+    image = np.where(region[..., None], pattern * first + (1 - pattern) * second, image)
+    label[region] = class_id
+  illumination = 1.0 + 0.25 * _smooth_field(rng, size, 2, 1)
+  image = image * illumination + rng.normal(0, 0.05, image.shape)
+  return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), label
+
+
+def load_split(seed: int, split: str, num_examples: int, size: int, task: str = "shapes"):
+  """All examples of a split of ``task`` (a key of TASKS).
 
   Returns:
     ``(images [N, S, S, 3] uint8, labels [N, S, S] uint8)``.
   """
   if size % 32:
     raise ValueError(f"synthetic image_size must be a multiple of 32, got {size}")
-  pairs = [render_example(seed, split, i, size) for i in range(num_examples)]
+  pairs = [TASKS[task][0](seed, split, i, size) for i in range(num_examples)]
   return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+# config.data.task: the renderer and the class list of each synthetic task.
+TASKS = {"shapes": (render_example, CLASS_NAMES, CLASS_COLOURS),
+         "textures": (render_texture_example, TEXTURE_CLASS_NAMES, TEXTURE_CLASS_COLOURS)}
 
 
 @dataclasses.dataclass
@@ -112,17 +186,22 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   image_size: int = 64
   num_train: int = 512
   num_validation: int = 128
+  task: str = "shapes"
 
 
-def config_for(seed: int, image_size: int, num_train: int, num_validation: int
-               ) -> SyntheticConfig:
+def config_for(seed: int, image_size: int, num_train: int, num_validation: int,
+               task: str = "shapes") -> SyntheticConfig:
   """A builder config named after its parameters (one prepared copy per setting)."""
   if image_size % 32:
     raise ValueError(f"config.data.image_size={image_size}: synthetic images must be a "
                      f"multiple of 32 pixels")
+  if task not in TASKS:
+    raise ValueError(f"config.data.task={task!r}: choose one of {sorted(TASKS)}")
+  suffix = "" if task == "shapes" else f"_{task}"  # shapes keeps its earlier name
   return SyntheticConfig(
-      name=f"seed{seed}_size{image_size}_train{num_train}_val{num_validation}", seed=seed,
-      image_size=image_size, num_train=num_train, num_validation=num_validation)
+      name=f"seed{seed}_size{image_size}_train{num_train}_val{num_validation}{suffix}",
+      seed=seed, image_size=image_size, num_train=num_train,
+      num_validation=num_validation, task=task)
 
 
 class Synthetic(base.SegmentationBuilder):
@@ -130,10 +209,17 @@ class Synthetic(base.SegmentationBuilder):
 
   name = "cowmix_synthetic"
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Shapes on textured backgrounds, 6 classes."}
+  RELEASE_NOTES = {"1.0.0": "Shapes on textured backgrounds, 6 classes (and, as the "
+                            "config task=textures, textured blobs, 5 classes)."}
   DESCRIPTION = __doc__
   CLASS_NAMES = CLASS_NAMES
   CLASS_COLOURS = CLASS_COLOURS
+
+  def class_names(self):
+    return TASKS[self.builder_config.task][1]
+
+  def class_colours(self):
+    return TASKS[self.builder_config.task][2]
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
@@ -142,7 +228,8 @@ class Synthetic(base.SegmentationBuilder):
 
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
+    render = TASKS[config.task][0]
     for index in range(num_examples):
-      image, label = render_example(config.seed, split, index, config.image_size)
+      image, label = render(config.seed, split, index, config.image_size)
       image_id = f"{split}_{index:05d}"
-      yield image_id, base.labelled_example(image_id, image, label, NUM_CLASSES)
+      yield image_id, base.labelled_example(image_id, image, label, self.num_classes)
