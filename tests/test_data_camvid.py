@@ -125,7 +125,9 @@ def test_label_values_outside_the_classes_name_the_file_and_values(tmp_path):
 def test_colour_label_png_is_refused(tmp_path):
   _camvid_tree(tmp_path / "camvid")
   label_path = tmp_path / "camvid" / "trainannot" / "0001TP_train000.png"
-  write_png(str(label_path), np.zeros((12, 16, 3), np.uint8))
+  # CamVid's colour-coded labels (road is (128, 64, 128)); an RGB file whose channels
+  # agree would be read as grey (a grey mask saved as RGB).
+  write_png(str(label_path), np.broadcast_to(np.uint8([128, 64, 128]), (12, 16, 3)))
   with pytest.raises(base.BadExampleError, match="mode 'RGB'.*single-channel"):
     builders.prepare(_data(tmp_path / "camvid", tmp_path / "tfds"))
 
