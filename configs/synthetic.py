@@ -9,7 +9,7 @@ from cowmix_jax.config_base import get_base_config, get_data_config
 def get_config():
   config = get_base_config()
   config.data = get_data_config(
-      "synthetic", seed=0, task="shapes", image_size=64, num_train=512,
+      "synthetic", seed=0, task="textures", image_size=64, num_train=512,
       num_validation=128, num_labelled=16,
       eval_canvas=(64, 64), augment=dict(crop_size=(64, 64), hflip=True))
   config.num_train_steps = 1000

@@ -37,6 +37,35 @@ def test_synthetic_uses_every_class_and_colour_does_not_give_the_class(task):
     assert pixels.std(axis=0).min() > 0.2, names[class_id]
 
 
+def _orientation_coherence(pattern: np.ndarray) -> float:
+  """(l1 - l2) / (l1 + l2) of the structure tensor: 1 when every edge runs one way."""
+  gy, gx = np.gradient(pattern.astype(np.float64))
+  tensor = np.array([[np.sum(gx * gx), np.sum(gx * gy)], [np.sum(gx * gy), np.sum(gy * gy)]])
+  low, high = np.linalg.eigvalsh(tensor)
+  return (high - low) / max(high + low, 1e-12)
+
+
+def test_texture_classes_are_the_patterns_they_name():
+  # Independent reading of each pattern: its fill fraction and how one-directional its
+  # edges are (the structure tensor), over many random scales, angles and phases.
+  rows, cols = np.mgrid[0:64, 0:64].astype(np.float32)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    plain, stripes, checks, dots = (synthetic._texture(rng, name, rows, cols)
+                                    for name in synthetic.TEXTURE_CLASS_NAMES[1:])
+    assert np.all(plain == 1)
+    assert 0.35 < stripes.mean() < 0.65 and _orientation_coherence(stripes) > 0.6
+    assert 0.35 < checks.mean() < 0.65 and _orientation_coherence(checks) < 0.3
+    assert 0.05 < dots.mean() < 0.35 and _orientation_coherence(dots) < 0.3
+  # In the images, patterned blobs span a dark and a light shade; plain ones do not.
+  images, labels = synthetic.load_split(0, "train", 32, 64, "textures")
+  brightness = images.max(axis=-1).astype(np.float64)
+  spread = {name: np.median([np.percentile(b[l == c], 90) / np.percentile(b[l == c], 10)
+                             for b, l in zip(brightness, labels) if np.sum(l == c) > 100])
+            for c, name in enumerate(synthetic.TEXTURE_CLASS_NAMES) if c}
+  assert spread["plain"] < 1.6 < min(spread["stripes"], spread["checks"], spread["dots"]), spread
+
+
 def test_texture_task_builds_with_its_own_classes(tmp_path, tiny_config):
   data = tiny_config.data
   data.data_dir, data.task = str(tmp_path / "tfds"), "textures"
