@@ -3,7 +3,7 @@
 Each image shows a grey-ish textured, unevenly lit background and several overlapping
 objects in random saturated colours, so colour says nothing about the class.
 - ``textures`` (configs/synthetic.py): randomly outlined blobs, plain or patterned
-  (stripes, checks, dots); the class is local evidence, readable from any part of a blob.
+  (stripes, checks, dots); the class is local evidence, readable from a piece a period or two wide.
 - ``shapes``: the class is the shape (disc, square, triangle, ring) or, for one class,
   the texture (stripes, on a disc or a square): global evidence, which a cow mask cuts.
 Images are a pure function of (seed, split, index).
@@ -144,7 +144,7 @@ def render_texture_example(seed: int, split: str, index: int, size: int
   each in one random saturated colour, plain or patterned (stripes, checks, dots: the
   class) in a dark and a light shade of it, at a random period, orientation and phase,
   on a smooth, unevenly lit background. Neither colour nor outline gives the class; the
-  evidence is local, so any part of a blob shows it.
+  evidence is local: a piece of a blob a period or two wide shows it.
 
   Returns:
     ``(image [size, size, 3] uint8, label [size, size] uint8 class ids)``.
