@@ -43,7 +43,12 @@ def _manager(directory: epath.Path, **options) -> ocp.CheckpointManager:
 
 
 class Checkpointer:
-  """Saves and restores :class:`TrainState` in a workdir."""
+  """Saves and restores :class:`TrainState` in a workdir.
+
+  A context manager: ``with Checkpointer(workdir) as checkpointer: ...`` waits for the
+  pending saves and stops orbax's background threads on the way out, so none outlives
+  its use (a thread left to interpreter shutdown prints errors at exit).
+  """
 
   def __init__(self, workdir: str, keep: int = 2):
     self.workdir = workdir_path(workdir)
@@ -115,20 +120,19 @@ class Checkpointer:
     step = self._resolve_step(manager, which)
     if step is None:
       raise FileNotFoundError(f"no {which} checkpoint in {manager.directory}")
-    reader = ocp.CheckpointManager(manager.directory,
-                                   item_handlers=ocp.PyTreeCheckpointHandler())
-    metadata = reader.item_metadata(step)
     unknown = [name for name in names if name not in TrainState.__dataclass_fields__]
     if unknown:
       raise KeyError(f"{unknown}: not fields of the train state")
-    # An empty collection (a model without BatchNorm) is not in the metadata.
-    abstract = {name: jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        dict(metadata[name])) for name in names if metadata.get(name)}
-    restored = reader.restore(step, args=ocp.args.PyTreeRestore(
-        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True))
-    reader.close()
+    with ocp.CheckpointManager(manager.directory,
+                               item_handlers=ocp.PyTreeCheckpointHandler()) as reader:
+      metadata = reader.item_metadata(step)
+      # An empty collection (a model without BatchNorm) is not in the metadata.
+      abstract = {name: jax.tree.map(
+          lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+          dict(metadata[name])) for name in names if metadata.get(name)}
+      restored = reader.restore(step, args=ocp.args.PyTreeRestore(
+          abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True))
     return {name: restored.get(name, {}) for name in names}, step
 
   def wait(self) -> None:
@@ -136,8 +140,15 @@ class Checkpointer:
     self.best.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for the pending saves and releases orbax's threads."""
     self.latest.close()
     self.best.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

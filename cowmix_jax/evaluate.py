@@ -96,15 +96,13 @@ def restore_variables(workdir: str, mesh, checkpoint: str = "latest",
   replicated on ``mesh``, and its step. Only the checkpoint is read: not the model's
   initialisation, nor the pretrained file the run started from."""
   prefix = "teacher_" if use_teacher else ""
-  checkpointer = Checkpointer(workdir)
-  try:
-    entries, step = checkpointer.restore_entries(
-        [f"{prefix}params", f"{prefix}batch_stats"], steps.replicated(mesh), checkpoint)
-  except FileNotFoundError as error:
-    raise FileNotFoundError(f"{error} (train with: python -m cowmix_jax.main "
-                            f"--workdir={workdir} ...)") from None
-  finally:
-    checkpointer.close()
+  with Checkpointer(workdir) as checkpointer:
+    try:
+      entries, step = checkpointer.restore_entries(
+          [f"{prefix}params", f"{prefix}batch_stats"], steps.replicated(mesh), checkpoint)
+    except FileNotFoundError as error:
+      raise FileNotFoundError(f"{error} (train with: python -m cowmix_jax.main "
+                              f"--workdir={workdir} ...)") from None
   return {"params": entries[f"{prefix}params"],
           "batch_stats": entries[f"{prefix}batch_stats"]}, step
 

@@ -355,8 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   # checkpointer (which lets an async save in flight finish): the error is then the
   # last thing printed, and the last checkpoint is whole.
   with contextlib.ExitStack() as cleanup:
-    checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-    cleanup.callback(checkpointer.close)
+    checkpointer = cleanup.enter_context(Checkpointer(workdir, config.keep_checkpoints))
     return _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe)
 
 

@@ -1,6 +1,8 @@
 """Test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
 
+import json
 import os
+import pathlib
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -59,6 +61,13 @@ def load_config(name, argument=None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config() if argument is None else module.get_config(argument)
+
+
+def num_classes_of_run(workdir) -> int:
+  """How many classes the synthetic run in ``workdir`` trained on (its task's, from the
+  config.json the run saved): what a template for its checkpoints must be built with."""
+  saved = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+  return len(synthetic.TASKS[saved["data"].get("task", "shapes")][1])
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ the saved config."""
 
 import json
 import os
+import threading
 
 import jax
 import numpy as np
@@ -31,46 +32,45 @@ def _assert_equal(a, b):
 
 
 def test_restore_gives_back_the_saved_state_and_keeps_the_latest(tiny_config, tmp_path):
-  checkpointer = Checkpointer(str(tmp_path), keep=2)
-  assert checkpointer.restore(_state(tiny_config)) is None, "nothing to resume"
   states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2, 3)}
-  for step in (1, 2, 3):
-    checkpointer.save(states[step])
-  checkpointer.wait()
-  assert sorted(checkpointer.latest.all_steps()) == [2, 3]
-  restored = Checkpointer(str(tmp_path)).restore(_state(tiny_config))
-  assert int(restored.step) == 3
-  _assert_equal(restored, states[3])
-  _assert_equal(Checkpointer(str(tmp_path)).restore(_state(tiny_config), 2), states[2])
-  with pytest.raises(ValueError, match="no checkpoint at step 1 .* \\[2, 3\\]"):
-    Checkpointer(str(tmp_path)).restore(_state(tiny_config), 1)
+  with Checkpointer(str(tmp_path), keep=2) as checkpointer:
+    assert checkpointer.restore(_state(tiny_config)) is None, "nothing to resume"
+    for step in (1, 2, 3):
+      checkpointer.save(states[step])
+    checkpointer.wait()
+    assert sorted(checkpointer.latest.all_steps()) == [2, 3]
+  with Checkpointer(str(tmp_path)) as reopened:
+    restored = reopened.restore(_state(tiny_config))
+    assert int(restored.step) == 3
+    _assert_equal(restored, states[3])
+    _assert_equal(reopened.restore(_state(tiny_config), 2), states[2])
+    with pytest.raises(ValueError, match="no checkpoint at step 1 .* \\[2, 3\\]"):
+      reopened.restore(_state(tiny_config), 1)
 
 
 def test_best_checkpoint_follows_the_highest_miou(tiny_config, tmp_path):
-  checkpointer = Checkpointer(str(tmp_path))
   states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2, 3)}
-  assert checkpointer.save_if_best(states[1], 0.30)
-  assert checkpointer.save_if_best(states[2], 0.45)
-  assert not checkpointer.save_if_best(states[3], 0.40)
-  checkpointer.wait()
-  reopened = Checkpointer(str(tmp_path))
-  assert reopened.best_miou == pytest.approx(0.45)
-  _assert_equal(reopened.restore(_state(tiny_config), "best"), states[2])
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    assert checkpointer.save_if_best(states[1], 0.30)
+    assert checkpointer.save_if_best(states[2], 0.45)
+    assert not checkpointer.save_if_best(states[3], 0.40)
+  with Checkpointer(str(tmp_path)) as reopened:
+    assert reopened.best_miou == pytest.approx(0.45)
+    _assert_equal(reopened.restore(_state(tiny_config), "best"), states[2])
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint_usable(tiny_config, tmp_path):
-  checkpointer = Checkpointer(str(tmp_path))
   good = _host(_state(tiny_config, seed=4, step=4))
-  checkpointer.save(good)
-  checkpointer.wait()
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(good)
   # What a kill in the middle of saving step 6 leaves: orbax writes into a temporary
   # directory and renames it only when the save is complete.
   partial = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1795490000"
   (partial / "default").mkdir(parents=True)
   (partial / "default" / "_METADATA").write_text('{"tree_metadata": {')  # cut short
-  reopened = Checkpointer(str(tmp_path))
-  assert reopened.latest_step() == 4
-  _assert_equal(reopened.restore(_state(tiny_config)), good)
+  with Checkpointer(str(tmp_path)) as reopened:
+    assert reopened.latest_step() == 4
+    _assert_equal(reopened.restore(_state(tiny_config)), good)
 
 
 def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path):
@@ -111,3 +111,15 @@ def test_the_config_is_saved_checked_and_read_back_through_a_url(fake_bucket, ti
     check_config(tiny_config, workdir)
   with pytest.raises(FileNotFoundError, match="gs://bucket/runs/b/config.json does not exist"):
     load_config("gs://bucket/runs/b")
+
+
+def test_leaving_the_with_block_stops_every_thread_orbax_started(tiny_config, tmp_path):
+  # A thread left running to interpreter shutdown prints errors at exit (and once took
+  # a pytest-xdist worker down with it).
+  before = set(threading.enumerate())
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(_host(_state(tiny_config, seed=1, step=1)))
+    assert set(threading.enumerate()) - before, "an async save runs in threads"
+  assert not [thread.name for thread in set(threading.enumerate()) - before]
+  with Checkpointer(str(tmp_path)) as reopened:
+    assert reopened.latest_step() == 1, "the save finished before the threads stopped"

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, num_classes_of_run
 
 from cowmix_jax import metrics_file, models, train
 from cowmix_jax.checkpoints import Checkpointer
@@ -52,10 +52,11 @@ def _checksums(workdir):
 
 
 def _final_params(workdir, config):
-  model = models.build_model(config.model, 6)
+  model = models.build_model(config.model, num_classes_of_run(workdir))
   template = create_train_state(model, train.make_optimizer(config), jax.random.PRNGKey(0),
                                 (1, 32, 32, 3))
-  return Checkpointer(str(workdir)).restore(template).params
+  with Checkpointer(str(workdir)) as checkpointer:
+    return checkpointer.restore(template).params
 
 
 @pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
@@ -172,7 +173,8 @@ def test_sigterm_to_some_processes_stops_all_at_one_step_and_the_run_resumes_exa
     assert [code for code, _ in outcomes] == [0, 0], [err[-3000:] for _, err in outcomes]
     stops = _stop_steps(outcomes)
     assert len(stops) == 2 and stops[0] == stops[1] < 40, (case, stops)
-    assert Checkpointer(str(workdir)).latest_step() == stops[0]
+    with Checkpointer(str(workdir)) as checkpointer:
+      assert checkpointer.latest_step() == stops[0]
     assert not (workdir / "results.json").exists()
     if case != "one":
       continue

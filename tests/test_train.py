@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import load_config
+from conftest import load_config, num_classes_of_run
 
 from cowmix_jax import models, steps, train
 from cowmix_jax.checkpoints import Checkpointer
@@ -61,12 +61,12 @@ def _run_until(workdir, pattern, send):
 
 
 def _final_state(workdir, config):
-  model = models.build_model(config.model, 6)
+  model = models.build_model(config.model, num_classes_of_run(workdir))
   template = create_train_state(model, train.make_optimizer(config), jax.random.PRNGKey(0),
                                 (1, 32, 32, 3))
-  checkpointer = Checkpointer(str(workdir))
-  assert checkpointer.latest_step() == 8
-  return checkpointer.restore(template)
+  with Checkpointer(str(workdir)) as checkpointer:
+    assert checkpointer.latest_step() == 8
+    return checkpointer.restore(template)
 
 
 def _assert_same_state(a, b):
@@ -91,7 +91,8 @@ def test_killed_or_preempted_runs_resume_to_the_uninterrupted_state(tmp_path, ti
   code, log = _run_until(tmp_path / "preempted", r"step 3/8", signal.SIGTERM)
   assert code == 0 and "by SIGTERM; rerun the same command" in log, log[-2000:]
   stopped = int(re.search(r"Stopped at step (\d+) by SIGTERM", log)[1])
-  assert stopped in Checkpointer(str(tmp_path / "preempted")).latest.all_steps()
+  with Checkpointer(str(tmp_path / "preempted")) as checkpointer:
+    assert stopped in checkpointer.latest.all_steps()
   resumed = _run(tmp_path / "preempted")
   assert f"Resuming from the checkpoint at step {stopped}" in resumed.stderr
   _assert_same_state(_final_state(tmp_path / "preempted", tiny_config), reference)
@@ -125,12 +126,12 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_c
                      match=r"non-finite loss at step 4: .*loss=nan.*the last good checkpoint "
                            r"is step 2"):
     train.train_and_evaluate(tiny_config, str(tmp_path / "work"))
-  checkpointer = Checkpointer(str(tmp_path / "work"))
-  assert checkpointer.latest.all_steps() == [2]
   model = models.build_model(tiny_config.model, 6)
   template = create_train_state(model, train.make_optimizer(tiny_config),
                                 jax.random.PRNGKey(0), (1, 32, 32, 3))
-  restored = checkpointer.restore(template)
+  with Checkpointer(str(tmp_path / "work")) as checkpointer:
+    assert checkpointer.latest.all_steps() == [2]
+    restored = checkpointer.restore(template)
   assert int(restored.step) == 2
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.params))
 
@@ -249,13 +250,13 @@ def test_an_exception_during_training_ends_with_one_traceback_and_keeps_the_chec
   assert out.stderr.rstrip().endswith("RuntimeError: evaluation failed on purpose"), \
       out.stderr[-3000:]
   assert "cannot schedule new futures" not in out.stderr
-  checkpointer = Checkpointer(str(workdir))
-  assert checkpointer.latest_step() == 2
   tiny_config.model.width = 4
-  model = models.build_model(tiny_config.model, 6)
+  model = models.build_model(tiny_config.model, num_classes_of_run(workdir))
   template = create_train_state(model, train.make_optimizer(tiny_config),
                                 jax.random.PRNGKey(0), (1, 32, 32, 3))
-  assert int(checkpointer.restore(template).step) == 2
+  with Checkpointer(str(workdir)) as checkpointer:
+    assert checkpointer.latest_step() == 2
+    assert int(checkpointer.restore(template).step) == 2
 
 
 @pytest.mark.parametrize("change, message", [
