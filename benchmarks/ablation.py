@@ -39,12 +39,12 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from cowmix_jax import metrics_file
 
 # Table 1's columns: a name -> the config overrides that make it.
-METHODS: Dict[str, Dict[str, str]] = {
+METHODS: dict[str, dict[str, str]] = {
     "supervised": {"method": "supervised"},
     "aug": {"method": "aug"},
     "ict": {"method": "ict"},
@@ -58,7 +58,7 @@ METHODS: Dict[str, Dict[str, str]] = {
 BASELINE, FULL = "supervised", "all_labels"
 # Training length of each column in the paper's epochs (Table 1's caption; appendix
 # D.3.3 gives CowOut 100 instead of 300, hence both).
-PAPER_EPOCHS: Dict[str, int] = {
+PAPER_EPOCHS: dict[str, int] = {
     "supervised": 300, "aug": 50, "ict": 300, "cutout": 300, "cutmix": 100, "cowout": 300,
     "cowout_100ep": 100, "cowmix": 300, "all_labels": 300}
 
@@ -69,7 +69,7 @@ class Run:
 
   method: str
   seed: int
-  variant: Tuple[Tuple[str, str], ...] = ()  # (config key, value) pairs
+  variant: tuple[tuple[str, str], ...] = ()  # (config key, value) pairs
 
   @property
   def group(self) -> str:
@@ -90,7 +90,7 @@ def slug(value: str) -> str:
   return re.sub(r"[^0-9A-Za-z.+-]+", "-", value).strip("-")
 
 
-def parse_vary(text: str) -> Tuple[str, List[str]]:
+def parse_vary(text: str) -> tuple[str, list[str]]:
   """``"key=v1;v2;v3"`` -> ``("key", ["v1", "v2", "v3"])``."""
   key, sep, values = text.partition("=")
   values = [v.strip() for v in values.split(";") if v.strip()]
@@ -99,7 +99,7 @@ def parse_vary(text: str) -> Tuple[str, List[str]]:
   return key.strip(), values
 
 
-def parse_set(text: str) -> Tuple[str, str]:
+def parse_set(text: str) -> tuple[str, str]:
   key, sep, value = text.partition("=")
   if not sep or not key.strip():
     raise ValueError(f"--set={text!r}: expected KEY=VALUE (a config key, e.g. "
@@ -108,7 +108,7 @@ def parse_set(text: str) -> Tuple[str, str]:
 
 
 def plan_runs(methods: Sequence[str], seeds: Sequence[int],
-              varies: Sequence[Tuple[str, List[str]]] = ()) -> List[Run]:
+              varies: Sequence[tuple[str, list[str]]] = ()) -> list[Run]:
   """Every (method, seed) run, or with ``varies`` one variant run per value of each
   varied key (one key at a time, as in the paper's sweeps), seeds innermost last so a
   partly finished grid already has every method at the first seeds."""
@@ -125,7 +125,7 @@ def plan_runs(methods: Sequence[str], seeds: Sequence[int],
 # Results file
 
 
-def load_results(path: str) -> Dict:
+def load_results(path: str) -> dict:
   if not os.path.exists(path):
     return {"runs": {}}
   with open(path) as f:
@@ -139,7 +139,7 @@ def load_results(path: str) -> Dict:
   return results
 
 
-def save_results(path: str, results: Dict) -> None:
+def save_results(path: str, results: dict) -> None:
   """Writes atomically: a crash mid-write never leaves a broken results file."""
   temporary = path + ".tmp"
   with open(temporary, "w") as f:
@@ -147,7 +147,7 @@ def save_results(path: str, results: Dict) -> None:
   os.replace(temporary, path)
 
 
-def save_run(path: str, name: str, record: Dict) -> Dict:
+def save_run(path: str, name: str, record: dict) -> dict:
   """Writes one run's record into the results file as it is on disk now (so fields that
   other tools added meanwhile, such as ``precise_bn_miou``, survive); returns the file's
   new contents."""
@@ -163,7 +163,7 @@ def wall_seconds_file(workdir: str) -> str:
   return os.path.join(workdir, "wall_seconds.json")
 
 
-def _load_wall(workdir: str) -> Dict[str, float]:
+def _load_wall(workdir: str) -> dict[str, float]:
   """``{wall_seconds: finished attempts, unfinished_attempt_seconds: the last heartbeat
   of an attempt that has not ended (or was killed with its runner)}``."""
   path = wall_seconds_file(workdir)
@@ -216,7 +216,7 @@ def read_wall_seconds(workdir: str) -> float:
   return wall["wall_seconds"] + wall["unfinished_attempt_seconds"]
 
 
-def teacher_history(workdir: str) -> Dict[str, float]:
+def teacher_history(workdir: str) -> dict[str, float]:
   """``{step: teacher mIoU (fraction)}`` of every evaluation in ``workdir/metrics.jsonl``
   (train.py writes it), in step order; a step evaluated again after a resume keeps its
   later value."""
@@ -224,7 +224,7 @@ def teacher_history(workdir: str) -> Dict[str, float]:
           for step, value in metrics_file.metric_history(workdir, "teacher_miou").items()}
 
 
-def best_of_run(final: Dict, history: Dict[str, float]) -> Dict:
+def best_of_run(final: dict, history: dict[str, float]) -> dict:
   """``{"best_miou", "best_step"}``: the run's own record of its best teacher (train.py
   writes it), else the best of its logged evaluations (earliest on ties)."""
   if final.get("best_miou") is not None:
@@ -235,7 +235,7 @@ def best_of_run(final: Dict, history: Dict[str, float]) -> Dict:
   return {"best_miou": history[step], "best_step": int(step)}
 
 
-def run_record(run: Run, workdir: str) -> Optional[Dict]:
+def run_record(run: Run, workdir: str) -> dict | None:
   """The results entry of a finished run (None if ``workdir`` has no results.json)."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
@@ -266,8 +266,8 @@ def method_epochs(method: str, epoch_scale: float) -> float:
   return PAPER_EPOCHS[method] * epoch_scale
 
 
-def train_command(run: Run, config: str, workdir: str, common: Sequence[Tuple[str, str]],
-                  epoch_scale: float = 0.0) -> List[str]:
+def train_command(run: Run, config: str, workdir: str, common: Sequence[tuple[str, str]],
+                  epoch_scale: float = 0.0) -> list[str]:
   """The ``cowmix_jax.main`` command line of a run: the method, its length in epochs
   (with ``epoch_scale`` > 0), the seed, the common ``--set`` overrides, then the variant
   (later overrides win)."""
@@ -285,9 +285,9 @@ class StopRequest:
 
   def __init__(self):
     self.requested = False
-    self.child: Optional[subprocess.Popen] = None
+    self.child: subprocess.Popen | None = None
 
-  def install(self) -> "StopRequest":
+  def install(self) -> StopRequest:
     signal.signal(signal.SIGTERM, self._handle)
     signal.signal(signal.SIGINT, self._handle)
     return self
@@ -298,8 +298,8 @@ class StopRequest:
       self.child.send_signal(signal.SIGTERM)
 
 
-def launch(command: List[str], workdir: str, stop: StopRequest,
-           heartbeat_seconds: float = 30.0) -> Tuple[int, float]:
+def launch(command: list[str], workdir: str, stop: StopRequest,
+           heartbeat_seconds: float = 30.0) -> tuple[int, float]:
   """Runs one training process (output appended to ``workdir/train.log``); returns its
   exit code and wall seconds. Every ``heartbeat_seconds`` the attempt's time so far is
   written to ``wall_seconds.json`` (see ``record_heartbeat``)."""
@@ -325,26 +325,26 @@ def launch(command: List[str], workdir: str, stop: StopRequest,
 # The table
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   mean = sum(values) / len(values)
   if len(values) < 2:
     return mean, float("nan")
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def natural_key(text: str) -> List:
+def natural_key(text: str) -> list:
   """Sorts numbers inside strings by value: ``w=3`` before ``w=30``."""
   return [(0, float(part), "") if re.fullmatch(r"\d+(\.\d*)?", part) else (1, 0.0, part)
           for part in re.split(r"(\d+(?:\.\d*)?)", text) if part]
 
 
-def miou_by_seed(records: Sequence[Dict]) -> Dict[int, float]:
+def miou_by_seed(records: Sequence[dict]) -> dict[int, float]:
   """``{seed: mIoU %}`` of one group's runs."""
   return {r["seed"]: 100 * r["miou"] for r in records}
 
 
-def paired_gap_closed(members: Sequence[Dict], baseline: Sequence[Dict],
-                      full: Sequence[Dict]) -> Optional[float]:
+def paired_gap_closed(members: Sequence[dict], baseline: Sequence[dict],
+                      full: Sequence[dict]) -> float | None:
   """``mean(run - baseline) / mean(full - baseline)`` over the seeds all three ran (a
   seed fixes the labelled images, so runs are compared seed by seed); None without a
   common seed or when full supervision does not beat the baseline on average. With
@@ -359,12 +359,12 @@ def paired_gap_closed(members: Sequence[Dict], baseline: Sequence[Dict],
   return sum(ours[s] - base[s] for s in seeds) / len(seeds) / span
 
 
-def summarise(records: Sequence[Dict]) -> List[Dict]:
+def summarise(records: Sequence[dict]) -> list[dict]:
   """Rows ``{group, method, n, mean, std, gap_closed, seeds, wall_minutes}`` (mIoU in %,
   std over seeds with ddof 1), in Table 1's method order. ``gap_closed`` is
   ``paired_gap_closed`` against the base (not swept) supervised and all-labels runs
   (None where either is missing)."""
-  groups: Dict[str, List[Dict]] = {}
+  groups: dict[str, list[dict]] = {}
   for record in records:
     groups.setdefault(record["group"], []).append(record)
   order = list(METHODS)
@@ -387,7 +387,7 @@ def _plus_minus(std: float) -> str:
   return "" if math.isnan(std) else f" +- {std:.2f}"
 
 
-def format_table(rows: Sequence[Dict]) -> str:
+def format_table(rows: Sequence[dict]) -> str:
   lines = ["| method | runs | final mIoU % (mean +- std) | best periodic mIoU % | "
            "gap closed (final) | wall min/run |", "|---|---|---|---|---|---|"]
   for row in rows:
@@ -403,8 +403,8 @@ def format_table(rows: Sequence[Dict]) -> str:
 
 
 def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
-             common: Sequence[Tuple[str, str]], stop: Optional[StopRequest] = None,
-             launcher=launch, epoch_scale: float = 0.0) -> Tuple[Dict, List[str]]:
+             common: Sequence[tuple[str, str]], stop: StopRequest | None = None,
+             launcher=launch, epoch_scale: float = 0.0) -> tuple[dict, list[str]]:
   """Runs what is not finished, recording each run as it ends; returns the results and
   the names of failed runs."""
   stop = stop or StopRequest().install()
@@ -451,7 +451,7 @@ def machine_description() -> str:
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="\n".join(__doc__.splitlines()[1:]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from cowmix_jax import checkpoints, evaluate, metrics
 
 
-def load_run_config(workdir: str, data_dir: Optional[str]) -> ml_collections.ConfigDict:
+def load_run_config(workdir: str, data_dir: str | None) -> ml_collections.ConfigDict:
   """The run's saved config, with ``data_dir`` (if given) in place of its own."""
   try:
     config = checkpoints.load_config(workdir)
@@ -32,7 +32,7 @@ def load_run_config(workdir: str, data_dir: Optional[str]) -> ml_collections.Con
   return config
 
 
-def format_shares(class_names: Sequence[str], columns: Dict[str, np.ndarray]) -> str:
+def format_shares(class_names: Sequence[str], columns: dict[str, np.ndarray]) -> str:
   """A plain-text table: one row per class, one column (percent) per entry."""
   width = max(len(name) for name in class_names)
   header = " ".join(f"{name[-22:]:>22}" for name in columns)
@@ -42,13 +42,13 @@ def format_shares(class_names: Sequence[str], columns: Dict[str, np.ndarray]) ->
   return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdirs", nargs="+", help="training workdirs")
   parser.add_argument("--data_dir", default="", help="override config.data.data_dir")
   parser.add_argument("--split", default=None, help="default: the config's eval split")
   args = parser.parse_args(argv)
-  columns: Dict[str, np.ndarray] = {}
+  columns: dict[str, np.ndarray] = {}
   for workdir in args.workdirs:
     config = load_run_config(workdir, args.data_dir)
     result = evaluate.evaluate_checkpoint(config, workdir, split=args.split)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -40,11 +40,11 @@ def _pyplot():
   return plt
 
 
-def base_records(results: Dict) -> List[Dict]:
+def base_records(results: dict) -> list[dict]:
   return [r for r in results["runs"].values() if not r.get("variant")]
 
 
-def plot_miou(plt, records: Sequence[Dict], path: str, title: str) -> None:
+def plot_miou(plt, records: Sequence[dict], path: str, title: str) -> None:
   """Bars of mean mIoU per method with +-std error bars and each seed as a dot, next to
   the paper's Table 1 values."""
   rows = ablation.summarise(records)
@@ -68,7 +68,7 @@ def plot_miou(plt, records: Sequence[Dict], path: str, title: str) -> None:
   plt.close(fig)
 
 
-def class_order(records: Sequence[Dict]) -> List[str]:
+def class_order(records: Sequence[dict]) -> list[str]:
   """The dataset's class order, from the first record that kept it (older records only
   have the per-class dictionary, whose keys the results file stores sorted)."""
   for record in records:
@@ -77,7 +77,7 @@ def class_order(records: Sequence[Dict]) -> List[str]:
   return list(records[0]["per_class_iou"])
 
 
-def common_seed_records(records: Sequence[Dict], methods: Sequence[str]) -> List[Dict]:
+def common_seed_records(records: Sequence[dict], methods: Sequence[str]) -> list[dict]:
   """The base runs of ``methods`` restricted to the seeds every one of them ran, so that
   per-class means compare the same labelled subsets."""
   runs = [r for r in records if r["method"] in methods and r["group"] == r["method"]]
@@ -85,7 +85,7 @@ def common_seed_records(records: Sequence[Dict], methods: Sequence[str]) -> List
   return [r for r in runs if r["seed"] in seeds]
 
 
-def plot_per_class(plt, records: Sequence[Dict], path: str, title: str) -> None:
+def plot_per_class(plt, records: Sequence[dict], path: str, title: str) -> None:
   """Per-class IoU (mean over the seeds all three ran, +-std) of the baseline, CowMix
   and all labels."""
   methods = [m for m in PER_CLASS_METHODS if any(r["method"] == m for r in records)]
@@ -112,9 +112,9 @@ def plot_per_class(plt, records: Sequence[Dict], path: str, title: str) -> None:
   plt.close(fig)
 
 
-def sweep_groups(results: Dict) -> Dict[str, Dict[str, List[Dict]]]:
+def sweep_groups(results: dict) -> dict[str, dict[str, list[dict]]]:
   """``{config key: {value: records}}`` of the sweep runs."""
-  sweeps: Dict[str, Dict[str, List[Dict]]] = {}
+  sweeps: dict[str, dict[str, list[dict]]] = {}
   for record in results["runs"].values():
     for key, value in (record.get("variant") or {}).items():
       sweeps.setdefault(key, {}).setdefault(value, []).append(record)
@@ -126,8 +126,8 @@ SWEEP_COLOURS = {"baseline": "black", "value": "tab:blue", "base": "tab:orange",
                  "full": "tab:green"}
 
 
-def sweep_panel(by_value: Dict[str, List[Dict]], base: Sequence[Dict], key: str,
-                base_values: Dict[str, str], method: str = "cowmix") -> List:
+def sweep_panel(by_value: dict[str, list[dict]], base: Sequence[dict], key: str,
+                base_values: dict[str, str], method: str = "cowmix") -> list:
   """The bars of one sweep panel: ``[(label, [mIoU %, one per seed], role)]``.
 
   As in the paper's figures 10-12: the supervised baseline first, then every swept value
@@ -138,14 +138,14 @@ def sweep_panel(by_value: Dict[str, List[Dict]], base: Sequence[Dict], key: str,
   swept = {v: [r for r in recs if r["method"] == method] for v, recs in by_value.items()}
   seeds = {r["seed"] for recs in swept.values() for r in recs}
 
-  def same_seeds(group: str) -> List[Dict]:
+  def same_seeds(group: str) -> list[dict]:
     return [r for r in base if r["method"] == group and r["seed"] in seeds]
 
   roles = {value: "value" for value in swept}
   if same_seeds(method) and key in base_values:
     label = base_values[key] + " (base)"
     swept[label], roles[label] = same_seeds(method), "base"
-  def percent(runs: Sequence[Dict]) -> List[float]:
+  def percent(runs: Sequence[dict]) -> list[float]:
     return [100 * r["miou"] for r in runs]
 
   bars = [(label, percent(swept[label]), roles[label])
@@ -157,7 +157,7 @@ def sweep_panel(by_value: Dict[str, List[Dict]], base: Sequence[Dict], key: str,
   return bars
 
 
-def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
+def plot_sweeps(plt, results: dict, path: str, base_values: dict[str, str],
                 method: str = "cowmix") -> bool:
   """One panel per swept key (mean +- std over seeds, seeds as dots). False if nothing
   was swept."""
@@ -188,8 +188,8 @@ def plot_sweeps(plt, results: Dict, path: str, base_values: Dict[str, str],
   return True
 
 
-def paired_difference(records: Sequence[Dict], group: str,
-                      baseline: str = ablation.BASELINE) -> Dict:
+def paired_difference(records: Sequence[dict], group: str,
+                      baseline: str = ablation.BASELINE) -> dict:
   """``{n, mean, std, p}`` of ``group``'s mIoU minus the baseline's, seed by seed (%).
 
   A seed fixes the labelled subset, which moves every method's mIoU together, so the
@@ -216,7 +216,7 @@ def paired_difference(records: Sequence[Dict], group: str,
 LATE_EVALUATIONS = 3
 
 
-def late_mean(record: Dict, count: int = LATE_EVALUATIONS) -> float:
+def late_mean(record: dict, count: int = LATE_EVALUATIONS) -> float:
   """Mean teacher mIoU (%) of the run's last ``count`` evaluations (NaN without a
   history of at least ``count``). At a constant learning rate the teacher moves about a
   point between evaluations, so this is a steadier number than the final one."""
@@ -233,7 +233,7 @@ def _plus_minus(mean: float, std: float, signed: bool = False) -> str:
   return text if np.isnan(std) else f"{text} +- {std:.2f}"
 
 
-def table_markdown(records: Sequence[Dict], with_late: bool = True,
+def table_markdown(records: Sequence[dict], with_late: bool = True,
                    with_paper: bool = True) -> str:
   """Table 1 as Markdown: one row per method, one column per seed, mean +- std, the mean
   of each run's last evaluations (``late_mean``; ``with_late``), the mean mIoU with
@@ -283,7 +283,7 @@ def table_markdown(records: Sequence[Dict], with_late: bool = True,
 LEARNED_IOU = 0.10
 
 
-def learned_classes(records: Sequence[Dict], threshold: float = LEARNED_IOU) -> List[str]:
+def learned_classes(records: Sequence[dict], threshold: float = LEARNED_IOU) -> list[str]:
   """The classes that full supervision learns at this scale: mean IoU over the
   ``all_labels`` runs of at least ``threshold``, in the dataset's order (empty without
   ``all_labels`` runs)."""
@@ -294,7 +294,7 @@ def learned_classes(records: Sequence[Dict], threshold: float = LEARNED_IOU) -> 
           if np.mean([r["per_class_iou"][c] for r in full]) >= threshold]
 
 
-def restrict_to_classes(records: Sequence[Dict], classes: Sequence[str]) -> List[Dict]:
+def restrict_to_classes(records: Sequence[dict], classes: Sequence[str]) -> list[dict]:
   """Copies of ``records`` whose ``miou`` is the mean IoU over ``classes`` only (their
   evaluation history and precise-BN mIoU, which cover every class, are dropped)."""
   restricted = []
@@ -318,7 +318,7 @@ def replace_marked_block(text: str, name: str, content: str) -> str:
   return f"{before}{start}\n{content}\n{end}{after}"
 
 
-def update_markdown(path: str, blocks: Dict[str, str]) -> None:
+def update_markdown(path: str, blocks: dict[str, str]) -> None:
   """Writes each ``{name: text}`` into its marked block of the Markdown file ``path``."""
   with open(path) as f:
     text = f.read()
@@ -331,7 +331,7 @@ def update_markdown(path: str, blocks: Dict[str, str]) -> None:
     f.write(text)
 
 
-def merge_results(paths: Sequence[str]) -> Dict:
+def merge_results(paths: Sequence[str]) -> dict:
   """The runs of several results files in one (a later file wins on a repeated name)."""
   merged = {"runs": {}}
   for path in paths:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ import ablation  # noqa: E402  (benchmarks/ablation.py)
 import plot_ablation  # noqa: E402
 
 
-def history_arrays(record: Dict) -> Tuple[np.ndarray, np.ndarray]:
+def history_arrays(record: dict) -> tuple[np.ndarray, np.ndarray]:
   """``(steps int [N], teacher mIoU % float [N])`` in step order. The results file
   stores the history's keys as text, which sorts "1000" before "500"."""
   history = record.get("teacher_history") or {}
@@ -32,7 +32,7 @@ def history_arrays(record: Dict) -> Tuple[np.ndarray, np.ndarray]:
   return steps, miou
 
 
-def mean_curve(records: Sequence[Dict]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """``(steps [N], mean [N], std [N])`` over ``records`` at the steps every one of them
   evaluated (std with ddof 1; zeros for a single record)."""
   if not records:
@@ -49,11 +49,11 @@ def mean_curve(records: Sequence[Dict]) -> Tuple[np.ndarray, np.ndarray, np.ndar
   return steps, values.mean(0), std
 
 
-def select_records(results: Dict, groups: Optional[Sequence[str]],
-                   seeds: Optional[Sequence[int]]) -> Dict[str, List[Dict]]:
+def select_records(results: dict, groups: Sequence[str] | None,
+                   seeds: Sequence[int] | None) -> dict[str, list[dict]]:
   """``{group: records}`` with a history, restricted to ``groups`` (in that order; all
   groups in Table 1's order when None) and ``seeds`` (all when None)."""
-  by_group: Dict[str, List[Dict]] = {}
+  by_group: dict[str, list[dict]] = {}
   for record in results["runs"].values():
     if record.get("teacher_history") and (seeds is None or record["seed"] in seeds):
       by_group.setdefault(record["group"], []).append(record)
@@ -69,7 +69,7 @@ def select_records(results: Dict, groups: Optional[Sequence[str]],
   return {group: by_group[group] for group in groups}
 
 
-def plot_curves(plt, curves: Dict[str, List[Dict]], path: str, title: str) -> None:
+def plot_curves(plt, curves: dict[str, list[dict]], path: str, title: str) -> None:
   """One line per group (mean over its seeds) with a +-std band."""
   fig, ax = plt.subplots(figsize=(8, 4.5))
   for group, records in curves.items():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,8 @@ from cowmix_jax import evaluate, metrics, models, steps  # noqa: E402
 from cowmix_jax.data import builders, pipeline  # noqa: E402
 
 
-def precise_batch_stats(apply_fn: Callable, variables: Dict,
-                        batches: Iterable[np.ndarray]) -> Dict:
+def precise_batch_stats(apply_fn: Callable, variables: dict,
+                        batches: Iterable[np.ndarray]) -> dict:
   """BatchNorm statistics averaged over ``batches`` of images ``[B, H, W, 3]``.
 
   ``apply_fn(variables, images) -> new batch_stats`` runs the model in training mode
@@ -80,7 +80,7 @@ def miou_on_split(predict, variables, builder, config, split: str, mesh,
 
 
 def recalibrated_miou(workdir: str, data_dir: str, stats_split: str,
-                      split: Optional[str]) -> Tuple[float, float]:
+                      split: str | None) -> tuple[float, float]:
   """``(stored, precise)``: the final teacher's mIoU with its own BatchNorm statistics
   and with statistics recomputed on clean ``stats_split`` images."""
   config = load_run_config(workdir, data_dir)
@@ -122,7 +122,7 @@ def add_to_results(results_path: str, root: str, data_dir: str, stats_split: str
     print(f"{name}: {100 * stored:.2f} -> {100 * precise:.2f}", flush=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdirs", nargs="*", help="training workdirs")
   parser.add_argument("--data_dir", default="", help="override config.data.data_dir")

@@ -5,8 +5,9 @@ python -m cowmix_jax.main --config=configs/cityscapes.py --workdir=DIR \
 
 The dataset directory comes from config.data.manual_dir, else $COWMIX_CITYSCAPES_DIR.
 `--config=configs/cityscapes.py:deeplab_v2` selects DeepLab v2 (batch 2 of full images,
-learning rate 1e-5). Labels are reduced by 2x2 majority vote (builder_config=half_majority; half_nearest and
-full are the alternatives, see cowmix_jax/data/cityscapes.py).
+learning rate 1e-5). Labels are reduced by 2x2 majority vote
+(builder_config=half_majority; half_nearest and full are the alternatives, see
+cowmix_jax/data/cityscapes.py).
 """
 
 from cowmix_jax.config_base import get_base_config, get_data_config, set_paper_model

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -29,7 +30,7 @@ RESUMABLE_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every",
 CONFIG_FILE = "config.json"
 
 
-def workdir_path(workdir: Union[str, epath.Path]) -> epath.Path:
+def workdir_path(workdir: str | epath.Path) -> epath.Path:
   """``workdir`` as an ``epath.Path``: URLs (``gs://b/run``) as given, local paths made
   absolute (orbax needs absolute paths; ``os.path.abspath`` would mangle a URL)."""
   if "://" in str(workdir):
@@ -59,7 +60,7 @@ class Checkpointer:
     self.best_miou = (self.best.metrics(best_step)["miou"] if best_step is not None
                       else float("-inf"))
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   def save(self, state: TrainState) -> None:
@@ -84,7 +85,7 @@ class Checkpointer:
             "best_step": step}
 
   @staticmethod
-  def _resolve_step(manager: ocp.CheckpointManager, which: Union[str, int]) -> Optional[int]:
+  def _resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int | None:
     """The step ``which`` names (``latest``, ``best`` or a step); None when there is no
     checkpoint yet; ValueError naming the steps there are for a step that is not."""
     if which == "best":
@@ -97,8 +98,8 @@ class Checkpointer:
                        f"{sorted(manager.all_steps())})")
     return step
 
-  def restore(self, template: TrainState, which: Union[str, int] = "latest"
-              ) -> Optional[TrainState]:
+  def restore(self, template: TrainState, which: str | int = "latest"
+              ) -> TrainState | None:
     """The state saved at ``which`` (``latest``, ``best`` or a step), shaped and sharded
     like ``template``; None when there is no such checkpoint."""
     manager = self.best if which == "best" else self.latest
@@ -109,7 +110,7 @@ class Checkpointer:
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def restore_entries(self, names: Sequence[str], sharding: jax.sharding.Sharding,
-                      which: Union[str, int] = "latest") -> Tuple[Dict[str, Any], int]:
+                      which: str | int = "latest") -> tuple[dict[str, Any], int]:
     """Some fields of the train state saved at ``which`` (e.g. ``teacher_params``,
     ``teacher_batch_stats``), as arrays placed with ``sharding``, and the step.
 
@@ -144,14 +145,14 @@ class Checkpointer:
     self.latest.close()
     self.best.close()
 
-  def __enter__(self) -> "Checkpointer":
+  def __enter__(self) -> Checkpointer:
     return self
 
   def __exit__(self, *exc_info) -> None:
     self.close()
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   flat = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
@@ -162,7 +163,7 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
   return flat
 
 
-def _plain(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 

@@ -4,7 +4,6 @@ import math
 
 import ml_collections
 
-
 AUTO = "auto"
 
 

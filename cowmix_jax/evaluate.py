@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +31,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cowmix_jax import data as data_lib
-from cowmix_jax import metrics, models, reporting, steps, train
+from cowmix_jax import metrics, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
 
 
-def window_starts(size: int, window: int, stride: int) -> List[int]:
+def window_starts(size: int, window: int, stride: int) -> list[int]:
   """Start offsets of windows of ``window`` that tile ``size`` with ``stride``, the last
   one flush with the end."""
   if window >= size:
@@ -46,8 +46,8 @@ def window_starts(size: int, window: int, stride: int) -> List[int]:
 
 
 def make_logits_fn(model, flip: bool = False,
-                   window: Optional[Tuple[int, int]] = None,
-                   stride: Optional[Tuple[int, int]] = None):
+                   window: tuple[int, int] | None = None,
+                   stride: tuple[int, int] | None = None):
   """``logits(variables, images [B, H, W, 3]) -> [B, H, W, C]`` with optional flip
   averaging and sliding-window averaging (windows ``window``, offsets ``stride``)."""
 
@@ -91,7 +91,7 @@ def make_predict_fn(model, mesh, num_classes: int, **logits_options):
 
 
 def restore_variables(workdir: str, mesh, checkpoint: str = "latest",
-                      use_teacher: bool = True) -> Tuple[Dict, int]:
+                      use_teacher: bool = True) -> tuple[dict, int]:
   """The model variables (teacher's or student's) of a checkpoint of ``workdir``,
   replicated on ``mesh``, and its step. Only the checkpoint is read: not the model's
   initialisation, nor the pretrained file the run started from."""
@@ -107,8 +107,8 @@ def restore_variables(workdir: str, mesh, checkpoint: str = "latest",
           "batch_stats": entries[f"{prefix}batch_stats"]}, step
 
 
-def save_predictions(directory: str, batch: Dict[str, np.ndarray], predictions: np.ndarray,
-                     palette: Optional[Sequence[Sequence[int]]]) -> None:
+def save_predictions(directory: str, batch: dict[str, np.ndarray], predictions: np.ndarray,
+                     palette: Sequence[Sequence[int]] | None) -> None:
   """One palette PNG per real image of the batch, cropped to its own size."""
   for image_id, (height, width), prediction in zip(batch["image_id"], batch["size"],
                                                    predictions):
@@ -117,9 +117,9 @@ def save_predictions(directory: str, batch: Dict[str, np.ndarray], predictions: 
                                prediction[:height, :width], palette)
 
 
-def confusion_on_split(predict, variables: Dict, builder, config: ml_collections.ConfigDict,
+def confusion_on_split(predict, variables: dict, builder, config: ml_collections.ConfigDict,
                        split: str, mesh, num_classes: int,
-                       on_predictions: Optional[Callable] = None) -> np.ndarray:
+                       on_predictions: Callable | None = None) -> np.ndarray:
   """The ``[C, C]`` int64 confusion matrix of ``predict`` (``make_predict_fn``) with
   ``variables`` over the whole ``split``, batched as the config says;
   ``on_predictions(batch, [B, H, W] predictions)`` sees every batch."""
@@ -136,11 +136,11 @@ def confusion_on_split(predict, variables: Dict, builder, config: ml_collections
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        checkpoint: str = "latest", split: Optional[str] = None,
+                        checkpoint: str = "latest", split: str | None = None,
                         use_teacher: bool = True, flip: bool = False,
-                        window: Optional[Tuple[int, int]] = None,
-                        window_stride: Optional[Tuple[int, int]] = None,
-                        prediction_dir: Optional[str] = None) -> Dict:
+                        window: tuple[int, int] | None = None,
+                        window_stride: tuple[int, int] | None = None,
+                        prediction_dir: str | None = None) -> dict:
   """Evaluates a checkpoint on a split; returns the results dictionary."""
   split = split or config.data.eval_split
   builder = builders.prepare(config.data)
@@ -176,7 +176,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   }
 
 
-def markdown_table(results: Dict) -> str:
+def markdown_table(results: dict) -> str:
   lines = [f"| class | IoU % ({results['split']}, step {results['step']}) |", "|---|---|"]
   lines += [f"| {name} | {100 * value:.2f} |" for name, value in
             results["per_class_iou"].items()]
@@ -184,7 +184,7 @@ def markdown_table(results: Dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _pair(text: str) -> Optional[Tuple[int, int]]:
+def _pair(text: str) -> tuple[int, int] | None:
   if not text:
     return None
   values = tuple(int(v) for v in text.split(","))
@@ -197,7 +197,7 @@ FLAGS = flags.FLAGS
 SAVED_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_config.py")
 
 
-def config_argv(argv: Sequence[str]) -> List[str]:
+def config_argv(argv: Sequence[str]) -> list[str]:
   """The command line with the run's saved config in place of an omitted ``--config``
   (``--workdir=W`` gives ``--config=.../saved_config.py:W``) or of ``--config=FILE.json``;
   other command lines are returned unchanged. ``--config.KEY=VALUE`` overrides stay."""

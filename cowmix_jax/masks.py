@@ -6,16 +6,16 @@ float32 arrays of 0/1 with shape ``[N, H, W]``; ``p`` is the proportion of ones.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Range = Tuple[float, float]
+Range = tuple[float, float]
 
 
-def gaussian_transfer_function(shape: Tuple[int, int], sigma: jax.Array) -> jax.Array:
+def gaussian_transfer_function(shape: tuple[int, int], sigma: jax.Array) -> jax.Array:
   """Fourier transform of a unit-mass Gaussian kernel on the ``rfft2`` frequency grid.
 
   Args:
@@ -227,8 +227,8 @@ def cow_masks(
 
 
 def box_sizes(
-    key: jax.Array, n: int, image_size: Tuple[int, int], p_range: Range
-) -> Tuple[jax.Array, jax.Array]:
+    key: jax.Array, n: int, image_size: tuple[int, int], p_range: Range
+) -> tuple[jax.Array, jax.Array]:
   """Integer rectangle sizes of area ``p * H * W`` with a random aspect ratio.
 
   The height fraction is log-uniform in ``[p, 1]`` so that both sides fit the image.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -17,12 +18,12 @@ from etils import epath
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(workdir: str) -> Dict[int, Dict[str, float]]:
+def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
   """``{step: {name: value}}`` from ``workdir/metrics.jsonl``, steps in order; a name
   written twice at one step (a resumed run) keeps its last value. Empty when there is
   no file."""
   path = epath.Path(workdir) / METRICS_FILE
-  by_step: Dict[int, Dict[str, float]] = {}
+  by_step: dict[int, dict[str, float]] = {}
   if not path.exists():
     return by_step
   for record in _json_lines(path):
@@ -31,7 +32,7 @@ def read_metrics(workdir: str) -> Dict[int, Dict[str, float]]:
   return dict(sorted(by_step.items()))
 
 
-def _json_lines(path: epath.Path) -> Iterator[Dict[str, Any]]:
+def _json_lines(path: epath.Path) -> Iterator[dict[str, Any]]:
   """The records of the file; a line cut short by a killed process is skipped (with a
   warning naming it), the rest are kept."""
   for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -46,7 +47,7 @@ def _json_lines(path: epath.Path) -> Iterator[Dict[str, Any]]:
       yield record
 
 
-def metric_history(workdir: str, name: str) -> Dict[int, float]:
+def metric_history(workdir: str, name: str) -> dict[int, float]:
   """``{step: value}`` of one scalar (e.g. ``teacher_miou``) over the run, finite
   values only."""
   return {step: values[name] for step, values in read_metrics(workdir).items()

@@ -16,7 +16,6 @@ Mixing partners are shard-local indices, so no data crosses devices.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ import ml_collections
 
 from cowmix_jax import masks
 
-Params = Dict[str, jax.Array]
+Params = dict[str, jax.Array]
 
 
 def mix(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
@@ -74,7 +73,7 @@ class Mix:
                         config.mask[self.p_range_field])
     return {"mask": mask, "partner": sample_partners(partner_key, n)}
 
-  def inputs(self, images: jax.Array, params: Params) -> Tuple[jax.Array, jax.Array]:
+  def inputs(self, images: jax.Array, params: Params) -> tuple[jax.Array, jax.Array]:
     return images, mix(images, images[params["partner"]], params["mask"])
 
   def target(self, teacher_output: jax.Array, params: Params):
@@ -143,7 +142,7 @@ def sampling_matrix(angle, scale, flip, translation, size) -> jax.Array:
   return jnp.concatenate([top, jnp.array([[0.0, 0.0, 1.0]])], axis=0)
 
 
-def warp(image: jax.Array, matrix: jax.Array) -> Tuple[jax.Array, jax.Array]:
+def warp(image: jax.Array, matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Bilinear resampling ``out[u] = image[matrix @ u]``, zeros outside.
 
   Args:
@@ -158,8 +157,11 @@ def warp(image: jax.Array, matrix: jax.Array) -> Tuple[jax.Array, jax.Array]:
                             jnp.arange(width, dtype=jnp.float32), indexing="ij")
   source = jnp.einsum("ij,jhw->ihw", matrix[:2],
                       jnp.stack([rows, cols, jnp.ones_like(rows)]))
-  resample = lambda channel: jax.scipy.ndimage.map_coordinates(
-      channel, [source[0], source[1]], order=1, mode="constant", cval=0.0)
+
+  def resample(channel):
+    return jax.scipy.ndimage.map_coordinates(
+        channel, [source[0], source[1]], order=1, mode="constant", cval=0.0)
+
   warped = jax.vmap(resample, in_axes=2, out_axes=2)(image)
   inside = ((source[0] >= 0) & (source[0] <= height - 1) &
             (source[1] >= 0) & (source[1] <= width - 1))
@@ -245,5 +247,6 @@ PERTURBATIONS = {
 def get_perturbation(method: str):
   """The perturbation registered under ``config.method``."""
   if method not in PERTURBATIONS:
-    raise ValueError(f"config.method={method!r} is not known; choose one of {sorted(PERTURBATIONS)}")
+    raise ValueError(f"config.method={method!r} is not known; choose one of "
+                     f"{sorted(PERTURBATIONS)}")
   return PERTURBATIONS[method]

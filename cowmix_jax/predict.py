@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, List
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ from cowmix_jax import evaluate, models, reporting, steps
 from cowmix_jax.data import base, builders, pipeline
 
 
-def list_input_images(directory: str) -> Dict[str, str]:
+def list_input_images(directory: str) -> dict[str, str]:
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"--input={directory!r} is not a directory of images")
   images = base.list_images(directory)
@@ -40,7 +39,7 @@ def list_input_images(directory: str) -> Dict[str, str]:
 
 def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: str,
                    output_dir: str, checkpoint: str = "latest", use_teacher: bool = True,
-                   flip: bool = False, overlay_alpha: float = 0.5) -> List[str]:
+                   flip: bool = False, overlay_alpha: float = 0.5) -> list[str]:
   """Writes a label PNG and an overlay per image of ``input_dir``; returns the ids."""
   images = list_input_images(input_dir)
   metadata = builders.prepare(config.data).info.metadata

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import colorsys
 import json
-from typing import Any, Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -106,9 +107,9 @@ def _grey(values: np.ndarray) -> np.ndarray:
   return np.repeat((np.clip(values, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def visual_summaries(visuals: Dict[str, np.ndarray], batch: Dict[str, np.ndarray],
+def visual_summaries(visuals: dict[str, np.ndarray], batch: dict[str, np.ndarray],
                      palette: Sequence[Sequence[int]], normalisation: str,
-                     max_images: int = 4) -> Dict[str, np.ndarray]:
+                     max_images: int = 4) -> dict[str, np.ndarray]:
   """TensorBoard images (uint8 ``[N, H, W, 3]``) from ``steps.make_visualise_fn``'s
   output: the labelled images, their ground truth and the teacher's prediction; the
   unlabelled images, the masks, the student's (mixed) inputs, the teacher's targets and
@@ -135,7 +136,7 @@ def visual_summaries(visuals: Dict[str, np.ndarray], batch: Dict[str, np.ndarray
 
 
 def save_label_png(path: str, labels: np.ndarray,
-                   palette: Optional[Sequence[Sequence[int]]]) -> None:
+                   palette: Sequence[Sequence[int]] | None) -> None:
   """Class ids ``[H, W]`` as a palette PNG: pixel values are the ids, viewers show the
   palette's colours."""
   height, width = labels.shape
@@ -147,5 +148,5 @@ def save_label_png(path: str, labels: np.ndarray,
 
 
 def palette_of(builder_metadata, num_classes: int) -> np.ndarray:
-  colours: Optional[Sequence[Sequence[int]]] = builder_metadata.get("class_colours")
+  colours: Sequence[Sequence[int]] | None = builder_metadata.get("class_colours")
   return np.asarray(colours, np.uint8) if colours else default_palette(num_classes)

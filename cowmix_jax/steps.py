@@ -8,7 +8,7 @@ network's forward and backward passes (and BatchNorm statistics) are global.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cowmix_jax import losses, metrics, mixing
 from cowmix_jax.state import TrainState, update_teacher
 
 DATA_AXIS = "data"
-Batch = Dict[str, jax.Array]
+Batch = dict[str, jax.Array]
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -155,7 +156,7 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
            "consistency_loss": consistency, "confidence": confidence}
     return total, (batch_stats, aux)
 
-  def update(state: TrainState, batch: Batch, pparams) -> Tuple[TrainState, Dict]:
+  def update(state: TrainState, batch: Batch, pparams) -> tuple[TrainState, dict]:
     grads, (batch_stats, aux) = jax.grad(loss_fn, has_aux=True)(
         state.params, state, batch, pparams)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -210,7 +211,7 @@ def make_visualise_fn(model: nn.Module, config: ml_collections.ConfigDict,
   perturbation = mixing.get_perturbation(config.method)
   sample, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, config, mesh)
 
-  def visualise(state: TrainState, batch: Batch) -> Dict[str, jax.Array]:
+  def visualise(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     out = {"label": batch["label"],
            "teacher_prediction": jnp.argmax(_teacher_output(model, state, batch["image"]), -1)}
     if perturbation.uses_unlabelled:

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +15,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.experimental import multihost_utils
 
 from cowmix_jax import data as data_lib
 from cowmix_jax import losses, metrics, mixing, models, reporting, steps
@@ -26,11 +25,10 @@ from cowmix_jax.models import convert, summary
 from cowmix_jax.models import pretrained as pretrained_lib
 from cowmix_jax.state import TrainState, create_train_state, init_variables
 
-
 BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
 
 
-def shareable_batches(config: ml_collections.ConfigDict, devices: int) -> Dict[str, int]:
+def shareable_batches(config: ml_collections.ConfigDict, devices: int) -> dict[str, int]:
   """The smallest batches ``devices`` devices can share: the labelled and unlabelled
   batches grown by one common factor (keeping their ratio, e.g. the paper's 1 + 2), the
   evaluation batch rounded up to a multiple of ``devices``."""
@@ -177,7 +175,7 @@ def initial_variables_and_optimizer(config: ml_collections.ConfigDict, model, im
   return variables, make_optimizer(config, labels)
 
 
-def describe_pretrained_load(variables: Dict, pretrained: Dict, path: str,
+def describe_pretrained_load(variables: dict, pretrained: dict, path: str,
                              config: ml_collections.ConfigDict) -> str:
   """How many arrays came from ``path``, and which encoder arrays it did not have (they
   keep their random init: a sign of a file for another encoder)."""
@@ -207,15 +205,15 @@ def evaluate(eval_step, variables, batches, mesh, num_classes: int) -> np.ndarra
   return np.asarray(confusion, np.int64)
 
 
-def teacher_variables(state: TrainState) -> Dict:
+def teacher_variables(state: TrainState) -> dict:
   return {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats}
 
 
-def student_variables(state: TrainState) -> Dict:
+def student_variables(state: TrainState) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _format_metrics(values: Dict[str, float]) -> str:
+def _format_metrics(values: dict[str, float]) -> str:
   return " ".join(f"{name}={value:.4f}" for name, value in values.items())
 
 
@@ -256,7 +254,7 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def fetch_finite_metrics(step_metrics, step: int, checkpointer: Checkpointer) -> Dict[str, float]:
+def fetch_finite_metrics(step_metrics, step: int, checkpointer: Checkpointer) -> dict[str, float]:
   """Host copies of a step's metrics; FloatingPointError naming the step and the loss
   terms if any is not finite (no checkpoint is written from such a state)."""
   values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -290,7 +288,7 @@ def parameter_checksum(params) -> float:
                    for leaf in jax.tree.leaves(params)))
 
 
-def checksums_of_every_process(params) -> Dict[str, float]:
+def checksums_of_every_process(params) -> dict[str, float]:
   """``{"parameter_checksum_process<i>": checksum}`` for every process (gathered; float32
   when the gather goes through JAX without x64)."""
   local = np.array([parameter_checksum(params)], np.float32)
@@ -326,7 +324,7 @@ def _due(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains ``config.method`` for ``config.num_train_steps`` and evaluates the teacher.
 
   Resumes from the latest checkpoint in ``workdir`` if there is one (the same command

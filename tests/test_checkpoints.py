@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 from cowmix_jax import models, train
-from cowmix_jax.checkpoints import (Checkpointer, check_config, load_config, save_config,
-                                   workdir_path)
+from cowmix_jax.checkpoints import (
+  Checkpointer,
+  check_config,
+  load_config,
+  save_config,
+  workdir_path,
+)
 from cowmix_jax.state import create_train_state
 
 

@@ -6,10 +6,11 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SHARED_CAMVID, load_config
 from PIL import Image
 
 from cowmix_jax import evaluate, train
+
+from conftest import SHARED_CAMVID, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,9 +21,11 @@ def test_paper_settings():
   assert tuple(camvid.mask.cow_sigma_range) == (4.0, 16.0)
   pascal = load_config("pascal")
   assert tuple(pascal.data.augment.crop_size) == (321, 321) and pascal.batch_size == 10
-  assert (tuple(pascal.data.augment.scale_range), pascal.data.augment.scale_step) == ((0.5, 1.5), 0.1)
+  assert (tuple(pascal.data.augment.scale_range), pascal.data.augment.scale_step) == (
+      (0.5, 1.5), 0.1)
   deeplab = load_config("pascal", "deeplab_v2")
-  assert (deeplab.model.name, deeplab.model.depth, deeplab.learning_rate) == ("deeplab_v2", 101, 1e-5)
+  assert (deeplab.model.name, deeplab.model.depth, deeplab.learning_rate) == (
+      "deeplab_v2", 101, 1e-5)
   assert deeplab.model.normalisation == "caffe" and not deeplab.model.aspp_two_branch_bug
   cityscapes = load_config("cityscapes", "deeplab_v2")
   assert cityscapes.batch_size == 2 and cityscapes.data.builder_config == "half_majority"

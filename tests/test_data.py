@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_config, write_png
 
 from cowmix_jax import data as data_lib
 from cowmix_jax.data import builders, splits, synthetic
+
+from conftest import load_config, write_png
 
 
 @pytest.mark.parametrize("task", sorted(synthetic.TASKS))
@@ -60,8 +61,8 @@ def test_texture_classes_are_the_patterns_they_name():
   # In the images, patterned blobs span a dark and a light shade; plain ones do not.
   images, labels = synthetic.load_split(0, "train", 32, 64, "textures")
   brightness = images.max(axis=-1).astype(np.float64)
-  spread = {name: np.median([np.percentile(b[l == c], 90) / np.percentile(b[l == c], 10)
-                             for b, l in zip(brightness, labels) if np.sum(l == c) > 100])
+  spread = {name: np.median([np.percentile(b[m == c], 90) / np.percentile(b[m == c], 10)
+                             for b, m in zip(brightness, labels) if np.sum(m == c) > 100])
             for c, name in enumerate(synthetic.TEXTURE_CLASS_NAMES) if c}
   assert spread["plain"] < 1.6 < min(spread["stripes"], spread["checks"], spread["dots"]), spread
 
@@ -95,7 +96,8 @@ def test_inputs_train_on_the_chosen_subset_and_record_it(tiny_config, tmp_path):
   rendered = {f"train_{i:05d}": synthetic.render_example(0, "train", i, 32)[1]
               for i in range(32)}
   batch = next(inputs.train)
-  assert batch["image"].shape == (8, 32, 32, 3) and batch["unlabelled_image"].shape == (16, 32, 32, 3)
+  assert batch["image"].shape == (8, 32, 32, 3)
+  assert batch["unlabelled_image"].shape == (16, 32, 32, 3)
   for label in batch["label"]:  # every labelled image is one of the chosen (maybe flipped)
     assert any(np.array_equal(label, rendered[i]) or np.array_equal(label, rendered[i][:, ::-1])
                for i in inputs.labelled_ids)
@@ -144,7 +146,8 @@ def test_auto_eval_canvas_is_the_largest_image_rounded_to_the_downscale(
   data.downscale = downscale
   builder = builders.prepare(data)
   height, width = (max(s[0] for s in sizes), max(s[1] for s in sizes))
-  assert data_lib.largest_image(builder, "validation") == ((height, width), "validation2")  # 5x20: the largest area
+  # 5x20: the largest area
+  assert data_lib.largest_image(builder, "validation") == ((height, width), "validation2")
   data.eval_canvas = ("auto",)  # what --config.data.eval_canvas=auto makes of a tuple field
   canvas = data_lib.resolve_eval_canvas(data, builder, "validation")
   assert canvas == (-(-height // downscale) * downscale, -(-width // downscale) * downscale)

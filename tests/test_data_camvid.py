@@ -6,10 +6,11 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import SHARED_CAMVID, write_png
 from PIL import Image
 
 from cowmix_jax.data import base, builders
+
+from conftest import SHARED_CAMVID, write_png
 
 
 def _camvid_tree(root, counts=(("train", 3), ("val", 2)), size=(12, 16), seed=0):
@@ -100,7 +101,8 @@ def test_unreadable_label_names_the_file(tmp_path):
   _camvid_tree(tmp_path / "camvid")
   bad = tmp_path / "camvid" / "valannot" / "0001TP_val001.png"
   bad.write_bytes(b"\x89PNG truncated")
-  with pytest.raises(base.BadExampleError, match="valannot/0001TP_val001.png: cannot read the label"):
+  with pytest.raises(base.BadExampleError,
+                     match="valannot/0001TP_val001.png: cannot read the label"):
     builders.prepare(_data(tmp_path / "camvid", tmp_path / "tfds"))
 
 

@@ -7,10 +7,11 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import write_png
 from PIL import Image
 
 from cowmix_jax.data import base, builders, cityscapes
+
+from conftest import write_png
 
 # The official label table (cityscapesScripts labels.py): labelId -> trainId, by hand.
 OFFICIAL_TRAIN_IDS = {0: 255, 1: 255, 2: 255, 3: 255, 4: 255, 5: 255, 6: 255, 7: 0, 8: 1,
@@ -135,7 +136,8 @@ def test_official_zips_give_the_same_dataset_as_the_trees(tmp_path):
 
 def test_unknown_label_ids_name_the_file(tmp_path):
   write_tree(tmp_path / "cs")
-  path = tmp_path / "cs" / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000001_gtFine_labelIds.png"
+  path = (tmp_path / "cs" / "gtFine" / "val" / "frankfurt" /
+          "frankfurt_000000_000001_gtFine_labelIds.png")
   label = np.full(SIZE, 7, np.uint8)
   label[0, 0] = 40
   write_png(str(path), label)

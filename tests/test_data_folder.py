@@ -8,10 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import write_png
 from PIL import Image
 
 from cowmix_jax.data import base, builders, folder
+
+from conftest import write_png
 
 SIZE = (9, 11)
 
@@ -91,7 +92,8 @@ def test_label_without_image_is_named(tmp_path):
 def test_missing_or_bad_class_list(tmp_path):
   _tree(str(tmp_path / "mine"))
   os.remove(tmp_path / "mine" / "classes.json")
-  with pytest.raises(base.DatasetLayoutError, match="(?s)no classes.json or classes.txt.*train/images"):
+  with pytest.raises(base.DatasetLayoutError,
+                     match="(?s)no classes.json or classes.txt.*train/images"):
     builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))
   (tmp_path / "mine" / "classes.json").write_text('[{"name": "a", "colour": [1, 2]}]')
   with pytest.raises(base.DatasetLayoutError, match="class 'a': colour \\[1, 2\\]"):
@@ -157,7 +159,7 @@ def test_binary_masks_without_values_stop_with_the_classes_json_fix(tmp_path):
   assert fix in message and str(tmp_path / "mine" / "classes.json") in message
   # The fix, pasted into classes.json, builds (the changed class list is a new dataset).
   (tmp_path / "mine" / "classes.json").write_text(fix)
-  assert set(np.unique(np.concatenate([l.ravel() for l in _train_labels(
+  assert set(np.unique(np.concatenate([m.ravel() for m in _train_labels(
       builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))).values()]))) == {0, 1}
 
 

@@ -6,10 +6,11 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import write_png
 from PIL import Image
 
 from cowmix_jax.data import base, builders, voc
+
+from conftest import write_png
 
 SIZE = (10, 14)
 

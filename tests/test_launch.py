@@ -12,11 +12,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import free_port
 from test_data_cityscapes import write_tree as write_cityscapes
 from test_data_voc import write_tree as write_voc
 
 from cowmix_jax import metrics_file
+
+from conftest import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.num_train_steps=2", "--config.checkpoint_every=0", "--config.log_every=1",

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from conftest import SHARED_CAMVID
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

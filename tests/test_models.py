@@ -30,14 +30,17 @@ def test_encoder_feature_strides_and_channels(depth):
   encoder = ResNetEncoder(depth, width=8)
   x = jnp.zeros((2, 64, 96, 3))
   features, _ = encoder.init_with_output(jax.random.PRNGKey(0), x)
-  for (name, f), stride, channels in zip(features.items(), (4, 8, 16, 32), stage_channels(depth, 8)):
+  for (name, f), stride, channels in zip(features.items(), (4, 8, 16, 32),
+                                         stage_channels(depth, 8)):
     assert f.shape == (2, 64 // stride, 96 // stride, channels), name
 
 
 def _table_4_decoder_parameters(top: int, skips, classes: int) -> int:
   """Table 4's layer list by hand: the 1/32 features of ``top`` channels, the skips at
   1/16, 1/8 and 1/4 of ``skips`` channels."""
-  conv = lambda k, cin, cout: k * k * cin * cout + cout
+  def conv(k, cin, cout):
+    return k * k * cin * cout + cout
+
   s16, s8, s4 = skips
   return (conv(3, top, 192) + conv(4, 192, 128) + conv(3, 128 + s16, 128) + conv(4, 128, 96)
           + conv(3, 96 + s8, 96) + conv(4, 96, 64) + conv(3, 64 + s4, 64) + conv(4, 64, 48)

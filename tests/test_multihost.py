@@ -13,11 +13,12 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import free_port, num_classes_of_run
 
 from cowmix_jax import metrics_file, models, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.state import create_train_state
+
+from conftest import free_port, num_classes_of_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.num_train_steps=3", "--config.checkpoint_every=0", "--config.log_every=1",

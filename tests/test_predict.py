@@ -4,11 +4,12 @@ import os
 
 import numpy as np
 import pytest
-from conftest import write_png
 from PIL import Image
 
 from cowmix_jax import evaluate, predict
 from cowmix_jax.data import synthetic
+
+from conftest import write_png
 
 
 def test_predict_matches_evaluate_and_handles_any_size(trained, tmp_path):

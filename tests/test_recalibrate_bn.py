@@ -1,10 +1,8 @@
 """benchmarks/recalibrate_bn.py: precise BatchNorm statistics."""
 
-import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -4,9 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
-from cowmix_jax import metrics, mixing, models, steps, train
+from cowmix_jax import mixing, models, steps, train
 from cowmix_jax.state import create_train_state
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")

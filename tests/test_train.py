@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import load_config, num_classes_of_run
 
 from cowmix_jax import models, steps, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.state import create_train_state
+
+from conftest import load_config, num_classes_of_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.num_train_steps=8", "--config.checkpoint_every=2", "--config.log_every=1",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-from typing import Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -31,11 +31,11 @@ class Inputs:
 
   builder: object
   class_names: Sequence[str]
-  labelled_ids: List[str]
-  unlabelled_splits: List[str]
+  labelled_ids: list[str]
+  unlabelled_splits: list[str]
   train: Iterator[dict]
   normalisation: str
-  eval_canvas: Tuple[int, int]
+  eval_canvas: tuple[int, int]
   process_index: int = 0
   process_count: int = 1
   downscale: int = 1
@@ -65,7 +65,7 @@ AUTO_CROP_LIMIT = 512
 PAPER_SIGMA_RELATIVE = (4.0 / 360, 16.0 / 360)
 
 
-def pair_setting(value, key: str, what: str, kind=int) -> Optional[Tuple]:
+def pair_setting(value, key: str, what: str, kind=int) -> tuple | None:
   """A setting of two positive numbers (``config.KEY``), or None for ``auto``.
   Accepts a tuple, ``"auto"`` / ``("auto",)`` and the strings ``"a,b"`` / ``"(a, b)"``
   (what the command line makes of a tuple given to the string field of ``auto``)."""
@@ -83,13 +83,13 @@ def pair_setting(value, key: str, what: str, kind=int) -> Optional[Tuple]:
   raise ValueError(f"config.{key}={value!r}: expected {what} or '{config_base.AUTO}'")
 
 
-def canvas_setting(value) -> Optional[Tuple[int, int]]:
+def canvas_setting(value) -> tuple[int, int] | None:
   """``config.data.eval_canvas`` as ``(H, W)``, or None for ``auto``."""
   return pair_setting(value, "data.eval_canvas",
                       "(H, W) in pixels (auto: the largest evaluation image)")
 
 
-def largest_image(builder, split: str) -> Tuple[Tuple[int, int], str]:
+def largest_image(builder, split: str) -> tuple[tuple[int, int], str]:
   """The largest height and width over the labelled images of ``split`` (from the
   labels; images stay encoded) and the id of an image with the largest area."""
   dataset = builder.as_dataset(split=split, shuffle_files=False,
@@ -106,7 +106,7 @@ def largest_image(builder, split: str) -> Tuple[Tuple[int, int], str]:
 
 
 def resolve_eval_canvas(data: ml_collections.ConfigDict, builder, split: str
-                        ) -> Tuple[int, int]:
+                        ) -> tuple[int, int]:
   """Sets ``data.eval_canvas`` to ``(H, W)``: for ``auto`` the largest image of
   ``split`` rounded up to a multiple of ``data.downscale``; a given canvas is checked
   to hold every image of ``split`` (a smaller one would stop the run at its first
@@ -168,7 +168,7 @@ def stream_seed(seed: int, stream: int) -> int:
 
 
 def choose_labelled_ids(builder, data: ml_collections.ConfigDict, seed: int
-                        ) -> Tuple[List[str], np.ndarray, List[str]]:
+                        ) -> tuple[list[str], np.ndarray, list[str]]:
   """The labelled ids (from ``labelled_ids_file`` or drawn by seed), their label
   histograms ``[N, C + 1]`` and all ids of the training split."""
   ids, histograms = splits.read_ids_and_histograms(builder, data.train_split)
@@ -183,7 +183,7 @@ def choose_labelled_ids(builder, data: ml_collections.ConfigDict, seed: int
   return chosen, histograms[[index[i] for i in chosen]], ids
 
 
-def make_inputs(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
+def make_inputs(config: ml_collections.ConfigDict, workdir: str | None = None,
                 process_index: int = 0, process_count: int = 1, start_step: int = 0
                 ) -> Inputs:
   """Prepares ``config.data``, chooses the labelled subset and builds the streams.

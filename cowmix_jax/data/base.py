@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -60,7 +60,7 @@ def require_subdirectory(root: str, relative: str, dataset: str, layout: str) ->
   return path
 
 
-def list_images(directory: str) -> Dict[str, str]:
+def list_images(directory: str) -> dict[str, str]:
   """``{stem: path}`` of the image files in ``directory`` (not recursive), sorted."""
   found = {}
   for name in sorted(os.listdir(directory)):
@@ -90,7 +90,7 @@ def read_file(path: str) -> bytes:
     raise BadExampleError(f"{path}: cannot read the file: {error}") from error
 
 
-def decode_image(data: bytes, name: str) -> Tuple[object, Tuple[int, int]]:
+def decode_image(data: bytes, name: str) -> tuple[object, tuple[int, int]]:
   """Checks an encoded image; returns what to store and its ``(H, W)``.
 
   RGB PNG and JPEG bytes are stored as they are (no re-encoding); anything else
@@ -137,7 +137,7 @@ def decode_label(data: bytes, name: str) -> np.ndarray:
 GREY_TOLERANCE = 32
 
 
-def _grey_of_rgb(rgb: np.ndarray) -> Optional[np.ndarray]:
+def _grey_of_rgb(rgb: np.ndarray) -> np.ndarray | None:
   """uint8 ``[H, W]`` channel mean of an int ``[H, W, 3]`` image whose channels agree
   within GREY_TOLERANCE everywhere (a grey mask saved as RGB); None otherwise."""
   if int(np.max(rgb.max(axis=-1) - rgb.min(axis=-1), initial=0)) > GREY_TOLERANCE:
@@ -146,7 +146,7 @@ def _grey_of_rgb(rgb: np.ndarray) -> Optional[np.ndarray]:
 
 
 def check_label(label: np.ndarray, name: str, num_classes: int,
-                image_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+                image_size: tuple[int, int] | None = None) -> np.ndarray:
   """Raises naming ``name`` when the label's size or values are wrong; returns it."""
   if image_size is not None and tuple(label.shape) != tuple(image_size):
     raise BadExampleError(f"{name}: label is {label.shape[0]}x{label.shape[1]} (HxW) but "
@@ -177,24 +177,24 @@ def features() -> tfds.features.FeaturesDict:
 
 
 def metadata(class_names: Sequence[str],
-             class_colours: Optional[Sequence[Sequence[int]]]) -> tfds.core.MetadataDict:
+             class_colours: Sequence[Sequence[int]] | None) -> tfds.core.MetadataDict:
   return tfds.core.MetadataDict(class_names=list(class_names),
                                 class_colours=[list(map(int, c)) for c in class_colours]
                                 if class_colours else None)
 
 
-def labelled_example(image_id: str, image, label: np.ndarray, num_classes: int) -> Dict:
+def labelled_example(image_id: str, image, label: np.ndarray, num_classes: int) -> dict:
   return {"image": image, "label": label, "image_id": image_id,
           "label_histogram": label_histogram(label, num_classes)}
 
 
-def unlabelled_example(image_id: str, image, num_classes: int) -> Dict:
+def unlabelled_example(image_id: str, image, num_classes: int) -> dict:
   return {"image": image, "label": np.zeros((0, 0), np.uint8), "image_id": image_id,
           "label_histogram": np.zeros(num_classes + 1, np.int64)}
 
 
 def read_pair(image_path: str, label_path: str, num_classes: int,
-              label_map: Optional[np.ndarray] = None) -> Tuple[object, np.ndarray]:
+              label_map: np.ndarray | None = None) -> tuple[object, np.ndarray]:
   """Reads and checks one image and its label; ``label_map`` is a 256-entry lookup."""
   image, size = decode_image(read_file(image_path), image_path)
   label = decode_label(read_file(label_path), label_path)
@@ -214,7 +214,7 @@ def check_raw_values(label: np.ndarray, label_map: np.ndarray, name: str) -> Non
                           f"dataset (expected values in {known.min()}..{known.max()})")
 
 
-def lookup_table(mapping: Dict[int, int], valid: Sequence[int]) -> np.ndarray:
+def lookup_table(mapping: dict[int, int], valid: Sequence[int]) -> np.ndarray:
   """256-entry int16 table: ``mapping`` for its keys, 255 for other ``valid`` values,
   -1 (an error when met) for the rest."""
   table = np.full(256, -1, np.int16)
@@ -228,7 +228,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   """Base of the builders: features, class metadata and the layout text."""
 
   CLASS_NAMES: Sequence[str] = ()
-  CLASS_COLOURS: Optional[Sequence[Sequence[int]]] = None
+  CLASS_COLOURS: Sequence[Sequence[int]] | None = None
   DESCRIPTION = ""
   LAYOUT = ""
 

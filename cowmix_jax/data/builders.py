@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import jax
 import ml_collections
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
 from absl import logging
+from jax.experimental import multihost_utils
 
 from cowmix_jax.data import base, camvid, cityscapes, folder, synthetic, voc
 
@@ -29,13 +28,13 @@ MANUAL_DIR_VARIABLES = {
 }
 
 
-def manual_dir(data: ml_collections.ConfigDict) -> Optional[str]:
+def manual_dir(data: ml_collections.ConfigDict) -> str | None:
   """``config.data.manual_dir``, else the dataset's environment variable, else None."""
   directory = data.get("manual_dir") or os.environ.get(MANUAL_DIR_VARIABLES.get(data.name, ""))
   return os.path.expanduser(directory) if directory else None
 
 
-def data_dir(data: ml_collections.ConfigDict) -> Optional[str]:
+def data_dir(data: ml_collections.ConfigDict) -> str | None:
   """Where prepared datasets go: ``config.data.data_dir``, else tfds's default
   (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
   directory = data.get("data_dir")

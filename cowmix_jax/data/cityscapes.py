@@ -15,10 +15,10 @@ The test split is not built: its labels are not public (the official files are v
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import os
 import zipfile
-from typing import Dict, List
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -92,7 +92,7 @@ class _Files:
 
   def __init__(self, root: str):
     self._root = root
-    self._zips: Dict[str, zipfile.ZipFile] = {}
+    self._zips: dict[str, zipfile.ZipFile] = {}
     for top, archive in ZIPS.items():
       if os.path.isdir(os.path.join(root, top)):
         continue
@@ -104,9 +104,10 @@ class _Files:
       try:
         self._zips[top] = zipfile.ZipFile(path)
       except zipfile.BadZipFile as error:
-        raise base.DatasetLayoutError(f"Cityscapes: {path}: not a readable zip ({error})")
+        raise base.DatasetLayoutError(
+            f"Cityscapes: {path}: not a readable zip ({error})") from None
 
-  def list(self, top: str, split: str, suffix: str) -> List[str]:
+  def list(self, top: str, split: str, suffix: str) -> builtins.list[str]:
     """Sorted relative paths ``top/split/<city>/<name><suffix>``."""
     prefix = f"{top}/{split}/"
     if top in self._zips:

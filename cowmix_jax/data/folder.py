@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -52,9 +52,9 @@ class ClassList:
   ``values``: the pixel value of each class in the label files; None when the files
   hold the class ids themselves.
   """
-  names: List[str]
-  colours: Optional[List[List[int]]] = None
-  values: Optional[List[int]] = None
+  names: list[str]
+  colours: list[list[int]] | None = None
+  values: list[int] | None = None
 
   def value_table(self) -> np.ndarray:
     """int16 ``[256]``: label-file value -> class id; 255 (ignore) for 255 when no class
@@ -93,7 +93,7 @@ def read_classes(directory: str) -> ClassList:
                                 f"{directory!r}. Expected layout:\n{LAYOUT}")
 
 
-def _check_colour(colour, path: str, name: str) -> List[int]:
+def _check_colour(colour, path: str, name: str) -> list[int]:
   if (not isinstance(colour, (list, tuple)) or len(colour) != 3 or
       not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
     raise base.DatasetLayoutError(f"{path}: class {name!r}: colour {colour!r} is not three "
@@ -192,7 +192,7 @@ def is_lossy(label_path: str) -> bool:
   return os.path.splitext(label_path)[1].lower() in LOSSY_SUFFIXES
 
 
-def read_label(label_path: str, classes: ClassList) -> Tuple[np.ndarray, np.ndarray]:
+def read_label(label_path: str, classes: ClassList) -> tuple[np.ndarray, np.ndarray]:
   """The class ids of one label file, uint8 ``[H, W]``, and its raw values; a lossless
   file with a value no class has raises, naming the file and the values."""
   raw = base.decode_label(base.read_file(label_path), label_path)
@@ -253,7 +253,7 @@ def check_classes_present(scan: LabelScan, classes: ClassList, directory: str) -
       f"if the classes really are absent.)")
 
 
-def config_for_directory(directory: str) -> "FolderConfig":
+def config_for_directory(directory: str) -> FolderConfig:
   """A builder config named after the directory (its base name and a hash of its path
   and class list), so that two datasets, or one whose classes.json changed, never
   share prepared files."""
@@ -285,7 +285,7 @@ class SegmentationFolder(base.SegmentationBuilder):
   LAYOUT = LAYOUT
   DESCRIPTION = "A user's segmentation dataset from a directory of images and label PNGs."
 
-  def __init__(self, *, directory: Optional[str] = None, config=None, **kwargs):
+  def __init__(self, *, directory: str | None = None, config=None, **kwargs):
     if config is None:
       if directory is None:
         raise ValueError("SegmentationFolder needs the dataset directory")
@@ -327,7 +327,7 @@ class SegmentationFolder(base.SegmentationBuilder):
             [(i, path, None) for i, path in unlabelled])
     return generators
 
-  def _labels(self, root: str, split: str, images) -> Dict[str, str]:
+  def _labels(self, root: str, split: str, images) -> dict[str, str]:
     """``{image id: label file}`` of ``split`` (label files of any image format)."""
     label_dir = os.path.join(root, split, "labels")
     if not os.path.isdir(label_dir):

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import math
 import operator
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -55,8 +55,8 @@ class Augmentation:
     contrast_log_std: contrast ``x exp(N(0, s))`` about the image mean; 0 for none.
   """
 
-  crop_size: Tuple[int, int]
-  scale_range: Tuple[float, float] = (1.0, 1.0)
+  crop_size: tuple[int, int]
+  scale_range: tuple[float, float] = (1.0, 1.0)
   scale_step: float = 0.0
   hflip: bool = True
   rotation_degrees: float = 0.0
@@ -64,7 +64,7 @@ class Augmentation:
   contrast_log_std: float = 0.0
 
   @classmethod
-  def from_config(cls, augment: ml_collections.ConfigDict) -> "Augmentation":
+  def from_config(cls, augment: ml_collections.ConfigDict) -> Augmentation:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(augment.keys()) - fields
     if unknown:
@@ -146,7 +146,7 @@ def _rotate(image, label, valid, degrees: float, seed):
   return image, label, valid
 
 
-def check_downscale(factor: int, canvas: Tuple[int, int]) -> int:
+def check_downscale(factor: int, canvas: tuple[int, int]) -> int:
   """``config.data.downscale`` checked: a positive integer that divides the canvas."""
   if int(factor) != factor or factor < 1:
     raise ValueError(f"config.data.downscale={factor}: need a whole number >= 1")
@@ -156,7 +156,7 @@ def check_downscale(factor: int, canvas: Tuple[int, int]) -> int:
   return int(factor)
 
 
-def downscale(image: tf.Tensor, label: Optional[tf.Tensor], factor: int):
+def downscale(image: tf.Tensor, label: tf.Tensor | None, factor: int):
   """Shrinks ``image [H, W, 3]`` (antialiased bilinear, float32) and ``label [H, W]``
   (nearest, so ids stay ids) by ``factor`` to ``round(H / factor) x round(W / factor)``;
   a factor of 1 returns them as they are."""
@@ -187,8 +187,8 @@ def _pad_and_crop(image, label, valid, crop_size, seed):
   return crop[..., :3], crop[..., 3], crop[..., 4]
 
 
-def augment(image: tf.Tensor, label: Optional[tf.Tensor], seed: tf.Tensor,
-            aug: Augmentation, normalisation: str) -> Dict[str, tf.Tensor]:
+def augment(image: tf.Tensor, label: tf.Tensor | None, seed: tf.Tensor,
+            aug: Augmentation, normalisation: str) -> dict[str, tf.Tensor]:
   """One training example, augmented.
 
   Args:
@@ -230,7 +230,7 @@ def _decoders():
   return {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
 
 
-def _read(builder, split: str, seed: Optional[int]) -> tf.data.Dataset:
+def _read(builder, split: str, seed: int | None) -> tf.data.Dataset:
   """Examples with the image and label still encoded (cheap to filter and shuffle)."""
   shuffle = seed is not None
   read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
@@ -322,8 +322,8 @@ def unlabelled_stream(builder, splits: Sequence[str], global_batch: int, seed: i
                                     start_batch, process_index, process_count)
 
 
-def train_batches(labelled: tf.data.Dataset, unlabelled: Optional[tf.data.Dataset]
-                  ) -> Iterator[Dict[str, np.ndarray]]:
+def train_batches(labelled: tf.data.Dataset, unlabelled: tf.data.Dataset | None
+                  ) -> Iterator[dict[str, np.ndarray]]:
   """numpy batches of both streams together (``image``, ``label``, ``unlabelled_*``)."""
   if unlabelled is None:
     dataset = labelled
@@ -332,9 +332,9 @@ def train_batches(labelled: tf.data.Dataset, unlabelled: Optional[tf.data.Datase
   return iter(tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE)))
 
 
-def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
+def eval_batches(builder, split: str, canvas: tuple[int, int], batch_size: int,
                  normalisation: str, process_index: int = 0, process_count: int = 1,
-                 downscale_factor: int = 1) -> Iterator[Dict[str, np.ndarray]]:
+                 downscale_factor: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """Whole images padded to ``canvas`` (label 255), in order, as full batches.
 
   Yields ``{"image": [B, H / f, W / f, 3] float32, "label": [B, H, W] int32,
@@ -375,7 +375,7 @@ def eval_batches(builder, split: str, canvas: Tuple[int, int], batch_size: int,
     yield _pad_batch(empty, batch_size)
 
 
-def _pad_batch(batch: Dict[str, np.ndarray], batch_size: int) -> Dict[str, np.ndarray]:
+def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
   """Fills a short batch up to ``batch_size`` with ignored, empty images."""
   missing = batch_size - len(batch["image"])
   if not missing:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 from etils import epath
@@ -23,7 +23,7 @@ from etils import epath
 from cowmix_jax.data.base import IGNORE_LABEL, IMAGE_SUFFIXES
 
 
-def read_ids_and_histograms(builder, split: str) -> Tuple[List[str], np.ndarray]:
+def read_ids_and_histograms(builder, split: str) -> tuple[list[str], np.ndarray]:
   """Image ids of a split and their label histograms ``[N, C + 1]`` (ignore last).
 
   Reads only the small features (images and labels stay encoded).
@@ -49,8 +49,8 @@ def check_num_labelled(num_labelled: int, available: int) -> None:
 
 
 def choose_labelled(image_ids: Sequence[str], num_labelled: int, seed: int,
-                    histograms: Optional[np.ndarray] = None,
-                    class_balanced: bool = False) -> List[str]:
+                    histograms: np.ndarray | None = None,
+                    class_balanced: bool = False) -> list[str]:
   """A seeded random choice of ``num_labelled`` ids (all of them for -1), sorted.
 
   ``class_balanced`` picks, in turn, an image that shows the class present in the
@@ -70,7 +70,7 @@ def choose_labelled(image_ids: Sequence[str], num_labelled: int, seed: int,
                                                       num_labelled))
 
 
-def _balanced_order(order: np.ndarray, present: np.ndarray, count: int) -> List[int]:
+def _balanced_order(order: np.ndarray, present: np.ndarray, count: int) -> list[int]:
   """Greedy class-balanced choice; ``present [N, C]`` says which classes each image shows."""
   num_classes = present.shape[1]
   rank = np.empty(num_classes, np.int64)
@@ -79,7 +79,7 @@ def _balanced_order(order: np.ndarray, present: np.ndarray, count: int) -> List[
   heads = [0] * num_classes
   taken = np.zeros(len(order), bool)
   covered = np.zeros(num_classes, np.int64)
-  chosen: List[int] = []
+  chosen: list[int] = []
   while len(chosen) < count:
     pick = None
     for class_id in sorted(range(num_classes), key=lambda c: (covered[c], rank[c])):
@@ -118,7 +118,7 @@ def id_of_line(line: str) -> str:
   return stem
 
 
-def read_id_file(path: str) -> List[str]:
+def read_id_file(path: str) -> list[str]:
   """Ids from a text file (one per line, ``#`` comments; lines may be the image-label path
   pairs of the field's split files, see :func:`id_of_line`) or a JSON list /
   ``{"ids": [...]}``."""
@@ -175,7 +175,7 @@ def histogram_table(histograms: np.ndarray, class_names: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
-def compare(a: Sequence[str], b: Sequence[str]) -> Dict[str, object]:
+def compare(a: Sequence[str], b: Sequence[str]) -> dict[str, object]:
   common = sorted(set(a) & set(b))
   return {"identical": set(a) == set(b), "size_a": len(a), "size_b": len(b),
           "common": len(common), "only_a": sorted(set(a) - set(b)),
@@ -193,7 +193,7 @@ def _builder_from_flags(flags) -> object:
   return builders.prepare(data)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   import argparse
 
   parser = argparse.ArgumentParser(prog="python -m cowmix_jax.data.splits",

@@ -12,7 +12,6 @@ Images are a pure function of (seed, split, index).
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -64,7 +63,7 @@ def _saturated_colour(rng: np.random.Generator) -> np.ndarray:
   return rng.uniform(0.1, 0.3) + rng.uniform(0.5, 0.7) * colour
 
 
-def render_example(seed: int, split: str, index: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
+def render_example(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
   """One image and its label map.
 
   Returns:
@@ -139,7 +138,7 @@ def _texture(rng: np.random.Generator, name: str, rows, cols) -> np.ndarray:
 
 
 def render_texture_example(seed: int, split: str, index: int, size: int
-                           ) -> Tuple[np.ndarray, np.ndarray]:
+                           ) -> tuple[np.ndarray, np.ndarray]:
   """One image of the ``textures`` task and its label map: 2-4 randomly outlined blobs,
   each in one random saturated colour, plain or patterned (stripes, checks, dots: the
   class) in a dark and a light shade of it, at a random period, orientation and phase,

@@ -7,7 +7,6 @@ and decoding them as RGB would give colours, not class ids.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
 
 import tensorflow_datasets as tfds
 
@@ -66,7 +65,7 @@ def find_list(root: str, file_name: str) -> str:
                                 f"(looked for {tried}). Expected layout:\n{LAYOUT}")
 
 
-def read_id_list(path: str) -> List[str]:
+def read_id_list(path: str) -> list[str]:
   """Image ids of a VOC split list (ids, or image/label path pairs)."""
   ids = []
   with open(path) as f:
@@ -79,7 +78,7 @@ def read_id_list(path: str) -> List[str]:
   return ids
 
 
-def find_label(root: str, image_id: str) -> Optional[str]:
+def find_label(root: str, image_id: str) -> str | None:
   for directory in LABEL_DIRECTORIES:
     path = os.path.join(root, directory, image_id + ".png")
     if os.path.isfile(path):
@@ -104,7 +103,7 @@ class VocAug(base.SegmentationBuilder):
     return {split: self._generate_examples(root, read_id_list(find_list(root, list_name)))
             for split, list_name in SPLIT_LISTS.items()}
 
-  def _generate_examples(self, root: str, image_ids: List[str]):
+  def _generate_examples(self, root: str, image_ids: list[str]):
     for image_id in image_ids:
       image_path = os.path.join(root, "JPEGImages", image_id + ".jpg")
       if not os.path.isfile(image_path):

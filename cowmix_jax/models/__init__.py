@@ -8,7 +8,7 @@ Table 4, on a ResNet or an EfficientNet-Lite encoder: ``config.model.encoder``),
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from cowmix_jax.models.resnet import ResNetEncoder
 from cowmix_jax.models.unet import ENCODER_SKIPS, PAPER_DECODER_WIDTHS, UNet
 
 ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
-_REGISTRY: Dict[str, ModelBuilder] = {}
+_REGISTRY: dict[str, ModelBuilder] = {}
 
 
 def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -35,7 +35,7 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 def _common_args(config: ml_collections.ConfigDict, num_classes: int, depth: int,
-                 freeze_bn: bool) -> Dict:
+                 freeze_bn: bool) -> dict:
   """The arguments every model takes, with this model's default depth and BatchNorm."""
   return dict(num_classes=num_classes, depth=config.get("depth", depth),
               width=config.get("width", 64), freeze_bn=config.get("freeze_bn", freeze_bn),
@@ -120,7 +120,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   """Builds the model named by ``config.name``."""
   if config.name not in _REGISTRY:
     raise ValueError(
-        f"config.model.name={config.name!r} is not a known model; choose one of {available_models()}")
+        f"config.model.name={config.name!r} is not a known model; choose one of "
+        f"{available_models()}")
   return _REGISTRY[config.name](config, num_classes)
 
 

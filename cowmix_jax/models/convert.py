@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Dict, Mapping, Tuple
+from collections.abc import Mapping
 
 import numpy as np
 from flax import serialization
@@ -46,7 +46,7 @@ def _conv(weight: np.ndarray) -> np.ndarray:
   return np.transpose(weight, (2, 3, 1, 0))
 
 
-def _flax_module_path(torch_module: str) -> Tuple[str, ...]:
+def _flax_module_path(torch_module: str) -> tuple[str, ...]:
   """``layer2.0.conv1`` -> ``("encoder", "conv3_x_block0", "Conv_0")`` and so on."""
   if torch_module == "conv1":
     return ("encoder", "stem_conv")
@@ -68,7 +68,7 @@ def _flax_module_path(torch_module: str) -> Tuple[str, ...]:
   raise KeyError(torch_module)
 
 
-def _efficientnet_module_path(torch_module: str) -> Tuple[str, ...]:
+def _efficientnet_module_path(torch_module: str) -> tuple[str, ...]:
   """``_blocks.3._depthwise_conv`` -> ``("encoder", "block3", "depthwise_conv")``."""
   if torch_module in _EFFICIENTNET_MODULES:
     return ("encoder", _EFFICIENTNET_MODULES[torch_module])
@@ -84,13 +84,13 @@ def _kernel(value: np.ndarray) -> np.ndarray:
   return _conv(value) if value.ndim == 4 else value.T
 
 
-def _is_kernel(path: Tuple[str, ...]) -> bool:
+def _is_kernel(path: tuple[str, ...]) -> bool:
   return (path[-1].startswith(("Conv", "aspp")) or path[-1].endswith("_conv")
           or path[-1] == "imagenet_head")
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str,
-                       imagenet_head: bool = False) -> Dict:
+                       imagenet_head: bool = False) -> dict:
   """A PyTorch state dict (numpy arrays) -> ``{"params": ..., "batch_stats": ...}``.
 
   Args:
@@ -142,7 +142,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], layout: str,
   return variables
 
 
-def efficientnet_shapes(variant: str, imagenet_head: bool = False) -> Dict:
+def efficientnet_shapes(variant: str, imagenet_head: bool = False) -> dict:
   """``{"params": ..., "batch_stats": ...}`` of shapes of ``EfficientNetLite(variant)``
   under ``encoder``, without running it."""
   import jax
@@ -154,7 +154,7 @@ def efficientnet_shapes(variant: str, imagenet_head: bool = False) -> Dict:
           for collection, tree in shapes.items()}
 
 
-def check_efficientnet_shapes(variables: Dict, variant: str, imagenet_head: bool) -> None:
+def check_efficientnet_shapes(variables: dict, variant: str, imagenet_head: bool) -> None:
   """Raises ValueError naming the first array of ``variables`` that EfficientNet-Lite
   ``variant`` does not have, or has with another shape, and the arrays it lacks."""
   expected = efficientnet_shapes(variant, imagenet_head)
@@ -176,17 +176,17 @@ def check_efficientnet_shapes(variables: Dict, variant: str, imagenet_head: bool
                      f"missing {absent[:5]}")
 
 
-def save(variables: Dict, path: str) -> None:
+def save(variables: dict, path: str) -> None:
   with open(path, "wb") as f:
     f.write(serialization.msgpack_serialize(variables))
 
 
-def load(path: str) -> Dict:
+def load(path: str) -> dict:
   with open(path, "rb") as f:
     return serialization.msgpack_restore(f.read())
 
 
-def merge_pretrained(variables: Dict, pretrained: Dict, source: str = "pretrained") -> Dict:
+def merge_pretrained(variables: dict, pretrained: dict, source: str = "pretrained") -> dict:
   """``variables`` with every leaf of ``pretrained`` put in place.
 
   Leaves of ``variables`` that ``pretrained`` lacks (a new decoder) keep their values.

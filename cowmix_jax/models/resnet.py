@@ -10,14 +10,14 @@ of a dilated stage the previous dilation, caffe (DeepLab v2) dilates every block
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 # (block type, blocks per stage) for each depth.
-RESNET_SPECS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
+RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -87,7 +87,7 @@ class BottleneckBlock(nn.Module):
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
-def stage_channels(depth: int, width: int = 64) -> Tuple[int, int, int, int]:
+def stage_channels(depth: int, width: int = 64) -> tuple[int, int, int, int]:
   """Output channels of conv2_x..conv5_x for a ResNet of this depth and base width."""
   block_type, _ = RESNET_SPECS[depth]
   expansion = BLOCKS[block_type].expansion
@@ -143,7 +143,7 @@ class ResNetEncoder(nn.Module):
   style: str = "torchvision"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Args: x ``[N, H, W, 3]``.
 
     Returns:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -11,17 +10,17 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 
-def parameter_counts(params, depth: int = 2) -> Dict[str, int]:
+def parameter_counts(params, depth: int = 2) -> dict[str, int]:
   """Parameters per module path, grouped by the first ``depth`` path components
   (``encoder/conv4_x_block0``, ``up_16``, ...), in tree order."""
-  counts: Dict[str, int] = {}
+  counts: dict[str, int] = {}
   for path, leaf in flatten_dict(params).items():
     name = "/".join(path[:min(depth, len(path) - 1)]) or path[0]
     counts[name] = counts.get(name, 0) + int(np.prod(np.shape(leaf)))
   return counts
 
 
-def forward_flops(model, variables, input_shape: Tuple[int, ...]) -> float:
+def forward_flops(model, variables, input_shape: tuple[int, ...]) -> float:
   """FLOPs of one inference forward pass per image at ``input_shape`` ``[N, H, W, C]``,
   from XLA's cost analysis of the compiled function (a multiply-add counts 2)."""
   images = jax.ShapeDtypeStruct(input_shape, jnp.float32)
@@ -40,10 +39,10 @@ def _encoder_group(module: str) -> str:
   return module.split("_block")[0]
 
 
-def report(model, variables, input_shape: Tuple[int, ...]) -> str:
+def report(model, variables, input_shape: tuple[int, ...]) -> str:
   """A table of parameter counts by module (encoder stages summed) and the FLOPs."""
   counts = parameter_counts(variables["params"])
-  grouped: Dict[str, int] = {}
+  grouped: dict[str, int] = {}
   for name, count in counts.items():
     parts = name.split("/")
     key = parts[0] if parts[0] != "encoder" else "encoder/" + _encoder_group(parts[1])

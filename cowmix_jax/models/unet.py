@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -89,5 +90,6 @@ class UNet(nn.Module):
     y = _conv3x3_relu(y, w[4], "conv_2", self.dtype)
     y = _upsample_relu(y, w[5], "up_1", self.dtype)
     y = _conv3x3_relu(y, w[5], "conv_1", self.dtype)
-    logits = nn.Conv(self.num_classes, (1, 1), name="classifier", dtype=self.dtype)(y).astype(jnp.float32)
+    logits = nn.Conv(self.num_classes, (1, 1), name="classifier", dtype=self.dtype)(y)
+    logits = logits.astype(jnp.float32)
     return logits[:, :height, :width]
