@@ -1,29 +1,62 @@
 """The perturbations compared in the paper (Table 1), one small class each.
 
-A perturbation works on one device's shard of the unlabelled batch (it runs inside
-``shard_map``) in three pure steps:
+Every perturbation is a :class:`Perturbation`, built from the config by the factory
+registered under its ``config.method`` name (``make_perturbation(config)``): the factory
+reads the config, the perturbation receives plain values. It works on one device's shard
+of the unlabelled batch (it runs inside ``shard_map``) in three pure steps:
 
-* ``sample(key, images, config) -> params``: the random draws (masks, partners,
-  transforms), a dict of arrays whose leading axis is the shard's batch;
-* ``inputs(images, params) -> (teacher_input, student_input)``;
-* ``target(teacher_output, params) -> (target, loss_mask)``: the teacher's prediction
+* ``sample(key, images) -> draws``: the random draws (masks, partners, transforms), a
+  dict of arrays whose leading axis is the shard's batch;
+* ``inputs(images, draws) -> (teacher_input, student_input)``;
+* ``target(teacher_output, draws) -> (target, loss_mask)``: the teacher's prediction
   brought to the student's pixels, and where the consistency loss applies. It is linear
   in ``teacher_output``, so it serves probabilities and logits alike.
 
-Mixing partners are shard-local indices, so no data crosses devices.
+Mixing partners are shard-local indices (the ``partner`` draw), so no data crosses
+devices. Adding a perturbation is a subclass and one ``@PERTURBATIONS.register(name)``
+factory (docs/DEVELOPING.md).
 """
 
 from __future__ import annotations
 
+import abc
+import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from cowmix_jax import masks
+from cowmix_jax.registry import Registry
 
-Params = dict[str, jax.Array]
+# The random draws of one perturbation for a shard: arrays with the batch leading.
+Draws = dict[str, jax.Array]
+# ``(key, (N, H, W)) -> [N, H, W]`` float32 masks.
+MaskSampler = Callable[[jax.Array, tuple], jax.Array]
+
+
+class Perturbation(abc.ABC):
+  """What the student sees of the unlabelled images, and the target it must match."""
+
+  # False for the supervised baseline: no unlabelled batch, no consistency term.
+  uses_unlabelled: bool = True
+  # "cow" or "box" for the mask-based methods (start-up checks of the mask settings).
+  mask_kind: str | None = None
+
+  @abc.abstractmethod
+  def sample(self, key: jax.Array, images: jax.Array) -> Draws:
+    """The random draws for ``images [N, H, W, C]``."""
+
+  @abc.abstractmethod
+  def inputs(self, images: jax.Array, draws: Draws) -> tuple[jax.Array, jax.Array]:
+    """``(teacher_input, student_input)``, each ``[N, H, W, C]``."""
+
+  @abc.abstractmethod
+  def target(self, teacher_output: jax.Array, draws: Draws) -> tuple[jax.Array, jax.Array]:
+    """``(target [N, H, W, K], loss_mask [N, H, W])`` from ``teacher_output [N, H, W, K]``
+    (linear in it)."""
 
 
 def mix(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
@@ -46,76 +79,68 @@ def sample_partners(key: jax.Array, n: int) -> jax.Array:
   return jnp.zeros(n, jnp.int32).at[order].set(jnp.roll(order, -1).astype(jnp.int32))
 
 
-def _sample_mask(key: jax.Array, shape, config: ml_collections.ConfigDict, kind: str,
-                 p_range) -> jax.Array:
-  if kind == "cow":
-    return masks.cow_masks(key, shape, tuple(config.mask.cow_sigma_range), tuple(p_range),
-                           exact_proportion=config.mask.exact_proportion,
-                           canvas_margin_sigmas=config.mask.get(
-                               "cow_canvas_margin_sigmas", masks.WRAP_MARGIN_SIGMAS))
-  return masks.box_masks(key, shape, tuple(p_range))
+def cow_mask_sampler(mask_config: ml_collections.ConfigDict, p_range) -> MaskSampler:
+  """Cow masks with ``config.mask``'s sigma range, exactness and canvas margin, a
+  proportion drawn from ``p_range`` per mask."""
+  return functools.partial(
+      masks.cow_masks, sigma_range=tuple(mask_config.cow_sigma_range),
+      p_range=tuple(p_range), exact_proportion=mask_config.exact_proportion,
+      canvas_margin_sigmas=mask_config.get("cow_canvas_margin_sigmas",
+                                           masks.WRAP_MARGIN_SIGMAS))
 
 
-class Mix:
-  """CutMix / CowMix: the student sees ``mix(x_a, x_b, M)``, the target is the same mix."""
+def box_mask_sampler(p_range) -> MaskSampler:
+  """Rectangles covering a proportion drawn from ``p_range`` per mask."""
+  return functools.partial(masks.box_masks, p_range=tuple(p_range))
 
-  uses_unlabelled = True
 
-  def __init__(self, mask_kind: str, p_range_field: str):
+def constant_mask_sampler(alpha: float) -> MaskSampler:
+  """ICT's masks: the constant ``1 - lambda`` per image, ``lambda ~ Beta(alpha, alpha)``."""
+
+  def sample(key: jax.Array, shape: tuple) -> jax.Array:
+    lam = jax.random.beta(key, alpha, alpha, shape[:1])
+    return jnp.broadcast_to((1.0 - lam)[:, None, None], shape).astype(jnp.float32)
+
+  return sample
+
+
+class _Masked(Perturbation):
+  """A perturbation driven by one mask per image."""
+
+  def __init__(self, sample_mask: MaskSampler, mask_kind: str | None = None):
+    self.sample_mask = sample_mask
     self.mask_kind = mask_kind
-    self.p_range_field = p_range_field
 
-  def sample(self, key: jax.Array, images: jax.Array,
-             config: ml_collections.ConfigDict) -> Params:
+
+class Mix(_Masked):
+  """CutMix / CowMix / ICT: the student sees ``mix(x_a, x_b, M)``, the target is the
+  same mix of the teacher's predictions."""
+
+  def sample(self, key: jax.Array, images: jax.Array) -> Draws:
     mask_key, partner_key = jax.random.split(key)
     n, height, width = images.shape[:3]
-    mask = _sample_mask(mask_key, (n, height, width), config, self.mask_kind,
-                        config.mask[self.p_range_field])
-    return {"mask": mask, "partner": sample_partners(partner_key, n)}
+    return {"mask": self.sample_mask(mask_key, (n, height, width)),
+            "partner": sample_partners(partner_key, n)}
 
-  def inputs(self, images: jax.Array, params: Params) -> tuple[jax.Array, jax.Array]:
-    return images, mix(images, images[params["partner"]], params["mask"])
+  def inputs(self, images: jax.Array, draws: Draws) -> tuple[jax.Array, jax.Array]:
+    return images, mix(images, images[draws["partner"]], draws["mask"])
 
-  def target(self, teacher_output: jax.Array, params: Params):
-    mixed = mix(teacher_output, teacher_output[params["partner"]], params["mask"])
+  def target(self, teacher_output: jax.Array, draws: Draws):
+    mixed = mix(teacher_output, teacher_output[draws["partner"]], draws["mask"])
     return mixed, jnp.ones(mixed.shape[:3], jnp.float32)
 
 
-class InterpolationConsistency(Mix):
-  """ICT: a mix whose mask is the constant ``1 - lambda``, lambda ~ Beta(a, a) per image."""
-
-  def __init__(self):
-    super().__init__("constant", "")
-
-  def sample(self, key: jax.Array, images: jax.Array,
-             config: ml_collections.ConfigDict) -> Params:
-    lam_key, partner_key = jax.random.split(key)
-    n, height, width = images.shape[:3]
-    lam = jax.random.beta(lam_key, config.mask.ict_alpha, config.mask.ict_alpha, (n,))
-    mask = jnp.broadcast_to((1.0 - lam)[:, None, None], (n, height, width))
-    return {"mask": mask.astype(jnp.float32), "partner": sample_partners(partner_key, n)}
-
-
-class Out:
+class Out(_Masked):
   """CutOut / CowOut: the student sees ``M * x``; the loss applies only where ``M = 1``."""
 
-  uses_unlabelled = True
+  def sample(self, key: jax.Array, images: jax.Array) -> Draws:
+    return {"mask": self.sample_mask(key, images.shape[:3])}
 
-  def __init__(self, mask_kind: str, p_range_field: str):
-    self.mask_kind = mask_kind
-    self.p_range_field = p_range_field
+  def inputs(self, images: jax.Array, draws: Draws):
+    return images, images * draws["mask"][..., None]
 
-  def sample(self, key: jax.Array, images: jax.Array,
-             config: ml_collections.ConfigDict) -> Params:
-    n, height, width = images.shape[:3]
-    return {"mask": _sample_mask(key, (n, height, width), config, self.mask_kind,
-                                 config.mask[self.p_range_field])}
-
-  def inputs(self, images: jax.Array, params: Params):
-    return images, images * params["mask"][..., None]
-
-  def target(self, teacher_output: jax.Array, params: Params):
-    return teacher_output, params["mask"]
+  def target(self, teacher_output: jax.Array, draws: Draws):
+    return teacher_output, draws["mask"]
 
 
 # ---------------------------------------------------------------- standard augmentation
@@ -168,15 +193,20 @@ def warp(image: jax.Array, matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
   return warped, inside.astype(jnp.float32)
 
 
-class AugmentationConsistency:
+class AugmentationConsistency(Perturbation):
   """Standard augmentation (paper D.1): teacher and student see differently augmented
   copies; the teacher's prediction is warped into the student's frame (so translation
-  cancels out) and the loss applies where both frames see the image."""
+  cancels out) and the loss applies where both frames see the image.
 
-  uses_unlabelled = True
+  ``aug`` holds ``scale_range``, ``rotation_degrees``, ``flip``, ``translate_pixels``,
+  ``brightness_std`` and ``contrast_log_std`` (``config.aug_consistency``'s fields).
+  """
 
-  def _sample_transforms(self, key, n, size, config):
-    aug = config.aug_consistency
+  def __init__(self, aug: ml_collections.ConfigDict):
+    self.aug = ml_collections.FrozenConfigDict(aug)
+
+  def _sample_transforms(self, key, n, size):
+    aug = self.aug
     scale_key, angle_key, flip_key, shift_key = jax.random.split(key, 4)
     scale = masks.sample_log_uniform(scale_key, n, tuple(aug.scale_range))
     max_angle = math.radians(aug.rotation_degrees)
@@ -187,22 +217,21 @@ class AugmentationConsistency:
     return jax.vmap(lambda a, s, f, t: sampling_matrix(a, s, f, t, size))(
         angle, scale, flip, shift)
 
-  def _sample_photometric(self, key, n, config):
-    aug = config.aug_consistency
+  def _sample_photometric(self, key, n):
+    aug = self.aug
     brightness_key, contrast_key = jax.random.split(key)
     brightness = aug.brightness_std * jax.random.normal(brightness_key, (n,))
     contrast = jnp.exp(aug.contrast_log_std * jax.random.normal(contrast_key, (n,)))
     return brightness, contrast
 
-  def sample(self, key: jax.Array, images: jax.Array,
-             config: ml_collections.ConfigDict) -> Params:
+  def sample(self, key: jax.Array, images: jax.Array) -> Draws:
     n, height, width = images.shape[:3]
     keys = jax.random.split(key, 4)
-    teacher_brightness, teacher_contrast = self._sample_photometric(keys[2], n, config)
-    student_brightness, student_contrast = self._sample_photometric(keys[3], n, config)
+    teacher_brightness, teacher_contrast = self._sample_photometric(keys[2], n)
+    student_brightness, student_contrast = self._sample_photometric(keys[3], n)
     return {
-        "teacher_matrix": self._sample_transforms(keys[0], n, (height, width), config),
-        "student_matrix": self._sample_transforms(keys[1], n, (height, width), config),
+        "teacher_matrix": self._sample_transforms(keys[0], n, (height, width)),
+        "student_matrix": self._sample_transforms(keys[1], n, (height, width)),
         "teacher_photometric": jnp.stack([teacher_brightness, teacher_contrast], -1),
         "student_photometric": jnp.stack([student_brightness, student_contrast], -1),
     }
@@ -214,39 +243,75 @@ class AugmentationConsistency:
     contrast = photometric[:, 1][:, None, None, None]
     return warped * contrast + brightness
 
-  def inputs(self, images: jax.Array, params: Params):
-    return (self._augment(images, params["teacher_matrix"], params["teacher_photometric"]),
-            self._augment(images, params["student_matrix"], params["student_photometric"]))
+  def inputs(self, images: jax.Array, draws: Draws):
+    return (self._augment(images, draws["teacher_matrix"], draws["teacher_photometric"]),
+            self._augment(images, draws["student_matrix"], draws["student_photometric"]))
 
-  def target(self, teacher_output: jax.Array, params: Params):
+  def target(self, teacher_output: jax.Array, draws: Draws):
     # Student pixel u shows source point S_B u, seen by the teacher at S_A^-1 S_B u.
-    to_teacher = jnp.linalg.solve(params["teacher_matrix"], params["student_matrix"])
+    to_teacher = jnp.linalg.solve(draws["teacher_matrix"], draws["student_matrix"])
     target, inside_teacher = jax.vmap(warp)(teacher_output, to_teacher)
     ones = jnp.ones(teacher_output.shape[:3] + (1,), jnp.float32)
-    _, inside_source = jax.vmap(warp)(ones, params["student_matrix"])
+    _, inside_source = jax.vmap(warp)(ones, draws["student_matrix"])
     return target, inside_teacher * inside_source
 
 
-class Supervised:
-  """No unlabelled term: the supervised baseline (and full supervision with all labels)."""
+class Supervised(Perturbation):
+  """No unlabelled term: the supervised baseline (and full supervision with all labels).
+  Its steps are the identity, so code that calls them anyway stays correct."""
 
   uses_unlabelled = False
 
+  def sample(self, key: jax.Array, images: jax.Array) -> Draws:
+    return {}
 
-PERTURBATIONS = {
-    "supervised": Supervised(),
-    "aug": AugmentationConsistency(),
-    "ict": InterpolationConsistency(),
-    "cutout": Out("box", "cutout_p_range"),
-    "cutmix": Mix("box", "cutmix_p_range"),
-    "cowout": Out("cow", "cowout_p_range"),
-    "cowmix": Mix("cow", "cowmix_p_range"),
-}
+  def inputs(self, images: jax.Array, draws: Draws):
+    return images, images
+
+  def target(self, teacher_output: jax.Array, draws: Draws):
+    return teacher_output, jnp.ones(teacher_output.shape[:3], jnp.float32)
 
 
-def get_perturbation(method: str):
-  """The perturbation registered under ``config.method``."""
-  if method not in PERTURBATIONS:
-    raise ValueError(f"config.method={method!r} is not known; choose one of "
-                     f"{sorted(PERTURBATIONS)}")
-  return PERTURBATIONS[method]
+# ``@PERTURBATIONS.register("name")`` on a function ``config -> Perturbation``.
+PERTURBATIONS: Registry[Callable[[ml_collections.ConfigDict], Perturbation]] = Registry(
+    "config.method")
+
+
+@PERTURBATIONS.register("supervised")
+def _supervised(config: ml_collections.ConfigDict) -> Perturbation:
+  return Supervised()
+
+
+@PERTURBATIONS.register("aug")
+def _aug(config: ml_collections.ConfigDict) -> Perturbation:
+  return AugmentationConsistency(config.aug_consistency)
+
+
+@PERTURBATIONS.register("ict")
+def _ict(config: ml_collections.ConfigDict) -> Perturbation:
+  return Mix(constant_mask_sampler(config.mask.ict_alpha))
+
+
+@PERTURBATIONS.register("cutout")
+def _cutout(config: ml_collections.ConfigDict) -> Perturbation:
+  return Out(box_mask_sampler(config.mask.cutout_p_range), "box")
+
+
+@PERTURBATIONS.register("cutmix")
+def _cutmix(config: ml_collections.ConfigDict) -> Perturbation:
+  return Mix(box_mask_sampler(config.mask.cutmix_p_range), "box")
+
+
+@PERTURBATIONS.register("cowout")
+def _cowout(config: ml_collections.ConfigDict) -> Perturbation:
+  return Out(cow_mask_sampler(config.mask, config.mask.cowout_p_range), "cow")
+
+
+@PERTURBATIONS.register("cowmix")
+def _cowmix(config: ml_collections.ConfigDict) -> Perturbation:
+  return Mix(cow_mask_sampler(config.mask, config.mask.cowmix_p_range), "cow")
+
+
+def make_perturbation(config: ml_collections.ConfigDict) -> Perturbation:
+  """The perturbation of ``config.method``, built from the config's settings."""
+  return PERTURBATIONS.get(config.method)(config)

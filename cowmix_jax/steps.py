@@ -54,14 +54,14 @@ def _shard_offset(local_batch: int) -> jax.Array:
   return jax.lax.axis_index(DATA_AXIS) * local_batch
 
 
-def _to_local(params: mixing.Params, local_batch: int) -> mixing.Params:
+def _to_local(draws: mixing.Draws, local_batch: int) -> mixing.Draws:
   """Global partner indices -> indices into this device's shard."""
-  if "partner" not in params:
-    return params
-  return dict(params, partner=params["partner"] - _shard_offset(local_batch))
+  if "partner" not in draws:
+    return draws
+  return dict(draws, partner=draws["partner"] - _shard_offset(local_batch))
 
 
-def make_perturbation_fns(perturbation, config: ml_collections.ConfigDict, mesh: Mesh):
+def make_perturbation_fns(perturbation: mixing.Perturbation, mesh: Mesh):
   """Sharded ``sample``, ``inputs`` and ``target`` functions of a perturbation.
 
   ``sample(key, images)`` draws per device with ``fold_in(key, device index)`` and
@@ -73,16 +73,16 @@ def make_perturbation_fns(perturbation, config: ml_collections.ConfigDict, mesh:
   def sample_local(key, images):
     local_batch = images.shape[0]
     local_key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
-    params = perturbation.sample(local_key, images, config)
-    if "partner" in params:
-      params = dict(params, partner=params["partner"] + _shard_offset(local_batch))
-    return params
+    draws = perturbation.sample(local_key, images)
+    if "partner" in draws:
+      draws = dict(draws, partner=draws["partner"] + _shard_offset(local_batch))
+    return draws
 
-  def inputs_local(images, params):
-    return perturbation.inputs(images, _to_local(params, images.shape[0]))
+  def inputs_local(images, draws):
+    return perturbation.inputs(images, _to_local(draws, images.shape[0]))
 
-  def target_local(teacher_output, params):
-    return perturbation.target(teacher_output, _to_local(params, teacher_output.shape[0]))
+  def target_local(teacher_output, draws):
+    return perturbation.target(teacher_output, _to_local(draws, teacher_output.shape[0]))
 
   sample = jax.shard_map(sample_local, mesh=mesh, in_specs=(P(), spec), out_specs=spec)
   inputs = jax.shard_map(inputs_local, mesh=mesh, in_specs=(spec, spec),
@@ -109,31 +109,31 @@ def _teacher_output(model, state: TrainState, images):
 
 def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
                    config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
-  """``update(state, batch, perturbation_params) -> (state, metrics)``, not jitted.
+  """``update(state, batch, draws) -> (state, metrics)``, not jitted.
 
   ``batch`` holds ``image [B, H, W, 3]``, ``label [B, H, W]`` and, for methods with an
   unlabelled term, ``unlabelled_image [Bu, H, W, 3]`` and optionally
   ``unlabelled_valid [Bu, H, W]`` (1 on image pixels, 0 on crop padding; the validity
   follows the perturbation into the student's frame, and the loss is masked by it).
   """
-  perturbation = mixing.get_perturbation(config.method)
-  _, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, config, mesh)
+  perturbation = mixing.make_perturbation(config)
+  _, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, mesh)
   kind = config.consistency_loss
   running_stats_from = config.model.get("bn_running_stats", "both_passes")
   if running_stats_from not in BN_RUNNING_STATS:
     raise ValueError(f"config.model.bn_running_stats={running_stats_from!r}: expected one "
                      f"of {', '.join(BN_RUNNING_STATS)}")
 
-  def unlabelled_term(params, batch_stats, state, batch, pparams):
-    teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], pparams)
+  def unlabelled_term(params, batch_stats, state, batch, draws):
+    teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], draws)
     teacher_logits = _teacher_output(model, state, teacher_input)
-    target_probs, loss_mask = perturb_target(jax.nn.softmax(teacher_logits), pparams)
+    target_probs, loss_mask = perturb_target(jax.nn.softmax(teacher_logits), draws)
     target = target_probs
     if kind == "mse_logit":
-      target, _ = perturb_target(teacher_logits, pparams)
+      target, _ = perturb_target(teacher_logits, draws)
     valid = None
     if "unlabelled_valid" in batch:  # padded pixels of the crops carry no loss
-      valid = perturb_target(batch["unlabelled_valid"][..., None], pparams)[0][..., 0]
+      valid = perturb_target(batch["unlabelled_valid"][..., None], draws)[0][..., 0]
       loss_mask = loss_mask * valid
     weight = losses.confidence_weight(target_probs, config.confidence.threshold,
                                       config.confidence.mode, valid)
@@ -144,21 +144,21 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
     loss = losses.masked_consistency(student_logits, target, loss_mask, weight, kind)
     return loss, batch_stats, jnp.mean(weight)
 
-  def loss_fn(params, state, batch, pparams):
+  def loss_fn(params, state, batch, draws):
     logits, batch_stats = _apply_student(model, params, state.batch_stats, batch["image"])
     supervised = losses.cross_entropy(logits, batch["label"])
     consistency = confidence = jnp.zeros((), jnp.float32)
     if perturbation.uses_unlabelled:
       consistency, batch_stats, confidence = unlabelled_term(
-          params, batch_stats, state, batch, pparams)
+          params, batch_stats, state, batch, draws)
     total = supervised + config.cons_weight * consistency
     aux = {"loss": total, "supervised_loss": supervised,
            "consistency_loss": consistency, "confidence": confidence}
     return total, (batch_stats, aux)
 
-  def update(state: TrainState, batch: Batch, pparams) -> tuple[TrainState, dict]:
+  def update(state: TrainState, batch: Batch, draws) -> tuple[TrainState, dict]:
     grads, (batch_stats, aux) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state, batch, pparams)
+        state.params, state, batch, draws)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),
@@ -170,8 +170,8 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_sample_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
-  """Jitted ``sample(key, unlabelled_images) -> perturbation params`` (sharded)."""
-  sample, _, _ = make_perturbation_fns(mixing.get_perturbation(config.method), config, mesh)
+  """Jitted ``sample(key, unlabelled_images) -> the perturbation's draws`` (sharded)."""
+  sample, _, _ = make_perturbation_fns(mixing.make_perturbation(config), mesh)
   return jax.jit(sample, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=batch_sharded(mesh))
 
@@ -183,16 +183,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   The step key is ``fold_in(state.key, state.step)``, so a run is a function of the
   config's seed and the data.
   """
-  perturbation = mixing.get_perturbation(config.method)
-  sample, _, _ = make_perturbation_fns(perturbation, config, mesh)
+  perturbation = mixing.make_perturbation(config)
+  sample, _, _ = make_perturbation_fns(perturbation, mesh)
   update = make_update_fn(model, tx, config, mesh)
 
   def train_step(state: TrainState, batch: Batch):
-    pparams = {}
+    draws = {}
     if perturbation.uses_unlabelled:
       step_key = jax.random.fold_in(state.key, state.step)
-      pparams = sample(step_key, batch["unlabelled_image"])
-    return update(state, batch, pparams)
+      draws = sample(step_key, batch["unlabelled_image"])
+    return update(state, batch, draws)
 
   return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
@@ -208,23 +208,23 @@ def make_visualise_fn(model: nn.Module, config: ml_collections.ConfigDict,
   3]``, ``teacher_target`` and ``student_prediction`` ``[Bu, H, W]`` int32 (argmax),
   ``loss_mask [Bu, H, W]`` and, for mask-based methods, ``mask [Bu, H, W]``.
   """
-  perturbation = mixing.get_perturbation(config.method)
-  sample, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, config, mesh)
+  perturbation = mixing.make_perturbation(config)
+  sample, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, mesh)
 
   def visualise(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     out = {"label": batch["label"],
            "teacher_prediction": jnp.argmax(_teacher_output(model, state, batch["image"]), -1)}
     if perturbation.uses_unlabelled:
-      pparams = sample(jax.random.fold_in(state.key, state.step), batch["unlabelled_image"])
-      teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], pparams)
+      draws = sample(jax.random.fold_in(state.key, state.step), batch["unlabelled_image"])
+      teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], draws)
       target, loss_mask = perturb_target(
-          jax.nn.softmax(_teacher_output(model, state, teacher_input)), pparams)
+          jax.nn.softmax(_teacher_output(model, state, teacher_input)), draws)
       student_logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                                    student_input, train=False)
       out.update(student_input=student_input, teacher_target=jnp.argmax(target, -1),
                  student_prediction=jnp.argmax(student_logits, -1), loss_mask=loss_mask)
-      if "mask" in pparams:
-        out["mask"] = pparams["mask"]
+      if "mask" in draws:
+        out["mask"] = draws["mask"]
     return out
 
   return jax.jit(visualise, in_shardings=(replicated(mesh), batch_sharded(mesh)),

@@ -71,7 +71,7 @@ def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_coun
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the config key when a setting cannot work."""
-  mixing.get_perturbation(config.method)
+  mixing.make_perturbation(config)
   if config.consistency_loss not in losses.CONSISTENCY_LOSSES:
     raise ValueError(f"config.consistency_loss={config.consistency_loss!r}: choose one of "
                      f"{losses.CONSISTENCY_LOSSES}")
@@ -85,7 +85,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
   """Cow masks (cowmix, cowout) whose largest sigma exceeds the crop's shorter side
   would be almost uniform: the perturbation would vanish without a word."""
-  if getattr(mixing.get_perturbation(config.method), "mask_kind", None) != "cow":
+  if mixing.make_perturbation(config).mask_kind != "cow":
     return
   sigma = max(data_lib.pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
                                     "(smallest, largest) sigma in pixels", float))

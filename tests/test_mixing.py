@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cowmix_jax import mixing
+from cowmix_jax import metrics_file, mixing, train
+
+
+def _perturbation(config, method):
+  config.method = method
+  return mixing.make_perturbation(config)
 
 
 def _images(n=4, size=32, seed=0):
@@ -27,17 +32,17 @@ def test_partners_need_two_images():
 
 @pytest.mark.parametrize("method", ["cowmix", "cutmix", "ict"])
 def test_mix_methods_mix_inputs_and_targets_identically(method, tiny_config):
-  perturbation = mixing.get_perturbation(method)
+  perturbation = _perturbation(tiny_config, method)
   images = _images()
-  params = perturbation.sample(jax.random.PRNGKey(1), jnp.asarray(images), tiny_config)
-  mask, partner = np.asarray(params["mask"]), np.asarray(params["partner"])
-  teacher_input, student_input = perturbation.inputs(jnp.asarray(images), params)
+  draws = perturbation.sample(jax.random.PRNGKey(1), jnp.asarray(images))
+  mask, partner = np.asarray(draws["mask"]), np.asarray(draws["partner"])
+  teacher_input, student_input = perturbation.inputs(jnp.asarray(images), draws)
   np.testing.assert_array_equal(teacher_input, images)
   for i in range(len(images)):
     expected = (1 - mask[i, ..., None]) * images[i] + mask[i, ..., None] * images[partner[i]]
     np.testing.assert_allclose(student_input[i], expected, rtol=1e-6, atol=1e-6)
   probs = jax.nn.softmax(jnp.asarray(_images(seed=1)))
-  target, loss_mask = perturbation.target(probs, params)
+  target, loss_mask = perturbation.target(probs, draws)
   np.testing.assert_allclose(target, mixing.mix(probs, probs[partner], mask), rtol=1e-6)
   np.testing.assert_array_equal(loss_mask, np.ones(images.shape[:3]))
   if method == "ict":  # a constant mask per image, 1 - lambda
@@ -48,14 +53,14 @@ def test_mix_methods_mix_inputs_and_targets_identically(method, tiny_config):
 
 @pytest.mark.parametrize("method", ["cowout", "cutout"])
 def test_out_methods_zero_the_masked_pixels_and_restrict_the_loss(method, tiny_config):
-  perturbation = mixing.get_perturbation(method)
+  perturbation = _perturbation(tiny_config, method)
   images = _images()
-  params = perturbation.sample(jax.random.PRNGKey(2), jnp.asarray(images), tiny_config)
-  mask = np.asarray(params["mask"])
-  _, student_input = perturbation.inputs(jnp.asarray(images), params)
+  draws = perturbation.sample(jax.random.PRNGKey(2), jnp.asarray(images))
+  mask = np.asarray(draws["mask"])
+  _, student_input = perturbation.inputs(jnp.asarray(images), draws)
   np.testing.assert_array_equal(student_input, images * mask[..., None])
   probs = jax.nn.softmax(jnp.asarray(images))
-  target, loss_mask = perturbation.target(probs, params)
+  target, loss_mask = perturbation.target(probs, draws)
   np.testing.assert_array_equal(target, probs)
   np.testing.assert_array_equal(loss_mask, mask)
 
@@ -90,11 +95,11 @@ def test_aug_target_is_aligned_with_the_student_view(tiny_config):
   rows, cols = np.mgrid[0:size, 0:size] / size
   smooth = np.stack([np.sin(3 * rows), np.cos(2 * cols), rows * cols], -1)
   images = jnp.asarray(np.stack([smooth, smooth[::-1]]).astype(np.float32))
-  perturbation = mixing.get_perturbation("aug")
-  params = perturbation.sample(jax.random.PRNGKey(3), images, tiny_config)
-  teacher_input, student_input = perturbation.inputs(images, params)
+  perturbation = _perturbation(tiny_config, "aug")
+  draws = perturbation.sample(jax.random.PRNGKey(3), images)
+  teacher_input, student_input = perturbation.inputs(images, draws)
   assert float(jnp.abs(teacher_input - student_input).mean()) > 0.01, "views must differ"
-  target, loss_mask = perturbation.target(teacher_input, params)
+  target, loss_mask = perturbation.target(teacher_input, draws)
   loss_mask = np.asarray(loss_mask)
   assert loss_mask.mean() > 0.5
   # Erode the valid region by a pixel: bilinear taps at its edge blend in zeros.
@@ -105,4 +110,36 @@ def test_aug_target_is_aligned_with_the_student_view(tiny_config):
 
 def test_unknown_method_lists_choices():
   with pytest.raises(ValueError, match="cowmix"):
-    mixing.get_perturbation("mixup")
+    mixing.PERTURBATIONS.get("mixup")
+
+
+class _HorizontalFlip(mixing.Perturbation):
+  """A toy perturbation written only against the public interface: the student sees
+  the images mirrored, the target is the teacher's prediction mirrored."""
+
+  def sample(self, key, images):
+    return {}
+
+  def inputs(self, images, draws):
+    return images, images[:, :, ::-1]
+
+  def target(self, teacher_output, draws):
+    return teacher_output[:, :, ::-1], jnp.ones(teacher_output.shape[:3], jnp.float32)
+
+
+def test_a_perturbation_registered_from_outside_trains(tiny_config, tmp_path):
+  # What docs/DEVELOPING.md shows: one class and one registration line.
+  mixing.PERTURBATIONS.register("toy_flip")(lambda config: _HorizontalFlip())
+  try:
+    tiny_config.method = "toy_flip"
+    tiny_config.confidence.mode = "none"  # every pixel counts from the first step
+    tiny_config.data.data_dir = str(tmp_path / "tfds")
+    results = train.train_and_evaluate(tiny_config, str(tmp_path / "work"))
+  finally:
+    mixing.PERTURBATIONS.unregister("toy_flip")
+  assert results["step"] == 2
+  logged = metrics_file.read_metrics(str(tmp_path / "work"))
+  # The supervised path would log a consistency loss of exactly 0.
+  assert all(logged[step]["consistency_loss"] > 0 for step in (1, 2)), logged
+  with pytest.raises(ValueError, match="config.method='toy_flip' is not known"):
+    mixing.make_perturbation(tiny_config)

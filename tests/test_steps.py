@@ -30,9 +30,9 @@ def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config
   batch = synthetic_batch(tiny_config)
   mesh8, mesh1 = steps.make_mesh(8), steps.make_mesh(1)
   # Masks and partners drawn on 8 devices (partners stay inside each shard), replayed on 1.
-  pparams = _host_copy(steps.make_sample_fn(tiny_config, mesh8)(
+  draws = _host_copy(steps.make_sample_fn(tiny_config, mesh8)(
       jax.random.PRNGKey(1), jax.device_put(batch["unlabelled_image"], steps.batch_sharded(mesh8))))
-  assert np.all(pparams["partner"] // 2 == np.arange(16) // 2), "partners inside shards of 2"
+  assert np.all(draws["partner"] // 2 == np.arange(16) // 2), "partners inside shards of 2"
   results = []
   for mesh in (mesh8, mesh1):
     update = jax.jit(steps.make_update_fn(model, tx, tiny_config, mesh),
@@ -40,7 +40,7 @@ def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config
                                    steps.batch_sharded(mesh)))
     new_state, aux = update(jax.device_put(state, steps.replicated(mesh)),
                             jax.device_put(batch, steps.batch_sharded(mesh)),
-                            jax.device_put(pparams, steps.batch_sharded(mesh)))
+                            jax.device_put(draws, steps.batch_sharded(mesh)))
     results.append((_host_copy(new_state), _host_copy(aux)))
   (state8, aux8), (state1, aux1) = results
   assert aux1["consistency_loss"] > 0
@@ -186,18 +186,18 @@ def test_padded_unlabelled_pixels_carry_no_consistency_loss(method, tiny_config,
   mesh = steps.make_mesh(2)
   update = jax.jit(steps.make_update_fn(model, tx, tiny_config, mesh))
   batch = synthetic_batch(tiny_config)
-  pparams = steps.make_sample_fn(tiny_config, mesh)(jax.random.PRNGKey(3),
+  draws = steps.make_sample_fn(tiny_config, mesh)(jax.random.PRNGKey(3),
                                                     batch["unlabelled_image"])
   host_state = _host_copy(state)
 
   def consistency(valid):
-    _, aux = update(jax.device_put(host_state), dict(batch, unlabelled_valid=valid), pparams)
+    _, aux = update(jax.device_put(host_state), dict(batch, unlabelled_valid=valid), draws)
     return float(aux["consistency_loss"])
 
   ones = np.ones_like(batch["unlabelled_valid"])
   without = dict(batch)
   del without["unlabelled_valid"]
-  _, aux = update(jax.device_put(host_state), without, pparams)
+  _, aux = update(jax.device_put(host_state), without, draws)
   np.testing.assert_allclose(consistency(ones), float(aux["consistency_loss"]), rtol=1e-6)
   assert consistency(ones) > 0
   assert consistency(np.zeros_like(ones)) == 0

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from cowmix_jax import config_base, models
+from cowmix_jax import config_base, mixing, models
 from cowmix_jax.data import builders, pipeline, splits
 from cowmix_jax.data.base import BadExampleError, DatasetLayoutError  # noqa: F401
 
@@ -217,7 +217,7 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: str | None = None,
       aug, normalisation, process_index, process_count, start_step, factor)
   unlabelled_splits = [s for s in UNLABELLED_SPLITS if s in builder.info.splits]
   unlabelled = None
-  if config.method != "supervised":
+  if mixing.make_perturbation(config).uses_unlabelled:
     unlabelled = pipeline.unlabelled_stream(
         builder, unlabelled_splits, config.unlabelled_batch_size, stream_seed(config.seed, 3),
         aug, normalisation, process_index, process_count, start_step, factor)

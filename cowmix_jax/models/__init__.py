@@ -19,19 +19,12 @@ from cowmix_jax.models.deeplab import DeepLabV2, DeepLabV3Plus
 from cowmix_jax.models.efficientnet_lite import EfficientNetLite
 from cowmix_jax.models.resnet import ResNetEncoder
 from cowmix_jax.models.unet import ENCODER_SKIPS, PAPER_DECODER_WIDTHS, UNet
+from cowmix_jax.registry import Registry
 
 ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
-_REGISTRY: dict[str, ModelBuilder] = {}
-
-
-def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-  """Decorator adding a model builder to the registry under ``name``."""
-
-  def wrap(builder: ModelBuilder) -> ModelBuilder:
-    _REGISTRY[name] = builder
-    return builder
-
-  return wrap
+# ``@MODELS.register("name")`` on a function ``(model config, num_classes) -> module``.
+MODELS: Registry[ModelBuilder] = Registry("config.model.name")
+register = MODELS.register
 
 
 def _common_args(config: ml_collections.ConfigDict, num_classes: int, depth: int,
@@ -112,18 +105,10 @@ def input_normalisation(config: ml_collections.ConfigDict) -> str:
   return ENCODER_NORMALISATION[encoder]
 
 
-def available_models() -> list:
-  return sorted(_REGISTRY)
-
-
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """Builds the model named by ``config.name``."""
-  if config.name not in _REGISTRY:
-    raise ValueError(
-        f"config.model.name={config.name!r} is not a known model; choose one of "
-        f"{available_models()}")
-  return _REGISTRY[config.name](config, num_classes)
+  """Builds the model named by ``config.name`` (the model config)."""
+  return MODELS.get(config.name)(config, num_classes)
 
 
-__all__ = ["build_model", "register", "available_models", "input_normalisation",
+__all__ = ["build_model", "register", "MODELS", "input_normalisation",
            "ResNetEncoder", "EfficientNetLite", "UNet", "DeepLabV2", "DeepLabV3Plus"]
