@@ -3,6 +3,7 @@
 import pytest
 
 from cowmix_jax import mixing, models
+from cowmix_jax.data import builders
 from cowmix_jax.registry import Registry
 
 
@@ -25,7 +26,9 @@ def test_a_registry_gives_back_what_was_registered_and_names_the_rest():
   assert registry.names() == ["b"]
 
 
-def test_the_package_registers_the_paper_methods_and_models():
+def test_the_package_registers_the_paper_methods_models_and_datasets():
   assert mixing.PERTURBATIONS.names() == sorted(
       ["supervised", "aug", "ict", "cutout", "cutmix", "cowout", "cowmix"])
   assert models.MODELS.names() == ["deeplab_v2", "deeplab_v3plus", "unet"]
+  assert builders.DATASETS.names() == ["camvid", "cityscapes", "folder", "pascal",
+                                       "synthetic"]

@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cowmix_jax.registry import Registry
+
 IGNORE_LABEL = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -224,13 +226,28 @@ def lookup_table(mapping: dict[int, int], valid: Sequence[int]) -> np.ndarray:
   return table
 
 
+# ``@DATASETS.register("name")`` on a SegmentationBuilder subclass: ``config.data.name``.
+DATASETS: Registry[type[SegmentationBuilder]] = Registry("config.data.name")
+
+
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base of the builders: features, class metadata and the layout text."""
+  """Base of the builders: features, class metadata, the layout text, and how a
+  ``config.data`` makes one (:meth:`from_config`)."""
 
   CLASS_NAMES: Sequence[str] = ()
   CLASS_COLOURS: Sequence[Sequence[int]] | None = None
   DESCRIPTION = ""
   LAYOUT = ""
+  # The environment variable naming the dataset's directory when config.data.manual_dir
+  # is empty; None for a dataset that reads no files.
+  MANUAL_DIR_VARIABLE: str | None = None
+
+  @classmethod
+  def from_config(cls, data, data_dir: str | None,
+                  directory: str | None) -> SegmentationBuilder:
+    """The builder ``config.data`` asks for, its files in ``directory`` (checked to
+    exist already; None when MANUAL_DIR_VARIABLE is None), prepared into ``data_dir``."""
+    return cls(data_dir=data_dir)
 
   def class_names(self) -> Sequence[str]:
     return self.CLASS_NAMES

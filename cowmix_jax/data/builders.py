@@ -10,27 +10,16 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cowmix_jax.data import base, camvid, cityscapes, folder, synthetic, voc
+# Importing the builder modules registers them in base.DATASETS.
+from cowmix_jax.data import base, camvid, cityscapes, folder, synthetic, voc  # noqa: F401
 
-BUILDERS = {
-    "camvid": camvid.CamVid,
-    "cityscapes": cityscapes.Cityscapes,
-    "pascal": voc.VocAug,
-    "folder": folder.SegmentationFolder,
-    "synthetic": synthetic.Synthetic,
-}
-# Where each dataset's files are when config.data.manual_dir is empty.
-MANUAL_DIR_VARIABLES = {
-    "camvid": "COWMIX_CAMVID_DIR",
-    "cityscapes": "COWMIX_CITYSCAPES_DIR",
-    "pascal": "COWMIX_VOC_DIR",
-    "folder": "COWMIX_FOLDER_DIR",
-}
+DATASETS = base.DATASETS
 
 
 def manual_dir(data: ml_collections.ConfigDict) -> str | None:
   """``config.data.manual_dir``, else the dataset's environment variable, else None."""
-  directory = data.get("manual_dir") or os.environ.get(MANUAL_DIR_VARIABLES.get(data.name, ""))
+  variable = DATASETS.get(data.name).MANUAL_DIR_VARIABLE
+  directory = data.get("manual_dir") or (os.environ.get(variable) if variable else None)
   return os.path.expanduser(directory) if directory else None
 
 
@@ -41,32 +30,20 @@ def data_dir(data: ml_collections.ConfigDict) -> str | None:
   return os.path.expanduser(directory) if directory else None
 
 
-def _unknown_name(name: str) -> ValueError:
-  return ValueError(f"config.data.name={name!r}: choose one of {sorted(BUILDERS)}")
-
-
 def make_builder(data: ml_collections.ConfigDict) -> base.SegmentationBuilder:
-  """The builder named by ``config.data.name`` (not prepared yet)."""
-  if data.name not in BUILDERS:
-    raise _unknown_name(data.name)
-  kwargs = {"data_dir": data_dir(data)}
-  if data.name == "synthetic":
-    return synthetic.Synthetic(config=synthetic.config_for(
-        data.seed, data.image_size, data.num_train, data.num_validation,
-        data.get("task", "shapes")), **kwargs)
-  directory = manual_dir(data)
-  layout = BUILDERS[data.name].LAYOUT
-  variable = MANUAL_DIR_VARIABLES[data.name]
-  if not directory:
-    raise base.DatasetLayoutError(
-        f"{data.name}: no dataset directory. Set config.data.manual_dir or the environment "
-        f"variable {variable}. Expected layout:\n{layout}")
-  base.require_directory(directory, data.name, layout)
-  if data.name == "folder":
-    return folder.SegmentationFolder(directory=directory, **kwargs)
-  if data.name == "cityscapes":
-    kwargs["config"] = data.get("builder_config") or None
-  return BUILDERS[data.name](**kwargs)
+  """The builder named by ``config.data.name`` (not prepared yet); its files must be
+  where ``config.data.manual_dir`` or the dataset's environment variable says."""
+  builder_class = DATASETS.get(data.name)
+  directory = None
+  if builder_class.MANUAL_DIR_VARIABLE is not None:
+    directory = manual_dir(data)
+    if not directory:
+      raise base.DatasetLayoutError(
+          f"{data.name}: no dataset directory. Set config.data.manual_dir or the "
+          f"environment variable {builder_class.MANUAL_DIR_VARIABLE}. Expected layout:\n"
+          f"{builder_class.LAYOUT}")
+    base.require_directory(directory, data.name, builder_class.LAYOUT)
+  return builder_class.from_config(data, data_dir(data), directory)
 
 
 def prepare(data: ml_collections.ConfigDict) -> base.SegmentationBuilder:

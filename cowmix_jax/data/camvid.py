@@ -31,6 +31,7 @@ CAMVID_DIR/               (the SegNet tutorial's CamVid folder)
   testannot/"""
 
 
+@base.DATASETS.register("camvid")
 class CamVid(base.SegmentationBuilder):
   """CamVid from a local copy in the SegNet layout."""
 
@@ -39,6 +40,7 @@ class CamVid(base.SegmentationBuilder):
   RELEASE_NOTES = {"1.0.0": "SegNet layout; void (11) mapped to 255."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
+  MANUAL_DIR_VARIABLE = "COWMIX_CAMVID_DIR"
   DESCRIPTION = "CamVid road scenes, SegNet split and 11 classes (void -> 255)."
   CLASS_NAMES = CLASS_NAMES
   CLASS_COLOURS = CLASS_COLOURS

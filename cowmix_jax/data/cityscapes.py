@@ -150,6 +150,7 @@ class CityscapesConfig(tfds.core.BuilderConfig):
   label_rule: str = "majority"
 
 
+@base.DATASETS.register("cityscapes")
 class Cityscapes(base.SegmentationBuilder):
   """Cityscapes fine annotations, 19 classes, from a local copy."""
 
@@ -158,6 +159,7 @@ class Cityscapes(base.SegmentationBuilder):
   RELEASE_NOTES = {"1.0.0": "train and validation; labelIds -> train ids."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
+  MANUAL_DIR_VARIABLE = "COWMIX_CITYSCAPES_DIR"
   DESCRIPTION = "Cityscapes fine annotations: 19 train ids, everything else 255."
   CLASS_NAMES = CLASS_NAMES
   CLASS_COLOURS = CLASS_COLOURS
@@ -170,6 +172,11 @@ class Cityscapes(base.SegmentationBuilder):
                        description="2048x1024"),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "half_majority"
+
+  @classmethod
+  def from_config(cls, data, data_dir, directory):
+    """``config.data.builder_config`` picks the resolution and label rule."""
+    return cls(data_dir=data_dir, config=data.get("builder_config") or None)
 
   def _split_generators(self, dl_manager):
     root = base.require_directory(dl_manager.manual_dir, "Cityscapes", LAYOUT)

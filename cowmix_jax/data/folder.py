@@ -274,6 +274,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   directory: str = ""
 
 
+@base.DATASETS.register("folder")
 class SegmentationFolder(base.SegmentationBuilder):
   """A segmentation dataset read from a user's directory (see LAYOUT)."""
 
@@ -283,7 +284,13 @@ class SegmentationFolder(base.SegmentationBuilder):
                    "1.1.0": "Class values in classes.json; JPEG masks snapped to them."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
+  MANUAL_DIR_VARIABLE = "COWMIX_FOLDER_DIR"
   DESCRIPTION = "A user's segmentation dataset from a directory of images and label PNGs."
+
+  @classmethod
+  def from_config(cls, data, data_dir, directory):
+    """One dataset (and one prepared copy) per directory and class list."""
+    return cls(directory=directory, data_dir=data_dir)
 
   def __init__(self, *, directory: str | None = None, config=None, **kwargs):
     if config is None:

@@ -206,6 +206,7 @@ def config_for(seed: int, image_size: int, num_train: int, num_validation: int,
       num_validation=num_validation, task=task)
 
 
+@base.DATASETS.register("synthetic")
 class Synthetic(base.SegmentationBuilder):
   """The procedural dataset as a builder: no files needed (``manual_dir`` is unused)."""
 
@@ -219,6 +220,13 @@ class Synthetic(base.SegmentationBuilder):
   DESCRIPTION = __doc__
   CLASS_NAMES = CLASS_NAMES
   CLASS_COLOURS = CLASS_COLOURS
+
+  @classmethod
+  def from_config(cls, data, data_dir, directory):
+    """The images follow from ``config.data``'s seed, size, counts and task."""
+    return cls(config=config_for(data.seed, data.image_size, data.num_train,
+                                 data.num_validation, data.get("task", "shapes")),
+               data_dir=data_dir)
 
   def class_names(self):
     return TASKS[self.builder_config.task][1]

@@ -86,6 +86,7 @@ def find_label(root: str, image_id: str) -> str | None:
   return None
 
 
+@base.DATASETS.register("pascal")
 class VocAug(base.SegmentationBuilder):
   """Pascal VOC 2012 + SBD (the "aug" training set), from a local copy."""
 
@@ -94,6 +95,7 @@ class VocAug(base.SegmentationBuilder):
   RELEASE_NOTES = {"1.0.0": "train_aug and val; palette labels read as ids."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
+  MANUAL_DIR_VARIABLE = "COWMIX_VOC_DIR"
   DESCRIPTION = "Pascal VOC 2012 segmentation with SBD's extra labels (train_aug / val)."
   CLASS_NAMES = CLASS_NAMES
   CLASS_COLOURS = CLASS_COLOURS
