@@ -6,9 +6,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cowmix_jax.registry import Registry
+
 IGNORE_LABEL = 255
-CONSISTENCY_LOSSES = ("mse_prob", "kl", "mse_logit")
-CONFIDENCE_MODES = ("batch", "pixel", "none")
+# ``(student_logits [N, H, W, C], target [N, H, W, C]) -> [N, H, W]`` per-pixel distances.
+CONSISTENCY_LOSSES = Registry("config.consistency_loss", "consistency losses")
+# ``(confident [N, H, W] 0/1, valid [N, H, W] or None) -> [N, H, W]`` loss weights.
+CONFIDENCE_MODES = Registry("config.confidence.mode", "confidence modes")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -43,14 +47,23 @@ def consistency_per_pixel(student_logits: jax.Array, target: jax.Array,
   Returns:
     ``[N, H, W]`` float32.
   """
-  if kind == "mse_prob":
-    return jnp.sum((jax.nn.softmax(student_logits) - target) ** 2, axis=-1)
-  if kind == "kl":
-    log_student = jax.nn.log_softmax(student_logits)
-    return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-12)) - log_student), axis=-1)
-  if kind == "mse_logit":
-    return jnp.sum((student_logits - target) ** 2, axis=-1)
-  raise ValueError(f"consistency loss must be one of {CONSISTENCY_LOSSES}, got {kind!r}")
+  return CONSISTENCY_LOSSES.get(kind)(student_logits, target)
+
+
+@CONSISTENCY_LOSSES.register("mse_prob")
+def _mse_prob(student_logits: jax.Array, target: jax.Array) -> jax.Array:
+  return jnp.sum((jax.nn.softmax(student_logits) - target) ** 2, axis=-1)
+
+
+@CONSISTENCY_LOSSES.register("kl")
+def _kl(student_logits: jax.Array, target: jax.Array) -> jax.Array:
+  log_student = jax.nn.log_softmax(student_logits)
+  return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-12)) - log_student), axis=-1)
+
+
+@CONSISTENCY_LOSSES.register("mse_logit")
+def _mse_logit(student_logits: jax.Array, target: jax.Array) -> jax.Array:
+  return jnp.sum((student_logits - target) ** 2, axis=-1)
 
 
 def confidence_weight(target_probs: jax.Array, threshold: float = 0.97,
@@ -68,18 +81,28 @@ def confidence_weight(target_probs: jax.Array, threshold: float = 0.97,
   Returns:
     ``[N, H, W]`` float32 weights (constant for ``batch`` and ``none``).
   """
+  weigh = CONFIDENCE_MODES.get(mode)
   confident = (jnp.max(target_probs, axis=-1) >= threshold).astype(jnp.float32)
-  if mode == "batch":
-    if valid is None:
-      fraction = jnp.mean(confident)
-    else:
-      fraction = jnp.sum(confident * valid) / jnp.maximum(jnp.sum(valid), 1.0)
-    return jnp.broadcast_to(fraction, confident.shape)
-  if mode == "pixel":
-    return confident
-  if mode == "none":
-    return jnp.ones_like(confident)
-  raise ValueError(f"confidence mode must be one of {CONFIDENCE_MODES}, got {mode!r}")
+  return weigh(confident, valid)
+
+
+@CONFIDENCE_MODES.register("batch")
+def _batch_fraction(confident: jax.Array, valid: jax.Array | None) -> jax.Array:
+  if valid is None:
+    fraction = jnp.mean(confident)
+  else:
+    fraction = jnp.sum(confident * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+  return jnp.broadcast_to(fraction, confident.shape)
+
+
+@CONFIDENCE_MODES.register("pixel")
+def _per_pixel(confident: jax.Array, valid: jax.Array | None) -> jax.Array:
+  return confident
+
+
+@CONFIDENCE_MODES.register("none")
+def _unweighted(confident: jax.Array, valid: jax.Array | None) -> jax.Array:
+  return jnp.ones_like(confident)
 
 
 def masked_consistency(student_logits: jax.Array, target: jax.Array,

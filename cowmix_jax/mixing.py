@@ -274,7 +274,7 @@ class Supervised(Perturbation):
 
 # ``@PERTURBATIONS.register("name")`` on a function ``config -> Perturbation``.
 PERTURBATIONS: Registry[Callable[[ml_collections.ConfigDict], Perturbation]] = Registry(
-    "config.method")
+    "config.method", "perturbations")
 
 
 @PERTURBATIONS.register("supervised")

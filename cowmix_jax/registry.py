@@ -2,7 +2,7 @@
 
 Each kind of pluggable part (models, perturbations, ...) owns a :class:`Registry`::
 
-    PERTURBATIONS = Registry("config.method")
+    PERTURBATIONS = Registry("config.method", "perturbations")
 
     @PERTURBATIONS.register("cowmix")
     def _cowmix(config):
@@ -10,8 +10,8 @@ Each kind of pluggable part (models, perturbations, ...) owns a :class:`Registry
 
     PERTURBATIONS.get("cowmix")  # the builder; an unknown name raises ValueError
 
-The name of the config key the registry serves (``config.method``) is what an error
-about an unknown name quotes, with the names there are.
+An unknown name is an error that quotes the config key the registry serves
+(``config.method``) and lists the names there are.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ Builder = TypeVar("Builder", bound=Callable)
 
 
 class Registry(Generic[Builder]):
-  """Names -> builders for the config key ``config_key`` (for error messages)."""
+  """Names -> builders of the ``what`` (plural: "perturbations") that the config key
+  ``config_key`` names; both for error messages."""
 
-  def __init__(self, config_key: str):
+  def __init__(self, config_key: str, what: str):
     self.config_key = config_key
+    self.what = what
     self._builders: dict[str, Builder] = {}
 
   def register(self, name: str) -> Callable[[Builder], Builder]:
@@ -48,8 +50,8 @@ class Registry(Generic[Builder]):
   def get(self, name: str) -> Builder:
     """The builder registered under ``name``; ValueError listing the names otherwise."""
     if name not in self._builders:
-      raise ValueError(f"{self.config_key}={name!r} is not known; choose one of "
-                       f"{self.names()}")
+      raise ValueError(f"{self.config_key}={name!r}: choose one of {self.names()} (the "
+                       f"known {self.what})")
     return self._builders[name]
 
   def names(self) -> list[str]:

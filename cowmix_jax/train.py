@@ -23,6 +23,7 @@ from cowmix_jax import losses, metrics, mixing, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer, check_config, save_config, workdir_path
 from cowmix_jax.models import convert, summary
 from cowmix_jax.models import pretrained as pretrained_lib
+from cowmix_jax.registry import Registry
 from cowmix_jax.state import TrainState, create_train_state, init_variables
 
 BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
@@ -72,12 +73,8 @@ def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_coun
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the config key when a setting cannot work."""
   mixing.make_perturbation(config)
-  if config.consistency_loss not in losses.CONSISTENCY_LOSSES:
-    raise ValueError(f"config.consistency_loss={config.consistency_loss!r}: choose one of "
-                     f"{losses.CONSISTENCY_LOSSES}")
-  if config.confidence.mode not in losses.CONFIDENCE_MODES:
-    raise ValueError(f"config.confidence.mode={config.confidence.mode!r}: choose one of "
-                     f"{losses.CONFIDENCE_MODES}")
+  losses.CONSISTENCY_LOSSES.get(config.consistency_loss)
+  losses.CONFIDENCE_MODES.get(config.confidence.mode)
   if not 0.0 <= config.teacher_alpha <= 1.0:
     raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
 
@@ -117,19 +114,25 @@ def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
       config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
 
 
-LR_SCHEDULES = ("constant", "cosine")
+# ``(peak learning rate, num_train_steps) -> a float or an optax schedule``.
+LR_SCHEDULES = Registry("config.lr_schedule", "learning-rate schedules")
+
+
+@LR_SCHEDULES.register("constant")
+def _constant(peak: float, num_train_steps: int):
+  return peak
+
+
+@LR_SCHEDULES.register("cosine")
+def _cosine(peak: float, num_train_steps: int):
+  return optax.cosine_decay_schedule(peak, num_train_steps)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, scale: float = 1.0):
   """``scale * config.learning_rate``: constant (the paper), or with ``cosine`` decayed
   to 0 over ``config.num_train_steps`` (an optax schedule of the step count)."""
-  peak = config.learning_rate * scale
-  kind = config.get("lr_schedule", "constant")
-  if kind == "constant":
-    return peak
-  if kind == "cosine":
-    return optax.cosine_decay_schedule(peak, config.num_train_steps)
-  raise ValueError(f"config.lr_schedule={kind!r}: choose one of {LR_SCHEDULES}")
+  return LR_SCHEDULES.get(config.get("lr_schedule", "constant"))(
+      config.learning_rate * scale, config.num_train_steps)
 
 
 def learning_rate_at(config: ml_collections.ConfigDict, step: int) -> float:

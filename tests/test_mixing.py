@@ -141,5 +141,5 @@ def test_a_perturbation_registered_from_outside_trains(tiny_config, tmp_path):
   logged = metrics_file.read_metrics(str(tmp_path / "work"))
   # The supervised path would log a consistency loss of exactly 0.
   assert all(logged[step]["consistency_loss"] > 0 for step in (1, 2)), logged
-  with pytest.raises(ValueError, match="config.method='toy_flip' is not known"):
+  with pytest.raises(ValueError, match="config.method='toy_flip': choose one of"):
     mixing.make_perturbation(tiny_config)

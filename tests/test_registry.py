@@ -8,7 +8,7 @@ from cowmix_jax.registry import Registry
 
 
 def test_a_registry_gives_back_what_was_registered_and_names_the_rest():
-  registry = Registry("config.thing")
+  registry = Registry("config.thing", "things")
 
   @registry.register("b")
   def build_b():
@@ -17,8 +17,8 @@ def test_a_registry_gives_back_what_was_registered_and_names_the_rest():
   registry.register("a")(lambda: "A")
   assert registry.get("b") is build_b and registry.get("a")() == "A"
   assert list(registry) == registry.names() == ["a", "b"] and "a" in registry
-  with pytest.raises(ValueError, match=r"config.thing='c' is not known; choose one of "
-                                       r"\['a', 'b'\]"):
+  with pytest.raises(ValueError, match=r"config.thing='c': choose one of "
+                                       r"\['a', 'b'\] \(the known things\)"):
     registry.get("c")
   with pytest.raises(ValueError, match="config.thing='a' is registered twice"):
     registry.register("a")(lambda: "again")

@@ -227,7 +227,7 @@ def lookup_table(mapping: dict[int, int], valid: Sequence[int]) -> np.ndarray:
 
 
 # ``@DATASETS.register("name")`` on a SegmentationBuilder subclass: ``config.data.name``.
-DATASETS: Registry[type[SegmentationBuilder]] = Registry("config.data.name")
+DATASETS: Registry[type[SegmentationBuilder]] = Registry("config.data.name", "datasets")
 
 
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -23,7 +23,7 @@ from cowmix_jax.registry import Registry
 
 ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
 # ``@MODELS.register("name")`` on a function ``(model config, num_classes) -> module``.
-MODELS: Registry[ModelBuilder] = Registry("config.model.name")
+MODELS: Registry[ModelBuilder] = Registry("config.model.name", "models")
 register = MODELS.register
 
 
