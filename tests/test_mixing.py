@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cowmix_jax import metrics_file, mixing, train
+from cowmix_jax import mixing
 
 
 def _perturbation(config, method):
@@ -112,34 +112,3 @@ def test_unknown_method_lists_choices():
   with pytest.raises(ValueError, match="cowmix"):
     mixing.PERTURBATIONS.get("mixup")
 
-
-class _HorizontalFlip(mixing.Perturbation):
-  """A toy perturbation written only against the public interface: the student sees
-  the images mirrored, the target is the teacher's prediction mirrored."""
-
-  def sample(self, key, images):
-    return {}
-
-  def inputs(self, images, draws):
-    return images, images[:, :, ::-1]
-
-  def target(self, teacher_output, draws):
-    return teacher_output[:, :, ::-1], jnp.ones(teacher_output.shape[:3], jnp.float32)
-
-
-def test_a_perturbation_registered_from_outside_trains(tiny_config, tmp_path):
-  # What docs/DEVELOPING.md shows: one class and one registration line.
-  mixing.PERTURBATIONS.register("toy_flip")(lambda config: _HorizontalFlip())
-  try:
-    tiny_config.method = "toy_flip"
-    tiny_config.confidence.mode = "none"  # every pixel counts from the first step
-    tiny_config.data.data_dir = str(tmp_path / "tfds")
-    results = train.train_and_evaluate(tiny_config, str(tmp_path / "work"))
-  finally:
-    mixing.PERTURBATIONS.unregister("toy_flip")
-  assert results["step"] == 2
-  logged = metrics_file.read_metrics(str(tmp_path / "work"))
-  # The supervised path would log a consistency loss of exactly 0.
-  assert all(logged[step]["consistency_loss"] > 0 for step in (1, 2)), logged
-  with pytest.raises(ValueError, match="config.method='toy_flip': choose one of"):
-    mixing.make_perturbation(tiny_config)

@@ -12,12 +12,14 @@ Class names and colours live in ``builder.info.metadata``.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from cowmix_jax.registry import Registry
@@ -241,6 +243,13 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   # The environment variable naming the dataset's directory when config.data.manual_dir
   # is empty; None for a dataset that reads no files.
   MANUAL_DIR_VARIABLE: str | None = None
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    # tfds reads metadata files (none here) from the builder's package, and so would
+    # fail for a builder defined in a top-level module (docs/DEVELOPING.md): the
+    # directory of the defining file is that place for every builder.
+    cls.pkg_dir_path = epath.Path(os.path.dirname(os.path.abspath(inspect.getfile(cls))))
 
   @classmethod
   def from_config(cls, data, data_dir: str | None,
