@@ -33,6 +33,7 @@ from class_share import load_run_config  # noqa: E402  (benchmarks/class_share.p
 
 from cowmix_jax import evaluate, metrics, models, steps  # noqa: E402
 from cowmix_jax.data import builders, pipeline  # noqa: E402
+from cowmix_jax.evaluator import Evaluator  # noqa: E402
 
 
 def precise_batch_stats(apply_fn: Callable, variables: dict,
@@ -73,12 +74,6 @@ def clean_batches(builder, config, split: str) -> Iterable[np.ndarray]:
       yield batch["image"]
 
 
-def miou_on_split(predict, variables, builder, config, split: str, mesh,
-                  num_classes: int) -> float:
-  return metrics.mean_iou(evaluate.confusion_on_split(predict, variables, builder, config,
-                                                      split, mesh, num_classes))
-
-
 def recalibrated_miou(workdir: str, data_dir: str, stats_split: str,
                       split: str | None) -> tuple[float, float]:
   """``(stored, precise)``: the final teacher's mIoU with its own BatchNorm statistics
@@ -95,12 +90,13 @@ def recalibrated_miou(workdir: str, data_dir: str, stats_split: str,
     _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
     return updates["batch_stats"]
 
-  predict = evaluate.make_predict_fn(model, mesh, num_classes)
   split = split or config.data.eval_split
-  stored = miou_on_split(predict, variables, builder, config, split, mesh, num_classes)
+  scorer = Evaluator(model, mesh, num_classes,
+                     lambda: evaluate.eval_batches(builder, config, split))
+  stored = metrics.mean_iou(scorer.confusion(variables))
   precise = dict(variables, batch_stats=precise_batch_stats(
       apply_fn, variables, clean_batches(builder, config, stats_split)))
-  return stored, miou_on_split(predict, precise, builder, config, split, mesh, num_classes)
+  return stored, metrics.mean_iou(scorer.confusion(precise))
 
 
 def add_to_results(results_path: str, root: str, data_dir: str, stats_split: str) -> None:

@@ -21,10 +21,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
@@ -34,60 +32,7 @@ from cowmix_jax import data as data_lib
 from cowmix_jax import metrics, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
-
-
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-  """Start offsets of windows of ``window`` that tile ``size`` with ``stride``, the last
-  one flush with the end."""
-  if window >= size:
-    return [0]
-  starts = list(range(0, size - window, stride))
-  return starts + [size - window]
-
-
-def make_logits_fn(model, flip: bool = False,
-                   window: tuple[int, int] | None = None,
-                   stride: tuple[int, int] | None = None):
-  """``logits(variables, images [B, H, W, 3]) -> [B, H, W, C]`` with optional flip
-  averaging and sliding-window averaging (windows ``window``, offsets ``stride``)."""
-
-  def single(variables, images):
-    logits = model.apply(variables, images, train=False)
-    if flip:
-      mirrored = model.apply(variables, images[:, :, ::-1], train=False)
-      logits = (logits + mirrored[:, :, ::-1]) / 2
-    return logits
-
-  if window is None:
-    return single
-
-  def windowed(variables, images):
-    height, width = images.shape[1:3]
-    win_h, win_w = min(window[0], height), min(window[1], width)
-    total, count = 0.0, jnp.zeros((1, height, width, 1), jnp.float32)
-    for top in window_starts(height, win_h, stride[0]):
-      for left in window_starts(width, win_w, stride[1]):
-        logits = single(variables, images[:, top:top + win_h, left:left + win_w])
-        pad = ((0, 0), (top, height - top - win_h), (left, width - left - win_w), (0, 0))
-        total = total + jnp.pad(logits, pad)
-        count = count + jnp.pad(jnp.ones((1, win_h, win_w, 1)), pad)
-    return total / count
-
-  return windowed
-
-
-def make_predict_fn(model, mesh, num_classes: int, **logits_options):
-  """Jitted ``predict(variables, images, labels, confusion) -> (predictions, confusion)``."""
-  logits_fn = make_logits_fn(model, **logits_options)
-
-  def predict(variables, images, labels, confusion):
-    logits = steps.resize_to_labels(logits_fn(variables, images), labels)
-    predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return predictions, confusion + metrics.confusion_matrix(labels, predictions, num_classes)
-
-  replicated, sharded = steps.replicated(mesh), steps.batch_sharded(mesh)
-  return jax.jit(predict, in_shardings=(replicated, sharded, sharded, replicated),
-                 out_shardings=(sharded, replicated), donate_argnums=3)
+from cowmix_jax.evaluator import Evaluator
 
 
 def restore_variables(workdir: str, mesh, checkpoint: str = "latest",
@@ -117,22 +62,12 @@ def save_predictions(directory: str, batch: dict[str, np.ndarray], predictions: 
                                prediction[:height, :width], palette)
 
 
-def confusion_on_split(predict, variables: dict, builder, config: ml_collections.ConfigDict,
-                       split: str, mesh, num_classes: int,
-                       on_predictions: Callable | None = None) -> np.ndarray:
-  """The ``[C, C]`` int64 confusion matrix of ``predict`` (``make_predict_fn``) with
-  ``variables`` over the whole ``split``, batched as the config says;
-  ``on_predictions(batch, [B, H, W] predictions)`` sees every batch."""
-  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-  normalisation = models.input_normalisation(config.model)
-  for batch in pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
-                                     config.eval_batch_size, normalisation,
-                                     downscale_factor=config.data.get("downscale", 1)):
-    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
-    predictions, confusion = predict(variables, images, labels, confusion)
-    if on_predictions is not None:
-      on_predictions(batch, np.asarray(predictions))
-  return np.asarray(confusion, np.int64)
+def eval_batches(builder, config: ml_collections.ConfigDict, split: str) -> Iterable[dict]:
+  """``split``'s evaluation batches as the config says (canvas, batch size,
+  normalisation, downscale), for one process."""
+  return pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
+                               config.eval_batch_size, models.input_normalisation(config.model),
+                               downscale_factor=config.data.get("downscale", 1))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -153,17 +88,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   variables, step = restore_variables(workdir, mesh, checkpoint, use_teacher)
   if window is not None and window_stride is None:
     window_stride = tuple(max(1, 2 * w // 3) for w in window)
-  predict = make_predict_fn(model, mesh, len(class_names), flip=flip, window=window,
-                            stride=window_stride)
-  if prediction_dir:
-    os.makedirs(prediction_dir, exist_ok=True)
+  scorer = Evaluator(model, mesh, len(class_names),
+                     lambda: eval_batches(builder, config, split), flip=flip, window=window,
+                     stride=window_stride)
   on_predictions = None
   if prediction_dir:
+    os.makedirs(prediction_dir, exist_ok=True)
+
     def on_predictions(batch, predictions):
       save_predictions(prediction_dir, batch, predictions,
                        builder.info.metadata.get("class_colours"))
-  confusion = confusion_on_split(predict, variables, builder, config, split, mesh,
-                                 len(class_names), on_predictions)
+  confusion = scorer.confusion(variables, on_predictions)
   iou = metrics.per_class_iou(confusion)
   return {
       "miou": metrics.mean_iou(confusion),

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cowmix_jax.conventions import IGNORE_LABEL
 from cowmix_jax.registry import Registry
 
-IGNORE_LABEL = 255
 # ``(student_logits [N, H, W, C], target [N, H, W, C]) -> [N, H, W]`` per-pixel distances.
 CONSISTENCY_LOSSES = Registry("config.consistency_loss", "consistency losses")
 # ``(confident [N, H, W] 0/1, valid [N, H, W] or None) -> [N, H, W]`` loss weights.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cowmix_jax.losses import IGNORE_LABEL
+from cowmix_jax.conventions import IGNORE_LABEL
 
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,

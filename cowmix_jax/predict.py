@@ -25,6 +25,7 @@ from PIL import Image
 
 from cowmix_jax import evaluate, models, reporting, steps
 from cowmix_jax.data import base, builders, pipeline
+from cowmix_jax.evaluator import make_logits_fn
 
 
 def list_input_images(directory: str) -> dict[str, str]:
@@ -48,7 +49,7 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: s
   mesh = steps.make_mesh(1)
   model = models.build_model(config.model, num_classes)
   variables, step = evaluate.restore_variables(workdir, mesh, checkpoint, use_teacher)
-  logits_fn = jax.jit(evaluate.make_logits_fn(model, flip=flip))
+  logits_fn = jax.jit(make_logits_fn(model, flip=flip))
   os.makedirs(output_dir, exist_ok=True)
   logging.info("Segmenting %d images with the %s at step %d.", len(images),
                "teacher" if use_teacher else "student", step)

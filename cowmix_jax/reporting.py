@@ -19,8 +19,7 @@ from etils import epath
 from PIL import Image
 
 from cowmix_jax import metrics_file
-from cowmix_jax.data.base import IGNORE_LABEL
-from cowmix_jax.data.pipeline import NORMALISATIONS
+from cowmix_jax.conventions import IGNORE_LABEL, NORMALISATIONS
 
 IGNORE_COLOUR = (255, 255, 255)
 

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cowmix_jax import losses, metrics, mixing
+from cowmix_jax import losses, mixing
 from cowmix_jax.state import TrainState, update_teacher
 
 DATA_AXIS = "data"
@@ -238,23 +238,3 @@ def resize_to_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return logits
   shape = labels.shape[:3] + logits.shape[3:]
   return jax.image.resize(logits, shape, method="bilinear", antialias=False)
-
-
-def make_eval_step(model: nn.Module, num_classes: int, mesh: Mesh) -> Callable:
-  """Jitted ``eval_step(variables, images, labels, confusion) -> confusion``.
-
-  Args of the returned function: variables ``{"params", "batch_stats"}``; images
-  ``[B, h, w, 3]``; labels ``[B, H, W]`` (255 = ignore, also for padding; the logits
-  are resized to them if ``(h, w) != (H, W)``);
-  confusion ``[C, C]`` int32 accumulator (donated).
-  """
-
-  def eval_step(variables, images, labels, confusion):
-    logits = resize_to_labels(model.apply(variables, images, train=False), labels)
-    predictions = jnp.argmax(logits, axis=-1)
-    return confusion + metrics.confusion_matrix(labels, predictions, num_classes)
-
-  return jax.jit(eval_step,
-                 in_shardings=(replicated(mesh), batch_sharded(mesh), batch_sharded(mesh),
-                               replicated(mesh)),
-                 out_shardings=replicated(mesh), donate_argnums=3)

@@ -10,7 +10,6 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -21,6 +20,7 @@ from jax.experimental import multihost_utils
 from cowmix_jax import data as data_lib
 from cowmix_jax import losses, metrics, mixing, models, reporting, steps
 from cowmix_jax.checkpoints import Checkpointer, check_config, save_config, workdir_path
+from cowmix_jax.evaluator import Evaluator
 from cowmix_jax.models import convert, summary
 from cowmix_jax.models import pretrained as pretrained_lib
 from cowmix_jax.registry import Registry
@@ -197,17 +197,6 @@ def describe_pretrained_load(variables: dict, pretrained: dict, path: str,
   return text
 
 
-def evaluate(eval_step, variables, batches, mesh, num_classes: int) -> np.ndarray:
-  """Confusion matrix ``[C, C]`` int64 of a model over a split's evaluation batches
-  (this process's share of them; see ``pipeline.eval_batches``)."""
-  confusion = jax.device_put(jnp.zeros((num_classes, num_classes), jnp.int32),
-                             steps.replicated(mesh))
-  for batch in batches:
-    images, labels = steps.shard_batch((batch["image"], batch["label"]), mesh)
-    confusion = eval_step(variables, images, labels, confusion)
-  return np.asarray(confusion, np.int64)
-
-
 def teacher_variables(state: TrainState) -> dict:
   return {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats}
 
@@ -379,7 +368,6 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
                "images.", config.method, num_devices, len(inputs.labelled_ids),
                "+".join(inputs.unlabelled_splits), inputs.num_examples(eval_split), eval_split)
   train_step = steps.make_train_step(model, tx, config, mesh)
-  eval_step = steps.make_eval_step(model, inputs.num_classes, mesh)
   visualise = steps.make_visualise_fn(model, config, mesh)
   eval_batch_size = config.eval_batch_size // jax.process_count()
   writer = reporting.make_writer(workdir)
@@ -387,9 +375,9 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
   palette = reporting.palette_of(probe.info.metadata, num_classes)
   normalisation = models.input_normalisation(config.model)
 
-  def evaluate_model(variables):
-    return evaluate(eval_step, variables, inputs.eval_batches(eval_split, eval_batch_size),
-                    mesh, inputs.num_classes)
+  scorer = Evaluator(model, mesh, inputs.num_classes,
+                     lambda: inputs.eval_batches(eval_split, eval_batch_size))
+  evaluate_model = scorer.confusion
 
   def evaluate_and_report(step):
     teacher, student = evaluate_model(teacher_variables(state)), evaluate_model(

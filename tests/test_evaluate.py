@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cowmix_jax import evaluate, models, train
+from cowmix_jax import evaluate, evaluator, models, train
 from cowmix_jax.data import builders
 from cowmix_jax.models import convert
 
@@ -49,9 +49,9 @@ def test_evaluate_reproduces_the_training_miou_and_saved_predictions(trained, tm
 
 
 def test_window_starts_by_hand():
-  assert evaluate.window_starts(10, 4, 3) == [0, 3, 6]
-  assert evaluate.window_starts(10, 4, 4) == [0, 4, 6]
-  assert evaluate.window_starts(10, 12, 4) == [0]
+  assert evaluator.window_starts(10, 4, 3) == [0, 3, 6]
+  assert evaluator.window_starts(10, 4, 4) == [0, 4, 6]
+  assert evaluator.window_starts(10, 12, 4) == [0]
 
 
 def _model_and_variables(config):
@@ -64,17 +64,17 @@ def _model_and_variables(config):
 def test_flip_averaging_makes_predictions_mirror_equivariant(tiny_config):
   model, variables, images = _model_and_variables(tiny_config)
   mirrored = images[:, :, ::-1]
-  flip = evaluate.make_logits_fn(model, flip=True)
+  flip = evaluator.make_logits_fn(model, flip=True)
   np.testing.assert_allclose(flip(variables, mirrored), flip(variables, images)[:, :, ::-1],
                              rtol=1e-5, atol=1e-5)
-  plain = evaluate.make_logits_fn(model)
+  plain = evaluator.make_logits_fn(model)
   assert not np.allclose(plain(variables, mirrored), plain(variables, images)[:, :, ::-1],
                          atol=1e-3), "without averaging the network is not equivariant"
 
 
 def test_sliding_window_equals_a_loop_over_crops(tiny_config):
   model, variables, images = _model_and_variables(tiny_config)
-  windowed = evaluate.make_logits_fn(model, window=(64, 64), stride=(32, 32))(variables, images)
+  windowed = evaluator.make_logits_fn(model, window=(64, 64), stride=(32, 32))(variables, images)
   total = np.zeros(images.shape[:3] + (6,))
   count = np.zeros(images.shape[:3] + (1,))
   for left in (0, 32):  # width 96, windows 64 wide at 0 and 32
@@ -82,7 +82,7 @@ def test_sliding_window_equals_a_loop_over_crops(tiny_config):
     total[:, :, left:left + 64] += np.asarray(model.apply(variables, crop))
     count[:, :, left:left + 64] += 1
   np.testing.assert_allclose(windowed, total / count, rtol=1e-5, atol=1e-5)
-  whole = evaluate.make_logits_fn(model, window=(64, 96), stride=(64, 96))(variables, images)
+  whole = evaluator.make_logits_fn(model, window=(64, 96), stride=(64, 96))(variables, images)
   np.testing.assert_allclose(whole, model.apply(variables, images), rtol=1e-5, atol=1e-5)
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cowmix_jax import mixing, models, steps, train
+from cowmix_jax import evaluator, mixing, models, steps, train
 from cowmix_jax.state import create_train_state
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -169,7 +169,7 @@ def test_eval_step_confusion_matches_numpy(tiny_config):
   labels = rng.integers(0, 6, size=(4, 32, 32)).astype(np.int32)
   labels[0, :5] = 255
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  confusion = steps.make_eval_step(model, 6, mesh)(
+  _, confusion = evaluator.make_predict_fn(model, mesh, 6)(
       variables, images, labels, jnp.zeros((6, 6), jnp.int32))
   predictions = np.asarray(model.apply(variables, images, train=False)).argmax(-1)
   valid = labels != 255
@@ -237,7 +237,7 @@ def test_logits_are_resized_to_full_resolution_labels(tiny_config):
   images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
   labels = rng.integers(0, 6, size=(2, 64, 64)).astype(np.int32)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  confusion = steps.make_eval_step(model, 6, mesh)(
+  _, confusion = evaluator.make_predict_fn(model, mesh, 6)(
       variables, images, labels, jnp.zeros((6, 6), jnp.int32))
   small = np.asarray(model.apply(variables, images, train=False))
   predictions = _bilinear_upsample_numpy(small, 2).argmax(-1)

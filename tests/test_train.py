@@ -225,12 +225,12 @@ def test_batches_devices_cannot_share_are_rejected_with_the_overrides_that_work(
 DRIVER = """
 import sys
 from absl import app
-from cowmix_jax import main, train
+from cowmix_jax import evaluator, main
 
 def failing_evaluate(*args, **kwargs):
   raise RuntimeError("evaluation failed on purpose")
 
-train.evaluate = failing_evaluate
+evaluator.Evaluator.confusion = failing_evaluate
 app.run(main.main)
 """
 

@@ -22,9 +22,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from cowmix_jax.conventions import IGNORE_LABEL
 from cowmix_jax.registry import Registry
 
-IGNORE_LABEL = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from etils import epath
 
-from cowmix_jax.data.base import IGNORE_LABEL, IMAGE_SUFFIXES
+from cowmix_jax.conventions import IGNORE_LABEL
+from cowmix_jax.data.base import IMAGE_SUFFIXES
 
 
 def read_ids_and_histograms(builder, split: str) -> tuple[list[str], np.ndarray]:
