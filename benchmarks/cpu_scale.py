@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from cowmix_jax import models, steps, train
+from cowmix_jax import models, sharding, steps, train
 from cowmix_jax.config_base import get_base_config
 from cowmix_jax.state import create_train_state
 
@@ -76,16 +76,16 @@ def random_batch(size, batch: int, unlabelled: int, seed: int = 0):
 
 
 def seconds_per_step(config, size, num_steps: int) -> float:
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, NUM_CLASSES)
   tx = train.make_optimizer(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(0), (1,) + tuple(size) + (3,))
-  state = jax.device_put(state, steps.replicated(mesh))
+  state = jax.device_put(state, sharding.replicated(mesh))
   train_step = steps.make_train_step(model, tx, config, mesh)
   batch = random_batch(size, config.batch_size, config.unlabelled_batch_size)
   if config.method == "supervised":
     batch = {k: v for k, v in batch.items() if not k.startswith("unlabelled")}
-  batch = steps.shard_batch(batch, mesh)
+  batch = sharding.shard_batch(batch, mesh)
   state, metrics = train_step(state, batch)  # compile
   jax.block_until_ready(metrics)
   start = time.perf_counter()

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from cowmix_jax import models, steps, train
+from cowmix_jax import models, sharding, steps, train
 from cowmix_jax.data import make_inputs
 from cowmix_jax.state import create_train_state
 
@@ -62,14 +62,14 @@ def time_input(config, num_batches: int) -> float:
 def time_train_step(config, num_steps: int) -> tuple[float, float]:
   """Images per second of the train step on a fixed batch, and fed by the pipeline."""
   inputs = make_inputs(config)
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, inputs.num_classes)
   tx = train.make_optimizer(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(0),
                              (1,) + tuple(config.data.augment.crop_size) + (3,))
-  state = jax.device_put(state, steps.replicated(mesh))
+  state = jax.device_put(state, sharding.replicated(mesh))
   train_step = steps.make_train_step(model, tx, config, mesh)
-  fixed = steps.shard_batch(next(inputs.train), mesh)
+  fixed = sharding.shard_batch(next(inputs.train), mesh)
   state, metrics = train_step(state, fixed)  # compile
   jax.block_until_ready(metrics)
 
@@ -82,7 +82,7 @@ def time_train_step(config, num_steps: int) -> tuple[float, float]:
     return num_steps * _images_per_batch(config) / (time.perf_counter() - start)
 
   fixed_rate = run(lambda: fixed)
-  fed_rate = run(lambda: steps.shard_batch(next(inputs.train), mesh))
+  fed_rate = run(lambda: sharding.shard_batch(next(inputs.train), mesh))
   return fixed_rate, fed_rate
 
 

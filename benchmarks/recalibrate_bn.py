@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ablation  # noqa: E402  (benchmarks/ablation.py)
 from class_share import load_run_config  # noqa: E402  (benchmarks/class_share.py)
 
-from cowmix_jax import evaluate, metrics, models, steps  # noqa: E402
+from cowmix_jax import evaluate, metrics, models, sharding  # noqa: E402
 from cowmix_jax.data import builders, pipeline  # noqa: E402
 from cowmix_jax.evaluator import Evaluator  # noqa: E402
 
@@ -81,7 +81,7 @@ def recalibrated_miou(workdir: str, data_dir: str, stats_split: str,
   config = load_run_config(workdir, data_dir)
   builder = builders.prepare(config.data)
   num_classes = len(builder.info.metadata["class_names"])
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, num_classes)
   variables, _ = evaluate.restore_variables(workdir, mesh)
 

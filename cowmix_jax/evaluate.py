@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cowmix_jax import data as data_lib
-from cowmix_jax import metrics, models, reporting, steps
+from cowmix_jax import metrics, models, reporting, sharding
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
 from cowmix_jax.evaluator import Evaluator
@@ -44,7 +44,7 @@ def restore_variables(workdir: str, mesh, checkpoint: str = "latest",
   with Checkpointer(workdir) as checkpointer:
     try:
       entries, step = checkpointer.restore_entries(
-          [f"{prefix}params", f"{prefix}batch_stats"], steps.replicated(mesh), checkpoint)
+          [f"{prefix}params", f"{prefix}batch_stats"], sharding.replicated(mesh), checkpoint)
     except FileNotFoundError as error:
       raise FileNotFoundError(f"{error} (train with: python -m cowmix_jax.main "
                               f"--workdir={workdir} ...)") from None
@@ -83,7 +83,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"--split={split}: the dataset has {sorted(builder.info.splits)}")
   data_lib.resolve_eval_canvas(config.data, builder, split)
   class_names = list(builder.info.metadata["class_names"])
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, len(class_names))
   variables, step = restore_variables(workdir, mesh, checkpoint, use_teacher)
   if window is not None and window_stride is None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cowmix_jax import metrics, steps
+from cowmix_jax import metrics, sharding, steps
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -79,7 +79,7 @@ def make_predict_fn(model, mesh, num_classes: int, **logits_options) -> Callable
     predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return predictions, confusion + metrics.confusion_matrix(labels, predictions, num_classes)
 
-  replicated, sharded = steps.replicated(mesh), steps.batch_sharded(mesh)
+  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(predict, in_shardings=(replicated, sharded, sharded, replicated),
                  out_shardings=(sharded, replicated), donate_argnums=3)
 
@@ -106,9 +106,9 @@ class Evaluator:
     """The ``[C, C]`` int64 confusion matrix of ``variables`` over every batch;
     ``on_predictions(batch, [B, H, W] predictions)`` sees each batch (one process)."""
     confusion = jax.device_put(jnp.zeros((self.num_classes, self.num_classes), jnp.int32),
-                               steps.replicated(self.mesh))
+                               sharding.replicated(self.mesh))
     for batch in self.batches():
-      images, labels = steps.shard_batch((batch["image"], batch["label"]), self.mesh)
+      images, labels = sharding.shard_batch((batch["image"], batch["label"]), self.mesh)
       predictions, confusion = self._predict(variables, images, labels, confusion)
       if on_predictions is not None:
         on_predictions(batch, np.asarray(predictions))

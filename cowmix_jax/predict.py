@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from cowmix_jax import evaluate, models, reporting, steps
+from cowmix_jax import evaluate, models, reporting, sharding
 from cowmix_jax.data import base, builders, pipeline
 from cowmix_jax.evaluator import make_logits_fn
 
@@ -46,7 +46,7 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: s
   metadata = builders.prepare(config.data).info.metadata
   num_classes = len(metadata["class_names"])
   palette = reporting.palette_of(metadata, num_classes)
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, num_classes)
   variables, step = evaluate.restore_variables(workdir, mesh, checkpoint, use_teacher)
   logits_fn = jax.jit(make_logits_fn(model, flip=flip))

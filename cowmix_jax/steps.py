@@ -1,4 +1,4 @@
-"""Jitted train and eval steps over a 1-D ``('data',)`` device mesh.
+"""Jitted train steps over a 1-D ``('data',)`` device mesh (``sharding.py``).
 
 The train state is replicated and donated; batches are sharded along the batch axis.
 The random draws of a perturbation (masks, partners, transforms) and the mixing itself
@@ -14,40 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from cowmix_jax import losses, mixing
+from cowmix_jax.sharding import DATA_AXIS, batch_sharded, replicated
 from cowmix_jax.state import TrainState, update_teacher
 
-DATA_AXIS = "data"
 Batch = dict[str, jax.Array]
-
-
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D ``('data',)`` mesh over the first ``num_devices`` devices (all by default)."""
-  devices = jax.devices()
-  if num_devices is not None:
-    if num_devices > len(devices):
-      raise ValueError(f"asked for {num_devices} devices, only {len(devices)} are visible")
-    devices = devices[:num_devices]
-  return Mesh(np.array(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def shard_batch(batch, mesh: Mesh):
-  """Host batches (this process's share) -> global arrays sharded along the batch."""
-  sharding = batch_sharded(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
 def _shard_offset(local_batch: int) -> jax.Array:

@@ -18,7 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
 
 from cowmix_jax import data as data_lib
-from cowmix_jax import losses, metrics, mixing, models, reporting, steps
+from cowmix_jax import losses, metrics, mixing, models, reporting, sharding, steps
 from cowmix_jax.checkpoints import Checkpointer, check_config, save_config, workdir_path
 from cowmix_jax.evaluator import Evaluator
 from cowmix_jax.models import convert, summary
@@ -264,7 +264,7 @@ def _restore_or_init(config, model, tx, mesh, checkpointer: Checkpointer, image_
                      variables):
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape,
                              variables)
-  state = jax.device_put(state, steps.replicated(mesh))
+  state = jax.device_put(state, sharding.replicated(mesh))
   restored = checkpointer.restore(state)
   if restored is None:
     return state
@@ -330,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   num_devices = mesh_size(config, jax.device_count(), jax.process_count())
   validate_config(config)
-  mesh = steps.make_mesh(num_devices)
+  mesh = sharding.make_mesh(num_devices)
   # The model needs the class count and an epoch the training split's size, known once
   # the dataset is prepared; the inputs need the start step, known once the state is
   # restored.
@@ -393,7 +393,7 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
   saved_step = start_step
   for step in range(start_step + 1, config.num_train_steps + 1):
     host_batch = next(inputs.train)
-    batch = steps.shard_batch(host_batch, mesh)
+    batch = sharding.shard_batch(host_batch, mesh)
     if _due(step, config.image_every):  # before the step: the same masks as the step
       visuals = jax.tree.map(np.asarray, visualise(state, batch))
       writer.write_images(step, reporting.visual_summaries(visuals, host_batch, palette,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cowmix_jax import evaluator, mixing, models, steps, train
+from cowmix_jax import evaluator, mixing, models, sharding, steps, train
 from cowmix_jax.state import create_train_state
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -28,19 +28,20 @@ def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config
   tiny_config.confidence.mode = "none"  # keep the consistency term active from step 1
   model, tx, state = _setup(tiny_config)
   batch = synthetic_batch(tiny_config)
-  mesh8, mesh1 = steps.make_mesh(8), steps.make_mesh(1)
+  mesh8, mesh1 = sharding.make_mesh(8), sharding.make_mesh(1)
   # Masks and partners drawn on 8 devices (partners stay inside each shard), replayed on 1.
   draws = _host_copy(steps.make_sample_fn(tiny_config, mesh8)(
-      jax.random.PRNGKey(1), jax.device_put(batch["unlabelled_image"], steps.batch_sharded(mesh8))))
+      jax.random.PRNGKey(1),
+      jax.device_put(batch["unlabelled_image"], sharding.batch_sharded(mesh8))))
   assert np.all(draws["partner"] // 2 == np.arange(16) // 2), "partners inside shards of 2"
   results = []
   for mesh in (mesh8, mesh1):
     update = jax.jit(steps.make_update_fn(model, tx, tiny_config, mesh),
-                     in_shardings=(steps.replicated(mesh), steps.batch_sharded(mesh),
-                                   steps.batch_sharded(mesh)))
-    new_state, aux = update(jax.device_put(state, steps.replicated(mesh)),
-                            jax.device_put(batch, steps.batch_sharded(mesh)),
-                            jax.device_put(draws, steps.batch_sharded(mesh)))
+                     in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),
+                                   sharding.batch_sharded(mesh)))
+    new_state, aux = update(jax.device_put(state, sharding.replicated(mesh)),
+                            jax.device_put(batch, sharding.batch_sharded(mesh)),
+                            jax.device_put(draws, sharding.batch_sharded(mesh)))
     results.append((_host_copy(new_state), _host_copy(aux)))
   (state8, aux8), (state1, aux1) = results
   assert aux1["consistency_loss"] > 0
@@ -55,7 +56,7 @@ def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config
 
 def test_sharded_mask_generator_has_no_collectives(tiny_config):
   tiny_config.method = "cowmix"
-  mesh = steps.make_mesh(8)
+  mesh = sharding.make_mesh(8)
   images = jnp.zeros((16, 64, 64, 3))
   sample = steps.make_sample_fn(tiny_config, mesh)
   hlo = sample.lower(jax.random.PRNGKey(0), images).compile().as_text()
@@ -73,12 +74,12 @@ def test_every_method_trains_with_finite_losses(method, tiny_config, synthetic_b
   tiny_config.confidence.mode = "none"
   model, tx, state = _setup(tiny_config)
   initial = _host_copy(state.params)
-  mesh = steps.make_mesh(2)
+  mesh = sharding.make_mesh(2)
   train_step = steps.make_train_step(model, tx, tiny_config, mesh)
-  state = jax.device_put(state, steps.replicated(mesh))
+  state = jax.device_put(state, sharding.replicated(mesh))
   for seed in range(3):
     batch = synthetic_batch(tiny_config, seed)
-    state, aux = train_step(state, jax.device_put(batch, steps.batch_sharded(mesh)))
+    state, aux = train_step(state, jax.device_put(batch, sharding.batch_sharded(mesh)))
     aux = _host_copy(aux)
     assert all(np.isfinite(v) for v in aux.values()), aux
     if method == "supervised":
@@ -95,11 +96,11 @@ def test_teacher_is_ema_of_student_after_a_step(tiny_config, synthetic_batch):
   tiny_config.method = "cowmix"
   tiny_config.teacher_alpha = 0.9
   model, tx, state = _setup(tiny_config)
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   before = _host_copy(state)
   train_step = steps.make_train_step(model, tx, tiny_config, mesh)
-  batch = jax.device_put(synthetic_batch(tiny_config), steps.batch_sharded(mesh))
-  state, _ = train_step(jax.device_put(state, steps.replicated(mesh)), batch)
+  batch = jax.device_put(synthetic_batch(tiny_config), sharding.batch_sharded(mesh))
+  state, _ = train_step(jax.device_put(state, sharding.replicated(mesh)), batch)
   after = _host_copy(state)
   for student, teacher_before, teacher_after in zip(
       jax.tree.leaves(after.params), jax.tree.leaves(before.teacher_params),
@@ -116,7 +117,7 @@ def test_teacher_is_ema_of_student_after_a_step(tiny_config, synthetic_batch):
 def test_running_bn_statistics_come_from_the_chosen_passes(tiny_config, synthetic_batch):
   tiny_config.method = "cowmix"
   model, tx, state = _setup(tiny_config)
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   batch = synthetic_batch(tiny_config)
 
   def stats_after(images, stats):  # one training-mode pass, as the step makes it
@@ -132,8 +133,9 @@ def test_running_bn_statistics_come_from_the_chosen_passes(tiny_config, syntheti
       jax.tree.leaves(perturbed_pass_too), jax.tree.leaves(labelled_only)))
   tiny_config.model.bn_running_stats = "labelled_pass"
   train_step = steps.make_train_step(model, tx, tiny_config, mesh)
-  new_state, _ = train_step(jax.device_put(jax.tree.map(jnp.copy, state), steps.replicated(mesh)),
-                            jax.device_put(batch, steps.batch_sharded(mesh)))
+  new_state, _ = train_step(
+      jax.device_put(jax.tree.map(jnp.copy, state), sharding.replicated(mesh)),
+      jax.device_put(batch, sharding.batch_sharded(mesh)))
   for got, want in zip(jax.tree.leaves(_host_copy(new_state.batch_stats)),
                        jax.tree.leaves(labelled_only)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -148,13 +150,13 @@ def test_step_key_depends_on_seed_and_step(tiny_config, synthetic_batch):
   tiny_config.confidence.mode = "none"
   model, tx, state = _setup(tiny_config)
   state = _host_copy(state)  # the step donates its input: keep a host copy
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   train_step = steps.make_train_step(model, tx, tiny_config, mesh)
-  batch = jax.device_put(synthetic_batch(tiny_config), steps.batch_sharded(mesh))
+  batch = jax.device_put(synthetic_batch(tiny_config), sharding.batch_sharded(mesh))
   losses = []
   for _ in range(2):
-    s, aux_first = train_step(jax.device_put(state, steps.replicated(mesh)), batch)
-    s = s.replace(params=jax.device_put(state.params, steps.replicated(mesh)))
+    s, aux_first = train_step(jax.device_put(state, sharding.replicated(mesh)), batch)
+    s = s.replace(params=jax.device_put(state.params, sharding.replicated(mesh)))
     _, aux_second = train_step(s, batch)  # same weights, same batch, next step's key
     losses.append((float(aux_first["consistency_loss"]), float(aux_second["consistency_loss"])))
   assert losses[0] == losses[1], "deterministic"
@@ -163,7 +165,7 @@ def test_step_key_depends_on_seed_and_step(tiny_config, synthetic_batch):
 
 def test_eval_step_confusion_matches_numpy(tiny_config):
   model, _, state = _setup(tiny_config)
-  mesh = steps.make_mesh(2)
+  mesh = sharding.make_mesh(2)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
   labels = rng.integers(0, 6, size=(4, 32, 32)).astype(np.int32)
@@ -183,7 +185,7 @@ def test_padded_unlabelled_pixels_carry_no_consistency_loss(method, tiny_config,
   tiny_config.method = method
   tiny_config.confidence.mode = "none"
   model, tx, state = _setup(tiny_config)
-  mesh = steps.make_mesh(2)
+  mesh = sharding.make_mesh(2)
   update = jax.jit(steps.make_update_fn(model, tx, tiny_config, mesh))
   batch = synthetic_batch(tiny_config)
   draws = steps.make_sample_fn(tiny_config, mesh)(jax.random.PRNGKey(3),
@@ -233,7 +235,7 @@ def test_logits_are_resized_to_full_resolution_labels(tiny_config):
   same = steps.resize_to_labels(jnp.asarray(logits), labels[:, :5, :7])
   np.testing.assert_array_equal(same, logits)
   # The eval step scores upsampled logits against the full-resolution labels.
-  mesh = steps.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
   labels = rng.integers(0, 6, size=(2, 64, 64)).astype(np.int32)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
