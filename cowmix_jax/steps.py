@@ -144,13 +144,6 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
   return update
 
 
-def make_sample_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
-  """Jitted ``sample(key, unlabelled_images) -> the perturbation's draws`` (sharded)."""
-  sample, _, _ = make_perturbation_fns(mixing.make_perturbation(config), mesh)
-  return jax.jit(sample, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=batch_sharded(mesh))
-
-
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
   """Jitted ``train_step(state, batch) -> (state, metrics)``; the state is donated.

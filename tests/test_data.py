@@ -27,7 +27,7 @@ def test_synthetic_is_deterministic_by_seed_and_index(task):
 
 @pytest.mark.parametrize("task", sorted(synthetic.TASKS))
 def test_synthetic_uses_every_class_and_colour_does_not_give_the_class(task):
-  images, labels = synthetic.load_split(0, "train", 64, 64, task)
+  images, labels = _load_split(0, "train", 64, 64, task)
   names = synthetic.TASKS[task][1]
   counts = np.bincount(labels.ravel(), minlength=len(names))
   assert len(counts) == len(names) and np.all(counts > 0.01 * labels.size), counts
@@ -36,6 +36,13 @@ def test_synthetic_uses_every_class_and_colour_does_not_give_the_class(task):
   for class_id in range(1, len(names)):
     pixels = images[labels == class_id].astype(np.float64) / 255
     assert pixels.std(axis=0).min() > 0.2, names[class_id]
+
+
+def _load_split(seed: int, split: str, num_examples: int, size: int, task: str):
+  """All examples of a split of a synthetic ``task``, rendered directly:
+  ``(images [N, S, S, 3] uint8, labels [N, S, S] uint8)``."""
+  pairs = [synthetic.TASKS[task][0](seed, split, i, size) for i in range(num_examples)]
+  return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def _orientation_coherence(pattern: np.ndarray) -> float:
@@ -59,7 +66,7 @@ def test_texture_classes_are_the_patterns_they_name():
     assert 0.35 < checks.mean() < 0.65 and _orientation_coherence(checks) < 0.3
     assert 0.05 < dots.mean() < 0.35 and _orientation_coherence(dots) < 0.3
   # In the images, patterned blobs span a dark and a light shade; plain ones do not.
-  images, labels = synthetic.load_split(0, "train", 32, 64, "textures")
+  images, labels = _load_split(0, "train", 32, 64, "textures")
   brightness = images.max(axis=-1).astype(np.float64)
   spread = {name: np.median([np.percentile(b[m == c], 90) / np.percentile(b[m == c], 10)
                              for b, m in zip(brightness, labels) if np.sum(m == c) > 100])

@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 from cowmix_jax import models
-from cowmix_jax.models.resnet import ResNetEncoder, stage_channels
+from cowmix_jax.models.resnet import ResNetEncoder
 
 # torchvision parameter counts with the 1000-way classifier, minus that classifier.
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160}
+
+
+def stage_channels(depth: int, width: int = 64) -> tuple[int, int, int, int]:
+  """Output channels of conv2_x..conv5_x (He et al., Table 1): basic blocks (ResNet-18,
+  34) keep the stage width, bottlenecks (50, 101) expand it 4 times."""
+  expansion = 1 if depth < 50 else 4
+  return tuple(width * 2**i * expansion for i in range(4))
 
 
 def _count(tree) -> int:

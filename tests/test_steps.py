@@ -11,6 +11,13 @@ from cowmix_jax.state import create_train_state
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
 
 
+def _make_sample_fn(config, mesh):
+  """Jitted ``sample(key, unlabelled_images) -> the perturbation's draws`` (sharded)."""
+  sample, _, _ = steps.make_perturbation_fns(mixing.make_perturbation(config), mesh)
+  return jax.jit(sample, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.batch_sharded(mesh))
+
+
 def _setup(config, num_classes=6):
   model = models.build_model(config.model, num_classes)
   tx = train.make_optimizer(config)
@@ -30,7 +37,7 @@ def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config
   batch = synthetic_batch(tiny_config)
   mesh8, mesh1 = sharding.make_mesh(8), sharding.make_mesh(1)
   # Masks and partners drawn on 8 devices (partners stay inside each shard), replayed on 1.
-  draws = _host_copy(steps.make_sample_fn(tiny_config, mesh8)(
+  draws = _host_copy(_make_sample_fn(tiny_config, mesh8)(
       jax.random.PRNGKey(1),
       jax.device_put(batch["unlabelled_image"], sharding.batch_sharded(mesh8))))
   assert np.all(draws["partner"] // 2 == np.arange(16) // 2), "partners inside shards of 2"
@@ -58,7 +65,7 @@ def test_sharded_mask_generator_has_no_collectives(tiny_config):
   tiny_config.method = "cowmix"
   mesh = sharding.make_mesh(8)
   images = jnp.zeros((16, 64, 64, 3))
-  sample = steps.make_sample_fn(tiny_config, mesh)
+  sample = _make_sample_fn(tiny_config, mesh)
   hlo = sample.lower(jax.random.PRNGKey(0), images).compile().as_text()
   assert "fft" in hlo.lower(), "the compiled module should contain the FFT blur"
   for collective in COLLECTIVES:
@@ -188,7 +195,7 @@ def test_padded_unlabelled_pixels_carry_no_consistency_loss(method, tiny_config,
   mesh = sharding.make_mesh(2)
   update = jax.jit(steps.make_update_fn(model, tx, tiny_config, mesh))
   batch = synthetic_batch(tiny_config)
-  draws = steps.make_sample_fn(tiny_config, mesh)(jax.random.PRNGKey(3),
+  draws = _make_sample_fn(tiny_config, mesh)(jax.random.PRNGKey(3),
                                                     batch["unlabelled_image"])
   host_state = _host_copy(state)
 

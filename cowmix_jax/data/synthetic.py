@@ -165,18 +165,6 @@ def render_texture_example(seed: int, split: str, index: int, size: int
   return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), label
 
 
-def load_split(seed: int, split: str, num_examples: int, size: int, task: str = "shapes"):
-  """All examples of a split of ``task`` (a key of TASKS).
-
-  Returns:
-    ``(images [N, S, S, 3] uint8, labels [N, S, S] uint8)``.
-  """
-  if size % 32:
-    raise ValueError(f"synthetic image_size must be a multiple of 32, got {size}")
-  pairs = [TASKS[task][0](seed, split, i, size) for i in range(num_examples)]
-  return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-
-
 # config.data.task: the renderer and the class list of each synthetic task.
 TASKS = {"shapes": (render_example, CLASS_NAMES, CLASS_COLOURS),
          "textures": (render_texture_example, TEXTURE_CLASS_NAMES, TEXTURE_CLASS_COLOURS)}

@@ -87,13 +87,6 @@ class BottleneckBlock(nn.Module):
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
-def stage_channels(depth: int, width: int = 64) -> tuple[int, int, int, int]:
-  """Output channels of conv2_x..conv5_x for a ResNet of this depth and base width."""
-  block_type, _ = RESNET_SPECS[depth]
-  expansion = BLOCKS[block_type].expansion
-  return tuple(width * 2**i * expansion for i in range(4))
-
-
 def stage_strides_and_dilations(output_stride: int, caffe: bool):
   """``[(stride, first block dilation, other blocks dilation)]`` of conv2_x..conv5_x."""
   if output_stride not in (8, 16, 32):
