@@ -377,10 +377,9 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
 
   scorer = Evaluator(model, mesh, inputs.num_classes,
                      lambda: inputs.eval_batches(eval_split, eval_batch_size))
-  evaluate_model = scorer.confusion
 
   def evaluate_and_report(step):
-    teacher, student = evaluate_model(teacher_variables(state)), evaluate_model(
+    teacher, student = scorer.confusion(teacher_variables(state)), scorer.confusion(
         student_variables(state))
     mious = {"teacher_miou": metrics.mean_iou(teacher), "student_miou": metrics.mean_iou(student)}
     writer.write_scalars(step, mious)

@@ -3,7 +3,7 @@
 import pytest
 
 from cowmix_jax import mixing, models
-from cowmix_jax.data import builders
+from cowmix_jax.data import base, builders  # noqa: F401  (builders registers them)
 from cowmix_jax.registry import Registry
 
 
@@ -30,5 +30,5 @@ def test_the_package_registers_the_paper_methods_models_and_datasets():
   assert mixing.PERTURBATIONS.names() == sorted(
       ["supervised", "aug", "ict", "cutout", "cutmix", "cowout", "cowmix"])
   assert models.MODELS.names() == ["deeplab_v2", "deeplab_v3plus", "unet"]
-  assert builders.DATASETS.names() == ["camvid", "cityscapes", "folder", "pascal",
-                                       "synthetic"]
+  assert base.DATASETS.names() == ["camvid", "cityscapes", "folder", "pascal",
+                                   "synthetic"]

@@ -13,12 +13,10 @@ from jax.experimental import multihost_utils
 # Importing the builder modules registers them in base.DATASETS.
 from cowmix_jax.data import base, camvid, cityscapes, folder, synthetic, voc  # noqa: F401
 
-DATASETS = base.DATASETS
-
 
 def manual_dir(data: ml_collections.ConfigDict) -> str | None:
   """``config.data.manual_dir``, else the dataset's environment variable, else None."""
-  variable = DATASETS.get(data.name).MANUAL_DIR_VARIABLE
+  variable = base.DATASETS.get(data.name).MANUAL_DIR_VARIABLE
   directory = data.get("manual_dir") or (os.environ.get(variable) if variable else None)
   return os.path.expanduser(directory) if directory else None
 
@@ -33,7 +31,7 @@ def data_dir(data: ml_collections.ConfigDict) -> str | None:
 def make_builder(data: ml_collections.ConfigDict) -> base.SegmentationBuilder:
   """The builder named by ``config.data.name`` (not prepared yet); its files must be
   where ``config.data.manual_dir`` or the dataset's environment variable says."""
-  builder_class = DATASETS.get(data.name)
+  builder_class = base.DATASETS.get(data.name)
   directory = None
   if builder_class.MANUAL_DIR_VARIABLE is not None:
     directory = manual_dir(data)
