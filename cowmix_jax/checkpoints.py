@@ -20,6 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from cowmix_jax import config_base
 from cowmix_jax.state import TrainState
 
 LATEST, BEST = "checkpoints", "best"
@@ -171,10 +172,9 @@ def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list:
   """Lines ``key: saved value in the workdir, now value`` for every setting that differs
   from the run already in ``workdir`` (none when there is no run yet), except
   RESUMABLE_KEYS."""
-  path = workdir_path(workdir) / CONFIG_FILE
-  if not path.exists():
+  if not (workdir_path(workdir) / CONFIG_FILE).exists():
     return []
-  old, new = _flatten(json.loads(path.read_text())), _flatten(_plain(config))
+  old, new = _flatten(_plain(load_config(workdir))), _flatten(_plain(config))
   return [f"  {key}: {old.get(key, '(absent)')!r} in the workdir, now "
           f"{new.get(key, '(absent)')!r}"
           for key in sorted(set(old) | set(new))
@@ -218,5 +218,5 @@ def load_config(run: str) -> ml_collections.ConfigDict:
     saved = json.loads(path.read_text())
   except json.JSONDecodeError as error:
     raise ValueError(f"{path}: not valid JSON ({error})") from None
-  return ml_collections.ConfigDict(_tuples(saved))
+  return config_base.with_defaults(_tuples(saved))
 

@@ -22,6 +22,14 @@ def is_auto(value) -> bool:
   return value in (AUTO, (AUTO,))
 
 
+# The keys a dataset has beyond the common ones, with their defaults.
+DATASET_SETTINGS = {
+    # The procedural dataset: its images follow from these (see data/synthetic.py).
+    "synthetic": dict(seed=0, task="shapes", image_size=64, num_train=512,
+                      num_validation=128),
+}
+
+
 def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """``config.data``: which dataset, where it is, the labelled subset and augmentation.
 
@@ -41,6 +49,7 @@ def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
       crops are then in shrunk pixels); evaluation upsamples the logits to the labels'
       full resolution, so mIoU is always measured at the dataset's resolution.
     augment: see cowmix_jax.data.pipeline.Augmentation.
+    and the dataset's own keys (DATASET_SETTINGS).
   """
   data = ml_collections.ConfigDict()
   data.name = name
@@ -61,8 +70,53 @@ def get_data_config(name: str, **overrides) -> ml_collections.ConfigDict:
       crop_size=(321, 321), scale_range=(1.0, 1.0), scale_step=0.0, hflip=True,
       rotation_degrees=0.0, brightness_std=0.0, contrast_log_std=0.0))
   data.augment.update(overrides.pop("augment", {}))
+  data.update(DATASET_SETTINGS.get(name, {}))
   data.update(overrides)
   return data
+
+
+def get_model_config(**overrides) -> ml_collections.ConfigDict:
+  """``config.model``: the network, its encoder, BatchNorm, dtype and pretrained weights
+  (the paper's U-Net on a ResNet-50 unless overridden)."""
+  model = ml_collections.ConfigDict()
+  model.name = "unet"
+  model.depth = 50
+  model.width = 64
+  model.freeze_bn = False
+  # Which student passes update the running BatchNorm statistics (and so, through the
+  # moving average, the teacher's): "both_passes" (the labelled pass, then the pass on
+  # perturbed unlabelled images) or "labelled_pass" (perturbed images are normalised by
+  # their own batch statistics but never written into the running ones). No effect with
+  # freeze_bn.
+  model.bn_running_stats = "both_passes"
+  model.decoder_widths = (192, 128, 96, 64, 48, 32)  # U-Net only
+  # DeepLab v2 only: reproduce the authors' ASPP that sums two of its four branches.
+  model.aspp_two_branch_bug = False
+  model.output_stride = 8  # DeepLab v3+ only: 8 or 16
+  # The encoder: resnet (model.depth and width) or efficientnet_lite
+  # (model.encoder_variant: lite0, lite1 or lite2; widths fixed). U-Net only.
+  model.encoder = "resnet"
+  model.encoder_variant = "lite0"
+  # Input normalisation the backbone was trained with: imagenet, caffe, efficientnet_lite,
+  # grey, or auto (chosen by the encoder: imagenet for ResNets, efficientnet_lite for
+  # EfficientNet-Lite).
+  model.normalisation = "auto"
+  # Computation dtype: float32, or bfloat16 for mixed precision on GPUs and TPUs
+  # (parameters and optimiser state stay float32). CPUs gain nothing from bfloat16.
+  model.dtype = "float32"
+  # Converted weights (python -m cowmix_jax.models.convert), a .msgpack path, or the name
+  # of weights that a package ships (efficientnet_lite0, efficientnet_lite1,
+  # efficientnet_lite2: converted once into the cache, see models/pretrained.py): loaded
+  # into the encoder (or all of DeepLab v2); they learn at pretrained_lr_multiplier x the
+  # learning rate.
+  model.pretrained = ""
+  model.pretrained_lr_multiplier = 0.1
+
+  unknown = sorted(set(overrides) - set(model))
+  if unknown:
+    raise KeyError(f"config.model has no key {unknown}: it has {sorted(model)}")
+  model.update(overrides)
+  return model
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -107,36 +161,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.aug_consistency.brightness_std = 0.1
   config.aug_consistency.contrast_log_std = math.log(1.1)
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "unet"
-  config.model.depth = 50
-  config.model.width = 64
-  config.model.freeze_bn = False
-  # Which student passes update the running BatchNorm statistics (and so, through the
-  # moving average, the teacher's): "both_passes" (the labelled pass, then the pass on
-  # perturbed unlabelled images) or "labelled_pass" (perturbed images are normalised by
-  # their own batch statistics but never written into the running ones). No effect with
-  # freeze_bn.
-  config.model.bn_running_stats = "both_passes"
-  config.model.decoder_widths = (192, 128, 96, 64, 48, 32)
-  # The encoder: resnet (config.model.depth and width) or efficientnet_lite
-  # (config.model.encoder_variant: lite0, lite1 or lite2; widths fixed). U-Net only.
-  config.model.encoder = "resnet"
-  config.model.encoder_variant = "lite0"
-  # Input normalisation the backbone was trained with: imagenet, caffe, efficientnet_lite,
-  # grey, or auto (chosen by the encoder: imagenet for ResNets, efficientnet_lite for
-  # EfficientNet-Lite).
-  config.model.normalisation = "auto"
-  # Computation dtype: float32, or bfloat16 for mixed precision on GPUs and TPUs
-  # (parameters and optimiser state stay float32). CPUs gain nothing from bfloat16.
-  config.model.dtype = "float32"
-  # Converted weights (python -m cowmix_jax.models.convert), a .msgpack path, or the name
-  # of weights that a package ships (efficientnet_lite0, efficientnet_lite1,
-  # efficientnet_lite2: converted once into the cache, see models/pretrained.py): loaded
-  # into the encoder (or all of DeepLab v2); they learn at pretrained_lr_multiplier x the
-  # learning rate.
-  config.model.pretrained = ""
-  config.model.pretrained_lr_multiplier = 0.1
+  config.model = get_model_config()
 
   config.log_every = 50
   config.image_every = 1000  # TensorBoard pictures of masks, inputs, targets; 0: never
@@ -156,7 +181,6 @@ def set_deeplab_v2(config: ml_collections.ConfigDict) -> None:
   config.model.depth = 101
   config.model.width = 64
   config.model.freeze_bn = True
-  config.model.aspp_two_branch_bug = False
   config.model.normalisation = "caffe"
   config.learning_rate = 1e-5
 
@@ -197,4 +221,24 @@ def get_camvid_cpu_config(downscale: int) -> ml_collections.ConfigDict:
   config.log_every = 100
   config.image_every = 0
   return config
+
+
+def _overlay(defaults: dict, values: dict) -> dict:
+  """``defaults`` with ``values`` written over it, key by key at every depth."""
+  merged = dict(defaults)
+  for key, value in values.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _overlay(merged[key], value)
+    else:
+      merged[key] = value
+  return merged
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (a plain dict, e.g. a run's config.json) completed by today's
+  defaults: a run saved before a key existed reads as if it had the key's default, which
+  is the behaviour it was trained with."""
+  defaults = get_base_config()
+  defaults.data = get_data_config(saved.get("data", {}).get("name", ""))
+  return ml_collections.ConfigDict(_overlay(defaults.to_dict(), saved))
 

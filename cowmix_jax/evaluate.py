@@ -67,7 +67,7 @@ def eval_batches(builder, config: ml_collections.ConfigDict, split: str) -> Iter
   normalisation, downscale), for one process."""
   return pipeline.eval_batches(builder, split, tuple(config.data.eval_canvas),
                                config.eval_batch_size, models.input_normalisation(config.model),
-                               downscale_factor=config.data.get("downscale", 1))
+                               downscale_factor=config.data.downscale)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,

@@ -162,7 +162,7 @@ def sample_log_uniform(key: jax.Array, n: int, value_range: Range) -> jax.Array:
   return jnp.exp(_uniform(key, n, (jnp.log(low), jnp.log(high))))
 
 
-def _check_p_range(p_range: Range) -> None:
+def check_p_range(p_range: Range) -> None:
   low, high = p_range
   if not 0.0 <= low <= high <= 1.0:
     raise ValueError(f"p_range must satisfy 0 <= low <= high <= 1, got {p_range}")
@@ -215,7 +215,7 @@ def cow_masks(
     ``[N, H, W]`` float32 masks of 0/1.
   """
   n, height, width = shape
-  _check_p_range(p_range)
+  check_p_range(p_range)
   sigma_key, p_key, noise_key = jax.random.split(key, 3)
   sigma = sample_log_uniform(sigma_key, n, sigma_range)
   p = _uniform(p_key, n, p_range)
@@ -239,7 +239,7 @@ def box_sizes(
     ``(heights, widths)``, each ``[n]`` int32 with ``0 <= h <= H`` and ``0 <= w <= W``.
   """
   height, width = image_size
-  _check_p_range(p_range)
+  check_p_range(p_range)
   p_key, aspect_key = jax.random.split(key)
   p = _uniform(p_key, n, p_range)
   area = p * height * width

@@ -85,8 +85,7 @@ def cow_mask_sampler(mask_config: ml_collections.ConfigDict, p_range) -> MaskSam
   return functools.partial(
       masks.cow_masks, sigma_range=tuple(mask_config.cow_sigma_range),
       p_range=tuple(p_range), exact_proportion=mask_config.exact_proportion,
-      canvas_margin_sigmas=mask_config.get("cow_canvas_margin_sigmas",
-                                           masks.WRAP_MARGIN_SIGMAS))
+      canvas_margin_sigmas=mask_config.cow_canvas_margin_sigmas)
 
 
 def box_mask_sampler(p_range) -> MaskSampler:

@@ -57,7 +57,7 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: s
   for image_id, path in images.items():
     image = base.image_array(base.read_file(path), path)
     prediction = predict_image(logits_fn, variables, image, normalisation,
-                               config.data.get("downscale", 1))
+                               config.data.downscale)
     write_prediction(output_dir, image_id, image, prediction, palette, overlay_alpha)
   return list(images)
 

@@ -70,6 +70,13 @@ def make_perturbation_fns(perturbation: mixing.Perturbation, mesh: Mesh):
 BN_RUNNING_STATS = ("both_passes", "labelled_pass")
 
 
+def check_bn_running_stats(model_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError unless ``config.model.bn_running_stats`` is a known mode."""
+  if model_config.bn_running_stats not in BN_RUNNING_STATS:
+    raise ValueError(f"config.model.bn_running_stats={model_config.bn_running_stats!r}: "
+                     f"expected one of {', '.join(BN_RUNNING_STATS)}")
+
+
 def _apply_student(model, params, batch_stats, images):
   logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                 train=True, mutable=["batch_stats"])
@@ -94,10 +101,8 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
   perturbation = mixing.make_perturbation(config)
   _, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, mesh)
   kind = config.consistency_loss
-  running_stats_from = config.model.get("bn_running_stats", "both_passes")
-  if running_stats_from not in BN_RUNNING_STATS:
-    raise ValueError(f"config.model.bn_running_stats={running_stats_from!r}: expected one "
-                     f"of {', '.join(BN_RUNNING_STATS)}")
+  check_bn_running_stats(config.model)
+  running_stats_from = config.model.bn_running_stats
 
   def unlabelled_term(params, batch_stats, state, batch, draws):
     teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], draws)

@@ -18,101 +18,19 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
 
 from cowmix_jax import data as data_lib
-from cowmix_jax import losses, metrics, mixing, models, reporting, sharding, steps
+from cowmix_jax import metrics, models, reporting, sharding, steps
 from cowmix_jax.checkpoints import Checkpointer, check_config, save_config, workdir_path
+from cowmix_jax.config_checks import (
+  check_against_data,
+  mesh_size,
+  resolve_training_length,
+  validate_config,
+)
 from cowmix_jax.evaluator import Evaluator
 from cowmix_jax.models import convert, summary
 from cowmix_jax.models import pretrained as pretrained_lib
 from cowmix_jax.registry import Registry
 from cowmix_jax.state import TrainState, create_train_state, init_variables
-
-BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
-
-
-def shareable_batches(config: ml_collections.ConfigDict, devices: int) -> dict[str, int]:
-  """The smallest batches ``devices`` devices can share: the labelled and unlabelled
-  batches grown by one common factor (keeping their ratio, e.g. the paper's 1 + 2), the
-  evaluation batch rounded up to a multiple of ``devices``."""
-  labelled, unlabelled = max(1, config.batch_size), max(1, config.unlabelled_batch_size)
-  factor = next(k for k in range(1, devices + 1)
-                if labelled * k % devices == 0 and unlabelled * k % devices == 0)
-  return {"batch_size": labelled * factor, "unlabelled_batch_size": unlabelled * factor,
-          "eval_batch_size": -(-max(1, config.eval_batch_size) // devices) * devices}
-
-
-def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> int:
-  """The number of devices in the ``('data',)`` mesh: ``config.num_devices``, or all of
-  them when it is <= 0; ValueError, with the exact overrides that would work, when the
-  global batches cannot be shared by them or a multi-process run would leave devices out.
-  """
-  asked = config.num_devices if config.num_devices > 0 else device_count
-  problems = []
-  if asked > device_count:
-    problems.append(f"config.num_devices={config.num_devices} but {device_count} devices "
-                    f"are visible")
-  if process_count > 1 and asked != device_count:
-    problems.append(f"config.num_devices={config.num_devices}: a run of {process_count} "
-                    f"processes must use all {device_count} devices (every process feeds "
-                    f"its own)")
-  devices = device_count if problems else asked
-  for key in BATCH_KEYS:
-    if config[key] <= 0 or config[key] % devices:
-      problems.append(f"config.{key}={config[key]} is not a positive multiple of the "
-                      f"{devices} devices (one device cannot hold part of an image)")
-  if problems:
-    fixes = ([f"--config.num_devices={-1 if devices == device_count else devices}"]
-             if devices != asked else [])
-    fixes += [f"--config.{key}={value}" for key, value in
-              shareable_batches(config, devices).items() if value != config[key]]
-    raise ValueError("; ".join(problems) + ". Use: " + " ".join(fixes) + " (batches are "
-                     "global: a larger batch changes the optimisation, so reconsider the "
-                     "learning rate and num_train_steps).")
-  return asked
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the config key when a setting cannot work."""
-  mixing.make_perturbation(config)
-  losses.CONSISTENCY_LOSSES.get(config.consistency_loss)
-  losses.CONFIDENCE_MODES.get(config.confidence.mode)
-  if not 0.0 <= config.teacher_alpha <= 1.0:
-    raise ValueError(f"config.teacher_alpha={config.teacher_alpha} must be in [0, 1]")
-
-
-def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
-  """Cow masks (cowmix, cowout) whose largest sigma exceeds the crop's shorter side
-  would be almost uniform: the perturbation would vanish without a word."""
-  if mixing.make_perturbation(config).mask_kind != "cow":
-    return
-  sigma = max(data_lib.pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
-                                    "(smallest, largest) sigma in pixels", float))
-  crop = tuple(config.data.augment.crop_size)
-  if sigma > min(crop):
-    scale = min(crop) / 360  # the paper's CamVid: sigma 4..16 for 480x360 images
-    suggestion = (round(4 * scale, 2), round(16 * scale, 2))
-    raise ValueError(
-        f"config.mask.cow_sigma_range={tuple(config.mask.cow_sigma_range)}: sigma {sigma:g} "
-        f"is larger than the crop's shorter side (config.data.augment.crop_size={crop}, "
-        f"pixels after config.data.downscale), so cow masks would be nearly uniform. The "
-        f"paper uses 4..16 for 480x360 images; for this crop, e.g. "
-        f"--config.mask.cow_sigma_range='{suggestion}'.")
-
-
-def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
-  """The settings that depend on the prepared dataset, checked before any work: the
-  splits exist, the evaluation canvas holds every evaluation image, the labelled subset
-  fits the training split, cow masks are not wider than the crops (``auto`` canvas,
-  crop and sigmas resolved here)."""
-  present = sorted(builder.info.splits)
-  for key in ("train_split", "eval_split"):
-    if config.data[key] not in builder.info.splits:
-      raise ValueError(f"config.data.{key}={config.data[key]!r}: the dataset "
-                       f"{config.data.name!r} has the splits {present}")
-  data_lib.resolve_data_settings(config, builder)
-  check_cow_sigma(config)
-  data_lib.splits.check_num_labelled(
-      config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
-
 
 # ``(peak learning rate, num_train_steps) -> a float or an optax schedule``.
 LR_SCHEDULES = Registry("config.lr_schedule", "learning-rate schedules")
@@ -131,7 +49,7 @@ def _cosine(peak: float, num_train_steps: int):
 def learning_rate_schedule(config: ml_collections.ConfigDict, scale: float = 1.0):
   """``scale * config.learning_rate``: constant (the paper), or with ``cosine`` decayed
   to 0 over ``config.num_train_steps`` (an optax schedule of the step count)."""
-  return LR_SCHEDULES.get(config.get("lr_schedule", "constant"))(
+  return LR_SCHEDULES.get(config.lr_schedule)(
       config.learning_rate * scale, config.num_train_steps)
 
 
@@ -149,7 +67,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
   via ``optax.multi_transform``."""
   if pretrained_labels is None:
     return optax.adam(learning_rate_schedule(config))
-  multiplier = config.model.get("pretrained_lr_multiplier", 0.1)
+  multiplier = config.model.pretrained_lr_multiplier
   return optax.multi_transform(
       {"pretrained": optax.adam(learning_rate_schedule(config, multiplier)),
        "new": optax.adam(learning_rate_schedule(config))}, pretrained_labels)
@@ -159,7 +77,7 @@ def initial_variables_and_optimizer(config: ml_collections.ConfigDict, model, im
   """The initial variables (random, with ``config.model.pretrained`` merged in when
   given) and the optimiser (per-group learning rates when pretrained)."""
   variables = init_variables(model, jax.random.PRNGKey(config.seed), image_shape)
-  name = config.model.get("pretrained", "")
+  name = config.model.pretrained
   if not name:
     return variables, make_optimizer(config)
   path = pretrained_lib.resolve(name)
@@ -185,7 +103,7 @@ def describe_pretrained_load(variables: dict, pretrained: dict, path: str,
   loaded = {c: flatten_dict(pretrained.get(c, {})) for c in ("params", "batch_stats")}
   text = (f"Loaded {len(loaded['params'])} parameter and {len(loaded['batch_stats'])} "
           f"BatchNorm statistic arrays from {path} (lr x"
-          f"{config.model.get('pretrained_lr_multiplier', 0.1):g}); "
+          f"{config.model.pretrained_lr_multiplier:g}); "
           f"{len(flatten_dict(variables['params'])) - len(loaded['params'])} parameter "
           f"arrays are new.")
   not_loaded = ["/".join(key) for collection in ("params", "batch_stats")
@@ -288,30 +206,6 @@ def checksums_of_every_process(params) -> dict[str, float]:
   return {f"parameter_checksum_process{i}": float(v) for i, v in enumerate(gathered)}
 
 
-def resolve_training_length(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
-  """Sets ``config.num_train_steps`` (and ``config.eval_every``) from
-  ``config.num_epochs`` (and ``config.eval_every_epochs``) when those are positive.
-
-  An epoch is one pass over the ``num_train_examples`` images of the training split at
-  ``config.batch_size`` labelled images per step, as in the paper (CamVid: 367 steps at
-  batch 1, so 300 epochs are 110,100 steps), whatever the number of labelled images.
-  Lengths round to the nearest step (at least 1).
-  """
-  steps_per_epoch = num_train_examples / config.batch_size
-  epochs = config.get("num_epochs", 0)
-  if epochs < 0:
-    raise ValueError(f"config.num_epochs={epochs} must be >= 0 (0: use num_train_steps)")
-  if epochs > 0:
-    config.num_train_steps = max(1, int(round(epochs * steps_per_epoch)))
-  eval_epochs = config.get("eval_every_epochs", 0)
-  if eval_epochs > 0:
-    config.eval_every = max(1, int(round(eval_epochs * steps_per_epoch)))
-  if epochs > 0 or eval_epochs > 0:
-    logging.info("%s epochs of %d images at batch %d: %d steps, evaluating every %s steps.",
-                 f"{epochs:g}" if epochs else "-", num_train_examples, config.batch_size,
-                 config.num_train_steps, config.eval_every or "(end only)")
-
-
 def _due(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
 
@@ -328,8 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     the results dictionary, or None when stopped by SIGTERM.
   """
   workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  validate_config(config, jax.device_count(), jax.process_count())
   num_devices = mesh_size(config, jax.device_count(), jax.process_count())
-  validate_config(config)
   mesh = sharding.make_mesh(num_devices)
   # The model needs the class count and an epoch the training split's size, known once
   # the dataset is prepared; the inputs need the start step, known once the state is

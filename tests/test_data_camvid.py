@@ -2,12 +2,12 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cowmix_jax import config_base
 from cowmix_jax.data import base, builders
 
 from conftest import SHARED_CAMVID, write_png
@@ -30,8 +30,8 @@ def _camvid_tree(root, counts=(("train", 3), ("val", 2)), size=(12, 16), seed=0)
 
 
 def _data(root, data_dir):
-  return ml_collections.ConfigDict(dict(name="camvid", manual_dir=str(root),
-                                        data_dir=str(data_dir)))
+  return config_base.get_data_config("camvid", manual_dir=str(root),
+                                      data_dir=str(data_dir))
 
 
 def _examples(builder, split):

@@ -3,12 +3,12 @@
 import os
 import zipfile
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cowmix_jax import config_base
 from cowmix_jax.data import base, builders, cityscapes
 
 from conftest import write_png
@@ -40,8 +40,8 @@ def write_tree(root, seed=0, size=SIZE):
 
 
 def _data(root, data_dir, builder_config):
-  return ml_collections.ConfigDict(dict(name="cityscapes", manual_dir=str(root),
-                                        data_dir=str(data_dir), builder_config=builder_config))
+  return config_base.get_data_config("cityscapes", manual_dir=str(root),
+                                      data_dir=str(data_dir), builder_config=builder_config)
 
 
 def _examples(builder, split):

@@ -4,12 +4,12 @@ import json
 import logging
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cowmix_jax import config_base
 from cowmix_jax.data import base, builders, folder
 
 from conftest import write_png
@@ -41,8 +41,8 @@ def _tree(root, classes_file="classes.json", unlabelled=("img_c",), seed=0):
 
 
 def _data(root, data_dir):
-  return ml_collections.ConfigDict(dict(name="folder", manual_dir=str(root),
-                                        data_dir=str(data_dir)))
+  return config_base.get_data_config("folder", manual_dir=str(root),
+                                      data_dir=str(data_dir))
 
 
 def test_folder_dataset_takes_unlabelled_images_without_masks(tmp_path):

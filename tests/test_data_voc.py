@@ -2,12 +2,12 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cowmix_jax import config_base
 from cowmix_jax.data import base, builders, voc
 
 from conftest import write_png
@@ -54,8 +54,8 @@ def write_tree(root, seed=0, size=SIZE):
 
 
 def _data(root, data_dir):
-  return ml_collections.ConfigDict(dict(name="pascal", manual_dir=str(root),
-                                        data_dir=str(data_dir)))
+  return config_base.get_data_config("pascal", manual_dir=str(root),
+                                      data_dir=str(data_dir))
 
 
 def test_palette_labels_decode_to_class_ids_not_colours(tmp_path):

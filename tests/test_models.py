@@ -2,11 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from cowmix_jax import models
+from cowmix_jax import config_base, models
 from cowmix_jax.models.resnet import ResNetEncoder
 
 # torchvision parameter counts with the 1000-way classifier, minus that classifier.
@@ -56,7 +55,7 @@ def _table_4_decoder_parameters(top: int, skips, classes: int) -> int:
 
 def test_unet_decoder_matches_paper_table_4():
   """Decoder parameter count from Table 4's layer list, on the ResNet-50 encoder."""
-  config = ml_collections.ConfigDict(dict(name="unet", depth=50, width=64, freeze_bn=True))
+  config = config_base.get_model_config(name="unet", depth=50, width=64, freeze_bn=True)
   model = models.build_model(config, num_classes=11)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
   decoder = {k: v for k, v in shapes["params"].items() if k != "encoder"}
@@ -66,8 +65,8 @@ def test_unet_decoder_matches_paper_table_4():
 def test_unet_on_efficientnet_lite_takes_its_skips_at_the_paper_strides():
   """The same Table 4 decoder, fed by Lite2's 1/32 head (1280 ch) and its 1/16, 1/8 and
   1/4 stage outputs (120, 48, 24 channels); the encoder is the whole EfficientNet-Lite."""
-  config = ml_collections.ConfigDict(dict(name="unet", encoder="efficientnet_lite",
-                                          encoder_variant="lite2", freeze_bn=True))
+  config = config_base.get_model_config(name="unet", encoder="efficientnet_lite",
+                                          encoder_variant="lite2", freeze_bn=True)
   model = models.build_model(config, num_classes=11)
   x = jnp.zeros((1, 96, 128, 3))
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
@@ -84,8 +83,8 @@ def test_unet_on_efficientnet_lite_takes_its_skips_at_the_paper_strides():
 def test_resnet_unet_keeps_its_parameter_names():
   """Checkpoints of the ResNet U-Net written before encoders were selectable restore:
   the encoder is still ``encoder/stem_conv``, ``encoder/conv2_x_block0``, ... ."""
-  config = ml_collections.ConfigDict(dict(name="unet", depth=18, width=8,
-                                          decoder_widths=(8,) * 6))
+  config = config_base.get_model_config(name="unet", depth=18, width=8,
+                                          decoder_widths=(8,) * 6)
   model = models.build_model(config, num_classes=3)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   assert sorted(shapes["params"]) == sorted(
@@ -102,15 +101,15 @@ def test_resnet_unet_keeps_its_parameter_names():
     ("width", 32, r"config.model.width=32 applies to ResNet encoders only"),
 ])
 def test_bad_encoder_settings_name_the_key(key, value, message):
-  config = ml_collections.ConfigDict(dict(name="unet", encoder="efficientnet_lite",
-                                          encoder_variant="lite0", width=64))
+  config = config_base.get_model_config(name="unet", encoder="efficientnet_lite",
+                                          encoder_variant="lite0", width=64)
   config[key] = value
   with pytest.raises(ValueError, match=message):
     models.build_model(config, num_classes=3)
 
 
 def test_normalisation_auto_follows_the_encoder():
-  config = ml_collections.ConfigDict(dict(name="unet", encoder="resnet", normalisation="auto"))
+  config = config_base.get_model_config(name="unet", encoder="resnet", normalisation="auto")
   assert models.input_normalisation(config) == "imagenet"
   config.encoder = "efficientnet_lite"
   assert models.input_normalisation(config) == "efficientnet_lite"

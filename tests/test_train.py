@@ -18,7 +18,7 @@ from cowmix_jax import models, steps, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.state import create_train_state
 
-from conftest import load_config, num_classes_of_run
+from conftest import num_classes_of_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.num_train_steps=8", "--config.checkpoint_every=2", "--config.log_every=1",
@@ -162,64 +162,6 @@ def test_unknown_learning_rate_schedule_is_named(tiny_config):
   tiny_config.lr_schedule = "step"
   with pytest.raises(ValueError, match="config.lr_schedule='step': choose one of"):
     train.make_optimizer(tiny_config)
-
-
-def test_epochs_count_passes_over_the_training_split_at_the_labelled_batch(tiny_config):
-  """The paper's CamVid: 367 images at batch 1, 300 epochs = 110,100 steps."""
-  tiny_config.batch_size, tiny_config.num_epochs = 1, 300
-  train.resolve_training_length(tiny_config, 367)
-  assert tiny_config.num_train_steps == 110_100 and tiny_config.eval_every == 0
-  tiny_config.batch_size, tiny_config.num_epochs, tiny_config.eval_every_epochs = 4, 10, 0.5
-  train.resolve_training_length(tiny_config, 367)
-  assert tiny_config.num_train_steps == round(10 * 367 / 4) == 918
-  assert tiny_config.eval_every == round(0.5 * 367 / 4) == 46
-  tiny_config.num_epochs, tiny_config.eval_every_epochs = 0, 0
-  tiny_config.num_train_steps, tiny_config.eval_every = 123, 7
-  train.resolve_training_length(tiny_config, 367)
-  assert (tiny_config.num_train_steps, tiny_config.eval_every) == (123, 7)
-  tiny_config.num_epochs = -1
-  with pytest.raises(ValueError, match="config.num_epochs=-1"):
-    train.resolve_training_length(tiny_config, 367)
-
-
-
-def _apply_overrides(config, message):
-  """The ``--config.KEY=VALUE`` overrides an error suggests, applied to ``config``."""
-  for key, value in re.findall(r"--config\.(\w+)=(-?\d+)", message):
-    config[key] = int(value)
-
-
-def test_mesh_size_takes_every_device_or_the_configured_number(tiny_config):
-  tiny_config.num_devices = -1
-  assert train.mesh_size(tiny_config, 8, 1) == 8  # batches 8, 16, 8
-  tiny_config.num_devices = 2
-  assert train.mesh_size(tiny_config, 8, 1) == 2
-
-
-def test_batches_devices_cannot_share_are_rejected_with_the_overrides_that_work():
-  # configs/cityscapes.py (one device, batch 1) as launch/slurm_gpu.sbatch runs it: 16
-  # processes of one GPU each.
-  config = load_config("cityscapes")
-  with pytest.raises(ValueError) as error:
-    train.mesh_size(config, 16, 16)
-  message = str(error.value)
-  assert ("--config.num_devices=-1 --config.batch_size=16 --config.unlabelled_batch_size=32 "
-          "--config.eval_batch_size=16") in message
-  _apply_overrides(config, message)
-  assert train.mesh_size(config, 16, 16) == 16
-  # One process, a mesh of 2 of its 8 devices and an odd batch: the two training batches
-  # grow by one factor (keeping their 3 : 4 ratio), the rest stays.
-  config = load_config("cityscapes")
-  config.num_devices, config.batch_size, config.unlabelled_batch_size = 2, 3, 4
-  config.eval_batch_size = 2
-  with pytest.raises(ValueError, match=r"Use: --config.batch_size=6 "
-                     r"--config.unlabelled_batch_size=8 \(") as error:
-    train.mesh_size(config, 8, 1)
-  _apply_overrides(config, str(error.value))
-  assert train.mesh_size(config, 8, 1) == 2
-  config.num_devices = 9
-  with pytest.raises(ValueError, match="config.num_devices=9 but 8 devices are visible"):
-    train.mesh_size(config, 8, 1)
 
 
 DRIVER = """

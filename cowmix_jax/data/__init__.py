@@ -111,7 +111,7 @@ def resolve_eval_canvas(data: ml_collections.ConfigDict, builder, split: str
   ``split`` rounded up to a multiple of ``data.downscale``; a given canvas is checked
   to hold every image of ``split`` (a smaller one would stop the run at its first
   evaluation). Returns it."""
-  factor = int(data.get("downscale", 1))
+  factor = int(data.downscale)
   (height, width), largest_id = largest_image(builder, split)
   canvas = canvas_setting(data.eval_canvas)
   if canvas is None:
@@ -138,7 +138,7 @@ def resolve_crop_and_sigma(config: ml_collections.ConfigDict, builder) -> None:
   range relative to the crop's shorter side."""
   augment = config.data.augment
   if pair_setting(augment.crop_size, "data.augment.crop_size", "(H, W)") is None:
-    factor = int(config.data.get("downscale", 1))
+    factor = int(config.data.downscale)
     (height, width), _ = largest_image(builder, config.data.train_split)
     crop = tuple(min(AUTO_CROP_LIMIT, math.ceil(size / factor)) for size in (height, width))
     config_base.replace_field(augment, "crop_size", crop)
@@ -172,13 +172,13 @@ def choose_labelled_ids(builder, data: ml_collections.ConfigDict, seed: int
   """The labelled ids (from ``labelled_ids_file`` or drawn by seed), their label
   histograms ``[N, C + 1]`` and all ids of the training split."""
   ids, histograms = splits.read_ids_and_histograms(builder, data.train_split)
-  if data.get("labelled_ids_file"):
+  if data.labelled_ids_file:
     chosen = splits.read_id_file(data.labelled_ids_file)
     splits.check_ids_exist(chosen, ids, data.labelled_ids_file)
   else:
-    subset_seed = data.subset_seed if data.get("subset_seed", -1) >= 0 else seed
+    subset_seed = data.subset_seed if data.subset_seed >= 0 else seed
     chosen = splits.choose_labelled(ids, data.num_labelled, subset_seed, histograms,
-                                    data.get("class_balanced", False))
+                                    data.class_balanced)
   index = {image_id: i for i, image_id in enumerate(ids)}
   return chosen, histograms[[index[i] for i in chosen]], ids
 
@@ -211,7 +211,7 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: str | None = None,
     resolve_data_settings(config, builder)  # train.check_against_data did it for runs
   aug = pipeline.Augmentation.from_config(data.augment)
   normalisation = models.input_normalisation(config.model)
-  factor = pipeline.check_downscale(data.get("downscale", 1), data.eval_canvas)
+  factor = pipeline.check_downscale(data.downscale, data.eval_canvas)
   labelled = pipeline.labelled_stream(
       builder, data.train_split, labelled_ids, config.batch_size, stream_seed(config.seed, 2),
       aug, normalisation, process_index, process_count, start_step, factor)

@@ -24,7 +24,7 @@ def manual_dir(data: ml_collections.ConfigDict) -> str | None:
 def data_dir(data: ml_collections.ConfigDict) -> str | None:
   """Where prepared datasets go: ``config.data.data_dir``, else tfds's default
   (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
-  directory = data.get("data_dir")
+  directory = data.data_dir
   return os.path.expanduser(directory) if directory else None
 
 

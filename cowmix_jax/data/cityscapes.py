@@ -176,7 +176,7 @@ class Cityscapes(base.SegmentationBuilder):
   @classmethod
   def from_config(cls, data, data_dir, directory):
     """``config.data.builder_config`` picks the resolution and label rule."""
-    return cls(data_dir=data_dir, config=data.get("builder_config") or None)
+    return cls(data_dir=data_dir, config=data.builder_config or None)
 
   def _split_generators(self, dl_manager):
     root = base.require_directory(dl_manager.manual_dir, "Cityscapes", LAYOUT)

@@ -180,7 +180,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
 
 def config_for(seed: int, image_size: int, num_train: int, num_validation: int,
-               task: str = "shapes") -> SyntheticConfig:
+               task: str) -> SyntheticConfig:
   """A builder config named after its parameters (one prepared copy per setting)."""
   if image_size % 32:
     raise ValueError(f"config.data.image_size={image_size}: synthetic images must be a "
@@ -213,7 +213,7 @@ class Synthetic(base.SegmentationBuilder):
   def from_config(cls, data, data_dir, directory):
     """The images follow from ``config.data``'s seed, size, counts and task."""
     return cls(config=config_for(data.seed, data.image_size, data.num_train,
-                                 data.num_validation, data.get("task", "shapes")),
+                                 data.num_validation, data.task),
                data_dir=data_dir)
 
   def class_names(self):

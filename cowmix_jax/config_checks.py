@@ -1,0 +1,191 @@
+"""Start-up checks of a run's config, before any work: every bad key named at once.
+
+``validate_config`` checks what the config alone decides (names in the registries,
+ranges, the mesh); ``check_against_data`` what depends on the prepared dataset;
+``resolve_training_length`` turns epochs into steps once the training split's size is
+known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_collections
+from absl import logging
+
+from cowmix_jax import data as data_lib
+from cowmix_jax import losses, masks, mixing, models, steps
+from cowmix_jax.conventions import NORMALISATIONS
+
+BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
+P_RANGE_KEYS = ("cowmix_p_range", "cowout_p_range", "cutmix_p_range", "cutout_p_range")
+
+
+def shareable_batches(config: ml_collections.ConfigDict, devices: int) -> dict[str, int]:
+  """The smallest batches ``devices`` devices can share: the labelled and unlabelled
+  batches grown by one common factor (keeping their ratio, e.g. the paper's 1 + 2), the
+  evaluation batch rounded up to a multiple of ``devices``."""
+  labelled, unlabelled = max(1, config.batch_size), max(1, config.unlabelled_batch_size)
+  factor = next(k for k in range(1, devices + 1)
+                if labelled * k % devices == 0 and unlabelled * k % devices == 0)
+  return {"batch_size": labelled * factor, "unlabelled_batch_size": unlabelled * factor,
+          "eval_batch_size": -(-max(1, config.eval_batch_size) // devices) * devices}
+
+
+def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> int:
+  """The number of devices in the ``('data',)`` mesh: ``config.num_devices``, or all of
+  them when it is <= 0; ValueError, with the exact overrides that would work, when the
+  global batches cannot be shared by them or a multi-process run would leave devices out.
+  """
+  asked = config.num_devices if config.num_devices > 0 else device_count
+  problems = []
+  if asked > device_count:
+    problems.append(f"config.num_devices={config.num_devices} but {device_count} devices "
+                    f"are visible")
+  if process_count > 1 and asked != device_count:
+    problems.append(f"config.num_devices={config.num_devices}: a run of {process_count} "
+                    f"processes must use all {device_count} devices (every process feeds "
+                    f"its own)")
+  devices = device_count if problems else asked
+  for key in BATCH_KEYS:
+    if config[key] <= 0 or config[key] % devices:
+      problems.append(f"config.{key}={config[key]} is not a positive multiple of the "
+                      f"{devices} devices (one device cannot hold part of an image)")
+  if problems:
+    fixes = ([f"--config.num_devices={-1 if devices == device_count else devices}"]
+             if devices != asked else [])
+    fixes += [f"--config.{key}={value}" for key, value in
+              shareable_batches(config, devices).items() if value != config[key]]
+    raise ValueError("; ".join(problems) + ". Use: " + " ".join(fixes) + " (batches are "
+                     "global: a larger batch changes the optimisation, so reconsider the "
+                     "learning rate and num_train_steps).")
+  return asked
+
+
+def _check_range(key: str, value, low: float, high: float) -> None:
+  if not low <= value <= high:
+    raise ValueError(f"config.{key}={value} must be in [{low:g}, {high:g}]")
+
+
+def _check_p_ranges(mask: ml_collections.ConfigDict) -> None:
+  for key in P_RANGE_KEYS:
+    try:
+      masks.check_p_range(tuple(mask[key]))
+    except (ValueError, TypeError) as error:
+      raise ValueError(f"config.mask.{key}={mask[key]!r}: {error}") from None
+
+
+def _check_sigma_range(mask: ml_collections.ConfigDict) -> None:
+  low, high = data_lib.pair_setting(mask.cow_sigma_range, "mask.cow_sigma_range",
+                                    "(smallest, largest) sigma in pixels", float)
+  if high < low:
+    raise ValueError(f"config.mask.cow_sigma_range={tuple(mask.cow_sigma_range)}: the "
+                     f"smallest sigma is larger than the largest")
+
+
+def _check_normalisation(model: ml_collections.ConfigDict) -> None:
+  name = models.input_normalisation(model)
+  if name not in NORMALISATIONS:
+    raise ValueError(f"config.model.normalisation={name!r}: choose one of "
+                     f"{sorted(NORMALISATIONS) + ['auto']}")
+
+
+def _checks(config: ml_collections.ConfigDict, device_count: int,
+            process_count: int) -> list[Callable[[], object]]:
+  """Each check raises ValueError naming its key."""
+  return [
+      lambda: mixing.make_perturbation(config),
+      lambda: losses.CONSISTENCY_LOSSES.get(config.consistency_loss),
+      lambda: losses.CONFIDENCE_MODES.get(config.confidence.mode),
+      lambda: _check_range("confidence.threshold", config.confidence.threshold, 0.0, 1.0),
+      lambda: _check_range("teacher_alpha", config.teacher_alpha, 0.0, 1.0),
+      lambda: _check_range("num_epochs", config.num_epochs, 0.0, float("inf")),
+      lambda: _check_range("eval_every_epochs", config.eval_every_epochs, 0.0, float("inf")),
+      lambda: _check_range("learning_rate", config.learning_rate, 0.0, float("inf")),
+      lambda: _check_p_ranges(config.mask),
+      lambda: _check_sigma_range(config.mask),
+      lambda: models.MODELS.get(config.model.name),
+      lambda: models.check_encoder(config.model),
+      lambda: models.compute_dtype(config.model),
+      lambda: steps.check_bn_running_stats(config.model),
+      lambda: _check_normalisation(config.model),
+      lambda: data_lib.base.DATASETS.get(config.data.name),
+      lambda: data_lib.canvas_setting(config.data.eval_canvas),
+      lambda: mesh_size(config, device_count, process_count),
+  ]
+
+
+def validate_config(config: ml_collections.ConfigDict, device_count: int,
+                    process_count: int = 1) -> None:
+  """Raises one ValueError that names every setting that cannot work (one line each),
+  before any data is read or any model built."""
+  problems = []
+  for check in _checks(config, device_count, process_count):
+    try:
+      check()
+    except ValueError as error:
+      problems.append(str(error))
+  if len(problems) == 1:
+    raise ValueError(problems[0])
+  if problems:
+    raise ValueError(f"{len(problems)} settings cannot work:\n" +
+                     "\n".join(f"  - {problem}" for problem in problems))
+
+
+def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
+  """Cow masks (cowmix, cowout) whose largest sigma exceeds the crop's shorter side
+  would be almost uniform: the perturbation would vanish without a word."""
+  if mixing.make_perturbation(config).mask_kind != "cow":
+    return
+  sigma = max(data_lib.pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
+                                    "(smallest, largest) sigma in pixels", float))
+  crop = tuple(config.data.augment.crop_size)
+  if sigma > min(crop):
+    scale = min(crop) / 360  # the paper's CamVid: sigma 4..16 for 480x360 images
+    suggestion = (round(4 * scale, 2), round(16 * scale, 2))
+    raise ValueError(
+        f"config.mask.cow_sigma_range={tuple(config.mask.cow_sigma_range)}: sigma {sigma:g} "
+        f"is larger than the crop's shorter side (config.data.augment.crop_size={crop}, "
+        f"pixels after config.data.downscale), so cow masks would be nearly uniform. The "
+        f"paper uses 4..16 for 480x360 images; for this crop, e.g. "
+        f"--config.mask.cow_sigma_range='{suggestion}'.")
+
+
+def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
+  """The settings that depend on the prepared dataset, checked before any work: the
+  splits exist, the evaluation canvas holds every evaluation image, the labelled subset
+  fits the training split, cow masks are not wider than the crops (``auto`` canvas,
+  crop and sigmas resolved here)."""
+  present = sorted(builder.info.splits)
+  for key in ("train_split", "eval_split"):
+    if config.data[key] not in builder.info.splits:
+      raise ValueError(f"config.data.{key}={config.data[key]!r}: the dataset "
+                       f"{config.data.name!r} has the splits {present}")
+  data_lib.resolve_data_settings(config, builder)
+  check_cow_sigma(config)
+  data_lib.splits.check_num_labelled(
+      config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
+
+
+def resolve_training_length(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
+  """Sets ``config.num_train_steps`` (and ``config.eval_every``) from
+  ``config.num_epochs`` (and ``config.eval_every_epochs``) when those are positive.
+
+  An epoch is one pass over the ``num_train_examples`` images of the training split at
+  ``config.batch_size`` labelled images per step, as in the paper (CamVid: 367 steps at
+  batch 1, so 300 epochs are 110,100 steps), whatever the number of labelled images.
+  Lengths round to the nearest step (at least 1).
+  """
+  steps_per_epoch = num_train_examples / config.batch_size
+  epochs = config.num_epochs
+  if epochs < 0:
+    raise ValueError(f"config.num_epochs={epochs} must be >= 0 (0: use num_train_steps)")
+  if epochs > 0:
+    config.num_train_steps = max(1, int(round(epochs * steps_per_epoch)))
+  eval_epochs = config.eval_every_epochs
+  if eval_epochs > 0:
+    config.eval_every = max(1, int(round(eval_epochs * steps_per_epoch)))
+  if epochs > 0 or eval_epochs > 0:
+    logging.info("%s epochs of %d images at batch %d: %d steps, evaluating every %s steps.",
+                 f"{epochs:g}" if epochs else "-", num_train_examples, config.batch_size,
+                 config.num_train_steps, config.eval_every or "(end only)")

@@ -1,0 +1,116 @@
+"""Tests of cowmix_jax/config_checks.py: every bad key named at once before any work,
+epochs turned into steps, the mesh and the batches it can share; and of the defaults a
+saved config is completed with (config_base.with_defaults)."""
+
+import json
+import re
+
+import pytest
+
+from cowmix_jax import checkpoints, config_base, config_checks
+
+from conftest import load_config
+
+
+def test_epochs_count_passes_over_the_training_split_at_the_labelled_batch(tiny_config):
+  """The paper's CamVid: 367 images at batch 1, 300 epochs = 110,100 steps."""
+  tiny_config.batch_size, tiny_config.num_epochs = 1, 300
+  config_checks.resolve_training_length(tiny_config, 367)
+  assert tiny_config.num_train_steps == 110_100 and tiny_config.eval_every == 0
+  tiny_config.batch_size, tiny_config.num_epochs, tiny_config.eval_every_epochs = 4, 10, 0.5
+  config_checks.resolve_training_length(tiny_config, 367)
+  assert tiny_config.num_train_steps == round(10 * 367 / 4) == 918
+  assert tiny_config.eval_every == round(0.5 * 367 / 4) == 46
+  tiny_config.num_epochs, tiny_config.eval_every_epochs = 0, 0
+  tiny_config.num_train_steps, tiny_config.eval_every = 123, 7
+  config_checks.resolve_training_length(tiny_config, 367)
+  assert (tiny_config.num_train_steps, tiny_config.eval_every) == (123, 7)
+  tiny_config.num_epochs = -1
+  with pytest.raises(ValueError, match="config.num_epochs=-1"):
+    config_checks.resolve_training_length(tiny_config, 367)
+
+
+
+def _apply_overrides(config, message):
+  """The ``--config.KEY=VALUE`` overrides an error suggests, applied to ``config``."""
+  for key, value in re.findall(r"--config\.(\w+)=(-?\d+)", message):
+    config[key] = int(value)
+
+
+def test_mesh_size_takes_every_device_or_the_configured_number(tiny_config):
+  tiny_config.num_devices = -1
+  assert config_checks.mesh_size(tiny_config, 8, 1) == 8  # batches 8, 16, 8
+  tiny_config.num_devices = 2
+  assert config_checks.mesh_size(tiny_config, 8, 1) == 2
+
+
+def test_batches_devices_cannot_share_are_rejected_with_the_overrides_that_work():
+  # configs/cityscapes.py (one device, batch 1) as launch/slurm_gpu.sbatch runs it: 16
+  # processes of one GPU each.
+  config = load_config("cityscapes")
+  with pytest.raises(ValueError) as error:
+    config_checks.mesh_size(config, 16, 16)
+  message = str(error.value)
+  assert ("--config.num_devices=-1 --config.batch_size=16 --config.unlabelled_batch_size=32 "
+          "--config.eval_batch_size=16") in message
+  _apply_overrides(config, message)
+  assert config_checks.mesh_size(config, 16, 16) == 16
+  # One process, a mesh of 2 of its 8 devices and an odd batch: the two training batches
+  # grow by one factor (keeping their 3 : 4 ratio), the rest stays.
+  config = load_config("cityscapes")
+  config.num_devices, config.batch_size, config.unlabelled_batch_size = 2, 3, 4
+  config.eval_batch_size = 2
+  with pytest.raises(ValueError, match=r"Use: --config.batch_size=6 "
+                     r"--config.unlabelled_batch_size=8 \(") as error:
+    config_checks.mesh_size(config, 8, 1)
+  _apply_overrides(config, str(error.value))
+  assert config_checks.mesh_size(config, 8, 1) == 2
+  config.num_devices = 9
+  with pytest.raises(ValueError, match="config.num_devices=9 but 8 devices are visible"):
+    config_checks.mesh_size(config, 8, 1)
+
+
+def test_every_bad_key_is_named_in_one_error(tiny_config):
+  tiny_config.method = "cowmixx"
+  tiny_config.teacher_alpha = 1.5
+  tiny_config.mask.cowmix_p_range = (0.5, 1.5)
+  tiny_config.model.dtype = "float16"
+  tiny_config.data.name = "kitti"
+  tiny_config.batch_size = 3
+  with pytest.raises(ValueError) as error:
+    config_checks.validate_config(tiny_config, device_count=2)
+  lines = str(error.value).splitlines()
+  assert lines[0] == "6 settings cannot work:"
+  expected = ["config.method='cowmixx': choose one of", "config.teacher_alpha=1.5 must be",
+              "config.mask.cowmix_p_range=(0.5, 1.5)", "config.model.dtype='float16'",
+              "config.data.name='kitti'", "config.batch_size=3 is not a positive multiple"]
+  for line, start in zip(lines[1:], expected, strict=True):
+    assert line.startswith(f"  - {start}"), (line, start)
+
+
+def test_one_bad_key_is_reported_alone_and_a_good_config_passes(tiny_config):
+  config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.mask.cow_sigma_range = (8.0, 2.0)
+  with pytest.raises(ValueError, match=r"^config.mask.cow_sigma_range=\(8.0, 2.0\): the "
+                     r"smallest sigma is larger than the largest$"):
+    config_checks.validate_config(tiny_config, device_count=1)
+
+
+def test_a_saved_config_without_newer_keys_reads_with_their_defaults(tmp_path, tiny_config):
+  """A run saved before a key existed: the key reads as its default, and restarting the
+  run with the default is not a difference."""
+  saved = json.loads(tiny_config.to_json_best_effort())
+  del saved["mask"]["cow_canvas_margin_sigmas"], saved["model"]["output_stride"]
+  saved["model"]["width"] = 4  # a saved value wins over the default
+  (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
+  restored = checkpoints.load_config(str(tmp_path))
+  base = config_base.get_base_config()
+  assert restored.mask.cow_canvas_margin_sigmas == base.mask.cow_canvas_margin_sigmas
+  assert restored.model.output_stride == base.model.output_stride
+  assert restored.model.width == 4 and restored.data.task == tiny_config.data.task
+  tiny_config.model.width = 4
+  assert checkpoints.config_differences(tiny_config, str(tmp_path)) == []
+  tiny_config.mask.cow_canvas_margin_sigmas = 0.0
+  assert checkpoints.config_differences(tiny_config, str(tmp_path)) == [
+      f"  mask.cow_canvas_margin_sigmas: {base.mask.cow_canvas_margin_sigmas!r} in the "
+      f"workdir, now 0.0"]
