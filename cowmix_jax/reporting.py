@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 from etils import epath
 from PIL import Image
 
@@ -76,6 +76,23 @@ def make_writer(workdir: str) -> metric_writers.MetricWriter:
     return metric_writers.create_default_writer(just_logging=True)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir), JsonlWriter(workdir)])
+
+
+class ReportProgress(periodic_actions.ReportProgress):
+  """clu's progress report every ``every_steps`` steps and at the last: ``steps_per_sec``
+  and ``uptime`` to the writer, the rate, percentage and ETA to the log. ``rate`` keeps
+  the last rate for the step's log line (None before the first report)."""
+
+  rate: float | None = None
+
+  def __init__(self, *, num_train_steps: int, every_steps: int, writer, start_step: int):
+    super().__init__(num_train_steps=num_train_steps, every_steps=every_steps,
+                     every_secs=None, writer=writer)
+    self(start_step)  # the clock starts at the first step of this (maybe resumed) run
+
+  def _apply(self, step: int, t: float) -> None:
+    self.rate = (step - self._previous_step) / (t - self._previous_time)
+    super()._apply(step, t)
 
 
 def default_palette(num_classes: int) -> np.ndarray:

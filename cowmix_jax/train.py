@@ -281,8 +281,10 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
                  100 * mious["teacher_miou"], 100 * mious["student_miou"])
     return teacher, mious
 
-  start = last_time = time.time()
-  last_step = start_step
+  start = time.time()
+  progress = reporting.ReportProgress(num_train_steps=config.num_train_steps,
+                                      every_steps=config.log_every or None, writer=writer,
+                                      start_step=start_step)
   saved_step = start_step
   for step in range(start_step + 1, config.num_train_steps + 1):
     host_batch = next(inputs.train)
@@ -292,17 +294,13 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
       writer.write_images(step, reporting.visual_summaries(visuals, host_batch, palette,
                                                            normalisation))
     state, step_metrics = train_step(state, batch)
-    log_due = _due(step, config.log_every) or step == config.num_train_steps
-    if log_due:
+    if _due(step, config.log_every) or step == config.num_train_steps:
+      # Fetched first: the wait lets the rate count finished steps, not dispatched ones.
       values = fetch_finite_metrics(step_metrics, step, checkpointer)
-      now = time.time()
-      rate = (step - last_step) / (now - last_time)
-      eta = (config.num_train_steps - step) / rate
-      logging.info("step %d/%d  %s  %.2f steps/s  ETA %.0fs", step, config.num_train_steps,
-                   _format_metrics(values), rate, eta)
-      writer.write_scalars(step, {**values, "steps_per_sec": rate,
-                                  "learning_rate": learning_rate_at(config, step)})
-      last_time, last_step = now, step
+    if progress(step):  # at the same steps
+      logging.info("step %d/%d  %s  %.2f steps/s", step, config.num_train_steps,
+                   _format_metrics(values), progress.rate)
+      writer.write_scalars(step, {**values, "learning_rate": learning_rate_at(config, step)})
     if _due(step, config.eval_every) and step != config.num_train_steps:
       _, mious = evaluate_and_report(step)
       if checkpointer.save_if_best(state, mious["teacher_miou"]):

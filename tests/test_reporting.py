@@ -101,3 +101,31 @@ def test_metrics_and_labelled_ids_go_through_a_url_workdir(fake_bucket):
   splits.write_id_file("gs://bucket/run/labelled_ids.json", ["a", "b"], seed=1)
   assert splits.read_id_file("gs://bucket/run/labelled_ids.json") == ["a", "b"]
   assert (fake_bucket / "run" / "labelled_ids.json").exists()
+
+
+class _Scalars:
+  """A writer that keeps what it is given."""
+
+  def __init__(self):
+    self.written = []
+
+  def write_scalars(self, step, scalars):
+    self.written.append((step, dict(scalars)))
+
+
+def test_progress_reports_the_rate_of_each_interval_from_the_start_step():
+  """A run resumed at step 10, logging every 5 steps of 10: reports at 15 and 20 only,
+  each with the steps done since the last report over the seconds they took."""
+  writer = _Scalars()
+  progress = reporting.ReportProgress(num_train_steps=20, every_steps=5, writer=writer,
+                                      start_step=10)
+  clock = progress._previous_time  # when the run (re)started
+  triggered = []
+  for step in range(11, 21):
+    clock += 0.5 if step <= 15 else 0.25  # 2 steps/s, then 4
+    if progress(step, clock):
+      triggered.append(step)
+  assert triggered == [15, 20]
+  rates = [scalars["steps_per_sec"] for _, scalars in writer.written if "steps_per_sec" in scalars]
+  assert rates == pytest.approx([5 / 2.5, 5 / 1.25])
+  assert progress.rate == pytest.approx(4.0)
