@@ -5,25 +5,21 @@ FLOPs come from XLA's cost analysis of the compiled inference forward pass (a
 multiply-add counts 2; ``cowmix_jax/models/summary.py``), at each input size; the
 network pads inputs to a multiple of 32 inside, and the count includes that padding.
 
-python benchmarks/model_table.py --encoders resnet50,resnet18x0.5,lite0,lite1,lite2 \
+python -m benchmarks.model_table --encoders resnet50,resnet18x0.5,lite0,lite1,lite2 \
     --sizes 360x480,90x120
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_scale import scaled_config  # noqa: E402  (benchmarks/cpu_scale.py)
-
-from cowmix_jax import models  # noqa: E402
-from cowmix_jax.models import summary  # noqa: E402
+from benchmarks.cpu_scale import scaled_config
+from cowmix_jax import models
+from cowmix_jax.models import summary
 
 NUM_CLASSES = 11
 

@@ -21,7 +21,7 @@ def get_config():
   config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
   config.num_devices = 1
   # Table 1's caption: 300 epochs (110,100 steps at batch 1) for every method except
-  # standard augmentation (50) and CutMix (100); benchmarks/ablation.py --epoch_scale=1
+  # standard augmentation (50) and CutMix (100); cowmix_jax/experiments/ablation.py --epoch_scale=1
   # sets each method's length.
   config.num_epochs = 300
   config.mask.cow_sigma_range = (4.0, 16.0)

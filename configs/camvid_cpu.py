@@ -22,7 +22,7 @@ What is scaled, and why (measurements: docs/RESULTS.md, benchmarks/cpu_scale.py)
 - Images are shrunk 4x (480x360 -> 120x90) and trained whole; the cow-mask sigmas and
   the "aug" method's translation shrink by the same factor. Evaluation upsamples the
   logits to the full 480x360 labels.
-- Length: benchmarks/ablation.py --epoch_scale sets each method's paper length (300
+- Length: cowmix_jax/experiments/ablation.py --epoch_scale sets each method's paper length (300
   epochs; aug 50; CutMix 100) times one common factor; run alone, this config trains
   CowMix for 300 x EPOCH_SCALE epochs.
 Evaluation is on val (the test split is not in ../shared); any other split is one flag:

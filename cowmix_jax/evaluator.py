@@ -2,7 +2,7 @@
 
 Used by the training loop (periodic and final evaluations), ``evaluate.py`` (a
 checkpoint, with flip or sliding-window inference and saved predictions), ``predict.py``
-(the logits function) and the diagnostics in ``benchmarks/``::
+(the logits function) and the diagnostics in ``cowmix_jax/experiments/``::
 
     evaluator = Evaluator(model, mesh, num_classes, lambda: pipeline.eval_batches(...))
     confusion = evaluator.confusion(variables)  # [C, C] int64

@@ -26,25 +26,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CAMVID = os.path.join(REPO, os.pardir, "shared", "data", "camvid")
 
 
-def load_benchmark(name):
-  """The script ``benchmarks/<name>.py`` as a module, registered in ``sys.modules`` under
-  ``name`` (benchmarks import each other by plain name, so a test and the scripts it
-  loads share one copy)."""
-  import importlib.util
-  import sys
-  benchmarks = os.path.join(REPO, "benchmarks")
-  if benchmarks not in sys.path:
-    sys.path.insert(0, benchmarks)
-  path = os.path.join(benchmarks, f"{name}.py")
-  loaded = sys.modules.get(name)
-  if loaded is not None and getattr(loaded, "__file__", None) == path:
-    return loaded
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = sys.modules[name] = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def free_port() -> int:
   """A TCP port on localhost that is free now (for a coordinator over loopback)."""
   import socket

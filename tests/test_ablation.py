@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py: the resumable experiment grid and its table."""
+"""cowmix_jax/experiments/ablation.py: the resumable experiment grid and its table."""
 
 import json
 import os
@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, load_benchmark
+from cowmix_jax.experiments import ablation, plot_ablation, recalibrate_bn
 
-ablation = load_benchmark("ablation")
-plot_ablation = load_benchmark("plot_ablation")
+from conftest import REPO
 
 TINY = {"num_train_steps": "3", "log_every": "1", "data.image_size": "32",
         "data.num_train": "16", "data.num_validation": "8", "data.num_labelled": "4",
@@ -203,10 +202,9 @@ def test_runner_resumes_an_interrupted_grid_on_the_synthetic_config(tmp_path, mo
     assert list(saved[name]["teacher_history"])[-1] == "3"
     assert saved[name]["teacher_history"]["3"] == pytest.approx(final["miou"], abs=5e-5)
   assert final["method"] == "cowmix" and saved["cowmix_seed0"]["wall_seconds"] > 0
-  # benchmarks/recalibrate_bn.py re-evaluates each final teacher: with its stored
+  # experiments/recalibrate_bn.py re-evaluates each final teacher: with its stored
   # statistics it must give the recorded mIoU (it exits otherwise), and it adds the
   # precise-BN mIoU to the file without touching the rest of each record.
-  recalibrate_bn = load_benchmark("recalibrate_bn")
   recalibrate_bn.add_to_results(results_path, str(root), str(tmp_path / "tfds"), "train")
   annotated = json.loads(open(results_path).read())["runs"]
   for name in ("supervised_seed0", "cowmix_seed0"):

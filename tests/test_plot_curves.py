@@ -1,11 +1,9 @@
-"""benchmarks/plot_curves.py: learning curves of ablation runs."""
+"""cowmix_jax/experiments/plot_curves.py: learning curves of ablation runs."""
 
 import numpy as np
 import pytest
 
-from conftest import load_benchmark
-
-plot_curves = load_benchmark("plot_curves")
+from cowmix_jax.experiments import plot_curves
 
 
 def _record(group, seed, history, method=None):

@@ -1,14 +1,11 @@
-"""benchmarks/recalibrate_bn.py: precise BatchNorm statistics."""
-
+"""cowmix_jax/experiments/recalibrate_bn.py: precise BatchNorm statistics."""
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from conftest import load_benchmark
-
-recalibrate_bn = load_benchmark("recalibrate_bn")
+from cowmix_jax.experiments import recalibrate_bn
 
 
 class TwoNorms(nn.Module):

@@ -11,16 +11,17 @@ grid. At the end a table gives mean +- std (over seeds) per method and the fract
 the supervised-to-all-labels gap each method closes.
 
 Table 1 at CPU scale (docs/RESULTS.md):
-  python benchmarks/ablation.py --config=configs/camvid_cpu.py --root=runs/camvid_cpu \
+  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py --root=runs/camvid_cpu \
       --seeds=0,1,2 --set=data.manual_dir=../shared/data/camvid
 Each method at the paper's length (Table 1's caption: 300 epochs; standard augmentation
 50, CutMix 100; CowOut both 300 and, as appendix D.3.3 says, 100: ``cowout_100ep``),
 all scaled by one factor (epochs as ``config.num_epochs`` counts them):
-  python benchmarks/ablation.py --config=configs/camvid_cpu.py --root=runs/camvid_lite0 \
-      --epoch_scale=0.04 --seeds=0,1,2,3,4 --set=data.manual_dir=../shared/data/camvid
+  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \
+      --root=runs/camvid_lite0 --epoch_scale=0.04 --seeds=0,1,2,3,4 \
+      --set=data.manual_dir=../shared/data/camvid
 Sweeps of one key at a time (the base value's runs are shared with the grid):
-  python benchmarks/ablation.py ... --methods=cowmix --vary="cons_weight=1;3;30"
-  python benchmarks/ablation.py ... --methods=cowmix \
+  python -m cowmix_jax.experiments.ablation ... --methods=cowmix --vary="cons_weight=1;3;30"
+  python -m cowmix_jax.experiments.ablation ... --methods=cowmix \
       --vary="mask.cow_sigma_range=(0.5, 2.0);(2.0, 8.0)"
 Only print the table of what is recorded: add --report_only.
 """

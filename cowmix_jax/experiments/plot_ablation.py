@@ -1,7 +1,7 @@
-"""Charts of an ablation results file (benchmarks/ablation.py): Table 1 bars, per-class
+"""Charts of an ablation results file (cowmix_jax/experiments/ablation.py): Table 1 bars, per-class
 IoU, and one panel per swept config key (the paper's figures 10-12).
 
-python benchmarks/plot_ablation.py --results=runs/camvid_cpu/results.json --out=docs \
+python -m cowmix_jax.experiments.plot_ablation --results=runs/camvid_cpu/results.json --out=docs \
     [--results=runs/camvid_cpu_sweep/results.json] [--prefix=camvid_cpu]
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
 PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``);
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation  # noqa: E402  (benchmarks/ablation.py)
+from cowmix_jax.experiments import ablation
 
 # Paper Table 1 (CamVid test, U-Net ResNet-50, 10 runs): mean, std.
 PAPER_TABLE_1 = {
@@ -238,7 +236,7 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
   """Table 1 as Markdown: one row per method, one column per seed, mean +- std, the mean
   of each run's last evaluations (``late_mean``; ``with_late``), the mean mIoU with
   BatchNorm statistics recomputed on clean images (when some record has
-  ``precise_bn_miou``, from benchmarks/recalibrate_bn.py), the paired per-seed
+  ``precise_bn_miou``, from cowmix_jax/experiments/recalibrate_bn.py), the paired per-seed
   difference from the baseline, the share of the baseline-to-full gap closed, the
   paper's value (``with_paper``) and the mean wall time per run."""
   seeds = sorted({r["seed"] for r in records})
@@ -344,8 +342,8 @@ def merge_results(paths: Sequence[str]) -> dict:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--results", action="append", required=True,
-                      help="a results JSON of benchmarks/ablation.py (repeat to merge the "
-                           "grid's and the sweeps' files)")
+                      help="a results JSON of cowmix_jax.experiments.ablation (repeat to merge "
+                           "the grid's and the sweeps' files)")
   parser.add_argument("--out", default="docs")
   parser.add_argument("--prefix", default="camvid_cpu")
   parser.add_argument("--title", default="CamVid, 30 labels, CPU scale (val)")

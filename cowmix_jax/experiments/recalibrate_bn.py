@@ -1,8 +1,9 @@
 """Does a run's teacher suffer from BatchNorm statistics of perturbed images?
 
-python benchmarks/recalibrate_bn.py runs/camvid_cpu/cowmix_seed0 [more workdirs] \
+python -m cowmix_jax.experiments.recalibrate_bn runs/camvid_cpu/cowmix_seed0 [more workdirs] \
     [--data_dir=DIR] [--stats_split=train] [--split=validation]
-python benchmarks/recalibrate_bn.py --results=runs/camvid_cpu/results.json --root=runs/camvid_cpu
+python -m cowmix_jax.experiments.recalibrate_bn --results=runs/camvid_cpu/results.json \
+    --root=runs/camvid_cpu
 
 The student's running BatchNorm statistics are updated by the labelled pass and by the
 unlabelled pass on perturbed images (mixed, blended or cut out), and the teacher's are
@@ -13,27 +14,24 @@ mean and variance per BatchNorm layer, averaged over the split; Wu and Johnson,
 "Rethinking 'batch' in BatchNorm", 2021), the weights unchanged. A large gain means the
 perturbed statistics, not the weights, cost the teacher accuracy. With ``--results``
 and ``--root`` it adds ``precise_bn_miou`` to every run of an ablation results file
-(benchmarks/ablation.py), which ``plot_ablation.py`` then shows as a column.
+(cowmix_jax/experiments/ablation.py), which ``plot_ablation.py`` then shows as a column.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation  # noqa: E402  (benchmarks/ablation.py)
-from class_share import load_run_config  # noqa: E402  (benchmarks/class_share.py)
-
-from cowmix_jax import evaluate, metrics, models, sharding  # noqa: E402
-from cowmix_jax.data import builders, pipeline  # noqa: E402
-from cowmix_jax.evaluator import Evaluator  # noqa: E402
+from cowmix_jax import evaluate, metrics, models, sharding
+from cowmix_jax.data import builders, pipeline
+from cowmix_jax.evaluator import Evaluator
+from cowmix_jax.experiments import ablation
+from cowmix_jax.experiments.class_share import load_run_config
 
 
 def precise_batch_stats(apply_fn: Callable, variables: dict,

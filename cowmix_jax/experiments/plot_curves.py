@@ -1,10 +1,10 @@
 """Learning curves of ablation runs: the teacher's val mIoU at every evaluation, mean
 over seeds per group (a method, or a method with its swept config values).
 
-python benchmarks/plot_curves.py --results=docs/camvid_cpu_results.json \
+python -m cowmix_jax.experiments.plot_curves --results=docs/camvid_cpu_results.json \
     --out=docs/camvid_cpu_curves.png [--results=MORE.json] [--groups=supervised,cowmix]
     [--seeds=0,1,2] [--title=...]
-Each run's history comes from its record's ``teacher_history`` (benchmarks/ablation.py
+Each run's history comes from its record's ``teacher_history`` (cowmix_jax/experiments/ablation.py
 reads it from the run's metrics.jsonl). A group's curve covers the steps all its selected seeds
 evaluated; the shaded band is +-1 std over seeds. Needs matplotlib.
 """
@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation  # noqa: E402  (benchmarks/ablation.py)
-import plot_ablation  # noqa: E402
+from cowmix_jax.experiments import ablation, plot_ablation
 
 
 def history_arrays(record: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +90,7 @@ def plot_curves(plt, curves: dict[str, list[dict]], path: str, title: str) -> No
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--results", action="append", required=True,
-                      help="a results JSON of benchmarks/ablation.py (repeat to merge)")
+                      help="a results JSON of cowmix_jax/experiments/ablation.py (repeat to merge)")
   parser.add_argument("--out", default="docs/camvid_cpu_curves.png")
   parser.add_argument("--groups", default="",
                       help="comma-separated groups (run names without _seedN), in order")
