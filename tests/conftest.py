@@ -26,6 +26,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CAMVID = os.path.join(REPO, os.pardir, "shared", "data", "camvid")
 
 
+# A synthetic run small enough for a subprocess test: 32x32 images, a 4-wide ResNet-18.
+TINY_RUN = {"data.image_size": "32", "data.num_train": "16", "data.num_validation": "8",
+            "data.num_labelled": "4", "batch_size": "2", "unlabelled_batch_size": "2",
+            "eval_batch_size": "4", "model.width": "4",
+            "model.decoder_widths": "(8,8,8,8,8,8)", "confidence.mode": "none",
+            "data.eval_canvas": "(32,32)", "data.augment.crop_size": "(32,32)"}
+
+
+def tiny_flags(settings: dict) -> list[str]:
+  """``--config.KEY=VALUE`` flags of TINY_RUN updated by ``settings``."""
+  return [f"--config.{key}={value}" for key, value in {**TINY_RUN, **settings}.items()]
+
+
 def free_port() -> int:
   """A TCP port on localhost that is free now (for a coordinator over loopback)."""
   import socket

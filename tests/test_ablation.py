@@ -10,14 +10,10 @@ import pytest
 
 from cowmix_jax.experiments import ablation, plot_ablation, recalibrate_bn
 
-from conftest import REPO
+from conftest import REPO, TINY_RUN
 
-TINY = {"num_train_steps": "3", "log_every": "1", "data.image_size": "32",
-        "data.num_train": "16", "data.num_validation": "8", "data.num_labelled": "4",
-        "batch_size": "2", "unlabelled_batch_size": "2", "eval_batch_size": "4",
-        "model.width": "4", "model.decoder_widths": "(8,8,8,8,8,8)",
-        "data.eval_canvas": "(32,32)", "data.augment.crop_size": "(32,32)",
-        "checkpoint_every": "0"}
+TINY = {key: value for key, value in TINY_RUN.items() if key != "confidence.mode"}
+TINY.update({"num_train_steps": "3", "log_every": "1", "checkpoint_every": "0"})
 
 
 def test_plan_names_every_method_seed_and_variant():

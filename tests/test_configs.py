@@ -12,8 +12,6 @@ from cowmix_jax import evaluate, train
 
 from conftest import SHARED_CAMVID, load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_paper_settings():
   camvid = load_config("camvid")

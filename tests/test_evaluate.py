@@ -16,7 +16,7 @@ from cowmix_jax import evaluate, evaluator, models, train
 from cowmix_jax.data import builders
 from cowmix_jax.models import convert
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def test_evaluate_reproduces_the_training_miou_and_saved_predictions(trained, tmp_path):

@@ -17,9 +17,8 @@ from test_data_voc import write_tree as write_voc
 
 from cowmix_jax import metrics_file
 
-from conftest import free_port
+from conftest import REPO, free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.num_train_steps=2", "--config.checkpoint_every=0", "--config.log_every=1",
         "--config.eval_every=0", "--config.image_every=0", "--config.model.depth=18",
         "--config.model.width=4", "--config.model.decoder_widths=(8,8,8,8,8,8)"]

@@ -9,16 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SHARED_CAMVID
+from conftest import REPO, SHARED_CAMVID, tiny_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.num_train_steps=4", "--config.log_every=2", "--config.data.image_size=32",
-        "--config.data.num_train=16", "--config.data.num_validation=8",
-        "--config.data.num_labelled=4", "--config.batch_size=2",
-        "--config.unlabelled_batch_size=2", "--config.eval_batch_size=4",
-        "--config.model.width=4", "--config.model.decoder_widths=(8,8,8,8,8,8)",
-        "--config.confidence.mode=none", "--config.data.eval_canvas=(32,32)",
-        "--config.data.augment.crop_size=(32,32)"]
+TINY = tiny_flags({"num_train_steps": "4", "log_every": "2"})
 TINY_MODEL = ["--config.model.depth=18", "--config.model.width=4",
               "--config.model.decoder_widths=(8,8,8,8,8,8)"]
 

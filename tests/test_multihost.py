@@ -18,16 +18,11 @@ from cowmix_jax import metrics_file, models, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.state import create_train_state
 
-from conftest import free_port, num_classes_of_run
+from conftest import REPO, free_port, num_classes_of_run, tiny_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--config.num_train_steps=3", "--config.checkpoint_every=0", "--config.log_every=1",
-         "--config.data.image_size=32", "--config.data.num_train=16",
-         "--config.data.num_validation=8", "--config.data.num_labelled=6",
-         "--config.batch_size=4", "--config.unlabelled_batch_size=8",
-         "--config.eval_batch_size=4", "--config.model.width=4",
-         "--config.model.decoder_widths=(8,8,8,8,8,8)", "--config.confidence.mode=none",
-         "--config.data.eval_canvas=(32,32)", "--config.data.augment.crop_size=(32,32)"]
+FLAGS = tiny_flags({"num_train_steps": "3", "checkpoint_every": "0", "log_every": "1",
+                    "data.num_labelled": "6", "batch_size": "4",
+                    "unlabelled_batch_size": "8"})
 
 
 def _command(workdir, data_dir, *extra):

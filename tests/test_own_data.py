@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 SIZE = (40, 56)
 # Only the length is changed from the README's command (a real run takes minutes).
 SHORT = ["--config.num_train_steps=4", "--config.eval_every=2", "--config.checkpoint_every=2",

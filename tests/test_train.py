@@ -18,16 +18,9 @@ from cowmix_jax import models, steps, train
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.state import create_train_state
 
-from conftest import num_classes_of_run
+from conftest import REPO, num_classes_of_run, tiny_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--config.num_train_steps=8", "--config.checkpoint_every=2", "--config.log_every=1",
-         "--config.data.image_size=32", "--config.data.num_train=16",
-         "--config.data.num_validation=8", "--config.data.num_labelled=4",
-         "--config.batch_size=2", "--config.unlabelled_batch_size=2",
-         "--config.eval_batch_size=4", "--config.model.width=4",
-         "--config.model.decoder_widths=(8,8,8,8,8,8)", "--config.confidence.mode=none",
-         "--config.data.eval_canvas=(32,32)", "--config.data.augment.crop_size=(32,32)"]
+FLAGS = tiny_flags({"num_train_steps": "8", "checkpoint_every": "2", "log_every": "1"})
 
 
 def _command(workdir):

@@ -239,7 +239,10 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   CLASS_NAMES: Sequence[str] = ()
   CLASS_COLOURS: Sequence[Sequence[int]] | None = None
   DESCRIPTION = ""
+  # The expected folder layout, shown by every layout error (and as tfds's manual
+  # download instructions); TITLE names the dataset in those errors.
   LAYOUT = ""
+  TITLE = ""
   # The environment variable naming the dataset's directory when config.data.manual_dir
   # is empty; None for a dataset that reads no files.
   MANUAL_DIR_VARIABLE: str | None = None
@@ -250,6 +253,32 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     # fail for a builder defined in a top-level module (docs/DEVELOPING.md): the
     # directory of the defining file is that place for every builder.
     cls.pkg_dir_path = epath.Path(os.path.dirname(os.path.abspath(inspect.getfile(cls))))
+    if cls.LAYOUT and "MANUAL_DOWNLOAD_INSTRUCTIONS" not in cls.__dict__:
+      cls.MANUAL_DOWNLOAD_INSTRUCTIONS = cls.LAYOUT
+
+  @classmethod
+  def layout_error(cls, problem: str) -> DatasetLayoutError:
+    """``TITLE: problem. Expected layout: LAYOUT`` as an error to raise."""
+    return DatasetLayoutError(f"{cls.TITLE or cls.__name__}: {problem}. Expected "
+                              f"layout:\n{cls.LAYOUT}")
+
+  @classmethod
+  def require_directory(cls, path) -> str:
+    """``path`` if it is a non-empty directory, else a layout error."""
+    return require_directory(path, cls.TITLE or cls.__name__, cls.LAYOUT)
+
+  @classmethod
+  def require_subdirectory(cls, root: str, relative: str) -> str:
+    """``root/relative`` if it is a directory, else a layout error."""
+    return require_subdirectory(root, relative, cls.TITLE or cls.__name__, cls.LAYOUT)
+
+  @classmethod
+  def images_in(cls, directory: str) -> dict[str, str]:
+    """``{stem: path}`` of the images in ``directory``; a layout error when none."""
+    images = list_images(directory)
+    if not images:
+      raise cls.layout_error(f"no images in {directory!r}")
+    return images
 
   @classmethod
   def from_config(cls, data, data_dir: str | None,

@@ -38,30 +38,26 @@ class CamVid(base.SegmentationBuilder):
   name = "cowmix_camvid"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "SegNet layout; void (11) mapped to 255."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
+  TITLE = "CamVid"
   MANUAL_DIR_VARIABLE = "COWMIX_CAMVID_DIR"
   DESCRIPTION = "CamVid road scenes, SegNet split and 11 classes (void -> 255)."
   CLASS_NAMES = CLASS_NAMES
   CLASS_COLOURS = CLASS_COLOURS
 
   def _split_generators(self, dl_manager):
-    root = base.require_directory(dl_manager.manual_dir, "CamVid", LAYOUT)
+    root = self.require_directory(dl_manager.manual_dir)
     generators = {}
     for split, (images, labels) in SPLIT_DIRECTORIES.items():
       if split in OPTIONAL_SPLITS and not os.path.isdir(os.path.join(root, images)):
         continue
-      image_dir = base.require_subdirectory(root, images, "CamVid", LAYOUT)
-      label_dir = base.require_subdirectory(root, labels, "CamVid", LAYOUT)
+      image_dir = self.require_subdirectory(root, images)
+      label_dir = self.require_subdirectory(root, labels)
       generators[split] = self._generate_examples(image_dir, label_dir)
     return generators
 
   def _generate_examples(self, image_dir: str, label_dir: str):
-    images = base.list_images(image_dir)
-    if not images:
-      raise base.DatasetLayoutError(f"CamVid: no images in {image_dir!r}. Expected "
-                                    f"layout:\n{LAYOUT}")
-    for image_id, image_path in images.items():
+    for image_id, image_path in self.images_in(image_dir).items():
       label_path = os.path.join(label_dir, image_id + ".png")
       if not os.path.isfile(label_path):
         raise base.BadExampleError(f"{image_path}: its label {label_path} is missing")

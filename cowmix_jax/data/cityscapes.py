@@ -157,7 +157,6 @@ class Cityscapes(base.SegmentationBuilder):
   name = "cowmix_cityscapes"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "train and validation; labelIds -> train ids."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
   MANUAL_DIR_VARIABLE = "COWMIX_CITYSCAPES_DIR"
   DESCRIPTION = "Cityscapes fine annotations: 19 train ids, everything else 255."
@@ -179,7 +178,7 @@ class Cityscapes(base.SegmentationBuilder):
     return cls(data_dir=data_dir, config=data.builder_config or None)
 
   def _split_generators(self, dl_manager):
-    root = base.require_directory(dl_manager.manual_dir, "Cityscapes", LAYOUT)
+    root = self.require_directory(dl_manager.manual_dir)
     files = _Files(root)
     return {split: self._generate_examples(files, directory)
             for split, directory in SPLIT_DIRECTORIES.items()}
@@ -187,9 +186,8 @@ class Cityscapes(base.SegmentationBuilder):
   def _generate_examples(self, files: _Files, split_directory: str):
     image_paths = files.list("leftImg8bit", split_directory, IMAGE_SUFFIX)
     if not image_paths:
-      raise base.DatasetLayoutError(f"Cityscapes: no *{IMAGE_SUFFIX} images under "
-                                    f"leftImg8bit/{split_directory}/. Expected "
-                                    f"layout:\n{LAYOUT}")
+      raise self.layout_error(f"no *{IMAGE_SUFFIX} images under "
+                              f"leftImg8bit/{split_directory}/")
     for image_path in image_paths:
       image_id = os.path.basename(image_path)[:-len(IMAGE_SUFFIX)]
       label_path = (image_path.replace("leftImg8bit/", "gtFine/", 1)

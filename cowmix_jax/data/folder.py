@@ -282,8 +282,8 @@ class SegmentationFolder(base.SegmentationBuilder):
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {"1.0.0": "train / unlabelled / validation / test from a directory.",
                    "1.1.0": "Class values in classes.json; JPEG masks snapped to them."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
+  TITLE = "folder dataset"
   MANUAL_DIR_VARIABLE = "COWMIX_FOLDER_DIR"
   DESCRIPTION = "A user's segmentation dataset from a directory of images and label PNGs."
 
@@ -297,7 +297,7 @@ class SegmentationFolder(base.SegmentationBuilder):
       if directory is None:
         raise ValueError("SegmentationFolder needs the dataset directory")
       config = config_for_directory(directory)
-    base.require_directory(config.directory, "folder dataset", LAYOUT)
+    self.require_directory(config.directory)
     self._classes = read_classes(config.directory)
     super().__init__(config=config, **kwargs)
 
@@ -309,16 +309,13 @@ class SegmentationFolder(base.SegmentationBuilder):
 
   def _split_generators(self, dl_manager):
     root = self.builder_config.directory
-    base.require_subdirectory(root, "train/images", "folder dataset", LAYOUT)
+    self.require_subdirectory(root, "train/images")
     generators = {}
     for split in SPLITS:
       image_dir = os.path.join(root, split, "images")
       if not os.path.isdir(image_dir):
         continue
-      images = base.list_images(image_dir)
-      if not images:
-        raise base.DatasetLayoutError(f"folder dataset: no images in {image_dir!r}. "
-                                      f"Expected layout:\n{LAYOUT}")
+      images = self.images_in(image_dir)
       labels = self._labels(root, split, images)
       self._check_labels(split, sorted(labels.values()))
       generators[split] = self._generate_examples(

@@ -93,15 +93,15 @@ class VocAug(base.SegmentationBuilder):
   name = "cowmix_voc_aug"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "train_aug and val; palette labels read as ids."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   LAYOUT = LAYOUT
+  TITLE = "Pascal VOC"
   MANUAL_DIR_VARIABLE = "COWMIX_VOC_DIR"
   DESCRIPTION = "Pascal VOC 2012 segmentation with SBD's extra labels (train_aug / val)."
   CLASS_NAMES = CLASS_NAMES
   CLASS_COLOURS = CLASS_COLOURS
 
   def _split_generators(self, dl_manager):
-    root = find_voc_root(base.require_directory(dl_manager.manual_dir, "Pascal VOC", LAYOUT))
+    root = find_voc_root(self.require_directory(dl_manager.manual_dir))
     return {split: self._generate_examples(root, read_id_list(find_list(root, list_name)))
             for split, list_name in SPLIT_LISTS.items()}
 

@@ -27,17 +27,23 @@ RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 STAGE_NAMES = ("conv2_x", "conv3_x", "conv4_x", "conv5_x")
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+class ResidualBlock(nn.Module):
+  """The fields every residual block takes. ``caffe``: stride on the first 1x1
+  convolution instead of the 3x3 (bottlenecks only: basic blocks have no 1x1 to stride).
+  ``expansion``: output channels per ``features``."""
 
   features: int
   strides: int
   norm: functools.partial
   conv: functools.partial = functools.partial(nn.Conv, use_bias=False)
   dilation: int = 1
-  caffe: bool = False  # unused: basic blocks have no 1x1 convolution to stride
+  caffe: bool = False
 
   expansion = 1
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -54,15 +60,8 @@ class BasicBlock(nn.Module):
     return nn.relu(y + residual)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(ResidualBlock):
   """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a projection shortcut."""
-
-  features: int
-  strides: int
-  norm: functools.partial
-  conv: functools.partial = functools.partial(nn.Conv, use_bias=False)
-  dilation: int = 1
-  caffe: bool = False  # stride on the first 1x1 convolution instead of the 3x3
 
   expansion = 4
 
