@@ -19,7 +19,6 @@ python benchmarks/cpu_scale.py --sizes 96x128,128x160,192x256 --depths 18,34 \
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -29,8 +28,9 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
 
-from cowmix_jax import models, sharding, steps, train
+from cowmix_jax import cli, models, sharding, steps, train
 from cowmix_jax.config_base import get_base_config
 from cowmix_jax.state import create_train_state
 
@@ -100,47 +100,49 @@ def parse_size(text: str):
   return int(h), int(w)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", default="96x128", help="HxW crops, comma-separated")
-  parser.add_argument("--encoders", default="",
-                      help="encoder specs (resnet18x0.5, lite0, lite1x0.5, ...); when "
-                           "given, --depths and --widths are not used")
-  parser.add_argument("--depths", default="18", help="ResNet depths, comma-separated")
-  parser.add_argument("--widths", default="1.0", help="channel width factors")
-  parser.add_argument("--methods", default="supervised,cowmix")
-  parser.add_argument("--batch", type=int, default=4, help="labelled images per step")
-  parser.add_argument("--unlabelled", type=int, default=4, help="unlabelled images per step")
-  parser.add_argument("--steps", type=int, default=10, help="steps timed per setting")
-  parser.add_argument("--run_steps", type=int, default=3000, help="steps of a whole run")
-  parser.add_argument("--output", default="")
-  args = parser.parse_args()
+FLAGS = cli.new_flags()
+flags.DEFINE_string("sizes", "96x128", "HxW crops, comma-separated", flag_values=FLAGS)
+flags.DEFINE_string("encoders", "", "encoder specs (resnet18x0.5, lite0, lite1x0.5, ...); when "
+                    "given, --depths and --widths are not used", flag_values=FLAGS)
+flags.DEFINE_string("depths", "18", "ResNet depths, comma-separated", flag_values=FLAGS)
+flags.DEFINE_string("widths", "1.0", "channel width factors", flag_values=FLAGS)
+flags.DEFINE_string("methods", "supervised,cowmix", "methods, comma-separated",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch", 4, "labelled images per step", flag_values=FLAGS)
+flags.DEFINE_integer("unlabelled", 4, "unlabelled images per step", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 10, "steps timed per setting", flag_values=FLAGS)
+flags.DEFINE_integer("run_steps", 3000, "steps of a whole run", flag_values=FLAGS)
+flags.DEFINE_string("output", "", "write the rows as JSON here", flag_values=FLAGS)
+
+
+def main(argv=None):
+  cli.parse(FLAGS, argv, __doc__)
 
   machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
              f"JAX on {jax.devices()[0].platform}")
-  print(f"Machine: {machine}; batch {args.batch} labelled + {args.unlabelled} unlabelled")
-  encoders = args.encoders.split(",") if args.encoders else [
-      f"resnet{depth}x{width}" for depth in args.depths.split(",")
-      for width in args.widths.split(",")]
+  print(f"Machine: {machine}; batch {FLAGS.batch} labelled + {FLAGS.unlabelled} unlabelled")
+  encoders = FLAGS.encoders.split(",") if FLAGS.encoders else [
+      f"resnet{depth}x{width}" for depth in FLAGS.depths.split(",")
+      for width in FLAGS.widths.split(",")]
   print(f"{'size':>9} {'encoder':>14} {'method':>10} {'s/step':>8} {'ratio':>6} "
         f"{'min/run':>8}")
   rows, first = [], None
-  grid = itertools.product(args.sizes.split(","), encoders, args.methods.split(","))
+  grid = itertools.product(FLAGS.sizes.split(","), encoders, FLAGS.methods.split(","))
   for size_text, encoder, method in grid:
     size = parse_size(size_text)
-    config = scaled_config(encoder, method, args.batch, args.unlabelled)
-    seconds = seconds_per_step(config, size, args.steps)
+    config = scaled_config(encoder, method, FLAGS.batch, FLAGS.unlabelled)
+    seconds = seconds_per_step(config, size, FLAGS.steps)
     first = first or seconds
     row = dict(size=size, encoder=encoder, method=method,
                seconds_per_step=seconds, ratio_to_first=seconds / first,
-               minutes_per_run=seconds * args.run_steps / 60)
+               minutes_per_run=seconds * FLAGS.run_steps / 60)
     rows.append(row)
     print(f"{size_text:>9} {encoder:>14} {method:>10} {seconds:8.3f} "
           f"{seconds / first:6.2f} {row['minutes_per_run']:8.1f}", flush=True)
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump({"machine": machine, "args": vars(args), "rows": rows}, f, indent=2)
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      json.dump({"machine": machine, "args": cli.settings(FLAGS), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

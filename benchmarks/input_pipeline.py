@@ -13,7 +13,6 @@ python benchmarks/input_pipeline.py --manual_dir=../shared/data/camvid [--data_d
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -21,13 +20,14 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
 
-from cowmix_jax import models, sharding, steps, train
+from cowmix_jax import cli, models, sharding, steps, train
 from cowmix_jax.data import make_inputs
 from cowmix_jax.state import create_train_state
 
 
-def _camvid_config(args, heavy: bool):
+def _camvid_config(heavy: bool):
   import importlib.util
 
   spec = importlib.util.spec_from_file_location(
@@ -35,9 +35,9 @@ def _camvid_config(args, heavy: bool):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  config.data.manual_dir = args.manual_dir
-  config.data.data_dir = args.data_dir
-  config.model.depth = args.depth
+  config.data.manual_dir = FLAGS.manual_dir
+  config.data.data_dir = FLAGS.data_dir
+  config.model.depth = FLAGS.depth
   if heavy:
     config.data.augment.update(dict(scale_range=(0.5, 1.5), rotation_degrees=15.0,
                                     brightness_std=0.1, contrast_log_std=0.1))
@@ -86,36 +86,38 @@ def time_train_step(config, num_steps: int) -> tuple[float, float]:
   return fixed_rate, fed_rate
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--manual_dir", default=os.environ.get("COWMIX_CAMVID_DIR",
-                                                             "../shared/data/camvid"))
-  parser.add_argument("--data_dir", default="", help="prepared datasets ('' = tfds default)")
-  parser.add_argument("--depth", type=int, default=50, help="ResNet depth of the U-Net")
-  parser.add_argument("--steps", type=int, default=10, help="train steps to time")
-  parser.add_argument("--batches", type=int, default=100, help="input batches to time")
-  parser.add_argument("--output", default="", help="write the results as JSON here")
-  args = parser.parse_args()
+FLAGS = cli.new_flags()
+flags.DEFINE_string("manual_dir", os.environ.get("COWMIX_CAMVID_DIR", "../shared/data/camvid"),
+                    "CamVid's directory", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", "", "prepared datasets ('' = tfds default)", flag_values=FLAGS)
+flags.DEFINE_integer("depth", 50, "ResNet depth of the U-Net", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 10, "train steps to time", flag_values=FLAGS)
+flags.DEFINE_integer("batches", 100, "input batches to time", flag_values=FLAGS)
+flags.DEFINE_string("output", "", "write the results as JSON here", flag_values=FLAGS)
 
-  config = _camvid_config(args, heavy=False)
+
+def main(argv=None):
+  cli.parse(FLAGS, argv, __doc__)
+
+  config = _camvid_config(heavy=False)
   crop = tuple(config.data.augment.crop_size)
   results = {
       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
                  f"JAX on {jax.devices()[0].platform}",
       "crop_size": crop,
       "images_per_step": _images_per_batch(config),
-      "input_images_per_s": time_input(config, args.batches),
-      "input_images_per_s_heavy_augmentation": time_input(_camvid_config(args, True),
-                                                          args.batches),
+      "input_images_per_s": time_input(config, FLAGS.batches),
+      "input_images_per_s_heavy_augmentation": time_input(_camvid_config(True),
+                                                          FLAGS.batches),
   }
-  fixed_rate, fed_rate = time_train_step(config, args.steps)
+  fixed_rate, fed_rate = time_train_step(config, FLAGS.steps)
   results["train_step_images_per_s_fixed_batch"] = fixed_rate
   results["train_step_images_per_s_fed_by_pipeline"] = fed_rate
   results["input_over_train_step"] = results["input_images_per_s"] / fixed_rate
   results["fed_over_fixed"] = fed_rate / fixed_rate
   print(f"Machine: {results['machine']}")
   print(f"CamVid, crops {crop[0]}x{crop[1]}, {results['images_per_step']} images per step "
-        f"(1 labelled + 2 unlabelled), U-Net ResNet-{args.depth}, CowMix:")
+        f"(1 labelled + 2 unlabelled), U-Net ResNet-{FLAGS.depth}, CowMix:")
   print(f"  input pipeline alone:               {results['input_images_per_s']:8.1f} images/s")
   print(f"  ... with heavy augmentation:        "
         f"{results['input_images_per_s_heavy_augmentation']:8.1f} images/s")
@@ -123,11 +125,11 @@ def main():
   print(f"  train step fed by the pipeline:     {fed_rate:8.2f} images/s")
   print(f"  input / train step:                 {results['input_over_train_step']:8.1f}x")
   print(f"  fed / fixed (1.0 = input is free):  {results['fed_over_fixed']:8.3f}")
-  if args.output:
-    with open(args.output, "w") as f:
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
       json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
   np.set_printoptions(precision=3)
-  main()
+  cli.run(main)

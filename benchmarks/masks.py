@@ -7,12 +7,11 @@
   separable  a jitted JAX separable convolution blur with zero padding (as in the
            authors' JAX classification code), kernel radius 4 * sigma_max
 
-Usage: python benchmarks/masks.py [--repeats 10] [--num-masks 16] [--size 321]
+Usage: python benchmarks/masks.py [--repeats 10] [--num_masks 16] [--size 321]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -21,9 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from scipy import ndimage, special
 
-from cowmix_jax import masks
+from cowmix_jax import cli, masks
 
 
 def scipy_loop(rng: np.random.Generator, n: int, size: int, sigma_range, p: float) -> np.ndarray:
@@ -77,26 +77,29 @@ def time_call(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--num-masks", type=int, default=16)
-  parser.add_argument("--size", type=int, default=321)
-  args = parser.parse_args()
-  n, size, sigma_range, p = args.num_masks, args.size, (8.0, 32.0), 0.5
+FLAGS = cli.new_flags()
+flags.DEFINE_integer("repeats", 10, "timed calls per method (the median is reported)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("num_masks", 16, "masks per call", flag_values=FLAGS)
+flags.DEFINE_integer("size", 321, "mask height and width", flag_values=FLAGS)
+
+
+def main(argv=None):
+  cli.parse(FLAGS, argv, __doc__)
+  n, size, sigma_range, p = FLAGS.num_masks, FLAGS.size, (8.0, 32.0), 0.5
 
   fft = jax.jit(lambda key: masks.cow_masks(key, (n, size, size), sigma_range, (p, p)))
   separable = make_separable_generator(n, size, sigma_range, p)
   key = jax.random.PRNGKey(0)
   rng = np.random.default_rng(0)
   results = {
-      "fft (jit)": time_call(lambda: fft(key).block_until_ready(), args.repeats),
-      "separable conv (jit)": time_call(lambda: separable(key).block_until_ready(), args.repeats),
-      "scipy loop": time_call(lambda: scipy_loop(rng, n, size, sigma_range, p), args.repeats),
+      "fft (jit)": time_call(lambda: fft(key).block_until_ready(), FLAGS.repeats),
+      "separable conv (jit)": time_call(lambda: separable(key).block_until_ready(), FLAGS.repeats),
+      "scipy loop": time_call(lambda: scipy_loop(rng, n, size, sigma_range, p), FLAGS.repeats),
   }
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"JAX {jax.__version__} on {jax.devices()[0].platform}")
-  print(f"{n} cow masks of {size}x{size}, sigma ~ logU{sigma_range}, median of {args.repeats}")
+  print(f"{n} cow masks of {size}x{size}, sigma ~ logU{sigma_range}, median of {FLAGS.repeats}")
   baseline = results["fft (jit)"]
   for name, seconds in results.items():
     print(f"  {name:<22} {1000 * seconds:9.2f} ms   {seconds / baseline:7.2f}x the FFT time")
@@ -105,4 +108,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

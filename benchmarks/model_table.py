@@ -11,14 +11,13 @@ python -m benchmarks.model_table --encoders resnet50,resnet18x0.5,lite0,lite1,li
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from benchmarks.cpu_scale import scaled_config
-from cowmix_jax import models
+from cowmix_jax import cli, models
 from cowmix_jax.models import summary
 
 NUM_CLASSES = 11
@@ -29,18 +28,20 @@ def model_config(spec: str):
   return scaled_config(spec, "supervised", 1, 2).model
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--encoders", default="resnet50,resnet18x0.5,lite0,lite1,lite2",
-                      help="cpu_scale.py encoder specs (resnet50 is the paper's U-Net)")
-  parser.add_argument("--sizes", default="360x480,90x120", help="HxW, comma-separated")
-  args = parser.parse_args()
-  sizes = [tuple(int(v) for v in text.split("x")) for text in args.sizes.split(",")]
+FLAGS = cli.new_flags()
+flags.DEFINE_string("encoders", "resnet50,resnet18x0.5,lite0,lite1,lite2",
+                    "cpu_scale.py encoder specs (resnet50 is the paper's U-Net)", flag_values=FLAGS)
+flags.DEFINE_string("sizes", "360x480,90x120", "HxW, comma-separated", flag_values=FLAGS)
+
+
+def main(argv=None):
+  cli.parse(FLAGS, argv, __doc__)
+  sizes = [tuple(int(v) for v in text.split("x")) for text in FLAGS.sizes.split(",")]
   header = "| U-Net encoder | parameters | encoder parameters | " + " | ".join(
       f"GFLOPs at {w}x{h}" for h, w in sizes) + " |"
   print(header)
   print("|" + "---|" * (3 + len(sizes)))
-  for spec in args.encoders.split(","):
+  for spec in FLAGS.encoders.split(","):
     config = model_config(spec)
     model = models.build_model(config, NUM_CLASSES)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
@@ -54,4 +55,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

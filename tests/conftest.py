@@ -124,14 +124,11 @@ def write_png(path, array, palette=None):
 @pytest.fixture(scope="session")
 def synthetic_builder(tmp_path_factory):
   """The synthetic dataset (24 train, 8 validation images of 32 px), prepared once."""
-  import ml_collections
-
   from cowmix_jax.data import builders
 
-  data = ml_collections.ConfigDict(dict(
-      name="synthetic", seed=0, image_size=32, num_train=24, num_validation=8,
+  return builders.prepare(get_data_config(
+      "synthetic", seed=0, image_size=32, num_train=24, num_validation=8,
       data_dir=str(tmp_path_factory.mktemp("tfds"))))
-  return builders.prepare(data)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,10 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from absl import app, flags
 from etils import epath
 
+from cowmix_jax import cli
 from cowmix_jax.conventions import IGNORE_LABEL
 from cowmix_jax.data.base import IMAGE_SUFFIXES
 
@@ -183,71 +185,76 @@ def compare(a: Sequence[str], b: Sequence[str]) -> dict[str, object]:
           "only_b": sorted(set(b) - set(a))}
 
 
-def _builder_from_flags(flags) -> object:
-  import ml_collections
+FLAGS = cli.new_flags()
+flags.DEFINE_string("dataset", None, "generate, inspect: camvid, cityscapes, pascal, folder, "
+                    "synthetic", flag_values=FLAGS)
+flags.DEFINE_string("manual_dir", "", "the dataset's directory", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", "", "where prepared datasets are", flag_values=FLAGS)
+flags.DEFINE_string("builder_config", "", "a builder variant (Cityscapes)", flag_values=FLAGS)
+flags.DEFINE_string("split", "train", "the split the ids are of", flag_values=FLAGS)
+flags.DEFINE_integer("num", None, "generate: how many labelled images", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "generate: the seed of the draw", flag_values=FLAGS)
+flags.DEFINE_boolean("class_balanced", False, "generate: show every class as evenly as "
+                     "possible", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "generate: the file to write (.json or .txt); inspect: "
+                    "write the file's ids here when every id exists", flag_values=FLAGS)
 
+# The positional arguments of each command (after the command's name).
+COMMANDS = {"generate": (), "inspect": ("FILE",), "compare": ("FILE_A", "FILE_B")}
+REQUIRED = {"generate": ("dataset", "num", "output"), "inspect": ("dataset",), "compare": ()}
+
+
+def _command(positional: list[str]) -> tuple[str, list[str]]:
+  """The command and its arguments, checked against COMMANDS and REQUIRED."""
+  if not positional or positional[0] not in COMMANDS:
+    raise app.UsageError(f"expected a command, one of {sorted(COMMANDS)}; got "
+                         f"{positional[:1] or 'none'}")
+  command, arguments = positional[0], positional[1:]
+  if len(arguments) != len(COMMANDS[command]):
+    raise app.UsageError(f"{command} takes {' '.join(COMMANDS[command]) or 'no arguments'}; "
+                         f"got {arguments}")
+  missing = [f"--{name}" for name in REQUIRED[command] if FLAGS[name].value is None]
+  if missing:
+    raise app.UsageError(f"{command} needs {', '.join(missing)}")
+  return command, arguments
+
+
+def _builder_from_flags() -> object:
+  from cowmix_jax import config_base
   from cowmix_jax.data import builders
 
-  data = ml_collections.ConfigDict({"name": flags.dataset, "manual_dir": flags.manual_dir,
-                                    "data_dir": flags.data_dir,
-                                    "builder_config": flags.builder_config})
-  return builders.prepare(data)
+  return builders.prepare(config_base.get_data_config(
+      FLAGS.dataset, manual_dir=FLAGS.manual_dir, data_dir=FLAGS.data_dir,
+      builder_config=FLAGS.builder_config))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
-
-  parser = argparse.ArgumentParser(prog="python -m cowmix_jax.data.splits",
-                                   description="Generate, inspect and compare labelled "
-                                               "subset files.")
-  commands = parser.add_subparsers(dest="command", required=True)
-  for name in ("generate", "inspect"):
-    sub = commands.add_parser(name)
-    if name == "inspect":
-      sub.add_argument("file", help="an id file: ours (.json / .txt), or a split file of "
-                                    "UniMatch / U2PL / CPS (image-label path pairs)")
-      sub.add_argument("--output", default=None, help="write its ids here (.json or "
-                                                      ".txt), when every id exists")
-    sub.add_argument("--dataset", required=True, help="camvid, cityscapes, pascal, folder, "
-                                                       "synthetic")
-    sub.add_argument("--manual_dir", default=None, help="the dataset's directory")
-    sub.add_argument("--data_dir", default=None, help="where prepared datasets are")
-    sub.add_argument("--builder_config", default=None)
-    sub.add_argument("--split", default="train")
-  generate = commands.choices["generate"]
-  generate.add_argument("--num", type=int, required=True)
-  generate.add_argument("--seed", type=int, default=0)
-  generate.add_argument("--class_balanced", action="store_true")
-  generate.add_argument("--output", required=True, help=".json or .txt")
-  comparison = commands.add_parser("compare")
-  comparison.add_argument("file_a")
-  comparison.add_argument("file_b")
-  flags = parser.parse_args(argv)
-
-  if flags.command == "compare":
-    result = compare(read_id_file(flags.file_a), read_id_file(flags.file_b))
+  """Generate, inspect and compare labelled subset files (the module docstring)."""
+  command, arguments = _command(cli.parse(FLAGS, argv, __doc__))
+  if command == "compare":
+    result = compare(read_id_file(arguments[0]), read_id_file(arguments[1]))
     print(json.dumps(result, indent=1))
     return 0 if result["identical"] else 1
-  builder = _builder_from_flags(flags)
-  ids, histograms = read_ids_and_histograms(builder, flags.split)
-  if flags.command == "generate":
-    chosen = choose_labelled(ids, flags.num, flags.seed, histograms, flags.class_balanced)
-    write_id_file(flags.output, chosen, dataset=flags.dataset, split=flags.split,
-                  seed=flags.seed, class_balanced=flags.class_balanced)
-    print(f"wrote {len(chosen)} ids to {flags.output}")
+  builder = _builder_from_flags()
+  ids, histograms = read_ids_and_histograms(builder, FLAGS.split)
+  if command == "generate":
+    chosen = choose_labelled(ids, FLAGS.num, FLAGS.seed, histograms, FLAGS.class_balanced)
+    write_id_file(FLAGS.output, chosen, dataset=FLAGS.dataset, split=FLAGS.split,
+                  seed=FLAGS.seed, class_balanced=FLAGS.class_balanced)
+    print(f"wrote {len(chosen)} ids to {FLAGS.output}")
   else:
-    chosen = read_id_file(flags.file)
+    chosen = read_id_file(arguments[0])
     missing = sorted(set(chosen) - set(ids))
-    print(f"{flags.file}: {len(chosen)} ids, {len(chosen) - len(missing)} of them in "
-          f"{flags.dataset}/{flags.split}")
+    print(f"{arguments[0]}: {len(chosen)} ids, {len(chosen) - len(missing)} of them in "
+          f"{FLAGS.dataset}/{FLAGS.split}")
     if missing:
-      print(f"{len(missing)} ids are not in {flags.dataset}/{flags.split} (a split file "
+      print(f"{len(missing)} ids are not in {FLAGS.dataset}/{FLAGS.split} (a split file "
             f"of another dataset or split?), e.g. {missing[:5]}")
       return 1
-    if flags.output:
-      write_id_file(flags.output, chosen, dataset=flags.dataset, split=flags.split,
-                    source=os.path.abspath(flags.file))
-      print(f"wrote {len(chosen)} ids to {flags.output}")
+    if FLAGS.output:
+      write_id_file(FLAGS.output, chosen, dataset=FLAGS.dataset, split=FLAGS.split,
+                    source=os.path.abspath(arguments[0]))
+      print(f"wrote {len(chosen)} ids to {FLAGS.output}")
   rows = np.stack([histograms[ids.index(i)] for i in chosen])
   print(f"{len(chosen)} labelled images of {len(ids)}:")
   print(histogram_table(rows, builder.info.metadata["class_names"]))
@@ -255,4 +262,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  cli.run(main)

@@ -28,7 +28,6 @@ Only print the table of what is recorded: add --report_only.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -42,7 +41,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cowmix_jax import metrics_file
+from absl import app, flags
+
+from cowmix_jax import cli, metrics_file
 
 # Table 1's columns: a name -> the config overrides that make it.
 METHODS: dict[str, dict[str, str]] = {
@@ -452,49 +453,52 @@ def machine_description() -> str:
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog="\n".join(__doc__.splitlines()[1:]))
-  parser.add_argument("--config", required=True, help="a config file (configs/*.py)")
-  parser.add_argument("--root", required=True, help="directory of the runs' workdirs")
-  parser.add_argument("--results", default="", help="results JSON (default ROOT/results.json)")
-  parser.add_argument("--methods", default=",".join(METHODS),
-                      help=f"comma-separated, from {','.join(METHODS)}")
-  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="a config override for every run (repeatable)")
-  parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1;V2",
-                      help="sweep one config key over values (repeatable; one key at a time)")
-  parser.add_argument("--epoch_scale", type=float, default=0.0,
-                      help="> 0: train each method for its paper length in epochs times "
-                           "this factor (config.num_epochs); 0: the config's length")
-  parser.add_argument("--report_only", action="store_true",
-                      help="print the table of what is recorded, run nothing")
-  args = parser.parse_args(argv)
+FLAGS = cli.new_flags()
+flags.DEFINE_string("config", None, "a config file (configs/*.py)", flag_values=FLAGS)
+flags.DEFINE_string("root", None, "directory of the runs' workdirs", flag_values=FLAGS)
+flags.DEFINE_string("results", "", "results JSON (default ROOT/results.json)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("methods", ",".join(METHODS), f"comma-separated, from {','.join(METHODS)}",
+                    flag_values=FLAGS)
+flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds", flag_values=FLAGS)
+flags.DEFINE_multi_string("set", [], "KEY=VALUE: a config override for every run",
+                          flag_values=FLAGS)
+flags.DEFINE_multi_string("vary", [], "KEY=V1;V2: sweep one config key over values (one key "
+                          "at a time)", flag_values=FLAGS)
+flags.DEFINE_float("epoch_scale", 0.0, "> 0: train each method for its paper length in "
+                   "epochs times this factor (config.num_epochs); 0: the config's length",
+                   flag_values=FLAGS)
+flags.DEFINE_boolean("report_only", False, "print the table of what is recorded, run nothing",
+                     flag_values=FLAGS)
+for _name in ("config", "root"):
+  flags.mark_flag_as_required(_name, flag_values=FLAGS)
 
-  if not os.path.exists(args.config):
-    parser.error(f"--config={args.config}: no such file")
+
+def main(argv: Sequence[str] | None = None) -> int:
+  cli.parse(FLAGS, argv, __doc__)
+
+  if not os.path.exists(FLAGS.config):
+    raise app.UsageError(f"--config={FLAGS.config}: no such file")
   try:
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
   except ValueError:
-    parser.error(f"--seeds={args.seeds!r}: expected comma-separated integers")
+    raise app.UsageError(f"--seeds={FLAGS.seeds!r}: expected comma-separated integers") from None
   try:
-    runs = plan_runs([m.strip() for m in args.methods.split(",") if m.strip()], seeds,
-                     [parse_vary(v) for v in args.vary])
-    common = [parse_set(s) for s in args.set]
+    runs = plan_runs([m.strip() for m in FLAGS.methods.split(",") if m.strip()], seeds,
+                     [parse_vary(v) for v in FLAGS.vary])
+    common = [parse_set(s) for s in FLAGS.set]
   except ValueError as error:
-    parser.error(str(error))
-  os.makedirs(args.root, exist_ok=True)
-  results_path = args.results or os.path.join(args.root, "results.json")
+    raise app.UsageError(str(error)) from None
+  os.makedirs(FLAGS.root, exist_ok=True)
+  results_path = FLAGS.results or os.path.join(FLAGS.root, "results.json")
   failed = []
-  if args.report_only:
+  if FLAGS.report_only:
     results = load_results(results_path)
   else:
-    if args.epoch_scale < 0:
-      parser.error(f"--epoch_scale={args.epoch_scale} must be >= 0")
-    results, failed = run_grid(runs, args.config, args.root, results_path, common,
-                               epoch_scale=args.epoch_scale)
+    if FLAGS.epoch_scale < 0:
+      raise app.UsageError(f"--epoch_scale={FLAGS.epoch_scale} must be >= 0")
+    results, failed = run_grid(runs, FLAGS.config, FLAGS.root, results_path, common,
+                               epoch_scale=FLAGS.epoch_scale)
   print(f"\nEvery run recorded in {results_path} ({results.get('machine', '')}):")
   print(format_table(summarise(list(results["runs"].values()))))
   if failed:
@@ -503,4 +507,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -11,14 +11,14 @@ to show which classes CowMix stops predicting at CPU scale.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+from absl import app, flags
 
-from cowmix_jax import checkpoints, evaluate, metrics
+from cowmix_jax import checkpoints, cli, evaluate, metrics
 
 
 def load_run_config(workdir: str, data_dir: str | None) -> ml_collections.ConfigDict:
@@ -42,16 +42,19 @@ def format_shares(class_names: Sequence[str], columns: dict[str, np.ndarray]) ->
   return "\n".join(lines)
 
 
+FLAGS = cli.new_flags()
+flags.DEFINE_string("data_dir", "", "override config.data.data_dir", flag_values=FLAGS)
+flags.DEFINE_string("split", None, "default: the config's eval split", flag_values=FLAGS)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("workdirs", nargs="+", help="training workdirs")
-  parser.add_argument("--data_dir", default="", help="override config.data.data_dir")
-  parser.add_argument("--split", default=None, help="default: the config's eval split")
-  args = parser.parse_args(argv)
+  workdirs = cli.parse(FLAGS, argv, __doc__)  # the training workdirs
+  if not workdirs:
+    raise app.UsageError("give one or more training workdirs")
   columns: dict[str, np.ndarray] = {}
-  for workdir in args.workdirs:
-    config = load_run_config(workdir, args.data_dir)
-    result = evaluate.evaluate_checkpoint(config, workdir, split=args.split)
+  for workdir in workdirs:
+    config = load_run_config(workdir, FLAGS.data_dir)
+    result = evaluate.evaluate_checkpoint(config, workdir, split=FLAGS.split)
     true_share, predicted_share = metrics.class_shares(result["confusion"])
     columns.setdefault("labels", true_share)
     name = os.path.basename(os.path.normpath(workdir))
@@ -61,4 +64,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -10,13 +10,14 @@ PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``);
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 
 import numpy as np
+from absl import flags
 from scipy import stats
 
+from cowmix_jax import cli
 from cowmix_jax.experiments import ablation
 
 # Paper Table 1 (CamVid test, U-Net ResNet-50, 10 runs): mean, std.
@@ -339,32 +340,35 @@ def merge_results(paths: Sequence[str]) -> dict:
   return merged
 
 
+# The base config's values of the keys the sweeps vary (--base adds more).
+BASE_VALUES = ("cons_weight=10", "mask.cow_sigma_range=(1.0, 4.0)")
+FLAGS = cli.new_flags()
+flags.DEFINE_multi_string("results", None, "a results JSON of cowmix_jax.experiments.ablation "
+                          "(repeat to merge the grid's and the sweeps' files)", flag_values=FLAGS)
+flags.DEFINE_string("out", "docs", "directory of the charts", flag_values=FLAGS)
+flags.DEFINE_string("prefix", "camvid_cpu", "file name prefix of the charts", flag_values=FLAGS)
+flags.DEFINE_string("title", "CamVid, 30 labels, CPU scale (val)", "chart title",
+                    flag_values=FLAGS)
+flags.DEFINE_multi_string("base", [], "KEY=VALUE: the base config's value of a swept key, "
+                          f"besides {BASE_VALUES}", flag_values=FLAGS)
+flags.DEFINE_string("update_markdown", "", "FILE: also write the tables between "
+                    "<!-- table1:start --> and <!-- table1:end --> (and the table1_learned "
+                    "markers) in FILE (e.g. docs/RESULTS.md)", flag_values=FLAGS)
+flags.mark_flag_as_required("results", flag_values=FLAGS)
+
+
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--results", action="append", required=True,
-                      help="a results JSON of cowmix_jax.experiments.ablation (repeat to merge "
-                           "the grid's and the sweeps' files)")
-  parser.add_argument("--out", default="docs")
-  parser.add_argument("--prefix", default="camvid_cpu")
-  parser.add_argument("--title", default="CamVid, 30 labels, CPU scale (val)")
-  parser.add_argument("--base", action="append", default=["cons_weight=10",
-                                                          "mask.cow_sigma_range=(1.0, 4.0)"],
-                      metavar="KEY=VALUE", help="the base config's value of a swept key")
-  parser.add_argument("--update_markdown", default="", metavar="FILE",
-                      help="also write the tables between <!-- table1:start --> and "
-                           "<!-- table1:end --> (and the table1_learned markers) in FILE "
-                           "(e.g. docs/RESULTS.md)")
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, __doc__)
   plt = _pyplot()
-  results = merge_results(args.results)
-  os.makedirs(args.out, exist_ok=True)
+  results = merge_results(FLAGS.results)
+  os.makedirs(FLAGS.out, exist_ok=True)
   records = base_records(results)
-  written = [os.path.join(args.out, f"{args.prefix}_miou.png"),
-             os.path.join(args.out, f"{args.prefix}_per_class.png")]
-  plot_miou(plt, records, written[0], args.title)
-  plot_per_class(plt, records, written[1], args.title + ": per-class IoU")
-  base_values = dict(ablation.parse_set(b) for b in args.base)
-  sweep_path = os.path.join(args.out, f"{args.prefix}_sweep.png")
+  written = [os.path.join(FLAGS.out, f"{FLAGS.prefix}_miou.png"),
+             os.path.join(FLAGS.out, f"{FLAGS.prefix}_per_class.png")]
+  plot_miou(plt, records, written[0], FLAGS.title)
+  plot_per_class(plt, records, written[1], FLAGS.title + ": per-class IoU")
+  base_values = dict(ablation.parse_set(b) for b in [*BASE_VALUES, *FLAGS.base])
+  sweep_path = os.path.join(FLAGS.out, f"{FLAGS.prefix}_sweep.png")
   if plot_sweeps(plt, results, sweep_path, base_values):
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))
@@ -376,10 +380,10 @@ def main(argv=None) -> None:
                                               with_late=False, with_paper=False)
     print(f"\nTable 1 over the {len(classes)} classes full supervision learns (IoU >= "
           f"{100 * LEARNED_IOU:.0f}%: {', '.join(classes)}):\n" + blocks["table1_learned"])
-  if args.update_markdown:
-    update_markdown(args.update_markdown, blocks)
-    print(f"Updated {', '.join(blocks)} in {args.update_markdown}")
+  if FLAGS.update_markdown:
+    update_markdown(FLAGS.update_markdown, blocks)
+    print(f"Updated {', '.join(blocks)} in {FLAGS.update_markdown}")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

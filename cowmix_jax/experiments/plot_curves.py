@@ -11,12 +11,13 @@ evaluated; the shaded band is +-1 std over seeds. Needs matplotlib.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 
 import numpy as np
+from absl import flags
 
+from cowmix_jax import cli
 from cowmix_jax.experiments import ablation, plot_ablation
 
 
@@ -87,28 +88,32 @@ def plot_curves(plt, curves: dict[str, list[dict]], path: str, title: str) -> No
   plt.close(fig)
 
 
+FLAGS = cli.new_flags()
+flags.DEFINE_multi_string("results", None, "a results JSON of cowmix_jax.experiments.ablation "
+                          "(repeat to merge)", flag_values=FLAGS)
+flags.DEFINE_string("out", "docs/camvid_cpu_curves.png", "the chart to write", flag_values=FLAGS)
+flags.DEFINE_string("groups", "", "comma-separated groups (run names without _seedN), in order",
+                    flag_values=FLAGS)
+flags.DEFINE_string("seeds", "", "comma-separated seeds (default: all)", flag_values=FLAGS)
+flags.DEFINE_string("title", "CamVid, 30 labels, CPU scale: teacher val mIoU", "chart title",
+                    flag_values=FLAGS)
+flags.mark_flag_as_required("results", flag_values=FLAGS)
+
+
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--results", action="append", required=True,
-                      help="a results JSON of cowmix_jax/experiments/ablation.py (repeat to merge)")
-  parser.add_argument("--out", default="docs/camvid_cpu_curves.png")
-  parser.add_argument("--groups", default="",
-                      help="comma-separated groups (run names without _seedN), in order")
-  parser.add_argument("--seeds", default="", help="comma-separated seeds (default: all)")
-  parser.add_argument("--title", default="CamVid, 30 labels, CPU scale: teacher val mIoU")
-  args = parser.parse_args(argv)
-  groups = [g.strip() for g in args.groups.split(",") if g.strip()] or None
-  seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or None
-  curves = select_records(plot_ablation.merge_results(args.results), groups, seeds)
+  cli.parse(FLAGS, argv, __doc__)
+  groups = [g.strip() for g in FLAGS.groups.split(",") if g.strip()] or None
+  seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()] or None
+  curves = select_records(plot_ablation.merge_results(FLAGS.results), groups, seeds)
   if not curves:
-    raise SystemExit(f"No run with a teacher_history in {args.results}")
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  plot_curves(plot_ablation._pyplot(), curves, args.out, args.title)
+    raise SystemExit(f"No run with a teacher_history in {FLAGS.results}")
+  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  plot_curves(plot_ablation._pyplot(), curves, FLAGS.out, FLAGS.title)
   for group, records in curves.items():
     steps, mean, _ = mean_curve(records)
     print(f"{group}: " + ", ".join(f"{s}: {m:.2f}" for s, m in zip(steps, mean)))
-  print(f"Wrote {args.out}")
+  print(f"Wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

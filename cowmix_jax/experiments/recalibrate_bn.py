@@ -19,15 +19,15 @@ and ``--root`` it adds ``precise_bn_miou`` to every run of an ablation results f
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from cowmix_jax import evaluate, metrics, models, sharding
+from cowmix_jax import cli, evaluate, metrics, models, sharding
 from cowmix_jax.data import builders, pipeline
 from cowmix_jax.evaluator import Evaluator
 from cowmix_jax.experiments import ablation
@@ -116,31 +116,33 @@ def add_to_results(results_path: str, root: str, data_dir: str, stats_split: str
     print(f"{name}: {100 * stored:.2f} -> {100 * precise:.2f}", flush=True)
 
 
+FLAGS = cli.new_flags()
+flags.DEFINE_string("data_dir", "", "override config.data.data_dir", flag_values=FLAGS)
+flags.DEFINE_string("stats_split", "train", "clean images the statistics are recomputed on",
+                    flag_values=FLAGS)
+flags.DEFINE_string("split", None, "evaluation split (default: the config's)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("results", "", "an ablation results file: add precise_bn_miou to its runs",
+                    flag_values=FLAGS)
+flags.DEFINE_string("root", "", "with --results: the runs' root directory", flag_values=FLAGS)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("workdirs", nargs="*", help="training workdirs")
-  parser.add_argument("--data_dir", default="", help="override config.data.data_dir")
-  parser.add_argument("--stats_split", default="train",
-                      help="clean images the statistics are recomputed on")
-  parser.add_argument("--split", default=None, help="evaluation split (default: the config's)")
-  parser.add_argument("--results", default="",
-                      help="an ablation results file: add precise_bn_miou to its runs")
-  parser.add_argument("--root", default="", help="with --results: the runs' root directory")
-  args = parser.parse_args(argv)
-  if args.results:
-    if not args.root:
-      parser.error("--results needs --root (the directory of the runs' workdirs)")
-    add_to_results(args.results, args.root, args.data_dir, args.stats_split)
+  workdirs = cli.parse(FLAGS, argv, __doc__)  # the training workdirs
+  if FLAGS.results:
+    if not FLAGS.root:
+      raise app.UsageError("--results needs --root (the directory of the runs' workdirs)")
+    add_to_results(FLAGS.results, FLAGS.root, FLAGS.data_dir, FLAGS.stats_split)
     return
-  if not args.workdirs:
-    parser.error("give training workdirs, or --results and --root")
+  if not workdirs:
+    raise app.UsageError("give training workdirs, or --results and --root")
   print(f"{'run':<28} {'stored BN':>10} {'precise BN':>11} {'change':>7}")
-  for workdir in args.workdirs:
-    stored, precise = recalibrated_miou(workdir, args.data_dir, args.stats_split, args.split)
+  for workdir in workdirs:
+    stored, precise = recalibrated_miou(workdir, FLAGS.data_dir, FLAGS.stats_split, FLAGS.split)
     name = os.path.basename(os.path.normpath(workdir))
     print(f"{name:<28} {100 * stored:10.2f} {100 * precise:11.2f} "
           f"{100 * (precise - stored):+7.2f}", flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

