@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 from scipy import stats
 
-from cowmix_jax import cli
+from cowmix_jax import cli, plotting
 from cowmix_jax.experiments import ablation
 
 # Paper Table 1 (CamVid test, U-Net ResNet-50, 10 runs): mean, std.
@@ -27,16 +27,6 @@ PAPER_TABLE_1 = {
     "cowmix": (55.06, 1.74), "all_labels": (64.19, 0.41),
 }
 PER_CLASS_METHODS = ("supervised", "cowmix", "all_labels")
-
-
-def _pyplot():
-  try:
-    import matplotlib
-  except ImportError as error:
-    raise SystemExit("plot_ablation.py needs matplotlib: pip install -e \".[plots]\"") from error
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
 
 
 def base_records(results: dict) -> list[dict]:
@@ -359,7 +349,7 @@ flags.mark_flag_as_required("results", flag_values=FLAGS)
 
 def main(argv=None) -> None:
   cli.parse(FLAGS, argv, __doc__)
-  plt = _pyplot()
+  plt = plotting.pyplot("plot_ablation")
   results = merge_results(FLAGS.results)
   os.makedirs(FLAGS.out, exist_ok=True)
   records = base_records(results)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags
 
-from cowmix_jax import cli
+from cowmix_jax import cli, plotting
 from cowmix_jax.experiments import ablation, plot_ablation
 
 
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
   if not curves:
     raise SystemExit(f"No run with a teacher_history in {FLAGS.results}")
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  plot_curves(plot_ablation._pyplot(), curves, FLAGS.out, FLAGS.title)
+  plot_curves(plotting.pyplot("plot_curves"), curves, FLAGS.out, FLAGS.title)
   for group, records in curves.items():
     steps, mean, _ = mean_curve(records)
     print(f"{group}: " + ", ".join(f"{s}: {m:.2f}" for s, m in zip(steps, mean)))
