@@ -38,7 +38,9 @@ def test_boundary_score_of_a_hand_worked_grid():
 def test_the_gap_field_keeps_out_of_the_gap():
   distance_map = toy2d.signed_distance_map()
   data = toy2d.sample_data(0, 4, 500, 0.3, distance_map)
-  outside = np.abs(np.asarray(toy2d.lookup(distance_map, jnp.asarray(data["outside_gap"]))))
-  everywhere = np.abs(np.asarray(toy2d.lookup(distance_map, jnp.asarray(data["everywhere"]))))
-  assert outside.min() > 0.15 and everywhere.min() < 0.05
-  assert list(data["labels"]) == [0] * 4 + [1] * 4
+  for setting in ("gap", "everywhere"):
+    assert list(data[setting]["labels"]) == [0] * 4 + [1] * 4
+  gap = np.concatenate([data["gap"]["unlabelled"], data["gap"]["labelled"]])
+  everywhere = data["everywhere"]["unlabelled"]
+  assert np.abs(np.asarray(toy2d.lookup(distance_map, jnp.asarray(gap)))).min() > 0.15
+  assert np.abs(np.asarray(toy2d.lookup(distance_map, jnp.asarray(everywhere)))).min() < 0.05

@@ -51,11 +51,11 @@ CONTOUR_TOLERANCE = 0.016
 FLAGS = cli.new_flags()
 flags.DEFINE_string("out", "docs/analyses", "directory of toy2d.png and toy2d.json",
                     flag_values=FLAGS)
-flags.DEFINE_integer("labelled", 8, "labelled points per class", flag_values=FLAGS)
+flags.DEFINE_integer("labelled", 32, "labelled points per class", flag_values=FLAGS)
 flags.DEFINE_integer("unlabelled", 2048, "unlabelled points", flag_values=FLAGS)
 flags.DEFINE_float("gap", 0.3, "width of the empty band around the boundary in panel (a)",
                    flag_values=FLAGS)
-flags.DEFINE_integer("steps", 3000, "training steps per run", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 2000, "training steps per run", flag_values=FLAGS)
 flags.DEFINE_integer("batch", 256, "unlabelled points per step (drawn from the field)",
                      flag_values=FLAGS)
 flags.DEFINE_integer("width", 512, "hidden units per layer", flag_values=FLAGS)
@@ -109,8 +109,12 @@ PANELS = (Panel("a_gap_isotropic", True, False), Panel("b_no_gap_isotropic", Fal
 
 def sample_data(seed: int, labelled: int, unlabelled: int, gap: float,
                 distance_map: np.ndarray) -> dict[str, np.ndarray]:
-  """Labelled points (``labelled`` per class, outside the gap so that every panel shares
-  them) and two unlabelled fields: everywhere, and outside the gap."""
+  """Two settings, each with ``labelled`` points per class and a field of ``unlabelled``
+  points: ``gap`` (nothing within ``gap / 2`` of the boundary) and ``everywhere``.
+
+  Returns:
+    ``{setting: {"labelled": [2L, 2], "labels": [2L], "unlabelled": [U, 2]}}``.
+  """
   rng = np.random.default_rng(seed)
 
   def draw(count, keep):
@@ -123,11 +127,13 @@ def sample_data(seed: int, labelled: int, unlabelled: int, gap: float,
   def outside_gap(points):
     return np.abs(np.asarray(lookup(distance_map, jnp.asarray(points)))) > gap / 2
 
-  labelled_points = np.concatenate([
-      draw(labelled, lambda p, c=c: outside_gap(p) & (true_classes(p) == c)) for c in (0, 1)])
-  return {"labelled": labelled_points, "labels": true_classes(labelled_points),
-          "everywhere": draw(unlabelled, lambda p: np.ones(len(p), bool)),
-          "outside_gap": draw(unlabelled, outside_gap)}
+  def setting(keep):
+    points = np.concatenate([draw(labelled, lambda p, c=c: keep(p) & (true_classes(p) == c))
+                             for c in (0, 1)])
+    return {"labelled": points, "labels": true_classes(points),
+            "unlabelled": draw(unlabelled, keep)}
+
+  return {"gap": setting(outside_gap), "everywhere": setting(lambda p: np.ones(len(p), bool))}
 
 
 class MLP(nn.Module):
@@ -149,7 +155,8 @@ def train(seed: int, data: dict, panel: Panel, consistency: bool, steps: int, wi
   key = jax.random.PRNGKey(seed)
   params = model.init(key, jnp.zeros((1, 2)))
   tx = optax.adam(learning_rate)
-  unlabelled = jnp.asarray(data["outside_gap"] if panel.gap else data["everywhere"])
+  data = data["gap" if panel.gap else "everywhere"]
+  unlabelled = jnp.asarray(data["unlabelled"])
   labelled, labels = jnp.asarray(data["labelled"]), jnp.asarray(data["labels"])
   distances = jnp.asarray(distance_map)
 
@@ -212,16 +219,21 @@ def run(seeds: Sequence[int], labelled: int, unlabelled: int, gap: float, steps:
   [score per seed], "supervised": [...], "classes": first seed's prediction grids}}``."""
   distance_map = signed_distance_map()
   results = {}
-  progress = tqdm(total=len(seeds) * (len(PANELS) + 1), desc="toy 2D runs", unit="run")
+  progress = tqdm(total=len(seeds) * (len(PANELS) + 2), desc="toy 2D runs", unit="run")
   for seed in seeds:
     data = sample_data(seed, labelled, unlabelled, gap, distance_map)
-    # The labelled points are the same in every panel: one supervised reference.
-    reference = predicted_classes(train(seed, data, PANELS[0], False, steps, width, batch,
-                                        distance_map))
-    progress.update()
+    # One supervised reference per setting: the panels of a setting share its labels.
+    references = {}
     for panel in PANELS:
-      entry = results.setdefault(panel.name, {"consistency": [], "supervised": [],
-                                              "data": data, "classes_supervised": reference})
+      if panel.gap not in references:
+        references[panel.gap] = predicted_classes(train(
+            seed, data, panel, False, steps, width, batch, distance_map))
+        progress.update()
+    for panel in PANELS:
+      reference = references[panel.gap]
+      entry = results.setdefault(panel.name, {
+          "consistency": [], "supervised": [], "classes_supervised": reference,
+          "data": data["gap" if panel.gap else "everywhere"]})
       classes = predicted_classes(train(seed, data, panel, True, steps, width, batch,
                                         distance_map))
       progress.update()
@@ -264,8 +276,7 @@ def plot(plt, results: dict, path: str, gap: float) -> None:
     data = entry["data"]
     axis.imshow(entry["classes_consistency"], extent=extent, cmap="coolwarm", alpha=0.3,
                 vmin=0, vmax=1)
-    field = data["outside_gap"] if name.startswith("a_") else data["everywhere"]
-    axis.scatter(field[:, 0], field[:, 1], s=1, c="grey")
+    axis.scatter(data["unlabelled"][:, 0], data["unlabelled"][:, 1], s=1, c="grey")
     axis.scatter(data["labelled"][:, 0], data["labelled"][:, 1], c=data["labels"],
                  cmap="coolwarm", edgecolors="k", s=60, vmin=0, vmax=1)
     axis.plot(xs, true_boundary_y(xs), "k--", linewidth=1, label="true boundary")
