@@ -98,7 +98,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_masks(plt, rows: list[dict], path: str) -> None:
-  figure, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.2))
+  figure, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.5))
   for axis, row in zip(np.atleast_1d(axes), rows):
     axis.imshow(row["example"], cmap="gray", vmin=0, vmax=1)
     axis.set_title(f"sigma = {row['sigma']:g}")
