@@ -11,3 +11,10 @@ def pyplot(tool: str):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   return plt
+
+
+def save(plt, figure, path: str, dpi: int = 110) -> None:
+  """Lays ``figure`` out tightly, writes it to ``path`` and frees it."""
+  figure.tight_layout()
+  figure.savefig(path, dpi=dpi)
+  plt.close(figure)

@@ -103,9 +103,7 @@ def plot_masks(plt, rows: list[dict], path: str) -> None:
     axis.imshow(row["example"], cmap="gray", vmin=0, vmax=1)
     axis.set_title(f"sigma = {row['sigma']:g}")
     axis.axis("off")
-  figure.tight_layout()
-  figure.savefig(path, dpi=90)
-  plt.close(figure)
+  plotting.save(plt, figure, path, dpi=90)
 
 
 def plot_mixing(plt, images: np.ndarray, perturbed: dict[str, np.ndarray], path: str) -> None:
@@ -116,9 +114,7 @@ def plot_mixing(plt, images: np.ndarray, perturbed: dict[str, np.ndarray], path:
     axis.imshow(picture)
     axis.set_title(title)
     axis.axis("off")
-  figure.tight_layout()
-  figure.savefig(path, dpi=90)
-  plt.close(figure)
+  plotting.save(plt, figure, path, dpi=90)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -172,9 +172,7 @@ def plot_maps(plt, image, label, maps: dict[int, np.ndarray], path: str) -> None
     figure.colorbar(shown, ax=axis, fraction=0.035)
   for axis in axes:
     axis.axis("off")
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  plotting.save(plt, figure, path, dpi=110)
 
 
 def plot_histogram(plt, same: np.ndarray, across: np.ndarray, patch: int, path: str) -> None:
@@ -186,9 +184,7 @@ def plot_histogram(plt, same: np.ndarray, across: np.ndarray, patch: int, path: 
   axis.set_xlabel(f"L2 distance between {patch}x{patch} patches on neighbouring pixels")
   axis.set_ylabel("density")
   axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  plotting.save(plt, figure, path, dpi=110)
 
 
 def plot_ratios(plt, ratios: np.ndarray, patch: int, path: str) -> None:
@@ -200,9 +196,7 @@ def plot_ratios(plt, ratios: np.ndarray, patch: int, path: str) -> None:
                   f"({patch}x{patch})")
   axis.set_ylabel("query patches")
   axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  plotting.save(plt, figure, path, dpi=110)
 
 
 def quantiles(values: np.ndarray) -> dict:

@@ -287,9 +287,7 @@ def plot(plt, results: dict, path: str, gap: float) -> None:
   axes[0].plot([], [], "g-", label="supervised only")
   axes[0].plot([], [], "m-", label="with consistency")
   axes[0].legend(loc="lower left", fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  plotting.save(plt, figure, path, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
