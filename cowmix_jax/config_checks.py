@@ -76,8 +76,12 @@ def _check_p_ranges(mask: ml_collections.ConfigDict) -> None:
 
 
 def _check_sigma_range(mask: ml_collections.ConfigDict) -> None:
-  low, high = data_lib.pair_setting(mask.cow_sigma_range, "mask.cow_sigma_range",
-                                    "(smallest, largest) sigma in pixels", float)
+  """A given range must be ordered; ``auto`` is resolved (and checked) with the data."""
+  sigmas = data_lib.pair_setting(mask.cow_sigma_range, "mask.cow_sigma_range",
+                                 "(smallest, largest) sigma in pixels", float)
+  if sigmas is None:
+    return
+  low, high = sigmas
   if high < low:
     raise ValueError(f"config.mask.cow_sigma_range={tuple(mask.cow_sigma_range)}: the "
                      f"smallest sigma is larger than the largest")
