@@ -71,17 +71,22 @@ def test_ratios_search_only_images_of_other_groups():
   groups = ["a", "a", "b", "c"]
   queries = [(0, np.array([3, 4, 3, 5])), (2, np.array([4, 4, 5, 4]))]
   patch, half = 5, 2
-  found = patch_distances.distance_ratios(images, groups, queries, patch, chunk=1)
+  images.insert(2, rng.uniform(size=(10, 11, 3)).astype(np.float32))  # another size
+  groups.insert(2, "d")
+  assert patch_distances.image_batches(images, 2) == [[0, 1], [2], [3, 4]]
+  found = patch_distances.distance_ratios(images, groups, queries, patch, chunk=1,
+                                          image_chunk=2)
 
   def cut(image, row, col):
     return image[row - half:row + half + 1, col - half:col + half + 1].astype(np.float64)
 
+  heights = [image.shape[0] for image in images]
   for k, (owner, (row, col, n_row, n_col)) in enumerate(queries):
     query = cut(images[owner], row, col)
     across = np.sqrt(np.sum((query - cut(images[owner], n_row, n_col)) ** 2))
     nearest = min(np.sqrt(np.sum((cut(images[i], r, c) - query) ** 2))
-                  for i in range(4) if groups[i] != groups[owner]
-                  for r in range(half, 9 - half) for c in range(half, 11 - half))
+                  for i in range(5) if groups[i] != groups[owner]
+                  for r in range(half, heights[i] - half) for c in range(half, 11 - half))
     assert found["across"][k] == pytest.approx(across, rel=1e-5)
     assert found["nearest"][k] == pytest.approx(nearest, rel=1e-4)
     assert found["ratio"][k] == pytest.approx(nearest / across, rel=1e-4)

@@ -68,6 +68,8 @@ flags.DEFINE_string("group_separator", "", "images whose ids agree up to the las
                     flag_values=FLAGS)
 flags.DEFINE_integer("query_chunk", 25, "queries searched at once (memory)",
                      flag_values=FLAGS)
+flags.DEFINE_integer("image_chunk", 4, "images of one size searched at once (memory)",
+                     flag_values=FLAGS)
 
 
 def load_examples(data, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -128,8 +130,20 @@ def sample_queries(labels: Sequence[np.ndarray], patch: int, count: int,
   return [(int(i), candidates[i][rng.integers(len(candidates[i]))]) for i in chosen]
 
 
+def image_batches(images: Sequence[np.ndarray], size: int) -> list[list[int]]:
+  """Indices of ``images`` in batches of at most ``size`` consecutive images of one
+  shape (the search runs on a batch at once)."""
+  batches: list[list[int]] = []
+  for index, image in enumerate(images):
+    if batches and len(batches[-1]) < size and images[batches[-1][0]].shape == image.shape:
+      batches[-1].append(index)
+    else:
+      batches.append([index])
+  return batches
+
+
 def distance_ratios(images: Sequence[np.ndarray], groups: Sequence[str], queries,
-                    patch: int, chunk: int) -> dict[str, np.ndarray]:
+                    patch: int, chunk: int, image_chunk: int = 4) -> dict[str, np.ndarray]:
   """For each query pair: ``across`` (the distance to the neighbour across the
   boundary), ``nearest`` (to the nearest patch of any image of another group than the
   query's) and ``ratio``."""
@@ -143,13 +157,18 @@ def distance_ratios(images: Sequence[np.ndarray], groups: Sequence[str], queries
                           axis=(1, 2, 3)))
   owner = np.array([groups[i] for i, _ in queries])
   nearest = np.full(len(queries), np.inf)
-  for index, image in enumerate(tqdm(images, desc="nearest-patch search", unit="image")):
+  progress = tqdm(total=len(images), desc="nearest-patch search", unit="image")
+  for batch in image_batches(images, image_chunk):
+    stacked = jnp.asarray(np.stack([images[index] for index in batch]))
     for start in range(0, len(queries), chunk):
-      found = np.asarray(patches.nearest_patch_distances(
-          jnp.asarray(query_patches[start:start + chunk]), jnp.asarray(image)))
-      other = owner[start:start + chunk] != groups[index]
-      block = nearest[start:start + chunk]
-      block[other] = np.minimum(block[other], found[other])
+      found = np.asarray(patches.nearest_patch_distances_per_image(
+          jnp.asarray(query_patches[start:start + chunk]), stacked))  # [B, n]
+      for row, index in enumerate(batch):
+        other = owner[start:start + chunk] != groups[index]
+        block = nearest[start:start + chunk]
+        block[other] = np.minimum(block[other], found[row][other])
+    progress.update(len(batch))
+  progress.close()
   searched = np.isfinite(nearest)
   if not searched.any():
     raise ValueError("no query had an image of another group to search: search more "
@@ -250,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            np.random.default_rng(FLAGS.seed))
   groups = [group_of(image_id, FLAGS.group_separator) for image_id, _, _ in searched]
   found = distance_ratios([image for _, image, _ in searched], groups, queries, patch,
-                          FLAGS.query_chunk)
+                          FLAGS.query_chunk, FLAGS.image_chunk)
   report["ratio"] = {"patch": patch, "search_images": len(searched),
                      "groups": len(set(groups)), "group_separator": FLAGS.group_separator,
                      "ratio": quantiles(found["ratio"]),

@@ -170,3 +170,9 @@ def nearest_patch_distances(queries: jax.Array, image: jax.Array) -> jax.Array:
   correlation = full[:, size - 1:, size - 1:]  # [N, H - P + 1, W - P + 1]
   squared = own[:, None, None] + energy[None] - 2.0 * correlation
   return jnp.sqrt(jnp.maximum(jnp.min(squared, axis=(1, 2)), 0.0))
+
+
+# ``(queries [N, P, P, C], images [B, H, W, C]) -> [B, N]``: the search batched over
+# images of one size.
+nearest_patch_distances_per_image = jax.jit(jax.vmap(nearest_patch_distances,
+                                                     in_axes=(None, 0)))
