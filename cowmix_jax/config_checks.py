@@ -75,10 +75,15 @@ def _check_p_ranges(mask: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.mask.{key}={mask[key]!r}: {error}") from None
 
 
+def cow_sigma_range(mask: ml_collections.ConfigDict) -> tuple[float, float] | None:
+  """``config.mask.cow_sigma_range`` as ``(smallest, largest)``; None for ``auto``."""
+  return data_lib.pair_setting(mask.cow_sigma_range, "mask.cow_sigma_range",
+                               "(smallest, largest) sigma in pixels", float)
+
+
 def _check_sigma_range(mask: ml_collections.ConfigDict) -> None:
   """A given range must be ordered; ``auto`` is resolved (and checked) with the data."""
-  sigmas = data_lib.pair_setting(mask.cow_sigma_range, "mask.cow_sigma_range",
-                                 "(smallest, largest) sigma in pixels", float)
+  sigmas = cow_sigma_range(mask)
   if sigmas is None:
     return
   low, high = sigmas
@@ -141,8 +146,7 @@ def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
   would be almost uniform: the perturbation would vanish without a word."""
   if mixing.make_perturbation(config).mask_kind != "cow":
     return
-  sigma = max(data_lib.pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
-                                    "(smallest, largest) sigma in pixels", float))
+  sigma = max(cow_sigma_range(config.mask))
   crop = tuple(config.data.augment.crop_size)
   if sigma > min(crop):
     scale = min(crop) / 360  # the paper's CamVid: sigma 4..16 for 480x360 images
