@@ -104,6 +104,10 @@ def get_model_config(**overrides) -> ml_collections.ConfigDict:
   # Computation dtype: float32, or bfloat16 for mixed precision on GPUs and TPUs
   # (parameters and optimiser state stay float32). CPUs gain nothing from bfloat16.
   model.dtype = "float32"
+  # Rematerialise the encoder's residual blocks in the backward pass (jax.checkpoint,
+  # nothing_saveable: only block inputs are kept): less memory for about one more
+  # encoder forward pass per step; same results (README, "Memory").
+  model.remat = False
   # Converted weights (python -m cowmix_jax.models.convert), a .msgpack path, or the name
   # of weights that a package ships (efficientnet_lite0, efficientnet_lite1,
   # efficientnet_lite2: converted once into the cache, see models/pretrained.py): loaded

@@ -294,3 +294,83 @@ def test_flops_and_parameter_report_against_hand_counts():
   assert abs(flops - expected) / expected < 0.05, (flops, expected)
   text = summary.report(model, variables, (1, 16, 16, 3))
   assert "total" in text and f"{3 * 3 * 3 * 8 + 8 + 36:,}" in text and "GFLOPs" in text
+
+
+
+REMAT_MODELS = {
+    "unet_resnet": dict(name="unet", depth=18, width=8, decoder_widths=(16, 16, 8, 8, 8, 8)),
+    "unet_lite0": dict(name="unet", encoder="efficientnet_lite",
+                       decoder_widths=(16, 16, 8, 8, 8, 8)),
+    "deeplab_v2": dict(name="deeplab_v2", depth=18, width=8),
+    "deeplab_v3plus": dict(name="deeplab_v3plus", depth=18, width=8, output_stride=16),
+}
+ENCODER_BLOCKS = {"unet_resnet": 8, "unet_lite0": 16, "deeplab_v2": 8, "deeplab_v3plus": 8}
+REMAT_PRIMITIVES = ("remat2", "checkpoint")  # jax.checkpoint's primitive, by JAX version
+
+
+def _remat_model(name: str, remat: bool):
+  config = config_base.get_model_config(remat=remat, freeze_bn=False, **REMAT_MODELS[name])
+  return models.build_model(config, 5)
+
+
+def _training_loss_fn(model, images, labels):
+  """``loss(params, batch_stats) -> (cross-entropy, new batch_stats)`` in training mode."""
+
+  def loss_fn(params, batch_stats):
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                  train=True, mutable=["batch_stats"])
+    log_probs = jax.nn.log_softmax(logits)
+    loss = -jnp.mean(jnp.take_along_axis(log_probs, labels[..., None], -1))
+    return loss, updates["batch_stats"]
+
+  return loss_fn
+
+
+def _images_and_labels(size: int = 32):
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
+  labels = jax.random.randint(jax.random.PRNGKey(2), (2, size, size), 0, 5)
+  return images, labels
+
+
+@pytest.mark.parametrize("name", sorted(REMAT_MODELS))
+def test_remat_checkpoints_every_encoder_block_of_every_model(name):
+  """The backward pass of config.model.remat=True holds one jax.checkpoint per encoder
+  block (ResNet-18: 8, EfficientNet-Lite0: 16), and none without it."""
+  images, labels = _images_and_labels()
+  for remat, expected in ((False, 0), (True, ENCODER_BLOCKS[name])):
+    model = _remat_model(name, remat)
+    variables = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), images[:1]))
+    grad_fn = jax.grad(_training_loss_fn(model, images, labels), has_aux=True)
+    jaxpr = jax.make_jaxpr(grad_fn)(variables["params"], variables["batch_stats"])
+    checkpoints = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in REMAT_PRIMITIVES]
+    assert len(checkpoints) == expected, (remat, [e.primitive.name for e in jaxpr.jaxpr.eqns])
+
+
+@pytest.mark.parametrize("name", [
+    "unet_resnet",
+    pytest.param("unet_lite0", marks=pytest.mark.slow),  # 3 minutes of compiling on 2 cores
+])
+def test_remat_changes_no_parameter_loss_gradient_or_statistic(name):
+  """config.model.remat recomputes the encoder's blocks in the backward pass: the
+  parameter tree (so checkpoints), the loss, every gradient and the new BatchNorm
+  statistics must be those of the plain network."""
+  images, labels = _images_and_labels()
+  results = []
+  for remat in (False, True):
+    model = _remat_model(name, remat)
+    variables = model.init(jax.random.PRNGKey(0), images[:1])
+    grad_fn = jax.jit(jax.value_and_grad(_training_loss_fn(model, images, labels),
+                                         has_aux=True))
+    (loss, stats), grads = grad_fn(variables["params"], variables["batch_stats"])
+    results.append((variables, loss, grads, stats))
+  (plain_vars, plain_loss, plain_grads, plain_stats), remat_results = results
+  remat_vars, remat_loss, remat_grads, remat_stats = remat_results
+  assert jax.tree.structure(plain_vars) == jax.tree.structure(remat_vars)
+  for a, b in zip(jax.tree.leaves(plain_vars), jax.tree.leaves(remat_vars)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+  for plain, remat in ((plain_grads, remat_grads), (plain_stats, remat_stats)):
+    assert jax.tree.structure(plain) == jax.tree.structure(remat)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max() + 1))
+  assert any(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(plain_grads["encoder"]))

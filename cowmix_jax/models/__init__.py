@@ -30,7 +30,7 @@ register = MODELS.register
 def _common_args(config: ml_collections.ConfigDict, num_classes: int) -> dict:
   """The arguments every model takes, from the model config."""
   return dict(num_classes=num_classes, depth=config.depth, width=config.width,
-              freeze_bn=config.freeze_bn, dtype=compute_dtype(config))
+              freeze_bn=config.freeze_bn, dtype=compute_dtype(config), remat=config.remat)
 
 
 def check_encoder(config: ml_collections.ConfigDict) -> None:

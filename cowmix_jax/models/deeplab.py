@@ -31,6 +31,7 @@ class DeepLabV2(nn.Module):
       does (a misplaced ``return`` in its loop). Off by default; for comparisons only.
       The other branches still exist (same parameters as the PyTorch module).
     dtype: computation dtype.
+    remat: rematerialise the encoder's blocks in the backward pass (``models.remat``).
   """
 
   num_classes: int
@@ -40,13 +41,15 @@ class DeepLabV2(nn.Module):
   aspp_rates: Sequence[int] = (6, 12, 18, 24)
   two_branch_bug: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Args: x ``[N, H, W, 3]``. Returns ``[N, H, W, C]`` float32 logits."""
     height, width = x.shape[1:3]
     features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
-                             output_stride=8, style="caffe", name="encoder")(x, train)
+                             output_stride=8, style="caffe", remat=self.remat,
+                             name="encoder")(x, train)
     branches = [nn.Conv(self.num_classes, (3, 3), padding=rate, kernel_dilation=rate,
                         kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
                         name=f"aspp_{i}")(features["conv5_x"])
@@ -105,13 +108,15 @@ class DeepLabV3Plus(nn.Module):
   output_stride: int = 8
   aspp_rates: Sequence[int] = (12, 24, 36)
   dtype: Any = jnp.float32
+  remat: bool = False  # rematerialise the encoder's blocks (``models.remat``)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Args: x ``[N, H, W, 3]``. Returns ``[N, H, W, C]`` float32 logits."""
     height, width = x.shape[1:3]
     features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
-                             output_stride=self.output_stride, name="encoder")(x, train)
+                             output_stride=self.output_stride, remat=self.remat,
+                             name="encoder")(x, train)
     y = ASPP(self.aspp_rates, dtype=self.dtype, name="aspp")(features["conv5_x"], train)
     low = ConvBNReLU(48, 1, dtype=self.dtype, name="low_level")(features["conv2_x"], train)
     y = resize_bilinear(y, low.shape[1], low.shape[2])

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cowmix_jax.models.remat import rematerialised
+
 
 class Stage(NamedTuple):
   """One stage of Lite0, before the width and depth multipliers."""
@@ -208,6 +210,8 @@ class EfficientNetLite(nn.Module):
     dtype: computation dtype (bfloat16 for mixed precision); parameters stay float32.
     imagenet_head: also return the 1000 ImageNet logits (global average pool, dense).
     depthwise_implementation: see DepthwiseConv (the same weights and results).
+    remat: rematerialise every MBConv block in the backward pass
+      (``models.remat``).
   """
 
   variant: str = "lite0"
@@ -215,6 +219,7 @@ class EfficientNetLite(nn.Module):
   dtype: Any = jnp.float32
   imagenet_head: bool = False
   depthwise_implementation: str = "auto"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -232,13 +237,14 @@ class EfficientNetLite(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype)
     x = conv(STEM_CHANNELS, (3, 3), 2, name="stem_conv")(x)
     x = nn.relu6(norm(name="stem_bn")(x))
+    block_cls = rematerialised(MBConvBlock) if self.remat else MBConvBlock
     features, block_index = {}, 0
     for index, stage in enumerate(scaled_stages(self.variant)):
       for repeat in range(stage.repeats):
         first = repeat == 0
-        x = MBConvBlock(stage, stage.stride if first else 1,
-                        stage.in_channels if first else stage.out_channels, norm, conv,
-                        self.depthwise_implementation, name=f"block{block_index}")(x)
+        x = block_cls(stage, stage.stride if first else 1,
+                      stage.in_channels if first else stage.out_channels, norm, conv,
+                      self.depthwise_implementation, name=f"block{block_index}")(x)
         block_index += 1
       if index in STRIDE_OF_STAGE_END:
         features[f"stride_{STRIDE_OF_STAGE_END[index]}"] = x

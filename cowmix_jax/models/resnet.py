@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cowmix_jax.models.remat import rematerialised
+
 # (block type, blocks per stage) for each depth.
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -25,6 +27,7 @@ RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 }
 
 STAGE_NAMES = ("conv2_x", "conv3_x", "conv4_x", "conv5_x")
+
 
 
 class ResidualBlock(nn.Module):
@@ -125,6 +128,7 @@ class ResNetEncoder(nn.Module):
     dtype: computation dtype (bfloat16 for mixed precision); parameters stay float32.
     output_stride: 32, 16 or 8 (dilation instead of the last strides).
     style: ``torchvision`` or ``caffe`` (see the module docstring).
+    remat: rematerialise every residual block in the backward pass (``models.remat``).
   """
 
   depth: int = 50
@@ -133,6 +137,7 @@ class ResNetEncoder(nn.Module):
   dtype: Any = jnp.float32
   output_stride: int = 32
   style: str = "torchvision"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -148,7 +153,7 @@ class ResNetEncoder(nn.Module):
     if self.depth not in RESNET_SPECS:
       raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {self.depth}")
     block_type, stage_sizes = RESNET_SPECS[self.depth]
-    block_cls = BLOCKS[block_type]
+    block_cls = rematerialised(BLOCKS[block_type]) if self.remat else BLOCKS[block_type]
     norm = functools.partial(
         nn.BatchNorm, use_running_average=(not train) or self.freeze_bn,
         momentum=0.9, epsilon=1e-5, dtype=self.dtype)

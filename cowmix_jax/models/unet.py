@@ -46,6 +46,7 @@ class UNet(nn.Module):
     encoder_variant: the EfficientNet-Lite variant (lite0, lite1, lite2).
     freeze_bn: the encoder's BatchNorm uses its stored statistics.
     decoder_widths: six decoder widths (the paper's are 192, 128, 96, 64, 48, 32).
+    remat: rematerialise the encoder's blocks in the backward pass (``models.remat``).
   """
 
   num_classes: int
@@ -56,12 +57,15 @@ class UNet(nn.Module):
   dtype: Any = jnp.float32  # bfloat16: mixed precision (parameters stay float32)
   encoder: str = "resnet"
   encoder_variant: str = "lite0"
+  remat: bool = False
 
   def _encoder(self) -> nn.Module:
     if self.encoder == "resnet":
-      return ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype, name="encoder")
+      return ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
+                           remat=self.remat, name="encoder")
     if self.encoder == "efficientnet_lite":
-      return EfficientNetLite(self.encoder_variant, self.freeze_bn, self.dtype, name="encoder")
+      return EfficientNetLite(self.encoder_variant, self.freeze_bn, self.dtype,
+                              remat=self.remat, name="encoder")
     raise ValueError(f"config.model.encoder={self.encoder!r}: choose one of "
                      f"{sorted(ENCODER_SKIPS)}")
 
