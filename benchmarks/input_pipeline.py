@@ -22,19 +22,13 @@ import jax
 import numpy as np
 from absl import flags
 
-from cowmix_jax import cli, models, sharding, steps, train
+from cowmix_jax import cli, config_base, models, sharding, steps, train
 from cowmix_jax.data import make_inputs
 from cowmix_jax.state import create_train_state
 
 
 def _camvid_config(heavy: bool):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-      "camvid_config", os.path.join(os.path.dirname(__file__), os.pardir, "configs", "camvid.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_base.load_config_file("configs/camvid.py")
   config.data.manual_dir = FLAGS.manual_dir
   config.data.data_dir = FLAGS.data_dir
   config.model.depth = FLAGS.depth

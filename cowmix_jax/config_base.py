@@ -175,6 +175,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 0.0  # > 0: sets eval_every from epochs, like num_epochs
   config.eval_batch_size = 16
   config.num_devices = -1  # -1: every visible device
+  # Training batches transferred to the devices ahead of the step that uses them, so the
+  # host's input work and the transfer overlap the step (0: none; the same batches).
+  config.prefetch_batches = 2
   return config
 
 
@@ -246,3 +249,20 @@ def with_defaults(saved: dict) -> ml_collections.ConfigDict:
   defaults.data = get_data_config(saved.get("data", {}).get("name", ""))
   return ml_collections.ConfigDict(_overlay(defaults.to_dict(), saved))
 
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``spec``, written as on the command line: ``configs/pascal.py`` or
+  ``configs/pascal.py:deeplab_v2`` (``get_config()`` or ``get_config("deeplab_v2")``
+  of that file), for scripts that build configs without absl's config flags."""
+  import importlib.util
+  import os
+
+  path, _, argument = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} (from {spec!r}) does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()

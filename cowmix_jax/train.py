@@ -286,9 +286,9 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
                                       every_steps=config.log_every or None, writer=writer,
                                       start_step=start_step)
   saved_step = start_step
+  batches = sharding.prefetch_to_mesh(inputs.train, mesh, config.prefetch_batches)
   for step in range(start_step + 1, config.num_train_steps + 1):
-    host_batch = next(inputs.train)
-    batch = sharding.shard_batch(host_batch, mesh)
+    host_batch, batch = next(batches)
     if _due(step, config.image_every):  # before the step: the same masks as the step
       visuals = jax.tree.map(np.asarray, visualise(state, batch))
       writer.write_images(step, reporting.visual_summaries(visuals, host_batch, palette,

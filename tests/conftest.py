@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cowmix_jax import config_base  # noqa: E402
 from cowmix_jax.config_base import get_base_config, get_data_config  # noqa: E402
 from cowmix_jax.data import synthetic  # noqa: E402
 
@@ -49,11 +50,8 @@ def free_port() -> int:
 
 def load_config(name, argument=None):
   """``configs/<name>.py``'s ``get_config([argument])``."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config() if argument is None else module.get_config(argument)
+  path = os.path.join(REPO, "configs", f"{name}.py")
+  return config_base.load_config_file(path if argument is None else f"{path}:{argument}")
 
 
 def num_classes_of_run(workdir) -> int:

@@ -73,6 +73,7 @@ def test_batches_devices_cannot_share_are_rejected_with_the_overrides_that_work(
 def test_every_bad_key_is_named_in_one_error(tiny_config):
   tiny_config.method = "cowmixx"
   tiny_config.teacher_alpha = 1.5
+  tiny_config.prefetch_batches = -1
   tiny_config.mask.cowmix_p_range = (0.5, 1.5)
   tiny_config.model.dtype = "float16"
   tiny_config.data.name = "kitti"
@@ -80,8 +81,9 @@ def test_every_bad_key_is_named_in_one_error(tiny_config):
   with pytest.raises(ValueError) as error:
     config_checks.validate_config(tiny_config, device_count=2)
   lines = str(error.value).splitlines()
-  assert lines[0] == "6 settings cannot work:"
+  assert lines[0] == "7 settings cannot work:"
   expected = ["config.method='cowmixx': choose one of", "config.teacher_alpha=1.5 must be",
+              "config.prefetch_batches=-1 must be in [0, 64]",
               "config.mask.cowmix_p_range=(0.5, 1.5)", "config.model.dtype='float16'",
               "config.data.name='kitti'", "config.batch_size=3 is not a positive multiple"]
   for line, start in zip(lines[1:], expected, strict=True):
