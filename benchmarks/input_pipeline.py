@@ -1,14 +1,22 @@
-"""Is the input pipeline the bottleneck? CamVid at the paper's crop size, on this machine.
+"""Does the input keep the train step busy? The paper's CamVid and Pascal configs.
 
-Measures, in one process:
-  1. the tf.data training input alone (labelled + unlabelled streams of configs/camvid.py,
-     and the same with heavy augmentation: scale 0.5-1.5, rotation, colour jitter);
-  2. the jitted CowMix train step alone, fed one fixed batch;
-  3. the train step fed by the input pipeline (what training really does).
-The ratio of 3 to 2 says how much input costs the training loop (1.0: nothing).
+For each config, in one process:
+  1. the tf.data training input alone (labelled + unlabelled streams), images per second;
+  2. the jitted CowMix train step fed one fixed device batch ("fixed");
+  3. the train step fed by the input, each batch transferred when it is needed
+     (``config.prefetch_batches=0``), and with batches transferred ahead (the default,
+     ``sharding.prefetch_to_mesh``).
+The three step timings alternate (``--repeats`` times, median kept), so the machine's
+noise hits them alike. fed / fixed is the share of the step's speed the input leaves
+(1.0: input is free).
 
-python benchmarks/input_pipeline.py --manual_dir=../shared/data/camvid [--data_dir=DIR]
-    [--depth=50] [--steps=10] [--output=results.json]
+CamVid is read from ``--camvid_dir`` (the real data). Pascal is read from ``--voc_dir``;
+without it, from a stand-in VOC tree of ``--voc_images`` smooth random 500x375 JPEGs
+(VOC's typical size, so decoding costs about what VOC's does) written to a temporary
+directory.
+
+python -m benchmarks.input_pipeline [--configs=camvid,pascal] [--depth=50] [--steps=3]
+    [--repeats=3] [--camvid_dir=../shared/data/camvid] [--voc_dir=DIR] [--output=F.json]
 """
 
 from __future__ import annotations
@@ -16,25 +24,59 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 
 import jax
 import numpy as np
-from absl import flags
+from absl import app, flags
+from PIL import Image
 
 from cowmix_jax import cli, config_base, models, sharding, steps, train
 from cowmix_jax.data import make_inputs
 from cowmix_jax.state import create_train_state
 
+CONFIG_FILES = {"camvid": "configs/camvid.py", "pascal": "configs/pascal.py"}
+VOC_IMAGE_SIZE = (375, 500)  # (H, W)
 
-def _camvid_config(heavy: bool):
-  config = config_base.load_config_file("configs/camvid.py")
-  config.data.manual_dir = FLAGS.manual_dir
-  config.data.data_dir = FLAGS.data_dir
-  config.model.depth = FLAGS.depth
-  if heavy:
-    config.data.augment.update(dict(scale_range=(0.5, 1.5), rotation_degrees=15.0,
-                                    brightness_std=0.1, contrast_log_std=0.1))
+
+def write_standin_voc(root: str, count: int, seed: int = 0) -> str:
+  """A VOC2012 tree of ``count`` training and ``count // 4`` validation images: smooth
+  random colour fields of VOC's size with blocky labels of 21 classes. Returns ``root``."""
+  rng = np.random.default_rng(seed)
+  height, width = VOC_IMAGE_SIZE
+  folders = {name: os.path.join(root, name) for name in
+             ("JPEGImages", "SegmentationClassAug", "ImageSets/SegmentationAug",
+              "ImageSets/Segmentation")}
+  for folder in folders.values():
+    os.makedirs(folder, exist_ok=True)
+  ids = [f"2008_{i:06d}" for i in range(count + count // 4)]
+  for image_id in ids:
+    coarse = rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+    image.save(os.path.join(folders["JPEGImages"], f"{image_id}.jpg"), quality=90)
+    blocks = rng.integers(0, 21, (height // 75 + 1, width // 100 + 1), dtype=np.uint8)
+    label = np.kron(blocks, np.ones((75, 100), np.uint8))[:height, :width]
+    Image.fromarray(label).save(os.path.join(folders["SegmentationClassAug"],
+                                             f"{image_id}.png"))
+  with open(os.path.join(folders["ImageSets/SegmentationAug"], "train_aug.txt"), "w") as f:
+    f.writelines(f"{image_id}\n" for image_id in ids[:count])
+  with open(os.path.join(folders["ImageSets/Segmentation"], "val.txt"), "w") as f:
+    f.writelines(f"{image_id}\n" for image_id in ids[count:])
+  return root
+
+
+def benchmark_config(name: str, manual_dir: str, data_dir: str, depth: int,
+                     available: int | None = None):
+  """The config of ``name`` on ``manual_dir`` with a U-Net of ``depth`` (random init),
+  its labelled subset cut to the ``available`` training images of a stand-in tree."""
+  config = config_base.load_config_file(CONFIG_FILES[name])
+  config.data.manual_dir = manual_dir
+  config.data.data_dir = data_dir
+  config.model.depth = depth
+  config.model.pretrained = ""
+  if available is not None:
+    config.data.num_labelled = min(config.data.num_labelled, available)
   return config
 
 
@@ -42,10 +84,10 @@ def _images_per_batch(config) -> int:
   return config.batch_size + config.unlabelled_batch_size
 
 
-def time_input(config, num_batches: int) -> float:
+def input_rate(config, num_batches: int) -> float:
   """Images per second of the training input alone."""
   inputs = make_inputs(config)
-  for _ in range(5):  # warm up: file reads, tf.function tracing, the labelled cache
+  for _ in range(3):  # warm up: file reads, tf.function tracing, the labelled cache
     next(inputs.train)
   start = time.perf_counter()
   for _ in range(num_batches):
@@ -53,8 +95,9 @@ def time_input(config, num_batches: int) -> float:
   return num_batches * _images_per_batch(config) / (time.perf_counter() - start)
 
 
-def time_train_step(config, num_steps: int) -> tuple[float, float]:
-  """Images per second of the train step on a fixed batch, and fed by the pipeline."""
+def step_rates(config, num_steps: int, repeats: int) -> dict[str, float]:
+  """Images per second of the train step: ``fixed`` batch, ``fed`` without prefetching,
+  ``fed_prefetch`` with ``config.prefetch_batches`` batches ahead; alternating, medians."""
   inputs = make_inputs(config)
   mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, inputs.num_classes)
@@ -66,64 +109,82 @@ def time_train_step(config, num_steps: int) -> tuple[float, float]:
   fixed = sharding.shard_batch(next(inputs.train), mesh)
   state, metrics = train_step(state, fixed)  # compile
   jax.block_until_ready(metrics)
-
-  def run(feed) -> float:
-    nonlocal state
-    start = time.perf_counter()
-    for _ in range(num_steps):
-      state, metrics = train_step(state, feed())
-    jax.block_until_ready(metrics)
-    return num_steps * _images_per_batch(config) / (time.perf_counter() - start)
-
-  fixed_rate = run(lambda: fixed)
-  fed_rate = run(lambda: sharding.shard_batch(next(inputs.train), mesh))
-  return fixed_rate, fed_rate
+  prefetched = sharding.prefetch_to_mesh(inputs.train, mesh, config.prefetch_batches)
+  feeds = {
+      "fixed": lambda: fixed,
+      "fed": lambda: sharding.shard_batch(next(inputs.train), mesh),
+      "fed_prefetch": lambda: next(prefetched)[1],
+  }
+  seconds = {name: [] for name in feeds}
+  for _ in range(repeats):
+    for name, feed in feeds.items():
+      start = time.perf_counter()
+      for _ in range(num_steps):
+        state, metrics = train_step(state, feed())
+      jax.block_until_ready(metrics)
+      seconds[name].append(time.perf_counter() - start)
+  return {name: num_steps * _images_per_batch(config) / float(np.median(values))
+          for name, values in seconds.items()}
 
 
 FLAGS = cli.new_flags()
-flags.DEFINE_string("manual_dir", os.environ.get("COWMIX_CAMVID_DIR", "../shared/data/camvid"),
+flags.DEFINE_list("configs", list(CONFIG_FILES), f"of {sorted(CONFIG_FILES)}",
+                  flag_values=FLAGS)
+flags.DEFINE_string("camvid_dir", os.environ.get("COWMIX_CAMVID_DIR", "../shared/data/camvid"),
                     "CamVid's directory", flag_values=FLAGS)
-flags.DEFINE_string("data_dir", "", "prepared datasets ('' = tfds default)", flag_values=FLAGS)
-flags.DEFINE_integer("depth", 50, "ResNet depth of the U-Net", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 10, "train steps to time", flag_values=FLAGS)
-flags.DEFINE_integer("batches", 100, "input batches to time", flag_values=FLAGS)
+flags.DEFINE_string("voc_dir", "", "VOC2012 with SBD labels ('' = a stand-in tree)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("voc_images", 128, "training images of the stand-in VOC tree",
+                     flag_values=FLAGS)
+flags.DEFINE_string("data_dir", "", "where prepared datasets go ('' = a temporary directory)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("depth", 50, "ResNet depth of the U-Net (50: the paper's)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("steps", 3, "train steps per timed repetition", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 3, "alternating repetitions", flag_values=FLAGS)
+flags.DEFINE_integer("batches", 30, "input batches to time", flag_values=FLAGS)
 flags.DEFINE_string("output", "", "write the results as JSON here", flag_values=FLAGS)
 
 
 def main(argv=None):
   cli.parse(FLAGS, argv, __doc__)
-
-  config = _camvid_config(heavy=False)
-  crop = tuple(config.data.augment.crop_size)
-  results = {
-      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-                 f"JAX on {jax.devices()[0].platform}",
-      "crop_size": crop,
-      "images_per_step": _images_per_batch(config),
-      "input_images_per_s": time_input(config, FLAGS.batches),
-      "input_images_per_s_heavy_augmentation": time_input(_camvid_config(True),
-                                                          FLAGS.batches),
-  }
-  fixed_rate, fed_rate = time_train_step(config, FLAGS.steps)
-  results["train_step_images_per_s_fixed_batch"] = fixed_rate
-  results["train_step_images_per_s_fed_by_pipeline"] = fed_rate
-  results["input_over_train_step"] = results["input_images_per_s"] / fixed_rate
-  results["fed_over_fixed"] = fed_rate / fixed_rate
-  print(f"Machine: {results['machine']}")
-  print(f"CamVid, crops {crop[0]}x{crop[1]}, {results['images_per_step']} images per step "
-        f"(1 labelled + 2 unlabelled), U-Net ResNet-{FLAGS.depth}, CowMix:")
-  print(f"  input pipeline alone:               {results['input_images_per_s']:8.1f} images/s")
-  print(f"  ... with heavy augmentation:        "
-        f"{results['input_images_per_s_heavy_augmentation']:8.1f} images/s")
-  print(f"  train step alone (fixed batch):     {fixed_rate:8.2f} images/s")
-  print(f"  train step fed by the pipeline:     {fed_rate:8.2f} images/s")
-  print(f"  input / train step:                 {results['input_over_train_step']:8.1f}x")
-  print(f"  fed / fixed (1.0 = input is free):  {results['fed_over_fixed']:8.3f}")
+  unknown = sorted(set(FLAGS.configs) - set(CONFIG_FILES))
+  if unknown:
+    raise app.UsageError(f"--configs: unknown {unknown}; choose from "
+                                f"{sorted(CONFIG_FILES)}")
+  results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
+                        f"cores, JAX {jax.__version__} on {jax.devices()[0].platform}",
+             "configs": {}}
+  print(f"Machine: {results['machine']}; U-Net ResNet-{FLAGS.depth}, CowMix, images per "
+        f"second (labelled + unlabelled):\n")
+  print("| config | crop | batch | input alone | step, fixed batch | fed, no prefetch | "
+        "fed, prefetch | fed / fixed, no prefetch | fed / fixed, prefetch |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  with tempfile.TemporaryDirectory() as scratch:
+    for name in FLAGS.configs:
+      manual_dir, available = FLAGS.camvid_dir, None
+      if name == "pascal":
+        manual_dir = FLAGS.voc_dir
+        if not manual_dir:
+          manual_dir = write_standin_voc(os.path.join(scratch, "voc"), FLAGS.voc_images)
+          available = FLAGS.voc_images
+      config = benchmark_config(name, manual_dir,
+                                FLAGS.data_dir or os.path.join(scratch, "tfds"), FLAGS.depth,
+                                available)
+      row = {"input": input_rate(config, FLAGS.batches),
+             **step_rates(config, FLAGS.steps, FLAGS.repeats)}
+      row["fed_over_fixed"] = row["fed"] / row["fixed"]
+      row["fed_prefetch_over_fixed"] = row["fed_prefetch"] / row["fixed"]
+      results["configs"][name] = row
+      height, width = config.data.augment.crop_size
+      print(f"| {name} | {width}x{height} | {config.batch_size} + "
+            f"{config.unlabelled_batch_size} | {row['input']:.1f} | {row['fixed']:.2f} | "
+            f"{row['fed']:.2f} | {row['fed_prefetch']:.2f} | {row['fed_over_fixed']:.3f} | "
+            f"{row['fed_prefetch_over_fixed']:.3f} |", flush=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
-  np.set_printoptions(precision=3)
   cli.run(main)
