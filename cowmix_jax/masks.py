@@ -6,6 +6,7 @@ float32 arrays of 0/1 with shape ``[N, H, W]``; ``p`` is the proportion of ones.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -76,6 +77,10 @@ def _band_rows(canvas: int, max_frequency: float) -> np.ndarray:
   return np.concatenate([np.arange(limit + 1), np.arange(canvas - limit, canvas)])
 
 
+# Operations per canvas pixel and log2 of the canvas pixels that the FFT route costs, in
+# the partial DFT's multiply-adds (partial_dft_is_cheaper).
+FFT_COST_FACTOR = 8.0
+
 # The field's correlation at lag d is exp(-d^2 / (4 sigma^2)): below 1e-4 from 6 sigma.
 WRAP_MARGIN_SIGMAS = 6.0
 
@@ -133,9 +138,68 @@ def blurred_noise(key: jax.Array, shape: Sequence[int], sigma: jax.Array,
   squared_freq = jnp.asarray(freq_y[:, None] ** 2 + freq_x[None, :] ** 2, jnp.float32)
   sigma = jnp.asarray(sigma, jnp.float32)[:, None, None]
   z = z * jnp.exp(-2.0 * (jnp.pi**2) * sigma**2 * squared_freq)
-  spectrum = _scatter_band(z, rows, canvas_h, canvas_w // 2 + 1)
+  band_to_field = (partial_inverse_dft if partial_dft_is_cheaper(
+      len(rows), num_cols, canvas_h, canvas_w, height, width) else cropped_inverse_fft)
+  return band_to_field(z, rows, canvas_h, canvas_w, height, width)
+
+
+def cropped_inverse_fft(band: jax.Array, rows: np.ndarray, canvas_h: int, canvas_w: int,
+                        height: int, width: int) -> jax.Array:
+  """The real field of a band of ``rfft2`` coefficients (zero elsewhere) on the canvas,
+  cropped to its top-left ``height x width``: the band is placed in the full half
+  spectrum and inverted by ``irfft2``.
+
+  Args:
+    band: ``[N, R, C]`` complex64 coefficients of frequency rows ``rows`` (indices into
+      the canvas FFT, ``[R]``) and columns ``0 .. C - 1``.
+
+  Returns:
+    ``[N, height, width]`` float32.
+  """
+  spectrum = _scatter_band(band, rows, canvas_h, canvas_w // 2 + 1)
   field = jnp.fft.irfft2(spectrum, s=(canvas_h, canvas_w))
   return field[:, :height, :width].astype(jnp.float32)
+
+
+def partial_inverse_dft(band: jax.Array, rows: np.ndarray, canvas_h: int, canvas_w: int,
+                        height: int, width: int) -> jax.Array:
+  """What ``cropped_inverse_fft`` returns, computed only at the kept pixels and only
+  from the band's coefficients: two matrix products with the inverse DFT's rows
+  (``[height, R]``) and columns (``[C, width]``). Cheaper than the canvas FFT when the
+  band is narrow (wide blurs), as cow masks' is.
+
+  Column 0 and the Nyquist column count once, the others twice (with their conjugates),
+  and imaginary parts left in columns 0 and Nyquist are ignored, as ``irfft2`` does.
+  """
+  num_cols = band.shape[-1]
+  row_phase = 2 * np.pi * np.outer(np.arange(height), rows) / canvas_h  # [height, R]
+  cols = np.arange(num_cols)
+  weight = np.where((cols == 0) | (2 * cols == canvas_w), 1.0, 2.0) / (canvas_h * canvas_w)
+  col_phase = 2 * np.pi * np.outer(cols, np.arange(width)) / canvas_w  # [C, width]
+  row_cos, row_sin = np.cos(row_phase), np.sin(row_phase)
+  # Complex products as real ones, each in one matrix product:
+  # [real; imag] of the rows' transform = [[cos, -sin], [sin, cos]] @ [real; imag] of the
+  # band, and the field = [real, imag] @ [weight cos; -weight sin] of the columns.
+  row_matrix = jnp.asarray(np.block([[row_cos, -row_sin], [row_sin, row_cos]]), jnp.float32)
+  col_matrix = jnp.asarray(np.concatenate([weight[:, None] * np.cos(col_phase),
+                                           -weight[:, None] * np.sin(col_phase)]), jnp.float32)
+  # Full float32 products: TPUs and GPUs would otherwise round the operands to bfloat16
+  # or TF32, and the masks' thresholds would move.
+  matmul = functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)
+  stacked = jnp.concatenate([jnp.real(band), jnp.imag(band)], axis=1)  # [N, 2R, C]
+  rows_done = matmul("hr,nrc->nhc", row_matrix, stacked)  # [N, 2 height, C]
+  side_by_side = jnp.concatenate([rows_done[:, :height], rows_done[:, height:]], axis=2)
+  return matmul("nhc,cw->nhw", side_by_side, col_matrix)
+
+
+def partial_dft_is_cheaper(num_rows: int, num_cols: int, canvas_h: int, canvas_w: int,
+                           height: int, width: int) -> bool:
+  """Whether ``partial_inverse_dft`` needs fewer operations than the canvas FFT: its
+  multiply-adds against about ``FFT_COST_FACTOR x canvas pixels x log2(canvas pixels)``
+  (calibrated on CPU with ``benchmarks/masks.py``)."""
+  partial = 4 * height * num_rows * num_cols + 2 * height * num_cols * width
+  pixels = canvas_h * canvas_w
+  return partial < FFT_COST_FACTOR * pixels * np.log2(pixels)
 
 
 def _scatter_band(band: jax.Array, rows: np.ndarray, canvas_h: int, full_cols: int) -> jax.Array:

@@ -166,3 +166,43 @@ def test_blurred_noise_band_matches_full_spectrum_sampling():
   freq = np.sqrt(np.fft.fftfreq(100)[:, None] ** 2 + np.fft.rfftfreq(100)[None, :] ** 2)
   outside = freq > 0.2
   assert spectrum[:, outside].max() < 1e-4 * spectrum.max()
+
+
+@pytest.mark.parametrize("canvas, image, rows, num_cols", [
+    ((72, 72), (45, 50), np.r_[0:12, 62:72], 12),   # a narrow band of a square canvas
+    ((40, 45), (33, 40), np.arange(40), 23),        # every row and column (odd width)
+    ((30, 48), (30, 48), np.arange(30), 25),        # even width: the Nyquist column too
+])
+def test_partial_inverse_dft_and_cropped_fft_equal_numpy_irfft2(canvas, image, rows,
+                                                                num_cols):
+  """Both ways from a band of rfft2 coefficients to the cropped real field equal numpy's
+  irfft2 of the zero-filled spectrum (Hermitian or not in columns 0 and Nyquist: irfft2
+  ignores what is left there, and so must they)."""
+  canvas_h, canvas_w = canvas
+  height, width = image
+  rng = np.random.default_rng(0)
+  band = (rng.standard_normal((2, len(rows), num_cols)) +
+          1j * rng.standard_normal((2, len(rows), num_cols))).astype(np.complex64)
+  spectrum = np.zeros((2, canvas_h, canvas_w // 2 + 1), np.complex128)
+  spectrum[:, rows, :num_cols] = band
+  expected = np.fft.irfft2(spectrum, s=canvas)[:, :height, :width]
+  scale = np.abs(expected).max()
+  for route in (masks.cropped_inverse_fft, masks.partial_inverse_dft):
+    field = np.asarray(route(jnp.asarray(band), rows, canvas_h, canvas_w, height, width))
+    assert field.shape == (2, height, width)
+    np.testing.assert_allclose(field, expected, atol=2e-6 * scale, err_msg=route.__name__)
+
+
+def test_cow_masks_take_the_cheaper_route_by_the_band_width():
+  """Wide blurs have a narrow band: the partial DFT (Pascal: sigma 8..32 at 321 px);
+  narrow blurs on a small canvas: the FFT."""
+  def route(size, sigma_range):
+    margin = masks.canvas_margin(sigma_range[1])
+    canvas = masks.fft_friendly_size(size + margin)
+    top = np.sqrt(np.log(1 / masks.SPECTRUM_CUTOFF) / (2 * np.pi**2 * sigma_range[0]**2))
+    rows = masks._band_rows(canvas, top)
+    cols = min(int(np.ceil(top * canvas)), canvas // 2) + 1
+    return masks.partial_dft_is_cheaper(len(rows), cols, canvas, canvas, size, size)
+
+  assert route(321, (8.0, 32.0))
+  assert not route(64, (1.0, 4.0))
