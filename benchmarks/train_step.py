@@ -231,7 +231,7 @@ class TorchCowMixStep:
       student, teacher = list(self.student.parameters()), list(self.teacher.parameters())
       torch._foreach_mul_(teacher, config.teacher_alpha)
       torch._foreach_add_(teacher, student, alpha=1 - config.teacher_alpha)
-    return float(loss)
+    return float(loss.detach())
 
 
 # ---------------------------------------------------------------------------------------
