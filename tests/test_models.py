@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from cowmix_jax import config_base, models
 from cowmix_jax.models.resnet import ResNetEncoder
@@ -374,3 +375,26 @@ def test_remat_changes_no_parameter_loss_gradient_or_statistic(name):
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
       np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max() + 1))
   assert any(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(plain_grads["encoder"]))
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 5), (1, 4, 4, 3)])
+def test_transposed_conv_by_phases_equals_flax_conv_transpose(shape):
+  """The U-Net's upsampling layer: the same initial parameters as nn.ConvTranspose(4x4,
+  stride 2, SAME) under the same key, and the same outputs and gradients for any."""
+  from cowmix_jax.models.unet import TransposedConv4x4
+
+  x = jax.random.normal(jax.random.PRNGKey(3), shape)
+  reference = nn.ConvTranspose(6, (4, 4), strides=(2, 2), padding="SAME")
+  ours = TransposedConv4x4(6)
+  initial = reference.init(jax.random.PRNGKey(0), x)
+  for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(ours.init(jax.random.PRNGKey(0), x))):
+    np.testing.assert_array_equal(a, b)
+  variables = {"params": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (4, 4, shape[-1], 6)),
+                          "bias": jnp.arange(6.0)}}
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), shape[:1] + (2 * shape[1], 2 * shape[2], 6))
+  results = []
+  for module in (reference, ours):
+    y, pullback = jax.vjp(lambda v, x, m=module: m.apply(v, x), variables, x)
+    results.append((y, *pullback(cotangent)))
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
