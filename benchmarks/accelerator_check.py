@@ -30,6 +30,7 @@ from absl import flags
 from jax.sharding import Mesh
 
 from benchmarks import input_pipeline
+from benchmarks.batches import random_batch
 from cowmix_jax import cli, config_base, mixing, models, sharding, steps, train
 from cowmix_jax.state import create_train_state
 
@@ -80,16 +81,6 @@ def check_config(name: str, dtype: str, tiny: bool):
     config.model.decoder_widths = (16, 16, 8, 8, 8, 8)
     config.mask.cow_sigma_range = (2.0, 8.0)
   return config
-
-
-def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(seed)
-  height, width = config.data.augment.crop_size
-  labelled, unlabelled = config.batch_size, config.unlabelled_batch_size
-  return {"image": rng.standard_normal((labelled, height, width, 3), np.float32),
-          "label": rng.integers(0, 11, (labelled, height, width), np.int32),
-          "unlabelled_image": rng.standard_normal((unlabelled, height, width, 3), np.float32),
-          "unlabelled_valid": np.ones((unlabelled, height, width), np.float32)}
 
 
 def step_on(config, device, batch):

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks.batches import random_batch
 from cowmix_jax import cli, config_base, masks, models, sharding, steps, train
 from cowmix_jax.state import create_train_state
 
@@ -246,19 +247,6 @@ def paper_config(network: str, size):
     config.model.encoder = "efficientnet_lite"
     config.model.encoder_variant = "lite0"
   return config
-
-
-def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
-  """NHWC numpy images and labels of the config's batch sizes and crop."""
-  rng = np.random.default_rng(seed)
-  height, width = config.data.augment.crop_size
-  return {
-      "image": rng.standard_normal((config.batch_size, height, width, 3), np.float32),
-      "label": rng.integers(0, NUM_CLASSES, (config.batch_size, height, width), np.int32),
-      "unlabelled_image": rng.standard_normal(
-          (config.unlabelled_batch_size, height, width, 3), np.float32),
-      "unlabelled_valid": np.ones((config.unlabelled_batch_size, height, width), np.float32),
-  }
 
 
 class JaxStep:
