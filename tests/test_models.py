@@ -7,6 +7,7 @@ import pytest
 from flax import linen as nn
 
 from cowmix_jax import config_base, models
+from cowmix_jax.models import conv
 from cowmix_jax.models.resnet import ResNetEncoder
 
 # torchvision parameter counts with the 1000-way classifier, minus that classifier.
@@ -398,3 +399,26 @@ def test_transposed_conv_by_phases_equals_flax_conv_transpose(shape):
     results.append((y, *pullback(cotangent)))
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["unet_resnet", "deeplab_v2"])
+def test_matmul_kernel_gradients_change_no_model_gradient(monkeypatch, name):
+  """models.conv computes kernel gradients by matrix products on the CPU: with every
+  convolution on that route, the loss and every gradient of a U-Net (strided, 1x1,
+  transposed by phases) and a DeepLab v2 (dilated) are those of lax's own gradients."""
+  images, labels = _images_and_labels()
+  results = []
+  for by_matmul in (False, True):
+    monkeypatch.setattr(conv, "kernel_gradient_by_matmul", lambda *shapes, b=by_matmul: b)
+    model = _remat_model(name, remat=False)
+    variables = model.init(jax.random.PRNGKey(0), images[:1])
+    loss_fn = _training_loss_fn(model, images, labels)
+    jaxpr = str(jax.make_jaxpr(loss_fn)(variables["params"], variables["batch_stats"]))
+    assert ("custom_vjp_call" in jaxpr) == by_matmul
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    results.append(grad_fn(variables["params"], variables["batch_stats"]))
+  ((plain_loss, _), plain_grads), ((matmul_loss, _), matmul_grads) = results
+  np.testing.assert_allclose(matmul_loss, plain_loss, rtol=1e-6)
+  assert jax.tree.structure(plain_grads) == jax.tree.structure(matmul_grads)
+  for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(matmul_grads)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max() + 1))

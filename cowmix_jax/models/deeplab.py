@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cowmix_jax.models.conv import Conv
 from cowmix_jax.models.resnet import ResNetEncoder
 
 
@@ -50,7 +51,7 @@ class DeepLabV2(nn.Module):
     features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
                              output_stride=8, style="caffe", remat=self.remat,
                              name="encoder")(x, train)
-    branches = [nn.Conv(self.num_classes, (3, 3), padding=rate, kernel_dilation=rate,
+    branches = [Conv(self.num_classes, (3, 3), padding=rate, kernel_dilation=rate,
                         kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
                         name=f"aspp_{i}")(features["conv5_x"])
                 for i, rate in enumerate(self.aspp_rates)]
@@ -68,7 +69,7 @@ class ConvBNReLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pad = self.dilation * (self.kernel // 2)
-    x = nn.Conv(self.features, (self.kernel, self.kernel), padding=pad,
+    x = Conv(self.features, (self.kernel, self.kernel), padding=pad,
                 kernel_dilation=self.dilation, use_bias=False, dtype=self.dtype)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype)(x)
@@ -123,5 +124,5 @@ class DeepLabV3Plus(nn.Module):
     y = jnp.concatenate([y, low.astype(y.dtype)], axis=-1)
     y = ConvBNReLU(256, 3, dtype=self.dtype, name="decoder_0")(y, train)
     y = ConvBNReLU(256, 3, dtype=self.dtype, name="decoder_1")(y, train)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
+    logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
     return resize_bilinear(logits.astype(jnp.float32), height, width)

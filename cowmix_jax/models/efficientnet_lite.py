@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cowmix_jax.models.conv import Conv
 from cowmix_jax.models.remat import rematerialised
 
 
@@ -234,7 +235,7 @@ class EfficientNetLite(nn.Module):
     norm = functools.partial(
         nn.BatchNorm, use_running_average=(not train) or self.freeze_bn,
         momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, padding="SAME", dtype=self.dtype)
     x = conv(STEM_CHANNELS, (3, 3), 2, name="stem_conv")(x)
     x = nn.relu6(norm(name="stem_bn")(x))
     block_cls = rematerialised(MBConvBlock) if self.remat else MBConvBlock

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cowmix_jax.models.conv import Conv
 from cowmix_jax.models.remat import rematerialised
 
 # (block type, blocks per stage) for each depth.
@@ -38,7 +39,7 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int
   norm: functools.partial
-  conv: functools.partial = functools.partial(nn.Conv, use_bias=False)
+  conv: functools.partial = functools.partial(Conv, use_bias=False)
   dilation: int = 1
   caffe: bool = False
 
@@ -157,7 +158,7 @@ class ResNetEncoder(nn.Module):
     norm = functools.partial(
         nn.BatchNorm, use_running_average=(not train) or self.freeze_bn,
         momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
     x = conv(self.width, (7, 7), 2, padding=3, name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
     x = max_pool_3x3_s2(x, ceil_mode=caffe)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cowmix_jax.models.conv import Conv, conv_general_dilated
 from cowmix_jax.models.efficientnet_lite import EfficientNetLite
 from cowmix_jax.models.resnet import ResNetEncoder
 
@@ -23,7 +24,7 @@ ENCODER_SKIPS = {
 
 
 def _conv3x3_relu(x: jax.Array, features: int, name: str, dtype=jnp.float32) -> jax.Array:
-  return nn.relu(nn.Conv(features, (3, 3), padding=1, name=name, dtype=dtype)(x))
+  return nn.relu(Conv(features, (3, 3), padding=1, name=name, dtype=dtype)(x))
 
 
 # Transposed 4x4 stride-2 convolution ("SAME", as lax.conv_transpose pads it) by output
@@ -53,7 +54,7 @@ class TransposedConv4x4(nn.Module):
                         (4, 4, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    phases = [[jax.lax.conv_general_dilated(
+    phases = [[conv_general_dilated(
         x, kernel[np.ix_(TAPS[a], TAPS[b])], (1, 1), (PHASE_PADDING[a], PHASE_PADDING[b]),
         dimension_numbers=("NHWC", "HWIO", "NHWC")) for b in (0, 1)] for a in (0, 1)]
     n, height, width, _ = x.shape
@@ -131,6 +132,6 @@ class UNet(nn.Module):
     y = _conv3x3_relu(y, w[4], "conv_2", self.dtype)
     y = _upsample_relu(y, w[5], "up_1", self.dtype)
     y = _conv3x3_relu(y, w[5], "conv_1", self.dtype)
-    logits = nn.Conv(self.num_classes, (1, 1), name="classifier", dtype=self.dtype)(y)
+    logits = Conv(self.num_classes, (1, 1), name="classifier", dtype=self.dtype)(y)
     logits = logits.astype(jnp.float32)
     return logits[:, :height, :width]

@@ -1,0 +1,170 @@
+"""Convolution with a kernel gradient that XLA:CPU computes fast.
+
+``conv_general_dilated`` is ``lax.conv_general_dilated`` (same arguments, same output,
+same input gradient) whose kernel gradient, on the CPU, is computed by matrix products,
+one per kernel tap: for a ``[kh, kw, in, out]`` kernel,
+``dkernel[i, j] = x_shifted(i, j)^T @ dy`` with ``x_shifted(i, j)`` the input window that
+tap ``(i, j)`` sees at every output position, ``[N * Ho * Wo, in]``, and ``dy`` the output
+gradient ``[N * Ho * Wo, out]``. XLA:CPU computes the kernel gradient as a convolution
+whose window is the whole image, which its convolution library runs at a fraction of the
+matrix-product rate (a 1x1 convolution's kernel gradient 4x slower than the product, a
+3x3 one at 480x384 about 2x; ``benchmarks/conv_grad.py`` measures each). On other
+platforms (``lax.platform_dependent``) the gradient is XLA's own.
+
+Which convolutions take the matrix-product route is decided from their shapes by
+``kernel_gradient_by_matmul``; the others, and every call that is not a 2-D NHWC / HWIO
+convolution without input dilation and groups (depthwise convolutions among them), are
+plain ``lax.conv_general_dilated``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CHANNELS_LAST = ("NHWC", "HWIO", "NHWC")
+
+# A kxk kernel's gradient goes by matrix products when the output has at least this many
+# positions (N * Ho * Wo): below it XLA:CPU's convolution is as fast or faster (measured
+# by benchmarks/conv_grad.py on a 2-core x86 CPU). 1x1 kernels always go by products.
+MIN_POSITIONS_FOR_KXK = 40_000
+
+
+def kernel_gradient_by_matmul(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
+                              out_shape: Sequence[int]) -> bool:
+  """Whether the kernel gradient of this convolution is computed by matrix products on
+  the CPU. Shapes: ``lhs [N, H, W, in]``, ``rhs [kh, kw, in, out]``, ``out [N, Ho, Wo,
+  out]``."""
+  kh, kw = rhs_shape[:2]
+  if kh == kw == 1:
+    return True
+  n, ho, wo = out_shape[:3]
+  return n * ho * wo >= MIN_POSITIONS_FOR_KXK
+
+
+def _is_channels_last(dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  return tuple(dimension_numbers) == CHANNELS_LAST
+
+
+def _explicit_padding(padding, lhs_shape, rhs_shape, strides, rhs_dilation):
+  """``padding`` as ``((top, bottom), (left, right))``, strings resolved as lax does."""
+  if isinstance(padding, str):
+    window = [(k - 1) * d + 1 for k, d in zip(rhs_shape[:2], rhs_dilation)]
+    return tuple(lax.padtype_to_pads(lhs_shape[1:3], window, strides, padding))
+  return tuple(tuple(int(p) for p in pair) for pair in padding)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision=None,
+                         preferred_element_type=None) -> jax.Array:
+  """``lax.conv_general_dilated`` with the kernel gradient of ``_conv_by_taps`` where
+  ``kernel_gradient_by_matmul`` chooses it (2-D, NHWC / HWIO, no input dilation, one
+  group); otherwise exactly ``lax.conv_general_dilated``."""
+  plain = functools.partial(
+      lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+  supported = (lhs.ndim == 4 and _is_channels_last(dimension_numbers)
+               and feature_group_count == 1 and batch_group_count == 1
+               and all(d == 1 for d in (lhs_dilation or (1, 1)))
+               and preferred_element_type is None)
+  if not supported:
+    return plain(lhs, rhs)
+  strides = tuple(int(s) for s in window_strides)
+  dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
+  pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides, dilation)
+  out_shape = jax.eval_shape(
+      lambda x, w: lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
+                                            dimension_numbers=CHANNELS_LAST),
+      lhs, rhs).shape
+  if not kernel_gradient_by_matmul(lhs.shape, rhs.shape, out_shape):
+    return plain(lhs, rhs)
+  return _conv_by_taps(lhs, rhs, strides, pads, dilation, precision)
+
+
+def _conv(x, w, strides, pads, dilation, precision):
+  return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
+                                  dimension_numbers=CHANNELS_LAST, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_by_taps(x, w, strides, pads, dilation, precision):
+  """The convolution ``[N, H, W, in] * [kh, kw, in, out] -> [N, Ho, Wo, out]``."""
+  return _conv(x, w, strides, pads, dilation, precision)
+
+
+def _conv_by_taps_forward(x, w, strides, pads, dilation, precision):
+  return _conv(x, w, strides, pads, dilation, precision), (x, w)
+
+
+def _conv_by_taps_backward(strides, pads, dilation, precision, residuals, dy):
+  x, w = residuals
+
+  def by_taps(x, w, dy):
+    _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, strides, pads, dilation, precision), x)
+    (dx,) = input_vjp(dy)
+    dw = kernel_gradient(x, dy, w.shape[:2], strides, pads, dilation, precision)
+    return dx, dw.astype(w.dtype)
+
+  def by_xla(x, w, dy):
+    _, vjp = jax.vjp(lambda x_, w_: _conv(x_, w_, strides, pads, dilation, precision),
+                     x, w)
+    return vjp(dy)
+
+  return lax.platform_dependent(x, w, dy, cpu=by_taps, default=by_xla)
+
+
+_conv_by_taps.defvjp(_conv_by_taps_forward, _conv_by_taps_backward)
+
+
+def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int],
+                    strides: Sequence[int], pads, dilation: Sequence[int],
+                    precision=None) -> jax.Array:
+  """The gradient of a convolution's kernel, one matrix product per tap.
+
+  Args:
+    x: the input ``[N, H, W, in]``.
+    dy: the gradient of the output ``[N, Ho, Wo, out]``.
+    kernel_size: ``(kh, kw)``; strides, dilation: ``(sh, sw)``, ``(dh, dw)``;
+      pads: ``((top, bottom), (left, right))``.
+
+  Returns:
+    ``[kh, kw, in, out]`` in float32 (the products accumulate in float32).
+  """
+  n, _, _, channels_in = x.shape
+  _, out_h, out_w, channels_out = dy.shape
+  (top, bottom), (left, right) = pads
+  padded = lax.pad(x, jnp.zeros((), x.dtype),
+                   ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  dy_rows = dy.reshape(n * out_h * out_w, channels_out)
+  taps = []
+  for i in range(kernel_size[0]):
+    for j in range(kernel_size[1]):
+      row0, col0 = i * dilation[0], j * dilation[1]
+      window = lax.slice(
+          padded, (0, row0, col0, 0),
+          (n, row0 + (out_h - 1) * strides[0] + 1, col0 + (out_w - 1) * strides[1] + 1,
+           channels_in),
+          (1, strides[0], strides[1], 1))
+      taps.append(lax.dot_general(
+          window.reshape(n * out_h * out_w, channels_in), dy_rows,
+          (((0,), (0,)), ((), ())), precision=precision,
+          preferred_element_type=jnp.float32))
+  return jnp.stack(taps).reshape(*kernel_size, channels_in, channels_out)
+
+
+# nn.Conv with this module's convolution: the same module, parameters and names.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
