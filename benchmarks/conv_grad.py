@@ -21,6 +21,7 @@ import platform
 import time
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
@@ -57,7 +58,7 @@ def convolutions(network: str, batch: int, size) -> list[dict]:
   never take the matmul route)."""
   model = models.build_model(model_config(network), NUM_CLASSES)
   images = jax.ShapeDtypeStruct((batch, *size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True,
                                                   mutable=["batch_stats"]))(variables, images)
   found = {}
@@ -70,7 +71,7 @@ def convolutions(network: str, batch: int, size) -> list[dict]:
         key = (lhs, rhs, eqn.params["window_strides"], tuple(eqn.params["padding"]),
                eqn.params["rhs_dilation"])
         found[key] = found.get(key, 0) + 1
-      for sub in jax.core.jaxprs_in_params(eqn.params):
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         visit(sub)
 
   visit(jaxpr.jaxpr)
@@ -118,9 +119,9 @@ def main(argv=None):
         f"{jax.__version__} on {jax.default_backend()}. Kernel gradients of "
         f"{FLAGS.network} at batch {FLAGS.batch}, {size[0]}x{size[1]}, float32, best of "
         f"{FLAGS.repeats}:\n", flush=True)
-  print("| input | kernel | stride | dilation | layers | positions | xla ms | matmul ms "
-        "| xla / matmul | picked |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("| input | kernel | stride | padding | dilation | layers | positions | xla ms "
+        "| matmul ms | xla / matmul | picked |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   rows, total = [], {"xla": 0.0, "matmul": 0.0, "picked": 0.0}
   for c in convolutions(FLAGS.network, FLAGS.batch, size):
     row = dict(c, **time_one(c, FLAGS.repeats))
@@ -128,7 +129,8 @@ def main(argv=None):
     for route in ("xla", "matmul"):
       total[route] += row[route] * c["count"]
     total["picked"] += row[row["picked"]] * c["count"]
-    print(f"| {row['lhs']} | {row['rhs']} | {row['strides'][0]} | {row['dilation'][0]} | "
+    print(f"| {row['lhs']} | {row['rhs']} | {row['strides'][0]} | {row['padding']} | "
+          f"{row['dilation'][0]} | "
           f"{c['count']} | {row['positions']:,} | {row['xla'] * 1e3:.1f} | "
           f"{row['matmul'] * 1e3:.1f} | {row['xla'] / row['matmul']:.2f} | "
           f"{row['picked']} |", flush=True)

@@ -9,7 +9,8 @@ then the step-time cost of remat, measured by running the steps on this machine 
 reduced size (``--time_size``; the full-size steps need more memory than a workstation
 has). The figures are XLA:CPU's buffer assignment of the same program; a GPU's compiler
 fuses differently and adds cuDNN workspace, so read them as estimates within tens of
-percent (``benchmarks/accelerator_check.sh`` reads the real peak on a GPU).
+percent (``benchmarks/accelerator_check.sh`` reads the real peak on a GPU). Kernel
+gradients are XLA's own, as on an accelerator (``models.conv.xla_kernel_gradients``).
 
 python -m benchmarks.memory [--runs=camvid_unet,cityscapes_deeplab_v2]
     [--dtypes=float32,bfloat16] [--time_runs=cityscapes_deeplab_v2,camvid_unet]
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from cowmix_jax import cli, config_base, models, sharding, steps, train  # noqa: E402
+from cowmix_jax.models import conv  # noqa: E402
 from cowmix_jax.state import create_train_state  # noqa: E402
 
 # name -> (config file spec, classes): the paper's runs (Tables 1-3).
@@ -97,8 +99,9 @@ def peak_bytes(config, num_classes: int) -> dict[str, int]:
   Raises RuntimeError if remat was asked for but the compiled program has no
   optimisation barrier left (KEEP_REMAT_FLAG did not reach XLA: JAX was imported first).
   """
-  train_step, state = build_step(config, num_classes)
-  compiled = train_step.lower(state, batch_shapes(config)).compile()
+  with conv.xla_kernel_gradients():  # the accelerator's program, not the CPU's
+    train_step, state = build_step(config, num_classes)
+    compiled = train_step.lower(state, batch_shapes(config)).compile()
   if config.model.remat and "opt-barrier" not in compiled.as_text():
     raise RuntimeError(f"XLA removed remat's barriers: set XLA_FLAGS={KEEP_REMAT_FLAG} "
                        f"before JAX is imported")

@@ -69,7 +69,7 @@ def _loss_and_gradients(conv_fn, x, w, strides, padding, dilation):
 ])
 def test_conv_equals_lax_in_value_and_both_gradients(monkeypatch, x_shape, w_shape,
                                                      strides, dilation, padding):
-  monkeypatch.setattr(conv, "MIN_POSITIONS_FOR_KXK", 0)  # every kernel by matmul
+  monkeypatch.setattr(conv, "MAX_INPUT_CHANNELS_FOR_KXK", 10**6)  # all by matmul
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
@@ -82,7 +82,7 @@ def test_conv_equals_lax_in_value_and_both_gradients(monkeypatch, x_shape, w_sha
 
 
 def test_bfloat16_kernel_gradient_is_bfloat16_and_close_to_float32(monkeypatch):
-  monkeypatch.setattr(conv, "MIN_POSITIONS_FOR_KXK", 0)
+  monkeypatch.setattr(conv, "MAX_INPUT_CHANNELS_FOR_KXK", 10**6)
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((2, 12, 10, 8)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 8, 4)) * 0.1, jnp.float32)
@@ -102,13 +102,14 @@ def test_route_follows_the_shape_rule_and_leaves_groups_to_lax():
   def conv_fn(**kwargs):
     return lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME",
                                                   dimension_numbers=CHANNELS_LAST, **kwargs)
-  small = jnp.zeros((1, 8, 8, 4))
-  large = jax.ShapeDtypeStruct((1, 200, 200, 4), jnp.float32)  # 40,000 positions
-  assert _uses_matmul_route(conv_fn(), small, jnp.zeros((1, 1, 4, 4)))  # 1x1 always
-  assert not _uses_matmul_route(conv_fn(), small, jnp.zeros((3, 3, 4, 4)))
-  assert _uses_matmul_route(conv_fn(), large, jnp.zeros((3, 3, 4, 4)))
+  wide = conv.MAX_INPUT_CHANNELS_FOR_KXK + 1
+  small, large = jnp.zeros((1, 8, 8, 4)), jnp.zeros((1, 4, 4, wide))
+  assert _uses_matmul_route(conv_fn(), small, jnp.zeros((1, 1, 4, 4)))
+  assert _uses_matmul_route(conv_fn(), small, jnp.zeros((3, 3, 4, 4)))
+  assert _uses_matmul_route(conv_fn(), large, jnp.zeros((1, 1, wide, 4)))  # 1x1 always
+  assert not _uses_matmul_route(conv_fn(), large, jnp.zeros((3, 3, wide, 4)))
   # depthwise (groups), input dilation, other layouts: plain lax
-  assert not _uses_matmul_route(conv_fn(feature_group_count=4), large,
+  assert not _uses_matmul_route(conv_fn(feature_group_count=4), small,
                                 jnp.zeros((3, 3, 1, 4)))
   assert not _uses_matmul_route(
       lambda x, w: conv.conv_general_dilated(x, w, (1, 1), ((0, 0), (0, 0)),
@@ -128,3 +129,13 @@ def test_flax_conv_keeps_its_parameters_and_output():
   assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x))
           == jax.tree.map(jnp.shape, params))
   np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-6)
+
+
+def test_xla_kernel_gradients_turns_the_route_off_and_back_on():
+  def conv_fn():  # a new function each time: JAX caches traces by function
+    return lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                  dimension_numbers=CHANNELS_LAST)
+  args = (jnp.zeros((1, 8, 8, 4)), jnp.zeros((1, 1, 4, 4)))
+  with conv.xla_kernel_gradients():
+    assert not _uses_matmul_route(conv_fn(), *args)
+  assert _uses_matmul_route(conv_fn(), *args)

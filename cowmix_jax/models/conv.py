@@ -7,8 +7,8 @@ one per kernel tap: for a ``[kh, kw, in, out]`` kernel,
 tap ``(i, j)`` sees at every output position, ``[N * Ho * Wo, in]``, and ``dy`` the output
 gradient ``[N * Ho * Wo, out]``. XLA:CPU computes the kernel gradient as a convolution
 whose window is the whole image, which its convolution library runs at a fraction of the
-matrix-product rate (a 1x1 convolution's kernel gradient 4x slower than the product, a
-3x3 one at 480x384 about 2x; ``benchmarks/conv_grad.py`` measures each). On other
+matrix-product rate (``benchmarks/conv_grad.py`` measures each layer: a U-Net R50's
+kernel gradients take half the time). On other
 platforms (``lax.platform_dependent``) the gradient is XLA's own.
 
 Which convolutions take the matrix-product route is decided from their shapes by
@@ -19,6 +19,7 @@ plain ``lax.conv_general_dilated``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 
@@ -29,10 +30,29 @@ from jax import lax
 
 CHANNELS_LAST = ("NHWC", "HWIO", "NHWC")
 
-# A kxk kernel's gradient goes by matrix products when the output has at least this many
-# positions (N * Ho * Wo): below it XLA:CPU's convolution is as fast or faster (measured
-# by benchmarks/conv_grad.py on a 2-core x86 CPU). 1x1 kernels always go by products.
-MIN_POSITIONS_FOR_KXK = 40_000
+# A kxk kernel's gradient goes by matrix products when the kernel has at most this many
+# input channels; 1x1 kernels always do. Measured per layer by benchmarks/conv_grad.py
+# (U-Net R50 at 480x384, 2-core x86 CPU): the products win 1.4-13x for 1x1 kernels and
+# about 2x for 3x3 ones up to 256 channels, and lose up to 2x on the decoder's wide
+# convolutions after a skip concatenation (320 to 2048 channels in).
+MAX_INPUT_CHANNELS_FOR_KXK = 256
+
+
+_matmul_route = {"enabled": True}
+
+
+@contextlib.contextmanager
+def xla_kernel_gradients():
+  """Within it, models trace every kernel gradient as XLA's own (the program a GPU or TPU
+  runs), on the CPU too: for ``benchmarks/memory.py``'s analysis of the accelerator's
+  program, and for comparisons. Only functions traced inside it are affected (``jit``
+  keeps the traces it already has)."""
+  previous = _matmul_route["enabled"]
+  _matmul_route["enabled"] = False
+  try:
+    yield
+  finally:
+    _matmul_route["enabled"] = previous
 
 
 def kernel_gradient_by_matmul(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
@@ -40,11 +60,11 @@ def kernel_gradient_by_matmul(lhs_shape: Sequence[int], rhs_shape: Sequence[int]
   """Whether the kernel gradient of this convolution is computed by matrix products on
   the CPU. Shapes: ``lhs [N, H, W, in]``, ``rhs [kh, kw, in, out]``, ``out [N, Ho, Wo,
   out]``."""
-  kh, kw = rhs_shape[:2]
-  if kh == kw == 1:
-    return True
-  n, ho, wo = out_shape[:3]
-  return n * ho * wo >= MIN_POSITIONS_FOR_KXK
+  if not _matmul_route["enabled"]:
+    return False
+  del lhs_shape, out_shape  # the rule needs only the kernel's shape
+  kh, kw, channels_in = rhs_shape[:3]
+  return kh == kw == 1 or channels_in <= MAX_INPUT_CHANNELS_FOR_KXK
 
 
 def _is_channels_last(dimension_numbers) -> bool:
