@@ -36,3 +36,34 @@ def test_accelerator_check_runs_end_to_end_at_toy_sizes(tmp_path):
   assert results["loss_relative_difference"] == 0
   assert results["update_relative_difference"] == 0
   assert "Against the CPU on a fixed batch" in out.stdout
+
+
+def test_conv_grad_finds_every_dense_convolution_of_the_network():
+  """benchmarks/conv_grad.py times the layers it reads from the network's jaxpr: every
+  dense kernel of the U-Net R50 once per use (a transposed 4x4 kernel as four 2x2 ones,
+  one per output phase); the count of each kernel shape must match the parameters."""
+  import collections
+
+  import jax
+  import numpy as np
+
+  from benchmarks import conv_grad
+  from cowmix_jax import models
+
+  found = conv_grad.convolutions("resnet50", batch=1, size=(64, 64))
+  model = models.build_model(conv_grad.model_config("resnet50"), conv_grad.NUM_CLASSES)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             np.zeros((1, 64, 64, 3), np.float32)))["params"]
+  expected = collections.Counter()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if path[-1].key != "kernel":
+      continue
+    if path[-2].key.startswith("up_"):
+      expected[(2, 2, *leaf.shape[2:])] += 4
+    else:
+      expected[tuple(leaf.shape)] += 1
+  got = collections.Counter()
+  for c in found:
+    got[tuple(c["rhs"])] += c["count"]
+  assert got == expected
+  assert all(c["lhs"][0] == 1 for c in found)
