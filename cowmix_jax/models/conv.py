@@ -8,10 +8,10 @@ tap ``(i, j)`` sees at every output position, ``[N * Ho * Wo, in]``, and ``dy`` 
 gradient ``[N * Ho * Wo, out]``. XLA:CPU computes the kernel gradient as a convolution
 whose window is the whole image, which its convolution library runs at a fraction of the
 matrix-product rate (``benchmarks/conv_grad.py`` measures each layer: a U-Net R50's
-kernel gradients take half the time). On other
-platforms (``lax.platform_dependent``) the gradient is XLA's own.
+kernel gradients take half the time). On other platforms (``lax.platform_dependent``)
+the gradient is XLA's own.
 
-Which convolutions take the matrix-product route is decided from their shapes by
+Which convolutions take the matrix-product route is decided from the kernel's shape by
 ``kernel_gradient_by_matmul``; the others, and every call that is not a 2-D NHWC / HWIO
 convolution without input dilation and groups (depthwise convolutions among them), are
 plain ``lax.conv_general_dilated``.
@@ -55,15 +55,12 @@ def xla_kernel_gradients():
     _matmul_route["enabled"] = previous
 
 
-def kernel_gradient_by_matmul(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
-                              out_shape: Sequence[int]) -> bool:
-  """Whether the kernel gradient of this convolution is computed by matrix products on
-  the CPU. Shapes: ``lhs [N, H, W, in]``, ``rhs [kh, kw, in, out]``, ``out [N, Ho, Wo,
-  out]``."""
+def kernel_gradient_by_matmul(kernel_shape: Sequence[int]) -> bool:
+  """Whether the gradient of a ``[kh, kw, in, out]`` kernel is computed by matrix
+  products on the CPU."""
   if not _matmul_route["enabled"]:
     return False
-  del lhs_shape, out_shape  # the rule needs only the kernel's shape
-  kh, kw, channels_in = rhs_shape[:3]
+  kh, kw, channels_in = kernel_shape[:3]
   return kh == kw == 1 or channels_in <= MAX_INPUT_CHANNELS_FOR_KXK
 
 
@@ -105,13 +102,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     return plain(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
-  pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides, dilation)
-  out_shape = jax.eval_shape(
-      lambda x, w: lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
-                                            dimension_numbers=CHANNELS_LAST),
-      lhs, rhs).shape
-  if not kernel_gradient_by_matmul(lhs.shape, rhs.shape, out_shape):
+  if not kernel_gradient_by_matmul(rhs.shape):
     return plain(lhs, rhs)
+  pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides, dilation)
   return _conv_by_taps(lhs, rhs, strides, pads, dilation, precision)
 
 
