@@ -94,16 +94,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  supported = (lhs.ndim == 4 and _is_channels_last(dimension_numbers)
-               and feature_group_count == 1 and batch_group_count == 1
-               and all(d == 1 for d in (lhs_dilation or (1, 1)))
-               and preferred_element_type is None)
-  if not supported:
+  by_taps = (lhs.ndim == 4 and _is_channels_last(dimension_numbers)
+             and feature_group_count == 1 and batch_group_count == 1
+             and all(d == 1 for d in (lhs_dilation or (1, 1)))
+             and preferred_element_type is None and kernel_gradient_by_matmul(rhs.shape))
+  if not by_taps:
     return plain(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
-  if not kernel_gradient_by_matmul(rhs.shape):
-    return plain(lhs, rhs)
   pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides, dilation)
   return _conv_by_taps(lhs, rhs, strides, pads, dilation, precision)
 
