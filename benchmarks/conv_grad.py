@@ -107,7 +107,8 @@ def time_one(c: dict, repeats: int) -> dict:
   seconds = {"xla": best_seconds(xla, x, dy, repeats=repeats),
              "matmul": best_seconds(matmul, x, dy, repeats=repeats)}
   return dict(seconds, positions=int(np.prod(dy.shape[:3])),
-              picked="matmul" if conv.kernel_gradient_by_matmul(c["rhs"]) else "xla")
+              picked="matmul" if conv.kernel_gradient_by_matmul(
+                  c["rhs"], int(np.prod(dy.shape[:3]))) else "xla")
 
 
 def main(argv=None):

@@ -52,6 +52,12 @@ def test_kernel_gradient_matches_a_sum_over_windows(x_shape, w_shape, strides, p
   np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5, atol=1e-4)
 
 
+def _route_everything_by_matmul(monkeypatch):
+  monkeypatch.setattr(conv, "MAX_INPUT_CHANNELS_FOR_KXK", 10**6)
+  monkeypatch.setattr(conv, "MIN_POSITIONS_FOR_KXK", 0)
+  monkeypatch.setattr(conv, "MIN_CHANNELS_FOR_KXK", 0)
+
+
 def _loss_and_gradients(conv_fn, x, w, strides, padding, dilation):
   def loss(x, w):
     y = conv_fn(x, w, strides, padding, rhs_dilation=dilation,
@@ -69,7 +75,7 @@ def _loss_and_gradients(conv_fn, x, w, strides, padding, dilation):
 ])
 def test_conv_equals_lax_in_value_and_both_gradients(monkeypatch, x_shape, w_shape,
                                                      strides, dilation, padding):
-  monkeypatch.setattr(conv, "MAX_INPUT_CHANNELS_FOR_KXK", 10**6)  # all by matmul
+  _route_everything_by_matmul(monkeypatch)
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
@@ -82,7 +88,7 @@ def test_conv_equals_lax_in_value_and_both_gradients(monkeypatch, x_shape, w_sha
 
 
 def test_bfloat16_kernel_gradient_is_bfloat16_and_close_to_float32(monkeypatch):
-  monkeypatch.setattr(conv, "MAX_INPUT_CHANNELS_FOR_KXK", 10**6)
+  _route_everything_by_matmul(monkeypatch)
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((2, 12, 10, 8)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 8, 4)) * 0.1, jnp.float32)
@@ -104,10 +110,24 @@ def test_route_follows_the_shape_rule_and_leaves_groups_to_lax():
                                                   dimension_numbers=CHANNELS_LAST, **kwargs)
   wide = conv.MAX_INPUT_CHANNELS_FOR_KXK + 1
   small, large = jnp.zeros((1, 8, 8, 4)), jnp.zeros((1, 4, 4, wide))
-  assert _uses_matmul_route(conv_fn(), small, jnp.zeros((1, 1, 4, 4)))
-  assert _uses_matmul_route(conv_fn(), small, jnp.zeros((3, 3, 4, 4)))
-  assert _uses_matmul_route(conv_fn(), large, jnp.zeros((1, 1, wide, 4)))  # 1x1 always
-  assert not _uses_matmul_route(conv_fn(), large, jnp.zeros((3, 3, wide, 4)))
+  side = int(np.ceil(np.sqrt(conv.MIN_POSITIONS_FOR_KXK)))
+  many_positions = jax.ShapeDtypeStruct((1, side, side, 4), jnp.float32)
+  assert _uses_matmul_route(conv_fn(), small, jnp.zeros((1, 1, 4, 4)))  # 1x1 always
+  assert _uses_matmul_route(conv_fn(), large, jnp.zeros((1, 1, wide, 4)))
+  assert not _uses_matmul_route(conv_fn(), small, jnp.zeros((3, 3, 4, 4)))  # few positions
+  assert _uses_matmul_route(conv_fn(), many_positions, jnp.zeros((3, 3, 4, 4)))
+  assert not _uses_matmul_route(  # many positions, too many channels
+      conv_fn(), jax.ShapeDtypeStruct((1, side, side, wide), jnp.float32),
+      jnp.zeros((3, 3, wide, 4)))
+  narrow = conv.MIN_CHANNELS_FOR_KXK  # few positions but enough channels both sides
+  assert _uses_matmul_route(conv_fn(), jnp.zeros((1, 8, 8, narrow)),
+                            jnp.zeros((3, 3, narrow, narrow)))
+  assert not _uses_matmul_route(conv_fn(), jnp.zeros((1, 8, 8, narrow)),
+                                jnp.zeros((3, 3, narrow, narrow - 1)))
+  assert not _uses_matmul_route(  # stride 2: a quarter of the positions
+      lambda x, w: conv.conv_general_dilated(x, w, (2, 2), "SAME",
+                                             dimension_numbers=CHANNELS_LAST),
+      many_positions, jnp.zeros((3, 3, 4, 4)))
   # depthwise (groups), input dilation, other layouts: plain lax
   assert not _uses_matmul_route(conv_fn(feature_group_count=4), small,
                                 jnp.zeros((3, 3, 1, 4)))
@@ -120,6 +140,23 @@ def test_route_follows_the_shape_rule_and_leaves_groups_to_lax():
       lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME",
                                              dimension_numbers=("NCHW", "OIHW", "NCHW")),
       jnp.zeros((1, 4, 8, 8)), jnp.zeros((4, 4, 1, 1)))
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 1), (0, 3))])
+@pytest.mark.parametrize("x_shape,w_shape,strides,dilation", [
+    ((2, 17, 13, 6), (3, 3, 6, 5), (1, 1), (1, 1)),
+    ((3, 17, 13, 6), (3, 3, 6, 5), (2, 3), (1, 1)),
+    ((1, 17, 13, 6), (5, 3, 6, 5), (1, 1), (2, 3)),
+    ((2, 16, 12, 6), (2, 2, 6, 5), (2, 2), (1, 1)),
+])
+def test_output_positions_are_those_of_lax_output(x_shape, w_shape, strides, dilation,
+                                                   padding):
+  pads = conv._explicit_padding(padding, x_shape, w_shape, strides, dilation)
+  out = jax.eval_shape(lambda x, w: lax.conv_general_dilated(
+      x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=CHANNELS_LAST),
+      jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(w_shape, jnp.float32))
+  assert conv.output_positions(x_shape, w_shape, strides, pads, dilation) == int(
+      np.prod(out.shape[:3]))
 
 
 def test_flax_conv_keeps_its_parameters_and_output():

@@ -409,7 +409,7 @@ def test_matmul_kernel_gradients_change_no_model_gradient(monkeypatch, name):
   images, labels = _images_and_labels()
   results = []
   for by_matmul in (False, True):
-    monkeypatch.setattr(conv, "kernel_gradient_by_matmul", lambda shape, b=by_matmul: b)
+    monkeypatch.setattr(conv, "kernel_gradient_by_matmul", lambda *_, b=by_matmul: b)
     model = _remat_model(name, remat=False)
     variables = model.init(jax.random.PRNGKey(0), images[:1])
     loss_fn = _training_loss_fn(model, images, labels)

@@ -11,10 +11,10 @@ matrix-product rate (``benchmarks/conv_grad.py`` measures each layer: a U-Net R5
 kernel gradients take half the time). On other platforms (``lax.platform_dependent``)
 the gradient is XLA's own.
 
-Which convolutions take the matrix-product route is decided from the kernel's shape by
-``kernel_gradient_by_matmul``; the others, and every call that is not a 2-D NHWC / HWIO
-convolution without input dilation and groups (depthwise convolutions among them), are
-plain ``lax.conv_general_dilated``.
+Which convolutions take the matrix-product route is decided from the kernel's shape and
+the number of output positions by ``kernel_gradient_by_matmul``; the others, and every
+call that is not a 2-D NHWC / HWIO convolution without input dilation and groups
+(depthwise convolutions among them), are plain ``lax.conv_general_dilated``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,20 @@ from jax import lax
 
 CHANNELS_LAST = ("NHWC", "HWIO", "NHWC")
 
-# A kxk kernel's gradient goes by matrix products when the kernel has at most this many
-# input channels; 1x1 kernels always do. Measured per layer by benchmarks/conv_grad.py
-# (U-Net R50 at 480x384, 2-core x86 CPU): the products win 1.4-13x for 1x1 kernels and
-# about 2x for 3x3 ones up to 256 channels, and lose up to 2x on the decoder's wide
-# convolutions after a skip concatenation (320 to 2048 channels in).
+# Which kernel gradients go by matrix products, measured per layer by
+# benchmarks/conv_grad.py (2-core x86 CPU; the rule picks the faster route on both tables
+# of docs/DEVELOPING.md): 1x1 kernels always (the products win 1.4-13x on a U-Net R50 at
+# 480x384 and tie or win on a Lite0 U-Net at 96x128). A kxk kernel with at most 256
+# input channels (wider ones, the decoder's convolutions after a skip concatenation, lose
+# up to 2x) where the products fill the machine: many output positions N * Ho * Wo
+# (4.9x and 1.7x at 92,160 and 368,640 positions, where XLA:CPU's whole-image
+# convolution gets slow), or at least 128 input and output channels (about 2x at 1,440
+# and 5,760 positions). Narrow kernels at fewer positions lose (0.4-0.9x at 1,500-25,000
+# positions and 32-88 channels), and their taps would only make the program larger and
+# slower to compile.
 MAX_INPUT_CHANNELS_FOR_KXK = 256
+MIN_POSITIONS_FOR_KXK = 32768
+MIN_CHANNELS_FOR_KXK = 128
 
 
 _matmul_route = {"enabled": True}
@@ -55,13 +63,19 @@ def xla_kernel_gradients():
     _matmul_route["enabled"] = previous
 
 
-def kernel_gradient_by_matmul(kernel_shape: Sequence[int]) -> bool:
-  """Whether the gradient of a ``[kh, kw, in, out]`` kernel is computed by matrix
-  products on the CPU."""
+def kernel_gradient_by_matmul(kernel_shape: Sequence[int], positions: int) -> bool:
+  """Whether the gradient of a ``[kh, kw, in, out]`` kernel whose convolution has
+  ``positions = N * Ho * Wo`` output positions is computed by matrix products on the
+  CPU."""
   if not _matmul_route["enabled"]:
     return False
   kh, kw, channels_in = kernel_shape[:3]
-  return kh == kw == 1 or channels_in <= MAX_INPUT_CHANNELS_FOR_KXK
+  if kh == kw == 1:
+    return True
+  channels_out = kernel_shape[3]
+  fills_the_machine = (positions >= MIN_POSITIONS_FOR_KXK
+                       or min(channels_in, channels_out) >= MIN_CHANNELS_FOR_KXK)
+  return channels_in <= MAX_INPUT_CHANNELS_FOR_KXK and fills_the_machine
 
 
 def _is_channels_last(dimension_numbers) -> bool:
@@ -80,6 +94,14 @@ def _explicit_padding(padding, lhs_shape, rhs_shape, strides, rhs_dilation):
   return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
+def output_positions(lhs_shape, rhs_shape, strides, pads, rhs_dilation) -> int:
+  """``N * Ho * Wo`` of an NHWC / HWIO convolution with explicit ``pads``."""
+  sizes = [(size + low + high - ((k - 1) * d + 1)) // s + 1
+           for size, (low, high), k, d, s in zip(lhs_shape[1:3], pads, rhs_shape[:2],
+                                                  rhs_dilation, strides)]
+  return lhs_shape[0] * max(sizes[0], 0) * max(sizes[1], 0)
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                          padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count: int = 1,
@@ -94,15 +116,18 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  by_taps = (lhs.ndim == 4 and _is_channels_last(dimension_numbers)
-             and feature_group_count == 1 and batch_group_count == 1
-             and all(d == 1 for d in (lhs_dilation or (1, 1)))
-             and preferred_element_type is None and kernel_gradient_by_matmul(rhs.shape))
-  if not by_taps:
+  dense_nhwc = (lhs.ndim == 4 and _is_channels_last(dimension_numbers)
+                and feature_group_count == 1 and batch_group_count == 1
+                and all(d == 1 for d in (lhs_dilation or (1, 1)))
+                and preferred_element_type is None)
+  if not dense_nhwc:
     return plain(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
   pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides, dilation)
+  positions = output_positions(lhs.shape, rhs.shape, strides, pads, dilation)
+  if not kernel_gradient_by_matmul(rhs.shape, positions):
+    return plain(lhs, rhs)
   return _conv_by_taps(lhs, rhs, strides, pads, dilation, precision)
 
 
