@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import resource
 import time
 
 import jax
@@ -290,10 +291,17 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
   return 2 * size**3 / best
 
 
-def timed(fn, num_steps: int) -> float:
+def timed(fn, num_steps: int) -> dict[str, float]:
+  """Per step: wall ``seconds``, ``system_seconds`` (the kernel's CPU time, page faults
+  among it) and minor ``page_faults`` of this process."""
+  before = resource.getrusage(resource.RUSAGE_SELF)
   start = time.perf_counter()
   fn(num_steps)
-  return (time.perf_counter() - start) / num_steps
+  seconds = time.perf_counter() - start
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {"seconds": seconds / num_steps,
+          "system_seconds": (after.ru_stime - before.ru_stime) / num_steps,
+          "page_faults": (after.ru_minflt - before.ru_minflt) / num_steps}
 
 
 def torch_runner(step: TorchCowMixStep, batch: dict[str, np.ndarray]):
@@ -337,11 +345,15 @@ def compare(network: str, size, num_steps: int, repeats: int, with_compile: bool
                      f"ours {ours.num_parameters:,}: not the same network")
   runners, compile_note = build_torch_runners(network, config, batch, size, with_compile)
   runners = {"jax": ours.run, **runners}
-  seconds = {name: [] for name in runners}
+  timings = {name: [] for name in runners}
   for _ in range(repeats):
     for name, run in runners.items():
-      seconds[name].append(timed(run, num_steps))
-  result = {name: float(np.median(values)) for name, values in seconds.items()}
+      timings[name].append(timed(run, num_steps))
+  result = {}
+  for name, values in timings.items():
+    result[name] = float(np.median([v["seconds"] for v in values]))
+    for key in ("system_seconds", "page_faults"):
+      result[f"{name}_{key}"] = float(np.median([v[key] for v in values]))
   result.update(parameters=ours.num_parameters, jax_flops_per_step=ours.flops,
                 jax_flop_fraction_of_peak=ours.flops / result["jax"] / peak,
                 torch_compile_note=compile_note)
@@ -370,7 +382,8 @@ def main(argv=None):
   peak = matmul_peak()
   results = {"machine": f"{platform.processor() or platform.machine()}, {threads} CPU cores, "
                         f"JAX {jax.__version__} on {jax.devices()[0].platform}, "
-                        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)",
+                        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads), "
+                        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}",
              "matmul_peak_flops": peak, "size": size, "networks": {}}
   print(f"Machine: {results['machine']}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s.")
   print(f"CowMix train step, U-Net, {size[1]}x{size[0]}, 1 labelled + 2 unlabelled images, "
@@ -393,6 +406,12 @@ def main(argv=None):
           f"{row['pytorch_eager']:.2f} | {row['pytorch_eager'] / row['jax']:.2f} | "
           f"{compiled_columns} | {row['jax_flops_per_step'] / 1e9:.0f} | "
           f"{row['jax_flop_fraction_of_peak']:.0%} |", flush=True)
+  print("\nPer step, the kernel's CPU time (page faults among it) and minor page faults:")
+  for network, row in results["networks"].items():
+    for name in ("jax", "pytorch_eager", "pytorch_compile"):
+      if name in row:
+        print(f"  {network} {name}: {row[name + '_system_seconds']:.2f} s, "
+              f"{row[name + '_page_faults']:,.0f} faults")
   for note in notes:
     print(f"\n{note}")
   if FLAGS.output:
