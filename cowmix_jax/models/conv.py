@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -94,14 +95,6 @@ def _explicit_padding(padding, lhs_shape, rhs_shape, strides, rhs_dilation):
   return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
-def output_positions(lhs_shape, rhs_shape, strides, pads, rhs_dilation) -> int:
-  """``N * Ho * Wo`` of an NHWC / HWIO convolution with explicit ``pads``."""
-  sizes = [(size + low + high - ((k - 1) * d + 1)) // s + 1
-           for size, (low, high), k, d, s in zip(lhs_shape[1:3], pads, rhs_shape[:2],
-                                                  rhs_dilation, strides)]
-  return lhs_shape[0] * max(sizes[0], 0) * max(sizes[1], 0)
-
-
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                          padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count: int = 1,
@@ -125,7 +118,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   strides = tuple(int(s) for s in window_strides)
   dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
   pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides, dilation)
-  positions = output_positions(lhs.shape, rhs.shape, strides, pads, dilation)
+  positions = math.prod(jax.eval_shape(plain, lhs, rhs).shape[:3])  # N * Ho * Wo
   if not kernel_gradient_by_matmul(rhs.shape, positions):
     return plain(lhs, rhs)
   return _conv_by_taps(lhs, rhs, strides, pads, dilation, precision)
