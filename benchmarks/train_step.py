@@ -333,6 +333,13 @@ def build_torch_runners(network, config, batch, size, with_compile: bool):
   return runners, ""
 
 
+def allocator_environment() -> str:
+  """The variables that choose or tune the memory allocator (they decide the page
+  faults), as ``NAME='value'`` pairs."""
+  names = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")
+  return ", ".join(f"{name}={os.environ.get(name, '')!r}" for name in names)
+
+
 def compare(network: str, size, num_steps: int, repeats: int, with_compile: bool,
             peak: float) -> dict:
   config = paper_config(network, size)
@@ -383,7 +390,7 @@ def main(argv=None):
   results = {"machine": f"{platform.processor() or platform.machine()}, {threads} CPU cores, "
                         f"JAX {jax.__version__} on {jax.devices()[0].platform}, "
                         f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads), "
-                        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}",
+                        f"allocator: {allocator_environment()}",
              "matmul_peak_flops": peak, "size": size, "networks": {}}
   print(f"Machine: {results['machine']}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s.")
   print(f"CowMix train step, U-Net, {size[1]}x{size[0]}, 1 labelled + 2 unlabelled images, "
