@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -32,6 +31,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from benchmarks import machine
 from cowmix_jax import cli, config_base, models, sharding, steps, train
 from cowmix_jax.data import make_inputs
 from cowmix_jax.state import create_train_state
@@ -97,7 +97,9 @@ def input_rate(config, num_batches: int) -> float:
 
 def step_rates(config, num_steps: int, repeats: int) -> dict[str, float]:
   """Images per second of the train step: ``fixed`` batch, ``fed`` without prefetching,
-  ``fed_prefetch`` with ``config.prefetch_batches`` batches ahead; alternating, medians."""
+  ``fed_prefetch`` with ``config.prefetch_batches`` batches ahead; alternating, medians.
+  Also ``<feed>_page_faults``: the median minor page faults per step (the allocator's
+  share of the noise between repetitions)."""
   inputs = make_inputs(config)
   mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, inputs.num_classes)
@@ -116,15 +118,21 @@ def step_rates(config, num_steps: int, repeats: int) -> dict[str, float]:
       "fed_prefetch": lambda: next(prefetched)[1],
   }
   seconds = {name: [] for name in feeds}
+  faults = {name: [] for name in feeds}
   for _ in range(repeats):
     for name, feed in feeds.items():
+      _, faults_before = machine.kernel_counters()
       start = time.perf_counter()
       for _ in range(num_steps):
         state, metrics = train_step(state, feed())
       jax.block_until_ready(metrics)
       seconds[name].append(time.perf_counter() - start)
-  return {name: num_steps * _images_per_batch(config) / float(np.median(values))
-          for name, values in seconds.items()}
+      faults[name].append((machine.kernel_counters()[1] - faults_before) / num_steps)
+  rates = {name: num_steps * _images_per_batch(config) / float(np.median(values))
+           for name, values in seconds.items()}
+  rates.update({f"{name}_page_faults": float(np.median(values))
+                for name, values in faults.items()})
+  return rates
 
 
 FLAGS = cli.new_flags()
@@ -152,14 +160,14 @@ def main(argv=None):
   if unknown:
     raise app.UsageError(f"--configs: unknown {unknown}; choose from "
                                 f"{sorted(CONFIG_FILES)}")
-  results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
-                        f"cores, JAX {jax.__version__} on {jax.devices()[0].platform}",
+  results = {"machine": f"{machine.describe()}, allocator: {machine.allocator_environment()}",
              "configs": {}}
   print(f"Machine: {results['machine']}; U-Net ResNet-{FLAGS.depth}, CowMix, images per "
         f"second (labelled + unlabelled):\n")
   print("| config | crop | batch | input alone | step, fixed batch | fed, no prefetch | "
-        "fed, prefetch | fed / fixed, no prefetch | fed / fixed, prefetch |")
-  print("|---|---|---|---|---|---|---|---|---|")
+        "fed, prefetch | fed / fixed, no prefetch | fed / fixed, prefetch | "
+        "page faults per step: fixed, fed, prefetch |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as scratch:
     for name in FLAGS.configs:
       manual_dir, available = FLAGS.camvid_dir, None
@@ -180,7 +188,9 @@ def main(argv=None):
       print(f"| {name} | {width}x{height} | {config.batch_size} + "
             f"{config.unlabelled_batch_size} | {row['input']:.1f} | {row['fixed']:.2f} | "
             f"{row['fed']:.2f} | {row['fed_prefetch']:.2f} | {row['fed_over_fixed']:.3f} | "
-            f"{row['fed_prefetch_over_fixed']:.3f} |", flush=True)
+            f"{row['fed_prefetch_over_fixed']:.3f} | {row['fixed_page_faults']:,.0f}, "
+            f"{row['fed_page_faults']:,.0f}, {row['fed_prefetch_page_faults']:,.0f} |",
+            flush=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump(results, f, indent=2)

@@ -28,8 +28,6 @@ import copy
 import json
 import math
 import os
-import platform
-import resource
 import time
 
 import jax
@@ -37,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import machine
 from benchmarks.batches import random_batch
 from cowmix_jax import cli, config_base, masks, models, sharding, steps, train
 from cowmix_jax.state import create_train_state
@@ -294,14 +293,14 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 def timed(fn, num_steps: int) -> dict[str, float]:
   """Per step: wall ``seconds``, ``system_seconds`` (the kernel's CPU time, page faults
   among it) and minor ``page_faults`` of this process."""
-  before = resource.getrusage(resource.RUSAGE_SELF)
+  system_before, faults_before = machine.kernel_counters()
   start = time.perf_counter()
   fn(num_steps)
   seconds = time.perf_counter() - start
-  after = resource.getrusage(resource.RUSAGE_SELF)
+  system_after, faults_after = machine.kernel_counters()
   return {"seconds": seconds / num_steps,
-          "system_seconds": (after.ru_stime - before.ru_stime) / num_steps,
-          "page_faults": (after.ru_minflt - before.ru_minflt) / num_steps}
+          "system_seconds": (system_after - system_before) / num_steps,
+          "page_faults": (faults_after - faults_before) / num_steps}
 
 
 def torch_runner(step: TorchCowMixStep, batch: dict[str, np.ndarray]):
@@ -331,13 +330,6 @@ def build_torch_runners(network, config, batch, size, with_compile: bool):
     return runners, f"torch.compile failed here: {type(error).__name__}: {str(error)[:200]}"
   runners["pytorch_compile"] = compiled
   return runners, ""
-
-
-def allocator_environment() -> str:
-  """The variables that choose or tune the memory allocator (they decide the page
-  faults), as ``NAME='value'`` pairs."""
-  names = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")
-  return ", ".join(f"{name}={os.environ.get(name, '')!r}" for name in names)
 
 
 def compare(network: str, size, num_steps: int, repeats: int, with_compile: bool,
@@ -387,10 +379,9 @@ def main(argv=None):
   threads = os.cpu_count()
   torch.set_num_threads(threads)
   peak = matmul_peak()
-  results = {"machine": f"{platform.processor() or platform.machine()}, {threads} CPU cores, "
-                        f"JAX {jax.__version__} on {jax.devices()[0].platform}, "
+  results = {"machine": f"{machine.describe(threads)}, "
                         f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads), "
-                        f"allocator: {allocator_environment()}",
+                        f"allocator: {machine.allocator_environment()}",
              "matmul_peak_flops": peak, "size": size, "networks": {}}
   print(f"Machine: {results['machine']}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s.")
   print(f"CowMix train step, U-Net, {size[1]}x{size[0]}, 1 labelled + 2 unlabelled images, "

@@ -67,3 +67,33 @@ def test_conv_grad_finds_every_dense_convolution_of_the_network():
     got[tuple(c["rhs"])] += c["count"]
   assert got == expected
   assert all(c["lhs"][0] == 1 for c in found)
+
+
+def test_kernel_counters_count_the_pages_a_fresh_mapping_touches():
+  """Touching one byte on each of N fresh 4 KiB pages (huge pages refused) costs at least
+  N minor page faults: the counter the benchmarks use to show the allocator's work."""
+  import mmap
+
+  from benchmarks import machine
+
+  pages = 2048
+  region = mmap.mmap(-1, pages * mmap.PAGESIZE)
+  if hasattr(mmap, "MADV_NOHUGEPAGE"):
+    region.madvise(mmap.MADV_NOHUGEPAGE)
+  _, before = machine.kernel_counters()
+  for page in range(pages):
+    region[page * mmap.PAGESIZE] = 1
+  _, after = machine.kernel_counters()
+  region.close()
+  assert pages <= after - before < 2 * pages
+
+
+def test_allocator_environment_names_each_variable(monkeypatch):
+  from benchmarks import machine
+
+  monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc_minimal.so.4")
+  monkeypatch.delenv("MALLOC_CONF", raising=False)
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+  assert machine.allocator_environment() == (
+      "LD_PRELOAD='/usr/lib/libtcmalloc_minimal.so.4', MALLOC_CONF='', "
+      "GLIBC_TUNABLES='glibc.malloc.hugetlb=1'")
