@@ -97,3 +97,30 @@ def test_allocator_environment_names_each_variable(monkeypatch):
   assert machine.allocator_environment() == (
       "LD_PRELOAD='/usr/lib/libtcmalloc_minimal.so.4', MALLOC_CONF='', "
       "GLIBC_TUNABLES='glibc.malloc.hugetlb=1'")
+
+
+@pytest.mark.parametrize("network", ["resnet50", "lite0"])
+def test_train_step_benchmark_builds_the_same_unet_in_pytorch(network):
+  """The PyTorch U-Net that benchmarks/train_step.py times against ours holds the same
+  parameter tensors (as a multiset of sizes, BatchNorm scales and biases included) and
+  produces logits of the same shape."""
+  import jax
+  import numpy as np
+  import torch
+
+  from benchmarks import train_step
+  from cowmix_jax import models
+
+  size = (64, 96)
+  config = train_step.paper_config(network, size)
+  model = models.build_model(config.model, train_step.NUM_CLASSES)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                np.zeros((1, *size, 3), np.float32),
+                                                train=False))
+  ours = sorted(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+  torch_model = train_step.torch_unet(network, max(size)).eval()
+  theirs = sorted(p.numel() for p in torch_model.parameters())
+  assert theirs == ours
+  with torch.no_grad():
+    logits = torch_model(torch.zeros(1, 3, *size))
+  assert tuple(logits.shape) == (1, train_step.NUM_CLASSES, *size)
