@@ -191,9 +191,9 @@ def main(argv=None):
             f"{row['fed_prefetch_over_fixed']:.3f} | {row['fixed_page_faults']:,.0f}, "
             f"{row['fed_page_faults']:,.0f}, {row['fed_prefetch_page_faults']:,.0f} |",
             flush=True)
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      json.dump(results, f, indent=2)
+      if FLAGS.output:  # after each config, so a run stopped early keeps what it measured
+        with open(FLAGS.output, "w") as f:
+          json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
