@@ -295,25 +295,26 @@ def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
   assert list(records[2]["teacher_history"])[-1] == "500"
   lines = plot_ablation.table_markdown(records).splitlines()
   assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | last 3 evals | "
-                      "minus baseline (paired) | gap closed | paper (test) | wall min/run |")
+                      "minus baseline (paired) | p (one-sided paired t) | gap closed | "
+                      "paper (test) | wall min/run |")
+  p = plot_ablation.paired_difference(records, "cowmix")["p"]
   # CowMix: mean 38, std of (34, 42); differences (4, 2); gap (38 - 35) / (55 - 35) = 15%;
   # wall (1 + 2) / 2 minutes. The baseline has no difference from itself (empty cell).
   std = np.std([34.0, 42.0], ddof=1)
   diff_std = np.std([4.0, 2.0], ddof=1)
   # Last 3 evaluations: (30 + 32 + 34) / 3 = 32 and (40 + 41 + 42) / 3 = 41; mean 36.5.
   assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | 36.50 | "
-                      f"+3.00 +- {diff_std:.2f} | "
+                      f"+3.00 +- {diff_std:.2f} | {p:.3f} | "
                       "15% | 55.06 +- 1.74 | 1.5 |")
   assert lines[2] == (f"| supervised | 30.00 | 40.00 | 35.00 +- {np.std([30.0, 40.0], ddof=1):.2f}"
-                      " |  |  | 0% | 48.66 +- 1.80 | 1.5 |")  # no histories: empty
-  # Runs that record their best periodic score add it, and the paired test's p-value.
+                      " |  |  |  | 0% | 48.66 +- 1.80 | 1.5 |")  # no histories: empty
+  # Runs that record their best periodic score add it.
   for record, best in zip(records, (0.31, 0.41, 0.36, 0.43, 0.50, 0.61)):
     record["best_miou"] = best
   lines = plot_ablation.table_markdown(records, with_late=False, with_paper=False).splitlines()
   assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | best periodic, mean +- std "
                       "| minus baseline (paired) | p (one-sided paired t) | gap closed | "
                       "wall min/run |")
-  p = plot_ablation.paired_difference(records, "cowmix")["p"]
   assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | 39.50 +- "
                       f"{np.std([36.0, 43.0], ddof=1):.2f} | +3.00 +- {diff_std:.2f} | "
                       f"{p:.3f} | 15% | 1.5 |")
@@ -404,8 +405,12 @@ def test_learned_classes_and_the_table_restricted_to_them():
   assert plot_ablation.learned_classes(records) == ["a", "b", "c"]
   assert plot_ablation.learned_classes(records, threshold=0.15) == ["a", "c"]
   assert plot_ablation.learned_classes(records[2:]) == []
+  records[3]["best_miou"], records[3]["best_step"] = 0.4, 1  # an all-class number
   restricted = plot_ablation.restrict_to_classes(records, ["a", "c"])
   assert [r["miou"] for r in restricted] == pytest.approx([0.7, 0.6, 0.3, 0.45])
+  assert "best_miou" not in restricted[3] and "best_step" not in restricted[3]
+  header = plot_ablation.table_markdown(restricted).splitlines()[0]
+  assert "best periodic" not in header
   assert restricted[3]["teacher_history"] == {} and records[3]["teacher_history"]
   assert records[3]["miou"] == pytest.approx(0.3)  # the originals are untouched
 

@@ -228,16 +228,18 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
   of each run's last evaluations (``late_mean``; ``with_late``), the mean mIoU with
   BatchNorm statistics recomputed on clean images (when some record has
   ``precise_bn_miou``, from cowmix_jax/experiments/recalibrate_bn.py), the paired per-seed
-  difference from the baseline, the share of the baseline-to-full gap closed, the
-  paper's value (``with_paper``) and the mean wall time per run."""
+  difference from the baseline with its one-sided paired t-test (two seeds or more), the
+  share of the baseline-to-full gap closed, the paper's value (``with_paper``) and the
+  mean wall time per run."""
   seeds = sorted({r["seed"] for r in records})
   with_precise = any("precise_bn_miou" in r for r in records)
   with_best = any(r.get("best_miou") is not None for r in records)
+  with_p = len(seeds) > 1
   header = (["method"] + [f"seed {s}" for s in seeds] + ["mean +- std"] +
             (["best periodic, mean +- std"] if with_best else []) +
             ([f"last {LATE_EVALUATIONS} evals"] if with_late else []) +
             (["precise BN"] if with_precise else []) +
-            ["minus baseline (paired)"] + (["p (one-sided paired t)"] if with_best else []) +
+            ["minus baseline (paired)"] + (["p (one-sided paired t)"] if with_p else []) +
             ["gap closed"] +
             (["paper (test)"] if with_paper else []) + ["wall min/run"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -258,7 +260,7 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
     is_baseline = row["method"] == ablation.BASELINE
     cells.append("" if is_baseline or not difference["n"]
                  else _plus_minus(difference["mean"], difference["std"], signed=True))
-    if with_best:
+    if with_p:
       cells.append("" if is_baseline or np.isnan(difference["p"]) else f"{difference['p']:.3f}")
     cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
     if with_paper:
@@ -285,12 +287,14 @@ def learned_classes(records: Sequence[dict], threshold: float = LEARNED_IOU) -> 
 
 def restrict_to_classes(records: Sequence[dict], classes: Sequence[str]) -> list[dict]:
   """Copies of ``records`` whose ``miou`` is the mean IoU over ``classes`` only (their
-  evaluation history and precise-BN mIoU, which cover every class, are dropped)."""
+  evaluation history, best periodic score and precise-BN mIoU, which cover every class,
+  are dropped)."""
   restricted = []
   for record in records:
     copy = dict(record, miou=float(np.mean([record["per_class_iou"][c] for c in classes])),
                 teacher_history={})
-    copy.pop("precise_bn_miou", None)  # an 11-class number
+    for all_class_number in ("precise_bn_miou", "best_miou", "best_step"):
+      copy.pop(all_class_number, None)
     restricted.append(copy)
   return restricted
 
