@@ -483,3 +483,42 @@ def test_per_class_chart_uses_the_seeds_every_method_ran():
   assert sorted((r["method"], r["seed"]) for r in kept) == [
       ("all_labels", 0), ("cowmix", 0), ("supervised", 0)]
   assert all(r["miou"] != 0.9 for r in kept)  # sweep variants are not base runs
+
+
+def test_a_longer_grid_continues_the_finished_runs_of_a_shorter_one(tmp_path):
+  short, longer = tmp_path / "short", tmp_path / "longer"
+  finished = short / "cowmix_seed0"
+  (finished / "checkpoints" / "4404").mkdir(parents=True)
+  (finished / "checkpoints" / "4404" / "state").write_text("weights")
+  (finished / "metrics.jsonl").write_text('{"step": 4404, "teacher_miou": 0.45}\n')
+  (finished / "results.json").write_text('{"miou": 0.45}')
+  seen = {}
+
+  class Recording(FakeTraining):
+    def __call__(self, command, workdir, stop):
+      seen[os.path.basename(workdir)] = sorted(os.listdir(workdir))
+      return super().__call__(command, workdir, stop)
+
+  runs = ablation.plan_runs(["supervised", "cowmix"], [0])
+  results, failed = ablation.run_grid(runs, "c.py", str(longer), str(longer / "results.json"),
+                                      [], ablation.StopRequest(), Recording(),
+                                      epoch_scale=0.08, continue_from=str(short))
+  # CowMix starts from a copy of the finished run, without its final record ...
+  assert seen == {"cowmix_seed0": ["checkpoints", "metrics.jsonl"]}
+  assert (longer / "cowmix_seed0" / "checkpoints" / "4404" / "state").read_text() == "weights"
+  assert (finished / "results.json").exists()  # ... and leaves the source as it was.
+  assert not (longer / "cowmix_seed0.partial").exists()
+  assert sorted(results["runs"]) == ["cowmix_seed0"]
+  # The baseline has nothing to continue: it fails by name and nothing is created.
+  assert failed == ["supervised_seed0"] and not (longer / "supervised_seed0").exists()
+
+
+def test_continuing_needs_a_constant_learning_rate_and_an_existing_root(tmp_path,
+                                                                        monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(ablation.app.UsageError, match="no such directory"):
+    ablation.check_continuable("configs/camvid_cpu.py", [], str(tmp_path / "missing"))
+  with pytest.raises(ablation.app.UsageError, match="lr_schedule is 'cosine'"):
+    ablation.check_continuable("configs/camvid_cpu.py", [("lr_schedule", "cosine")],
+                               str(tmp_path))
+  ablation.check_continuable("configs/camvid_cpu.py", [], str(tmp_path))  # constant: fine

@@ -23,6 +23,13 @@ Sweeps of one key at a time (the base value's runs are shared with the grid):
   python -m cowmix_jax.experiments.ablation ... --methods=cowmix --vary="cons_weight=1;3;30"
   python -m cowmix_jax.experiments.ablation ... --methods=cowmix \
       --vary="mask.cow_sigma_range=(0.5, 2.0);(2.0, 8.0)"
+Longer runs continue finished shorter ones instead of starting over (at a constant
+learning rate nothing in a run depends on its planned length, so the continued run takes
+the same steps as one planned that long; docs/RESULTS.md shows it bit for bit):
+  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \
+      --root=runs/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=runs/camvid_lite0 \
+      --methods=supervised,cowmix,cowout,all_labels --seeds=3,4 \
+      --set=data.manual_dir=../shared/data/camvid
 Only print the table of what is recorded: add --report_only.
 """
 
@@ -35,6 +42,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +51,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from cowmix_jax import cli, metrics_file
+from cowmix_jax import cli, config_base, metrics_file
+from cowmix_jax.checkpoints import LATEST as CHECKPOINTS
 
 # Table 1's columns: a name -> the config overrides that make it.
 METHODS: dict[str, dict[str, str]] = {
@@ -323,6 +332,21 @@ def launch(command: list[str], workdir: str, stop: StopRequest,
   return code, time.time() - start
 
 
+def start_from_finished_run(source: str, workdir: str) -> str | None:
+  """Makes ``workdir`` a copy of the finished run ``source`` (its checkpoints, logs and
+  metrics; not its results.json), so that training there resumes from the source's last
+  checkpoint. Returns why it cannot ('' when done), without copying anything then."""
+  if not os.path.exists(os.path.join(source, "results.json")):
+    return f"no finished run to continue in {source} (no results.json)"
+  if not os.path.isdir(os.path.join(source, CHECKPOINTS)):
+    return f"{source} has no {CHECKPOINTS}/ directory to resume from"
+  partial = workdir + ".partial"  # renamed when complete: a copy cut short is redone
+  shutil.rmtree(partial, ignore_errors=True)
+  shutil.copytree(source, partial, ignore=shutil.ignore_patterns("results.json"))
+  os.rename(partial, workdir)
+  return ""
+
+
 # ---------------------------------------------------------------------------------------
 # The table
 
@@ -406,9 +430,12 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
              common: Sequence[tuple[str, str]], stop: StopRequest | None = None,
-             launcher=launch, epoch_scale: float = 0.0) -> tuple[dict, list[str]]:
+             launcher=launch, epoch_scale: float = 0.0,
+             continue_from: str = "") -> tuple[dict, list[str]]:
   """Runs what is not finished, recording each run as it ends; returns the results and
-  the names of failed runs."""
+  the names of failed runs. With ``continue_from`` (a root of finished shorter runs) a
+  run whose workdir does not exist yet starts as a copy of ``continue_from/NAME``
+  (``start_from_finished_run``) and resumes from there."""
   stop = stop or StopRequest().install()
   results = load_results(results_path)
   results.setdefault("machine", machine_description())
@@ -423,6 +450,13 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
     if record is None and stop.requested:
       print(f"{prefix}: not started (stop requested); run the same command again.")
       break
+    if record is None and continue_from and not os.path.exists(workdir):
+      why_not = start_from_finished_run(os.path.join(continue_from, run.name), workdir)
+      if why_not:
+        print(f"{prefix}: FAILED: {why_not}", flush=True)
+        failed.append(run.name)
+        continue
+      print(f"{prefix}: continues {os.path.join(continue_from, run.name)}", flush=True)
     if record is None:
       remaining = sum(1 for r in runs[index - 1:] if r.name not in results["runs"])
       eta = (f", grid ETA {remaining * sum(times) / len(times) / 60:.0f} min"
@@ -449,6 +483,22 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
   return results, failed
 
 
+def check_continuable(config: str, common: Sequence[tuple[str, str]],
+                      continue_from: str) -> None:
+  """UsageError unless ``continue_from`` is a directory and the runs' learning rate is
+  constant: a continued run must have taken the same steps as a run planned at the new
+  length from the start, and a decaying schedule depends on that length."""
+  if not os.path.isdir(continue_from):
+    raise app.UsageError(f"--continue_from={continue_from}: no such directory")
+  schedule = dict(common).get("lr_schedule",
+                              config_base.load_config_file(config).lr_schedule)
+  if schedule != "constant":
+    raise app.UsageError(
+        f"--continue_from: config.lr_schedule is {schedule!r}, which depends on the run's "
+        f"length, so a continued run would differ from one planned at this length; "
+        f"continuing needs lr_schedule='constant'")
+
+
 def machine_description() -> str:
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
 
@@ -468,6 +518,10 @@ flags.DEFINE_multi_string("vary", [], "KEY=V1;V2: sweep one config key over valu
 flags.DEFINE_float("epoch_scale", 0.0, "> 0: train each method for its paper length in "
                    "epochs times this factor (config.num_epochs); 0: the config's length",
                    flag_values=FLAGS)
+flags.DEFINE_string("continue_from", "", "ROOT of finished shorter runs of the same grid: "
+                    "each run not started yet here begins as a copy of ROOT/NAME and "
+                    "resumes from its last checkpoint to this grid's length (a constant "
+                    "learning rate only)", flag_values=FLAGS)
 flags.DEFINE_boolean("report_only", False, "print the table of what is recorded, run nothing",
                      flag_values=FLAGS)
 for _name in ("config", "root"):
@@ -497,8 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   else:
     if FLAGS.epoch_scale < 0:
       raise app.UsageError(f"--epoch_scale={FLAGS.epoch_scale} must be >= 0")
+    if FLAGS.continue_from:
+      check_continuable(FLAGS.config, common, FLAGS.continue_from)
     results, failed = run_grid(runs, FLAGS.config, FLAGS.root, results_path, common,
-                               epoch_scale=FLAGS.epoch_scale)
+                               epoch_scale=FLAGS.epoch_scale,
+                               continue_from=FLAGS.continue_from)
   print(f"\nEvery run recorded in {results_path} ({results.get('machine', '')}):")
   print(format_table(summarise(list(results["runs"].values()))))
   if failed:
