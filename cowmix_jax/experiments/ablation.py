@@ -332,7 +332,7 @@ def launch(command: list[str], workdir: str, stop: StopRequest,
   return code, time.time() - start
 
 
-def start_from_finished_run(source: str, workdir: str) -> str | None:
+def start_from_finished_run(source: str, workdir: str) -> str:
   """Makes ``workdir`` a copy of the finished run ``source`` (its checkpoints, logs and
   metrics; not its results.json), so that training there resumes from the source's last
   checkpoint. Returns why it cannot ('' when done), without copying anything then."""
