@@ -100,7 +100,7 @@ def test_allocator_environment_names_each_variable(monkeypatch):
 
 
 @pytest.mark.parametrize("network", ["resnet50", "lite0"])
-def test_train_step_benchmark_builds_the_same_unet_in_pytorch(network):
+def test_train_step_benchmark_builds_the_same_unet_in_pytorch(network, monkeypatch):
   """The PyTorch U-Net that benchmarks/train_step.py times against ours holds the same
   parameter tensors (as a multiset of sizes, BatchNorm scales and biases included) and
   produces logits of the same shape."""
@@ -111,6 +111,7 @@ def test_train_step_benchmark_builds_the_same_unet_in_pytorch(network):
   from benchmarks import train_step
   from cowmix_jax import models
 
+  monkeypatch.chdir(REPO)  # paper_config reads configs/camvid.py
   size = (64, 96)
   config = train_step.paper_config(network, size)
   model = models.build_model(config.model, train_step.NUM_CLASSES)
