@@ -395,6 +395,42 @@ def test_marked_block_is_replaced_and_missing_markers_are_named():
     plot_ablation.replace_marked_block("<!-- t:end --> <!-- t:start -->", "t", "x")
 
 
+def test_update_markdown_needs_the_required_markers_and_skips_absent_optional_ones(tmp_path):
+  path = tmp_path / "RESULTS.md"
+  path.write_text("<!-- a_table1:start -->\nold\n<!-- a_table1:end -->\n"
+                  "<!-- a_per_class:start -->\nold\n<!-- a_per_class:end -->\n")
+  written = plot_ablation.update_markdown(
+      str(path), {"a_table1": "T", "a_table1_learned": "L", "a_per_class": "P"},
+      required=["a_table1"])
+  assert written == ["a_table1", "a_per_class"]  # no a_table1_learned markers: left out
+  assert path.read_text() == ("<!-- a_table1:start -->\nT\n<!-- a_table1:end -->\n"
+                              "<!-- a_per_class:start -->\nP\n<!-- a_per_class:end -->\n")
+  with pytest.raises(SystemExit, match="b_table1:start"):
+    plot_ablation.update_markdown(str(path), {"b_table1": "T"}, required=["b_table1"])
+
+
+def test_per_class_table_averages_the_baselines_seeds_against_numpy():
+  def record(method, seed, ious, variant=()):
+    return dict(_record(method, seed, float(np.mean(ious)), variant),
+                class_names=["sky", "car"], per_class_iou=dict(zip(["sky", "car"], ious)))
+  records = [record("supervised", 0, [0.90, 0.40]), record("supervised", 1, [0.80, 0.20]),
+             record("cowmix", 0, [0.92, 0.50]), record("cowmix", 1, [0.94, 0.10]),
+             record("cowmix", 1, [0.10, 0.10], (("cons_weight", "3"),)),  # a sweep: not base
+             record("all_labels", 0, [0.95, 0.60]), record("all_labels", 1, [0.93, 0.62]),
+             record("all_labels", 2, [0.10, 0.10]),  # a seed the baseline lacks: not counted
+             record("ict", 0, [0.50, 0.00])]  # one seed of two: left out
+  lines = plot_ablation.per_class_markdown(records).splitlines()
+  assert lines[0] == "| class | supervised | cowmix | all_labels |"
+  sky = [np.mean([0.90, 0.80]), np.mean([0.92, 0.94]), np.mean([0.95, 0.93])]
+  car = [np.mean([0.40, 0.20]), np.mean([0.50, 0.10]), np.mean([0.60, 0.62])]
+  assert lines[2] == "| sky | " + " | ".join(f"{100 * v:.1f}" for v in sky) + " |"
+  assert lines[3] == "| car | " + " | ".join(f"{100 * v:.1f}" for v in car) + " |"
+  miou = [100 * (s + c) / 2 for s, c in zip(sky, car)]
+  assert lines[4] == "| mean (mIoU) | " + " | ".join(f"{v:.1f}" for v in miou) + " |"
+  assert lines[6] == "Mean over seeds 0, 1; not every seed for ict, left out."
+  assert plot_ablation.per_class_markdown(records[2:3]) == ""  # no baseline
+
+
 def test_learned_classes_and_the_table_restricted_to_them():
   def record(method, seed, ious):
     return dict(_record(method, seed, float(np.mean(ious))), class_names=["a", "b", "c"],

@@ -5,7 +5,9 @@ python -m cowmix_jax.experiments.plot_ablation --results=runs/camvid_cpu/results
     [--results=runs/camvid_cpu_sweep/results.json] [--prefix=camvid_cpu]
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
 PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``);
---update_markdown=FILE writes it into FILE. Needs matplotlib (pip install -e ".[plots]").
+--update_markdown=FILE writes it, the table over the learned classes and the per-class
+table into FILE's marked blocks (--markers=PREFIX for several grids in one file).
+Needs matplotlib (pip install -e ".[plots]").
 """
 
 from __future__ import annotations
@@ -299,6 +301,34 @@ def restrict_to_classes(records: Sequence[dict], classes: Sequence[str]) -> list
   return restricted
 
 
+def per_class_markdown(records: Sequence[dict]) -> str:
+  """Per-class IoU (%) as Markdown: one row per class in the dataset's order, one column
+  per base method that ran every seed the baseline ran, each the mean over those seeds
+  (the same labelled subsets for every column), and a last row with the mean over the
+  classes (the mIoU). Methods with fewer seeds are named under the table. Empty without
+  baseline runs."""
+  runs = [r for r in records if r["group"] == r["method"]]
+  seeds = {r["seed"] for r in runs if r["method"] == ablation.BASELINE}
+  if not seeds:
+    return ""
+  order = [row["method"] for row in ablation.summarise(runs)]
+  methods = [m for m in order if seeds <= {r["seed"] for r in runs if r["method"] == m}]
+  left_out = [m for m in order if m not in methods]
+  kept = [r for r in runs if r["seed"] in seeds and r["method"] in methods]
+  classes = class_order(kept)
+  means = {m: {c: 100 * np.mean([r["per_class_iou"][c] for r in kept if r["method"] == m])
+               for c in classes} for m in methods}
+  lines = ["| class | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+  for name in classes:
+    lines.append(f"| {name} | " + " | ".join(f"{means[m][name]:.1f}" for m in methods) + " |")
+  lines.append("| mean (mIoU) | " + " | ".join(
+      f"{np.mean(list(means[m].values())):.1f}" for m in methods) + " |")
+  lines.append("")
+  lines.append(f"Mean over seeds {', '.join(map(str, sorted(seeds)))}"
+               + (f"; not every seed for {', '.join(left_out)}, left out." if left_out else "."))
+  return "\n".join(lines)
+
+
 def replace_marked_block(text: str, name: str, content: str) -> str:
   """``text`` with the lines between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``
   replaced by ``content`` (the markers stay). Raises ValueError naming the missing
@@ -311,17 +341,26 @@ def replace_marked_block(text: str, name: str, content: str) -> str:
   return f"{before}{start}\n{content}\n{end}{after}"
 
 
-def update_markdown(path: str, blocks: dict[str, str]) -> None:
-  """Writes each ``{name: text}`` into its marked block of the Markdown file ``path``."""
+def update_markdown(path: str, blocks: dict[str, str], required: Sequence[str] = ()) -> list[str]:
+  """Writes each ``{name: text}`` into its marked block of the Markdown file ``path``.
+
+  A block named in ``required`` must have its markers (SystemExit naming them
+  otherwise); any other block without markers in the file is left out. Returns the
+  names of the blocks written."""
   with open(path) as f:
     text = f.read()
+  written = []
   for name, content in blocks.items():
+    if name not in required and f"<!-- {name}:start -->" not in text:
+      continue
     try:
       text = replace_marked_block(text, name, content)
     except ValueError as error:
       raise SystemExit(f"--update_markdown={path}: {error}") from error
+    written.append(name)
   with open(path, "w") as f:
     f.write(text)
+  return written
 
 
 def merge_results(paths: Sequence[str]) -> dict:
@@ -346,8 +385,12 @@ flags.DEFINE_string("title", "CamVid, 30 labels, CPU scale (val)", "chart title"
 flags.DEFINE_multi_string("base", [], "KEY=VALUE: the base config's value of a swept key, "
                           f"besides {BASE_VALUES}", flag_values=FLAGS)
 flags.DEFINE_string("update_markdown", "", "FILE: also write the tables between "
-                    "<!-- table1:start --> and <!-- table1:end --> (and the table1_learned "
-                    "markers) in FILE (e.g. docs/RESULTS.md)", flag_values=FLAGS)
+                    "<!-- table1:start --> and <!-- table1:end --> in FILE (e.g. "
+                    "docs/RESULTS.md), and those of table1_learned and per_class where FILE "
+                    "has their markers", flag_values=FLAGS)
+flags.DEFINE_string("markers", "", "PREFIX: the marker names --update_markdown looks for "
+                    "become PREFIXtable1, PREFIXtable1_learned and PREFIXper_class (several "
+                    "grids' tables in one file)", flag_values=FLAGS)
 flags.mark_flag_as_required("results", flag_values=FLAGS)
 
 
@@ -374,9 +417,14 @@ def main(argv=None) -> None:
                                               with_late=False, with_paper=False)
     print(f"\nTable 1 over the {len(classes)} classes full supervision learns (IoU >= "
           f"{100 * LEARNED_IOU:.0f}%: {', '.join(classes)}):\n" + blocks["table1_learned"])
+  per_class = per_class_markdown(records)
+  if per_class:
+    blocks["per_class"] = per_class
+    print("\nPer-class teacher IoU (%):\n" + per_class)
   if FLAGS.update_markdown:
-    update_markdown(FLAGS.update_markdown, blocks)
-    print(f"Updated {', '.join(blocks)} in {FLAGS.update_markdown}")
+    named = {FLAGS.markers + name: text for name, text in blocks.items()}
+    written = update_markdown(FLAGS.update_markdown, named, required=[FLAGS.markers + "table1"])
+    print(f"Updated {', '.join(written)} in {FLAGS.update_markdown}")
 
 
 if __name__ == "__main__":
