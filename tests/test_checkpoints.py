@@ -125,6 +125,11 @@ def test_leaving_the_with_block_stops_every_thread_orbax_started(tiny_config, tm
   with Checkpointer(str(tmp_path)) as checkpointer:
     checkpointer.save(_host(_state(tiny_config, seed=1, step=1)))
     assert set(threading.enumerate()) - before, "an async save runs in threads"
+  # An event loop's close() shuts its default executor down without waiting, so its idle
+  # worker ("asyncio_0") may take a moment to exit on a loaded machine: allow it a few
+  # seconds. A thread that was never told to stop would still be running after them.
+  for thread in set(threading.enumerate()) - before:
+    thread.join(timeout=5.0)
   assert not [thread.name for thread in set(threading.enumerate()) - before]
   with Checkpointer(str(tmp_path)) as reopened:
     assert reopened.latest_step() == 1, "the save finished before the threads stopped"
