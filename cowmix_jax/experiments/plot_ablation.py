@@ -314,7 +314,7 @@ def per_class_markdown(records: Sequence[dict]) -> str:
   order = [row["method"] for row in ablation.summarise(runs)]
   methods = [m for m in order if seeds <= {r["seed"] for r in runs if r["method"] == m}]
   left_out = [m for m in order if m not in methods]
-  kept = [r for r in runs if r["seed"] in seeds and r["method"] in methods]
+  kept = common_seed_records(runs, methods)  # every one of them ran the baseline's seeds
   classes = class_order(kept)
   means = {m: {c: 100 * np.mean([r["per_class_iou"][c] for r in kept if r["method"] == m])
                for c in classes} for m in methods}
@@ -329,11 +329,16 @@ def per_class_markdown(records: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
+def markers(name: str) -> tuple[str, str]:
+  """The start and end markers of the Markdown block ``name``."""
+  return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
 def replace_marked_block(text: str, name: str, content: str) -> str:
   """``text`` with the lines between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``
   replaced by ``content`` (the markers stay). Raises ValueError naming the missing
   marker."""
-  start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+  start, end = markers(name)
   if start not in text or end not in text or text.index(start) > text.index(end):
     raise ValueError(f"expected the markers {start} ... {end} in that order")
   before, rest = text.split(start, 1)
@@ -351,7 +356,7 @@ def update_markdown(path: str, blocks: dict[str, str], required: Sequence[str] =
     text = f.read()
   written = []
   for name, content in blocks.items():
-    if name not in required and f"<!-- {name}:start -->" not in text:
+    if name not in required and markers(name)[0] not in text:
       continue
     try:
       text = replace_marked_block(text, name, content)
