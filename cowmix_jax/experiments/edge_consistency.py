@@ -143,6 +143,8 @@ def first_images(config, builder, split: str, num_images: int) -> np.ndarray:
       chosen.append(image[:size[0] // factor, :size[1] // factor])
       if len(chosen) == num_images:
         return np.stack(chosen)
+  if len(chosen) < 2:
+    raise SystemExit(f"--split={split} has {len(chosen)} image(s); mixing needs 2")
   return np.stack(chosen)
 
 
@@ -158,8 +160,6 @@ def edge_table(workdir: str, split: str, num_images: int, draws: int,
                      "cutout)")
   builder = builders.prepare(config.data)
   images = first_images(config, builder, split, num_images)
-  if len(images) < 2:
-    raise SystemExit(f"--split={split} gave {len(images)} image(s); mixing needs 2")
   mesh = sharding.make_mesh(1)
   teacher, _ = restore_variables(workdir, mesh, use_teacher=True)
   student, _ = restore_variables(workdir, mesh, use_teacher=False)
