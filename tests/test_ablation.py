@@ -1,8 +1,10 @@
 """cowmix_jax/experiments/ablation.py: the resumable experiment grid and its table."""
 
 import json
+import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 
 import numpy as np
@@ -558,3 +560,104 @@ def test_continuing_needs_a_constant_learning_rate_and_an_existing_root(tmp_path
     ablation.check_continuable("configs/camvid_cpu.py", [("lr_schedule", "cosine")],
                                str(tmp_path))
   ablation.check_continuable("configs/camvid_cpu.py", [], str(tmp_path))  # constant: fine
+
+
+class FakeTrainingAndEvaluation(FakeTraining):
+  """Trains as FakeTraining; an evaluate command writes its split's score (the seed's
+  mIoU minus 0.05) at ``step`` into the evaluation file it names."""
+
+  def __init__(self, step=3, **kwargs):
+    super().__init__(**kwargs)
+    self.step, self.evaluated = step, []
+
+  def __call__(self, command, workdir, stop):
+    if "cowmix_jax.evaluate" not in command:
+      return super().__call__(command, workdir, stop)
+    split = next(a for a in command if a.startswith("--split=")).split("=", 1)[1]
+    output = next(a for a in command if a.startswith("--output=")).split("=", 1)[1]
+    self.evaluated.append((os.path.basename(workdir), split))
+    seed = int(os.path.basename(workdir).rsplit("seed", 1)[1])
+    with open(output, "w") as f:
+      json.dump({"miou": 0.1 * (seed + 1) - 0.05, "per_class_iou": {"a": 0.25},
+                 "step": self.step, "split": split}, f)
+    return 0, 1.0
+
+
+def test_each_finished_run_is_also_scored_on_the_extra_splits(tmp_path):
+  runs = ablation.plan_runs(["supervised"], [0, 1])
+  results_path = str(tmp_path / "results.json")
+  # A grid recorded before without test scores: seed 0 is in the results file.
+  ablation.run_grid(runs[:1], "c.py", str(tmp_path), results_path, [],
+                    ablation.StopRequest(), FakeTraining())
+  fake = FakeTrainingAndEvaluation()
+  results, failed = ablation.run_grid(runs, "c.py", str(tmp_path), results_path, [],
+                                      ablation.StopRequest(), fake, eval_splits=["test"])
+  assert not failed and fake.launched == ["supervised_seed1"]  # seed 0 not retrained
+  assert fake.evaluated == [("supervised_seed0", "test"), ("supervised_seed1", "test")]
+  for seed in (0, 1):
+    record = json.loads(open(results_path).read())["runs"][f"supervised_seed{seed}"]
+    assert record["test_miou"] == pytest.approx(0.1 * (seed + 1) - 0.05)
+    assert record["test_per_class_iou"] == {"a": 0.25}
+    assert record["miou"] == pytest.approx(0.1 * (seed + 1))  # val untouched
+  # Run again: nothing is trained or evaluated.
+  again = FakeTrainingAndEvaluation()
+  ablation.run_grid(runs, "c.py", str(tmp_path), results_path, [], ablation.StopRequest(),
+                    again, eval_splits=["test"])
+  assert again.launched == [] and again.evaluated == []
+
+
+def test_an_evaluation_of_another_step_than_the_final_one_fails_the_run(tmp_path):
+  runs = ablation.plan_runs(["supervised"], [0])
+  results, failed = ablation.run_grid(runs, "c.py", str(tmp_path),
+                                      str(tmp_path / "results.json"), [],
+                                      ablation.StopRequest(),
+                                      FakeTrainingAndEvaluation(step=2),
+                                      eval_splits=["test"])
+  assert failed == ["supervised_seed0"]
+  assert "test_miou" not in results["runs"]["supervised_seed0"]
+
+
+def test_the_evaluate_command_scores_the_final_teacher_with_the_saved_config():
+  command = ablation.evaluate_command("runs/x", "test")
+  assert command[1:3] == ["-m", "cowmix_jax.evaluate"]
+  assert {"--workdir=runs/x", "--checkpoint=latest", "--model=teacher", "--split=test",
+          "--output=runs/x/evaluation_test.json"} == set(command[3:])
+  assert not any(a.startswith("--config") for a in command)
+
+
+def test_code_flag_runs_the_other_checkouts_package(tmp_path, monkeypatch):
+  # A stand-in checkout whose cowmix_jax.main prints where it was imported from; run
+  # from this repository's root, whose own package would otherwise come first.
+  fake = tmp_path / "frozen" / "cowmix_jax"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text("")
+  (fake / "main.py").write_text("import cowmix_jax\nprint(cowmix_jax.__file__)\n")
+  monkeypatch.chdir(REPO)
+  command = ablation.python_module_command("cowmix_jax.main", str(tmp_path / "frozen"))
+  output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  assert output.strip() == str(fake / "__init__.py")
+  plain = subprocess.run(ablation.python_module_command("cowmix_jax.conventions"),
+                         capture_output=True, text=True)
+  assert plain.returncode == 0
+  with pytest.raises(ablation.app.UsageError, match="not a checkout"):
+    ablation.check_code(str(tmp_path))
+  ablation.check_code(str(tmp_path / "frozen"))
+
+
+def _save_records(path, prefix, count):
+  for i in range(count):
+    ablation.save_run(path, f"{prefix}{i}", {"miou": i / count})
+
+
+def test_two_runners_saving_into_one_results_file_keep_every_record(tmp_path):
+  path = str(tmp_path / "results.json")
+  context = multiprocessing.get_context("spawn")
+  writers = [context.Process(target=_save_records, args=(path, prefix, 40))
+             for prefix in ("a", "b")]
+  for writer in writers:
+    writer.start()
+  for writer in writers:
+    writer.join()
+  assert all(w.exitcode == 0 for w in writers)
+  runs = json.loads(open(path).read())["runs"]
+  assert sorted(runs) == sorted(f"{p}{i}" for p in "ab" for i in range(40))

@@ -30,6 +30,15 @@ the same steps as one planned that long; docs/RESULTS.md shows it bit for bit):
       --root=runs/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=runs/camvid_lite0 \
       --methods=supervised,cowmix,cowout,all_labels --seeds=3,4 \
       --set=data.manual_dir=../shared/data/camvid
+Each run's final teacher scored on the test split too, when the run ends (recorded as
+test_miou and test_per_class_iou, never used to choose anything), training with a frozen
+checkout of the code (a git worktree) while this tree changes; a second runner on other
+methods may share the root and the results file (two runs at once):
+  git worktree add --detach ../grid_code HEAD
+  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \
+      --root=runs/camvid_lite0 --epoch_scale=0.04 --seeds=5,6,7,8,9 \
+      --methods=supervised,cowmix --eval_splits=test --code=../grid_code \
+      --set=data.manual_dir=../shared/data/camvid
 Only print the table of what is recorded: add --report_only.
 """
 
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import json
 import math
 import os
@@ -162,11 +172,16 @@ def save_run(path: str, name: str, record: dict) -> dict:
   """Writes one run's record into the results file as it is on disk now (so fields that
   other tools added meanwhile, such as ``precise_bn_miou``, survive); returns the file's
   new contents."""
-  results = load_results(path)
-  results.setdefault("machine", machine_description())
-  previous = results["runs"].get(name, {})
-  results["runs"][name] = {**{k: v for k, v in previous.items() if k not in record}, **record}
-  save_results(path, results)
+  with open(path + ".lock", "w") as lock:
+    # Two runners may share one results file (two runs at once on different methods):
+    # each read-modify-write holds the lock, so neither loses the other's record.
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    results = load_results(path)
+    results.setdefault("machine", machine_description())
+    previous = results["runs"].get(name, {})
+    results["runs"][name] = {**{k: v for k, v in previous.items() if k not in record},
+                             **record}
+    save_results(path, results)
   return results
 
 
@@ -277,8 +292,18 @@ def method_epochs(method: str, epoch_scale: float) -> float:
   return PAPER_EPOCHS[method] * epoch_scale
 
 
+def python_module_command(module: str, code: str = "") -> list[str]:
+  """``python -m MODULE`` in this interpreter; with ``code`` (a checkout of this
+  repository), with that checkout's ``cowmix_jax`` package instead of this one
+  (``PYTHONPATH=CODE``, and ``-P`` so that the working directory's package does not
+  come first)."""
+  if not code:
+    return [sys.executable, "-m", module]
+  return ["env", f"PYTHONPATH={os.path.abspath(code)}", sys.executable, "-P", "-m", module]
+
+
 def train_command(run: Run, config: str, workdir: str, common: Sequence[tuple[str, str]],
-                  epoch_scale: float = 0.0) -> list[str]:
+                  epoch_scale: float = 0.0, code: str = "") -> list[str]:
   """The ``cowmix_jax.main`` command line of a run: the method, its length in epochs
   (with ``epoch_scale`` > 0), the seed, the common ``--set`` overrides, then the variant
   (later overrides win)."""
@@ -286,8 +311,51 @@ def train_command(run: Run, config: str, workdir: str, common: Sequence[tuple[st
             if epoch_scale > 0 else [])
   settings = (list(METHODS[run.method].items()) + length + [("seed", str(run.seed))]
               + list(common) + list(run.variant))
-  return ([sys.executable, "-m", "cowmix_jax.main", f"--config={config}",
-           f"--workdir={workdir}"] + [f"--config.{key}={value}" for key, value in settings])
+  return (python_module_command("cowmix_jax.main", code)
+          + [f"--config={config}", f"--workdir={workdir}"]
+          + [f"--config.{key}={value}" for key, value in settings])
+
+
+def evaluation_file(workdir: str, split: str) -> str:
+  return os.path.join(workdir, f"evaluation_{split}.json")
+
+
+def evaluate_command(workdir: str, split: str, code: str = "") -> list[str]:
+  """The ``cowmix_jax.evaluate`` command line that scores a run's final teacher (its
+  latest checkpoint, with the run's saved config) on ``split``."""
+  return (python_module_command("cowmix_jax.evaluate", code)
+          + [f"--workdir={workdir}", "--checkpoint=latest", "--model=teacher",
+             f"--split={split}", f"--output={evaluation_file(workdir, split)}"])
+
+
+def split_fields(split: str, evaluation: dict) -> dict:
+  """A record's fields for one more split: ``{SPLIT}_miou``, ``{SPLIT}_per_class_iou``."""
+  return {f"{split}_miou": evaluation["miou"],
+          f"{split}_per_class_iou": evaluation["per_class_iou"]}
+
+
+def evaluate_splits(workdir: str, record: dict, splits: Sequence[str], stop: StopRequest,
+                    launcher, code: str = "") -> tuple[dict, str]:
+  """The fields of ``record``'s final teacher on each of ``splits`` that the record
+  lacks (``split_fields``), evaluated with ``evaluate_command`` through ``launcher``;
+  an evaluation already written to ``evaluation_file`` is read, not repeated. Returns
+  the fields and why an evaluation failed ('' when none did)."""
+  fields = {}
+  for split in splits:
+    if f"{split}_miou" in record:
+      continue
+    path = evaluation_file(workdir, split)
+    if not os.path.exists(path):
+      code_, _ = launcher(evaluate_command(workdir, split, code), workdir, stop)
+      if code_ != 0 or not os.path.exists(path):
+        return fields, f"evaluation on {split} failed (exit code {code_}); see {workdir}/train.log"
+    with open(path) as f:
+      evaluation = json.load(f)
+    if evaluation["step"] != record["step"]:
+      return fields, (f"{path} scores step {evaluation['step']}, not the run's final step "
+                      f"{record['step']}; delete it to evaluate again")
+    fields.update(split_fields(split, evaluation))
+  return fields, ""
 
 
 class StopRequest:
@@ -431,11 +499,15 @@ def format_table(rows: Sequence[dict]) -> str:
 def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
              common: Sequence[tuple[str, str]], stop: StopRequest | None = None,
              launcher=launch, epoch_scale: float = 0.0,
-             continue_from: str = "") -> tuple[dict, list[str]]:
+             continue_from: str = "", eval_splits: Sequence[str] = (),
+             code: str = "") -> tuple[dict, list[str]]:
   """Runs what is not finished, recording each run as it ends; returns the results and
   the names of failed runs. With ``continue_from`` (a root of finished shorter runs) a
   run whose workdir does not exist yet starts as a copy of ``continue_from/NAME``
-  (``start_from_finished_run``) and resumes from there."""
+  (``start_from_finished_run``) and resumes from there. Each run's final teacher is
+  also scored on ``eval_splits`` (``evaluate_splits``; recorded runs that lack a
+  split's score get it too). ``code``: train and evaluate with that checkout's package
+  (``python_module_command``)."""
   stop = stop or StopRequest().install()
   results = load_results(results_path)
   results.setdefault("machine", machine_description())
@@ -443,10 +515,13 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
   for index, run in enumerate(runs, 1):
     workdir = os.path.join(root, run.name)
     prefix = f"[{index}/{len(runs)}] {run.name}"
-    if run.name in results["runs"]:
-      print(f"{prefix}: done before ({100 * results['runs'][run.name]['miou']:.2f}%)")
-      continue
-    record = run_record(run, workdir)
+    record = results["runs"].get(run.name)
+    if record is not None:
+      print(f"{prefix}: done before ({100 * record['miou']:.2f}%)")
+      if not any(f"{split}_miou" not in record for split in eval_splits):
+        continue
+    else:
+      record = run_record(run, workdir)
     if record is None and stop.requested:
       print(f"{prefix}: not started (stop requested); run the same command again.")
       break
@@ -462,21 +537,28 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
       eta = (f", grid ETA {remaining * sum(times) / len(times) / 60:.0f} min"
              if times else "")
       print(f"{prefix}: training (log {os.path.join(workdir, 'train.log')}{eta})", flush=True)
-      code, seconds = launcher(train_command(run, config, workdir, common, epoch_scale),
-                               workdir, stop)
+      code_, seconds = launcher(
+          train_command(run, config, workdir, common, epoch_scale, code), workdir, stop)
       add_wall_seconds(workdir, seconds)
-      record = run_record(run, workdir) if code == 0 else None
+      record = run_record(run, workdir) if code_ == 0 else None
       if record is None and stop.requested:
         print(f"{prefix}: stopped; run the same command again to resume it.")
         break
       if record is None:
-        print(f"{prefix}: FAILED (exit code {code}); see {workdir}/train.log", flush=True)
+        print(f"{prefix}: FAILED (exit code {code_}); see {workdir}/train.log", flush=True)
         failed.append(run.name)
         continue
       times.append(seconds)
+    fields, why_not = evaluate_splits(workdir, record, eval_splits, stop, launcher, code)
+    record = {**record, **fields}
     results = save_run(results_path, run.name, record)
-    print(f"{prefix}: teacher mIoU {100 * record['miou']:.2f}% "
+    scores = "".join(f", {split} {100 * record[f'{split}_miou']:.2f}%"
+                     for split in eval_splits if f"{split}_miou" in record)
+    print(f"{prefix}: teacher mIoU {100 * record['miou']:.2f}%{scores} "
           f"({record['wall_seconds'] / 60:.1f} min)", flush=True)
+    if why_not:
+      print(f"{prefix}: FAILED: {why_not}", flush=True)
+      failed.append(run.name)
     if stop.requested:
       print("Stopped; run the same command again to continue the grid.")
       break
@@ -497,6 +579,18 @@ def check_continuable(config: str, common: Sequence[tuple[str, str]],
         f"--continue_from: config.lr_schedule is {schedule!r}, which depends on the run's "
         f"length, so a continued run would differ from one planned at this length; "
         f"continuing needs lr_schedule='constant'")
+
+
+def check_code(code: str) -> None:
+  """UsageError unless ``code`` is '' or a checkout holding ``cowmix_jax/main.py``, on a
+  Python that has ``-P``."""
+  if not code:
+    return
+  if not os.path.isfile(os.path.join(code, "cowmix_jax", "main.py")):
+    raise app.UsageError(f"--code={code}: not a checkout of this repository (no "
+                         f"cowmix_jax/main.py there)")
+  if sys.version_info < (3, 11):
+    raise app.UsageError("--code needs Python >= 3.11 (python -P)")
 
 
 def machine_description() -> str:
@@ -522,6 +616,14 @@ flags.DEFINE_string("continue_from", "", "ROOT of finished shorter runs of the s
                     "each run not started yet here begins as a copy of ROOT/NAME and "
                     "resumes from its last checkpoint to this grid's length (a constant "
                     "learning rate only)", flag_values=FLAGS)
+flags.DEFINE_list("eval_splits", [], "comma-separated splits (e.g. test) on which each "
+                  "run's final teacher is also scored when it ends (recorded as SPLIT_miou; "
+                  "never used to choose anything)", flag_values=FLAGS)
+flags.DEFINE_string("code", "", "a checkout of this repository (e.g. a git worktree at a "
+                    "fixed commit) whose cowmix_jax package the runs train and evaluate "
+                    "with, so that a long grid keeps one version of the code while this one "
+                    "changes (needs Python >= 3.11); default: this package",
+                    flag_values=FLAGS)
 flags.DEFINE_boolean("report_only", False, "print the table of what is recorded, run nothing",
                      flag_values=FLAGS)
 for _name in ("config", "root"):
@@ -553,9 +655,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise app.UsageError(f"--epoch_scale={FLAGS.epoch_scale} must be >= 0")
     if FLAGS.continue_from:
       check_continuable(FLAGS.config, common, FLAGS.continue_from)
+    check_code(FLAGS.code)
     results, failed = run_grid(runs, FLAGS.config, FLAGS.root, results_path, common,
                                epoch_scale=FLAGS.epoch_scale,
-                               continue_from=FLAGS.continue_from)
+                               continue_from=FLAGS.continue_from,
+                               eval_splits=FLAGS.eval_splits, code=FLAGS.code)
   print(f"\nEvery run recorded in {results_path} ({results.get('machine', '')}):")
   print(format_table(summarise(list(results["runs"].values()))))
   if failed:
