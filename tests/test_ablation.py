@@ -661,3 +661,14 @@ def test_two_runners_saving_into_one_results_file_keep_every_record(tmp_path):
   assert all(w.exitcode == 0 for w in writers)
   runs = json.loads(open(path).read())["runs"]
   assert sorted(runs) == sorted(f"{p}{i}" for p in "ab" for i in range(40))
+
+
+def test_a_stopped_grid_exits_with_the_sigterm_status_so_loops_stop(tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(ablation, "launch", FakeTraining(interrupt_at="supervised_seed0"))
+  code = ablation.main(["--config=configs/synthetic.py", f"--root={tmp_path}",
+                        "--methods=supervised", "--seeds=0,1"])
+  assert code == ablation.STOPPED_STATUS == 143
+  monkeypatch.setattr(ablation, "launch", FakeTraining())
+  assert ablation.main(["--config=configs/synthetic.py", f"--root={tmp_path}",
+                        "--methods=supervised", "--seeds=0,1"]) == 0

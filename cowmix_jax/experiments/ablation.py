@@ -77,6 +77,9 @@ METHODS: dict[str, dict[str, str]] = {
     "all_labels": {"method": "supervised", "data.num_labelled": "-1"},
 }
 BASELINE, FULL = "supervised", "all_labels"
+# The runner's exit status when SIGTERM or Ctrl-C stopped it (as a process killed by
+# SIGTERM reports it in a shell), so that a script looping over grids stops as well.
+STOPPED_STATUS = 143
 # Training length of each column in the paper's epochs (Table 1's caption; appendix
 # D.3.3 gives CowOut 100 instead of 300, hence both).
 PAPER_EPOCHS: dict[str, int] = {
@@ -647,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise app.UsageError(str(error)) from None
   os.makedirs(FLAGS.root, exist_ok=True)
   results_path = FLAGS.results or os.path.join(FLAGS.root, "results.json")
-  failed = []
+  failed, stopped = [], False
   if FLAGS.report_only:
     results = load_results(results_path)
   else:
@@ -656,15 +659,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if FLAGS.continue_from:
       check_continuable(FLAGS.config, common, FLAGS.continue_from)
     check_code(FLAGS.code)
-    results, failed = run_grid(runs, FLAGS.config, FLAGS.root, results_path, common,
-                               epoch_scale=FLAGS.epoch_scale,
+    stop = StopRequest().install()
+    results, failed = run_grid(runs, FLAGS.config, FLAGS.root, results_path, common, stop,
+                               launch, epoch_scale=FLAGS.epoch_scale,
                                continue_from=FLAGS.continue_from,
                                eval_splits=FLAGS.eval_splits, code=FLAGS.code)
+    stopped = stop.requested
   print(f"\nEvery run recorded in {results_path} ({results.get('machine', '')}):")
   print(format_table(summarise(list(results["runs"].values()))))
   if failed:
     print(f"Failed runs: {', '.join(failed)}")
-  return 1 if failed else 0
+    return 1
+  # A grid stopped by a signal is not done: a script that loops over grids stops too.
+  return STOPPED_STATUS if stopped else 0
 
 
 if __name__ == "__main__":
