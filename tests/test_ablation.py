@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from cowmix_jax import config_base
 from cowmix_jax.experiments import ablation, plot_ablation, recalibrate_bn
 
 from conftest import REPO, TINY_RUN
@@ -59,8 +60,8 @@ def test_each_method_trains_for_its_paper_length_times_one_factor():
     epochs = [f for f in command if f.startswith("--config.num_epochs=")]
     flags[method] = float(epochs[0].split("=")[1])
   assert flags == pytest.approx({"supervised": 12, "aug": 2, "ict": 12, "cutout": 12,
-                                 "cutmix": 4, "cowout": 12, "cowout_100ep": 4, "cowmix": 12,
-                                 "all_labels": 12})
+                                 "cutmix": 4, "cutmix_random_area": 4, "cowout": 12,
+                                 "cowout_100ep": 4, "cowmix": 12, "all_labels": 12})
   # The length comes before the common overrides, so --set num_epochs=... still wins.
   command = ablation.train_command(ablation.Run("cowout_100ep", 1), "c.py", "/w",
                                    [("num_epochs", "1")], 0.04)
@@ -672,3 +673,14 @@ def test_a_stopped_grid_exits_with_the_sigterm_status_so_loops_stop(tmp_path, mo
   monkeypatch.setattr(ablation, "launch", FakeTraining())
   assert ablation.main(["--config=configs/synthetic.py", f"--root={tmp_path}",
                         "--methods=supervised", "--seeds=0,1"]) == 0
+
+
+def test_cutmix_random_area_draws_its_area_as_cutout_does(monkeypatch):
+  """Section 3.3's CutMix: the cutmix method with CutOut's area range, U(0, 1)."""
+  monkeypatch.chdir(REPO)
+  command = ablation.train_command(ablation.Run("cutmix_random_area", 0), "c.py", "/w", [])
+  assert "--config.method=cutmix" in command
+  assert "--config.mask.cutmix_p_range=(0.0, 1.0)" in command
+  config = config_base.load_config_file("configs/camvid_cpu.py")
+  assert tuple(config.mask.cutout_p_range) == (0.0, 1.0)
+  assert tuple(config.mask.cutmix_p_range) == (0.5, 0.5)  # the authors' later code

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from cowmix_jax import masks
 
@@ -109,6 +109,43 @@ def test_box_masks_reach_every_edge_and_stay_inside():
   assert m[:, 0, :].any() and m[:, -1, :].any() and m[:, :, 0].any() and m[:, :, -1].any()
   # Every box is whole (inside the image): its area matches the request.
   np.testing.assert_allclose(m.sum(axis=(1, 2)), 0.1 * 32 * 32, rtol=0.1)
+
+
+def _box_parameters(m: np.ndarray) -> tuple[np.ndarray, ...]:
+  """``(top, left, height, width)`` of each one-rectangle mask of ``[N, H, W]``."""
+  rows, cols = m.any(axis=2), m.any(axis=1)
+  top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+  return top, left, rows.sum(axis=1), cols.sum(axis=1)
+
+
+def test_random_area_box_masks_draw_all_four_parameters_as_worked_out_by_hand():
+  """CutMix as section 3.3 says (``cutmix_random_area``: the area drawn as CutOut's):
+  area fraction p ~ U(0, 1); height fraction p^u with u ~ U(0, 1), so that
+  E[h / H] = E[(1 - p) / -ln p] = integral_0^1 (1 - p) / -ln p dp = ln 2, and the width
+  fraction p^(1 - u) likewise; top ~ U{0, ..., H - h} and left ~ U{0, ..., W - w}, so the
+  box's centre lies at H / 2, W / 2 on average and top / (H - h) is uniform on [0, 1]."""
+  n, height, width = 6000, 45, 60
+  m = np.asarray(masks.box_masks(jax.random.PRNGKey(35), (n, height, width), (0.0, 1.0)))
+  nonempty = m.any(axis=(1, 2))
+  assert nonempty.mean() > 0.99  # an area below one pixel rounds to an empty box
+  top, left, box_h, box_w = _box_parameters(m[nonempty])
+  np.testing.assert_array_equal(m[nonempty].sum(axis=(1, 2)), box_h * box_w)  # filled
+  area = m.sum(axis=(1, 2)) / (height * width)
+  assert stats.kstest(area, "uniform").statistic < 0.03
+  assert abs(np.mean(box_h / height) - np.log(2)) < 0.015
+  assert abs(np.mean(box_w / width) - np.log(2)) < 0.015
+  # The height fraction is not tied to the area alone: at one area it still varies.
+  middle = (area > 0.2) & (area < 0.3)
+  assert np.ptp((box_h / height)[middle[nonempty]]) > 0.4
+  free_h, free_w = height - box_h, width - box_w
+  assert abs(np.mean(top + box_h / 2) / height - 0.5) < 0.01
+  assert abs(np.mean(left + box_w / 2) / width - 0.5) < 0.01
+  # top is uniform on {0, ..., H - h} exactly when (top + v) / (H - h + 1), v ~ U(0, 1),
+  # is uniform on [0, 1] (the randomised probability integral transform).
+  jitter = np.random.default_rng(0).uniform(size=top.shape)
+  assert stats.kstest((top + jitter) / (free_h + 1), "uniform").statistic < 0.03
+  assert stats.kstest((left + jitter) / (free_w + 1), "uniform").statistic < 0.03
+  assert np.all(top + box_h <= height) and np.all(left + box_w <= width)
 
 
 def test_fft_friendly_size():
