@@ -275,13 +275,13 @@ def test_paired_difference_compares_seed_by_seed_against_numpy():
   assert difference["std"] == pytest.approx(np.std([3.0, 2.0], ddof=1))
   single = plot_ablation.paired_difference(records, "cutmix")
   assert single["n"] == 1 and single["mean"] == pytest.approx(1.0) and np.isnan(single["std"])
-  assert np.isnan(single["p"])
+  assert np.isnan(single["t_p"]) and single["sign_flip_p"] == pytest.approx(0.5)
   # One-sided paired t-test, by hand: differences 1, 2, 3 points give t = 2 / (1 / sqrt 3)
   # on 2 degrees of freedom, where P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2.
   records = [_record("supervised", s, 0.30) for s in range(3)] + [
       _record("cowmix", s, 0.30 + 0.01 * (s + 1)) for s in range(3)]
   t = 2.0 * np.sqrt(3.0)
-  assert plot_ablation.paired_difference(records, "cowmix")["p"] == pytest.approx(
+  assert plot_ablation.paired_difference(records, "cowmix")["t_p"] == pytest.approx(
       (1 - t / np.sqrt(t**2 + 2)) / 2, rel=1e-6)
   assert plot_ablation.paired_difference(records, "ict")["n"] == 0
 
@@ -298,29 +298,33 @@ def test_table_markdown_lists_seeds_paired_difference_gap_and_paper():
   assert list(records[2]["teacher_history"])[-1] == "500"
   lines = plot_ablation.table_markdown(records).splitlines()
   assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | last 3 evals | "
-                      "minus baseline (paired) | p (one-sided paired t) | gap closed | "
-                      "paper (test) | wall min/run |")
-  p = plot_ablation.paired_difference(records, "cowmix")["p"]
-  # CowMix: mean 38, std of (34, 42); differences (4, 2); gap (38 - 35) / (55 - 35) = 15%;
-  # wall (1 + 2) / 2 minutes. The baseline has no difference from itself (empty cell).
+                      "minus baseline (paired) [95% CI] | p (one-sided paired t) | "
+                      "p (sign flip) | gap closed [95% CI] | paper (test) | wall min/run |")
+  p = plot_ablation.paired_difference(records, "cowmix")["t_p"]
+  # CowMix: mean 38, std of (34, 42); differences (4, 2), whose resamples of two seeds
+  # are (4, 4), (4, 2), (2, 4), (2, 2): means 4, 3, 3, 2, so the 95% interval is
+  # [2, 4]; sign flips of (4, 2): sums 6, 2, -2, -6, so p = 1/4; gap
+  # (38 - 35) / (55 - 35) = 15%, per-seed gains (4, 2) over gaps (20, 20): resampled
+  # shares 20%, 15%, 15%, 10%; wall (1 + 2) / 2 minutes. The baseline has no difference
+  # from itself (empty cell).
   std = np.std([34.0, 42.0], ddof=1)
   diff_std = np.std([4.0, 2.0], ddof=1)
   # Last 3 evaluations: (30 + 32 + 34) / 3 = 32 and (40 + 41 + 42) / 3 = 41; mean 36.5.
   assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | 36.50 | "
-                      f"+3.00 +- {diff_std:.2f} | {p:.3f} | "
-                      "15% | 55.06 +- 1.74 | 1.5 |")
+                      f"+3.00 +- {diff_std:.2f} [+2.00, +4.00] | {p:.3f} | 0.250 | "
+                      "15% [10%, 20%] | 55.06 +- 1.74 | 1.5 |")
   assert lines[2] == (f"| supervised | 30.00 | 40.00 | 35.00 +- {np.std([30.0, 40.0], ddof=1):.2f}"
-                      " |  |  |  | 0% | 48.66 +- 1.80 | 1.5 |")  # no histories: empty
+                      " |  |  |  |  | 0% | 48.66 +- 1.80 | 1.5 |")  # no histories: empty
   # Runs that record their best periodic score add it.
   for record, best in zip(records, (0.31, 0.41, 0.36, 0.43, 0.50, 0.61)):
     record["best_miou"] = best
   lines = plot_ablation.table_markdown(records, with_late=False, with_paper=False).splitlines()
   assert lines[0] == ("| method | seed 0 | seed 1 | mean +- std | best periodic, mean +- std "
-                      "| minus baseline (paired) | p (one-sided paired t) | gap closed | "
-                      "wall min/run |")
+                      "| minus baseline (paired) [95% CI] | p (one-sided paired t) | "
+                      "p (sign flip) | gap closed [95% CI] | wall min/run |")
   assert lines[3] == (f"| cowmix | 34.00 | 42.00 | 38.00 +- {std:.2f} | 39.50 +- "
-                      f"{np.std([36.0, 43.0], ddof=1):.2f} | +3.00 +- {diff_std:.2f} | "
-                      f"{p:.3f} | 15% | 1.5 |")
+                      f"{np.std([36.0, 43.0], ddof=1):.2f} | +3.00 +- {diff_std:.2f} "
+                      f"[+2.00, +4.00] | {p:.3f} | 0.250 | 15% [10%, 20%] | 1.5 |")
 
 
 def test_wall_time_of_a_killed_attempt_survives_through_its_heartbeat(tmp_path):
@@ -457,8 +461,8 @@ def test_learned_classes_and_the_table_restricted_to_them():
 def test_table_markdown_can_leave_out_the_late_and_paper_columns():
   records = [_record("supervised", 0, 0.30), _record("cowmix", 0, 0.34)]
   lines = plot_ablation.table_markdown(records, with_late=False, with_paper=False).splitlines()
-  assert lines[0] == ("| method | seed 0 | mean +- std | minus baseline (paired) | "
-                      "gap closed | wall min/run |")
+  assert lines[0] == ("| method | seed 0 | mean +- std | minus baseline (paired) [95% CI] | "
+                      "gap closed [95% CI] | wall min/run |")
   assert lines[3] == "| cowmix | 34.00 | 34.00 | +4.00 |  | 1.0 |"  # no full runs: no gap
 
 
@@ -684,3 +688,28 @@ def test_cutmix_random_area_draws_its_area_as_cutout_does(monkeypatch):
   config = config_base.load_config_file("configs/camvid_cpu.py")
   assert tuple(config.mask.cutout_p_range) == (0.0, 1.0)
   assert tuple(config.mask.cutmix_p_range) == (0.5, 0.5)  # the authors' later code
+
+
+def test_records_on_another_split_carry_that_splits_scores_only():
+  record = dict(_record("cowmix", 0, 0.40), best_miou=0.41, test_miou=0.45,
+                test_per_class_iou={"a": 0.45})
+  copies = plot_ablation.on_split([record, _record("cowmix", 1, 0.5)], "test")
+  assert len(copies) == 1  # seed 1 was never scored on test
+  assert copies[0]["miou"] == 0.45 and copies[0]["per_class_iou"] == {"a": 0.45}
+  assert "best_miou" not in copies[0] and copies[0]["teacher_history"] == {}
+  assert record["miou"] == 0.40  # the original is untouched
+
+
+def test_targets_are_judged_from_the_paired_statistics():
+  base = [40.0, 42.0, 41.0, 43.0, 44.0]
+  cowmix = [44.0, 45.0, 46.0, 47.0, 49.0]  # +4, +3, +5, +4, +5: every flip lower
+  full = [50.0, 52.0, 51.0, 53.0, 54.0]  # gap 10 on every seed: share 42% [36%, 48%]
+  cowout = [46.0, 48.0, 47.0, 48.0, 50.0]  # CowMix below CowOut on every seed
+  records = [_record(m, s, v / 100) for m, values in
+             (("supervised", base), ("cowmix", cowmix), ("all_labels", full),
+              ("cowout", cowout)) for s, v in enumerate(values)]
+  lines = plot_ablation.targets_markdown(records).splitlines()
+  assert lines[0].endswith("sign-flip p 0.031: **established**")
+  share = np.mean(np.subtract(cowmix, base)) / 10
+  assert f"{100 * share:.0f}%" in lines[1] and lines[1].endswith("**open**")
+  assert "cowout -1.60" in lines[2] and lines[2].endswith("**refuted**")

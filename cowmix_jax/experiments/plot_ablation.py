@@ -4,9 +4,12 @@ IoU, and one panel per swept config key (the paper's figures 10-12).
 python -m cowmix_jax.experiments.plot_ablation --results=runs/camvid_cpu/results.json --out=docs \
     [--results=runs/camvid_cpu_sweep/results.json] [--prefix=camvid_cpu]
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
-PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``);
---update_markdown=FILE writes it, the table over the learned classes and the per-class
-table into FILE's marked blocks (--markers=PREFIX for several grids in one file).
+PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``) with the
+verdicts on its claims (``targets_markdown``), and the same on test for the runs the
+runner also scored there (--eval_splits=test); --update_markdown=FILE writes them, the
+table over the learned classes and the per-class table into FILE's marked blocks
+(table1, targets, table1_test, targets_test, table1_learned, per_class; --markers=PREFIX
+for several grids in one file).
 Needs matplotlib (pip install -e ".[plots]").
 """
 
@@ -17,10 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
-from scipy import stats
 
 from cowmix_jax import cli, plotting
-from cowmix_jax.experiments import ablation
+from cowmix_jax.experiments import ablation, paired_stats
 
 # Paper Table 1 (CamVid test, U-Net ResNet-50, 10 runs): mean, std.
 PAPER_TABLE_1 = {
@@ -181,27 +183,62 @@ def plot_sweeps(plt, results: dict, path: str, base_values: dict[str, str],
 
 def paired_difference(records: Sequence[dict], group: str,
                       baseline: str = ablation.BASELINE) -> dict:
-  """``{n, mean, std, p}`` of ``group``'s mIoU minus the baseline's, seed by seed (%).
+  """``group``'s mIoU minus ``baseline``'s, seed by seed (%), over the seeds both ran:
+  ``paired_stats.compare``'s ``{n, seeds, mean, std, t_p, sign_flip_p, low, high}``.
 
   A seed fixes the labelled subset, which moves every method's mIoU together, so the
-  per-seed difference is far less noisy than the difference of the two means. Only the
-  seeds both groups ran count; ``n`` is 0 (mean and std NaN) when there are none, and the
-  std is NaN for a single seed. ``p`` is the one-sided paired t-test's p-value for "the
-  group is above the baseline" (NaN below two seeds).
+  per-seed difference is far less noisy than the difference of the two means.
   """
   ours = ablation.miou_by_seed([r for r in records if r["group"] == group])
   base = ablation.miou_by_seed([r for r in records if r["group"] == baseline])
-  differences = [ours[s] - base[s] for s in sorted(ours) if s in base]
-  if not differences:
-    return {"n": 0, "mean": float("nan"), "std": float("nan"), "p": float("nan")}
-  if len(differences) < 2:
-    return {"n": 1, "mean": float(differences[0]), "std": float("nan"), "p": float("nan")}
-  if np.ptp(differences) == 0:  # no spread: t is infinite (or undefined at 0)
-    p = float("nan") if differences[0] == 0 else (0.0 if differences[0] > 0 else 1.0)
-  else:
-    p = stats.ttest_1samp(differences, 0.0, alternative="greater").pvalue
-  return {"n": len(differences), "mean": float(np.mean(differences)),
-          "std": float(np.std(differences, ddof=1)), "p": float(p)}
+  return paired_stats.compare(ours, base)
+
+
+def gap_share(records: Sequence[dict], group: str) -> dict:
+  """The share of the baseline-to-full gap that ``group`` closes, paired by seed, with
+  its bootstrap interval: ``paired_stats.share_of_gap``'s ``{n, share, low, high}``."""
+  by_group = {name: ablation.miou_by_seed([r for r in records if r["group"] == name])
+              for name in (group, ablation.BASELINE, ablation.FULL)}
+  return paired_stats.share_of_gap(by_group[group], by_group[ablation.BASELINE],
+                                   by_group[ablation.FULL])
+
+
+def on_split(records: Sequence[dict], split: str) -> list[dict]:
+  """Copies of the records that were also scored on ``split`` (``SPLIT_miou``, from
+  the runner's --eval_splits) with that score and its per-class IoU as their ``miou``
+  and ``per_class_iou``; their history, best periodic and precise-BN scores, which are
+  validation numbers, are dropped."""
+  copies = []
+  for record in records:
+    if f"{split}_miou" not in record:
+      continue
+    copy = dict(record, miou=record[f"{split}_miou"], teacher_history={},
+                per_class_iou=record[f"{split}_per_class_iou"], split=split)
+    for validation_number in ("precise_bn_miou", "best_miou", "best_step"):
+      copy.pop(validation_number, None)
+    copies.append(copy)
+  return copies
+
+
+def difference_cell(difference: dict) -> str:
+  """``+3.00 +- 1.41 [+2.00, +4.00]``: the mean paired difference, its std over seeds
+  and its bootstrap 95% interval (the parts that exist)."""
+  if not difference["n"]:
+    return ""
+  text = _plus_minus(difference["mean"], difference["std"], signed=True)
+  if not np.isnan(difference["low"]):
+    text += f" [{difference['low']:+.2f}, {difference['high']:+.2f}]"
+  return text
+
+
+def share_cell(share: dict) -> str:
+  """``27% [7%, 45%]``: the share of the gap closed and its bootstrap 95% interval."""
+  if not share["n"] or np.isnan(share["share"]):
+    return ""
+  text = f"{100 * share['share']:.0f}%"
+  if not np.isnan(share["low"]):
+    text += f" [{100 * share['low']:.0f}%, {100 * share['high']:.0f}%]"
+  return text
 
 
 LATE_EVALUATIONS = 3
@@ -230,9 +267,10 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
   of each run's last evaluations (``late_mean``; ``with_late``), the mean mIoU with
   BatchNorm statistics recomputed on clean images (when some record has
   ``precise_bn_miou``, from cowmix_jax/experiments/recalibrate_bn.py), the paired per-seed
-  difference from the baseline with its one-sided paired t-test (two seeds or more), the
-  share of the baseline-to-full gap closed, the paper's value (``with_paper``) and the
-  mean wall time per run."""
+  difference from the baseline with its bootstrap 95% interval, its one-sided paired
+  t-test and exact sign-flip p (two seeds or more), the share of the baseline-to-full
+  gap closed with its interval, the paper's value (``with_paper``) and the mean wall
+  time per run (paired_stats has the definitions)."""
   seeds = sorted({r["seed"] for r in records})
   with_precise = any("precise_bn_miou" in r for r in records)
   with_best = any(r.get("best_miou") is not None for r in records)
@@ -241,8 +279,9 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
             (["best periodic, mean +- std"] if with_best else []) +
             ([f"last {LATE_EVALUATIONS} evals"] if with_late else []) +
             (["precise BN"] if with_precise else []) +
-            ["minus baseline (paired)"] + (["p (one-sided paired t)"] if with_p else []) +
-            ["gap closed"] +
+            ["minus baseline (paired) [95% CI]"] +
+            (["p (one-sided paired t)", "p (sign flip)"] if with_p else []) +
+            ["gap closed [95% CI]"] +
             (["paper (test)"] if with_paper else []) + ["wall min/run"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in ablation.summarise(records):
@@ -260,16 +299,62 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
       precise = [100 * r["precise_bn_miou"] for r in members if "precise_bn_miou" in r]
       cells.append(f"{np.mean(precise):.2f}" if len(precise) == len(members) else "")
     is_baseline = row["method"] == ablation.BASELINE
-    cells.append("" if is_baseline or not difference["n"]
-                 else _plus_minus(difference["mean"], difference["std"], signed=True))
+    cells.append("" if is_baseline else difference_cell(difference))
     if with_p:
-      cells.append("" if is_baseline or np.isnan(difference["p"]) else f"{difference['p']:.3f}")
-    cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
+      for key in ("t_p", "sign_flip_p"):
+        cells.append("" if is_baseline or np.isnan(difference[key])
+                     else f"{difference[key]:.3f}")
+    cells.append("0%" if is_baseline else share_cell(gap_share(records, row["group"])))
     if with_paper:
       paper = PAPER_TABLE_1.get(row["method"]) if row["group"] == row["method"] else None
       cells.append("" if paper is None else f"{paper[0]:.2f} +- {paper[1]:.2f}")
     cells.append(f"{row['wall_minutes']:.1f}")
     lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+# Issue 35's targets: the paper's share of the gap for CowMix on CamVid (Table 1:
+# (55.06 - 48.66) / (64.19 - 48.66)).
+PAPER_GAP_SHARE = 0.41
+PERTURBATIONS = ("aug", "ict", "cutout", "cutmix", "cutmix_random_area", "cowout",
+                 "cowout_100ep")
+
+
+def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
+                     share_target: float = PAPER_GAP_SHARE) -> str:
+  """The three claims of Table 1 about ``ours``, each with its numbers and a verdict
+  (``paired_stats.verdict``: established, refuted or open), as a Markdown list:
+
+  1. above the baseline: one-sided paired t p < 0.05 and sign-flip p < 0.05;
+  2. closes at least ``share_target`` of the baseline-to-full gap: the bootstrap 95%
+     interval of the share lies at or above it (refuted when it lies below);
+  3. its mean at least every other perturbation's (the base groups in
+     ``PERTURBATIONS`` that share seeds with it): for each, the interval of the paired
+     difference; established when every interval lies at or above 0, refuted when one
+     lies below 0.
+  """
+  above = paired_difference(records, ours)
+  share = gap_share(records, ours)
+  lines = [
+      f"1. {ours} above the baseline: {difference_cell(above)} over {above['n']} seeds, "
+      f"t p {above['t_p']:.3f}, sign-flip p {above['sign_flip_p']:.3f}: **"
+      + paired_stats.verdict(above["low"], above["high"], 0.0,
+                             [above["t_p"], above["sign_flip_p"]]) + "**",
+      f"2. {ours} closes >= {100 * share_target:.0f}% of the gap: {share_cell(share)} over "
+      f"{share['n']} seeds: **"
+      + paired_stats.verdict(share["low"], share["high"], share_target) + "**"]
+  verdicts, parts = [], []
+  groups = {r["group"] for r in records}
+  for other in (g for g in PERTURBATIONS if g in groups):
+    difference = paired_difference(records, ours, baseline=other)
+    if difference["n"] < 2:
+      continue
+    verdicts.append(paired_stats.verdict(difference["low"], difference["high"], 0.0))
+    parts.append(f"{other} {difference_cell(difference)} ({difference['n']} seeds)")
+  overall = ("refuted" if "refuted" in verdicts else
+             "established" if verdicts and set(verdicts) == {"established"} else "open")
+  lines.append(f"3. {ours} at least every other perturbation (paired, {ours} minus): "
+               + ("; ".join(parts) or "no other perturbation") + f": **{overall}**")
   return "\n".join(lines)
 
 
@@ -414,8 +499,15 @@ def main(argv=None) -> None:
   if plot_sweeps(plt, results, sweep_path, base_values):
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))
-  blocks = {"table1": table_markdown(records)}
+  blocks = {"table1": table_markdown(records), "targets": targets_markdown(records)}
   print("\nTable 1 (teacher mIoU %):\n" + blocks["table1"])
+  print("\nTable 1's claims:\n" + blocks["targets"])
+  test_records = on_split(records, "test")
+  if test_records:
+    blocks["table1_test"] = table_markdown(test_records, with_late=False)
+    blocks["targets_test"] = targets_markdown(test_records)
+    print("\nTable 1 on test (the final teachers, for reporting only):\n"
+          + blocks["table1_test"] + "\n\nTable 1's claims on test:\n" + blocks["targets_test"])
   classes = learned_classes(records)
   if classes:
     blocks["table1_learned"] = table_markdown(restrict_to_classes(records, classes),
