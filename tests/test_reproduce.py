@@ -1,0 +1,38 @@
+"""cowmix_jax/experiments/reproduce.py: comparing a rerun's history with a record."""
+
+import json
+
+import pytest
+
+from cowmix_jax.experiments import reproduce
+
+
+def test_values_are_compared_at_the_places_they_were_recorded_with():
+  assert reproduce.recorded_digits(0.42829999999999996) == 4  # typed as 0.4283
+  assert reproduce.recorded_digits(0.41798795749853296) == 17
+  recorded = {"184": 0.2029, "368": 0.31173285473530216, "552": 0.5}
+  rerun = {"184": 0.20294, "368": 0.31173285473530216, "552": 0.5001}
+  result = reproduce.compare_histories(recorded, rerun)
+  # 0.20294 rounds to the recorded 0.2029; 0.5001 rounded to 1 place is 0.5 as well.
+  assert result == {"steps": 3, "identical": 3, "max_difference": pytest.approx(1e-4),
+                    "missing": 0}
+  rerun["368"] += 1e-9
+  del rerun["552"]
+  result = reproduce.compare_histories(recorded, rerun)
+  assert result["identical"] == 1 and result["missing"] == 1
+  assert result["max_difference"] == pytest.approx(4e-5)
+
+
+def test_the_tool_exits_1_when_a_run_differs(tmp_path, capsys):
+  def results(history, miou):
+    return {"runs": {"supervised_seed0": {"teacher_history": history, "miou": miou}}}
+
+  recorded, same, other = (tmp_path / name for name in ("a.json", "b.json", "c.json"))
+  recorded.write_text(json.dumps(results({"1": 0.2517, "2": 0.4283}, 0.4283)))
+  same.write_text(json.dumps(results({"1": 0.2517, "2": 0.4283}, 0.4283)))
+  other.write_text(json.dumps(results({"1": 0.2517, "2": 0.4183}, 0.4183)))
+  assert reproduce.main([f"--recorded={recorded}", f"--rerun={same}"]) == 0
+  assert "2/2 evaluations identical" in capsys.readouterr().out
+  assert reproduce.main([f"--recorded={recorded}", f"--rerun={other}"]) == 1
+  assert "1/2 evaluations identical, largest difference 1.0000 points" in (
+      capsys.readouterr().out)
