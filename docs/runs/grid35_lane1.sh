@@ -1,0 +1,25 @@
+#!/bin/bash
+# Issue 35, lane 1 of 2 (two runs at once). Every phase is idempotent: run the script
+# again after a stop and finished runs are skipped. Stop: kill this script first, then
+# kill -TERM the experiments.ablation process (its run checkpoints; exit 143 stops here).
+. /work/runs/grid35_common.sh
+R=/work/runs
+# P0: reproduction check (seed 0 ran on the live tree of 2026-11-30)
+$RUNNER --root=$R/camvid_lite0_rerun --methods=supervised --seeds=0 || exit
+# P1: seeds 5-9 of the key methods, val and test
+for seed in 5 6 7 8 9; do
+  $RUNNER --root=$R/camvid_lite0 --methods=supervised,cowmix --seeds=$seed || exit
+done
+# P2: ICT at 4 epochs (1468 steps): the base run, then one change at a time (val only)
+ICT="$PY -m cowmix_jax.experiments.ablation --config=/work/grid_code/configs/camvid_cpu.py --code=/work/grid_code --set=data.manual_dir=/work/shared/data/camvid --set=num_epochs=4 --root=$R/camvid_lite0_ict --seeds=0,1"
+$ICT --methods=supervised,ict || exit
+$ICT --methods=ict --vary="mask.ict_alpha=0.001;1.0" --vary="cons_weight=1" --vary="confidence.mode=per_pixel" || exit
+# P2b: CutMix with a random area at the common length (12 epochs), val and test
+$RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix_random_area --seeds=0,1,2,3,4 || exit
+# P3: reruns of seeds 1-4 for their test scores (and as a reproduction check)
+for seed in 0 1 2 3 4; do
+  $RUNNER --root=$R/camvid_lite0_rerun --methods=supervised,cowmix --seeds=$seed || exit
+done
+# P4: the 24-epoch study on seeds 0-2, continuing the reruns
+$RUNNER --root=$R/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=$R/camvid_lite0_rerun --methods=supervised,cowmix --seeds=0,1,2 || exit
+echo "lane 1 done"
