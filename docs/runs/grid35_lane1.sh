@@ -2,7 +2,7 @@
 # Issue 35, lane 1 of 2 (two runs at once). Every phase is idempotent: run the script
 # again after a stop and finished runs are skipped. Stop: kill this script first, then
 # kill -TERM the experiments.ablation process (its run checkpoints; exit 143 stops here).
-. /work/runs/grid35_common.sh
+. "$(dirname "$0")/grid35_common.sh"
 R=/work/runs
 # P0: reproduction check (seed 0 ran on the live tree of 2026-11-30)
 $RUNNER --root=$R/camvid_lite0_rerun --methods=supervised --seeds=0 || exit

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 35, lane 2 of 2: see grid35_lane1.sh.
-. /work/runs/grid35_common.sh
+. "$(dirname "$0")/grid35_common.sh"
 R=/work/runs
 $RUNNER --root=$R/camvid_lite0_rerun --methods=all_labels --seeds=0 || exit
 for seed in 5 6 7 8 9; do
