@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from cowmix_jax import config_base
+from cowmix_jax.cli import ConfigError
 from cowmix_jax.state import TrainState
 
 LATEST, BEST = "checkpoints", "best"
@@ -170,9 +171,10 @@ def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list:
   """Lines ``key: saved value in the workdir, now value`` for every setting that differs
-  from the run already in ``workdir`` (none when there is no run yet), except
+  from the run already in ``workdir`` (none when there is no run yet: no config.json,
+  or no checkpoint to resume, as after a run stopped by a bad setting), except
   RESUMABLE_KEYS."""
-  if not (workdir_path(workdir) / CONFIG_FILE).exists():
+  if not (workdir_path(workdir) / CONFIG_FILE).exists() or not has_checkpoint(workdir):
     return []
   old, new = _flatten(_plain(load_config(workdir))), _flatten(_plain(config))
   return [f"  {key}: {old.get(key, '(absent)')!r} in the workdir, now "
@@ -181,13 +183,19 @@ def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list:
           if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether ``workdir/checkpoints`` holds a saved step (a run to resume)."""
+  directory = workdir_path(workdir) / LATEST
+  return directory.exists() and any(child.name.isdigit() for child in directory.iterdir())
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises ValueError listing every difference from the run in ``workdir`` (a restart
   with settings that would not continue the same run). Every process of a multi-host run
   calls it, before any of them writes, so that all stop together."""
   differences = config_differences(config, workdir)
   if differences:
-    raise ValueError(
+    raise ConfigError(
         f"{workdir} holds a run with a different config "
         f"({workdir_path(workdir) / CONFIG_FILE}); use a new workdir, or the same settings. "
         f"Differences:\n" + "\n".join(differences))

@@ -18,6 +18,8 @@ cli.run(main)`` runs it on the command line::
 
 from __future__ import annotations
 
+import ast
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -72,3 +74,96 @@ def run(main: Callable[[Sequence[str] | None], int | None]) -> None:
     print(f"{sys.argv[0]}: {error} (--help lists the flags)", file=sys.stderr)
     sys.exit(2)
   sys.exit(status or 0)
+
+
+# Set to 1 (or pass --verbose) for the traceback of an expected error instead of its
+# one-line message.
+VERBOSE_ENV = "COWMIX_JAX_VERBOSE"
+
+
+class ConfigError(ValueError):
+  """A setting that cannot work, found before any work: a usage error (status 2)."""
+
+
+# Errors a user's input can cause (files, data, settings, a full disk): one line each.
+EXPECTED_ERRORS = (ValueError, KeyError, OSError, ModuleNotFoundError, FloatingPointError)
+
+
+def wants_verbose(argv: Sequence[str]) -> bool:
+  return "--verbose" in argv or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def error_message(error: BaseException) -> str:
+  """The error's own text: a KeyError's quoted repr (``'key'\\nDid you mean ...``, as
+  ml_collections raises for an unknown config key) read back as the text it quotes."""
+  text = str(error)
+  if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      pass
+  return text.strip()
+
+
+def config_key_message(error: BaseException, argv: Sequence[str]) -> str:
+  """``--config.KEY=VALUE: no config key 'KEY' ... Did you mean ...`` for an override
+  of a key the config does not have."""
+  text = error_message(error)
+  key = text.splitlines()[0].strip("'\"") if text else ""
+  flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+               and a.split("=", 1)[0].rsplit(".", 1)[-1] == key), f"--config...{key}")
+  hint = " ".join(line.strip() for line in text.splitlines()[1:])
+  return f"{flag}: the config has no key {key!r}.{' ' + hint if hint else ''}"
+
+
+def fail(message: str, status: int) -> None:
+  """Prints ``PROGRAM: message`` on stderr and exits with ``status``."""
+  program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "cowmix_jax"
+  hint = f" (--verbose or {VERBOSE_ENV}=1 shows the traceback)" if status == 1 else ""
+  print(f"{program}: {message}{hint}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def run_absl(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None
+             ) -> None:
+  """``absl.app.run(main)`` for the programs on absl's global flags (main, evaluate,
+  predict), with every expected error in one line: a bad flag, an unknown config key,
+  a config file that does not load, a bad setting (``ConfigError``) and
+  ``app.UsageError`` exit with status 2; other ``EXPECTED_ERRORS`` (files, data, a
+  failed save) with status 1. ``--verbose`` or ``COWMIX_JAX_VERBOSE=1`` lets the
+  traceback through instead."""
+  argv = list(sys.argv if argv is None else argv)
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "Show tracebacks of expected errors and "
+                      "TensorFlow's start-up lines (also: COWMIX_JAX_VERBOSE=1).")
+  verbose = wants_verbose(argv)
+
+  def parse(args: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(args)
+    except flags.Error as error:
+      if verbose:
+        raise
+      fail(error_message(error), 2)
+    except (AttributeError, KeyError) as error:  # an override of a key the config lacks
+      if verbose:
+        raise
+      fail(config_key_message(error, args), 2)
+    except OSError as error:  # the config file does not load
+      if verbose:
+        raise
+      fail(" ".join(error_message(error).split()), 2)
+
+  def guarded(args: list[str]) -> int | None:
+    try:
+      return main(args)
+    except app.UsageError as error:
+      if verbose:
+        raise
+      fail(f"{error_message(error)} (--help lists the flags)", 2)
+    except EXPECTED_ERRORS as error:
+      if verbose:
+        raise
+      fail(error_message(error), 2 if isinstance(error, ConfigError) else 1)
+
+  app.run(guarded, argv=argv, flags_parser=parse)

@@ -8,6 +8,7 @@ known.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import ml_collections
@@ -15,6 +16,7 @@ from absl import logging
 
 from cowmix_jax import data as data_lib
 from cowmix_jax import losses, masks, mixing, models, steps
+from cowmix_jax.cli import ConfigError
 from cowmix_jax.conventions import NORMALISATIONS
 
 BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
@@ -62,9 +64,69 @@ def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_coun
   return asked
 
 
-def _check_range(key: str, value, low: float, high: float) -> None:
-  if not low <= value <= high:
-    raise ValueError(f"config.{key}={value} must be in [{low:g}, {high:g}]")
+INF = float("inf")
+# Every numeric setting and the values it may take: (low, high, whether low itself is
+# excluded). Keys a config does not have are skipped.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "seed": (0, 2**31 - 1, False),
+    "num_epochs": (0, INF, False),
+    "learning_rate": (0, INF, True),
+    "cons_weight": (0, INF, False),
+    "teacher_alpha": (0, 1, False),
+    "confidence.threshold": (0, 1, False),
+    "log_every": (0, INF, False),
+    "image_every": (0, INF, False),
+    "checkpoint_every": (0, INF, False),
+    "keep_checkpoints": (1, INF, False),
+    "eval_every": (0, INF, False),
+    "eval_every_epochs": (0, INF, False),
+    "prefetch_batches": (0, 64, False),
+    "mask.ict_alpha": (0, INF, True),
+    "mask.cow_canvas_margin_sigmas": (0, INF, False),
+    "model.pretrained_lr_multiplier": (0, INF, False),
+    "data.downscale": (1, INF, False),
+    "data.augment.scale_step": (0, INF, False),
+    "data.augment.rotation_degrees": (0, 180, False),
+    "data.augment.brightness_std": (0, INF, False),
+    "data.augment.contrast_log_std": (0, INF, False),
+    "aug_consistency.rotation_degrees": (0, 180, False),
+    "aug_consistency.translate_pixels": (0, INF, False),
+    "aug_consistency.brightness_std": (0, INF, False),
+    "aug_consistency.contrast_log_std": (0, INF, False),
+}
+
+
+def _check_range(key: str, value, low: float, high: float, low_open: bool = False) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"config.{key}={value!r} must be a number")
+  if not ((low < value) if low_open else (low <= value)) or not value <= high:
+    raise ValueError(f"config.{key}={value} must be in {'(' if low_open else '['}"
+                     f"{low:g}, {high:g}]")
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str):
+  """``config`` at the dotted ``key``, or None when some part is absent."""
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def _range_checks(config: ml_collections.ConfigDict) -> list[Callable[[], object]]:
+  checks = [functools.partial(_check_range, key, _lookup(config, key), *bounds)
+            for key, bounds in RANGES.items() if _lookup(config, key) is not None]
+  if config.num_epochs == 0:  # num_epochs > 0 sets num_train_steps
+    checks.append(lambda: _check_range("num_train_steps", config.num_train_steps, 1, INF))
+  checks.append(lambda: _check_num_labelled(config.data.num_labelled))
+  return checks
+
+
+def _check_num_labelled(value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
+    raise ValueError(f"config.data.num_labelled={value!r} must be -1 (every image) or a "
+                     f"number of images >= 1")
 
 
 def _check_p_ranges(mask: ml_collections.ConfigDict) -> None:
@@ -106,12 +168,7 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
       lambda: mixing.make_perturbation(config),
       lambda: losses.CONSISTENCY_LOSSES.get(config.consistency_loss),
       lambda: losses.CONFIDENCE_MODES.get(config.confidence.mode),
-      lambda: _check_range("confidence.threshold", config.confidence.threshold, 0.0, 1.0),
-      lambda: _check_range("teacher_alpha", config.teacher_alpha, 0.0, 1.0),
-      lambda: _check_range("num_epochs", config.num_epochs, 0.0, float("inf")),
-      lambda: _check_range("eval_every_epochs", config.eval_every_epochs, 0.0, float("inf")),
-      lambda: _check_range("learning_rate", config.learning_rate, 0.0, float("inf")),
-      lambda: _check_range("prefetch_batches", config.prefetch_batches, 0, 64),
+      *_range_checks(config),
       lambda: _check_p_ranges(config.mask),
       lambda: _check_sigma_range(config.mask),
       lambda: models.MODELS.get(config.model.name),
@@ -136,9 +193,9 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     except ValueError as error:
       problems.append(str(error))
   if len(problems) == 1:
-    raise ValueError(problems[0])
+    raise ConfigError(problems[0])
   if problems:
-    raise ValueError(f"{len(problems)} settings cannot work:\n" +
+    raise ConfigError(f"{len(problems)} settings cannot work:\n" +
                      "\n".join(f"  - {problem}" for problem in problems))
 
 
@@ -163,8 +220,9 @@ def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
 def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   """The settings that depend on the prepared dataset, checked before any work: the
   splits exist, the evaluation canvas holds every evaluation image, the labelled subset
-  fits the training split, cow masks are not wider than the crops (``auto`` canvas,
-  crop and sigmas resolved here)."""
+  fits the training split (a labelled-ids file is read and every id found in it), cow
+  masks are not wider than the crops (``auto`` canvas, crop and sigmas resolved here).
+  Raises ConfigError (a ValueError) or the data's own error naming the file."""
   present = sorted(builder.info.splits)
   for key in ("train_split", "eval_split"):
     if config.data[key] not in builder.info.splits:
@@ -172,8 +230,11 @@ def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
                        f"{config.data.name!r} has the splits {present}")
   data_lib.resolve_data_settings(config, builder)
   check_cow_sigma(config)
-  data_lib.splits.check_num_labelled(
-      config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
+  if config.data.labelled_ids_file:  # read and matched against the training split
+    data_lib.choose_labelled_ids(builder, config.data, config.seed)
+  else:
+    data_lib.splits.check_num_labelled(
+        config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
 
 
 def resolve_training_length(config: ml_collections.ConfigDict, num_train_examples: int) -> None:

@@ -28,8 +28,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cowmix_jax import cli, metrics, models, reporting, sharding
 from cowmix_jax import data as data_lib
-from cowmix_jax import metrics, models, reporting, sharding
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
 from cowmix_jax.evaluator import Evaluator
@@ -193,4 +193,4 @@ def main(argv: Iterable[str]) -> None:
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["workdir"])
-  app.run(main, argv=config_argv(sys.argv))
+  cli.run_absl(main, config_argv(sys.argv))

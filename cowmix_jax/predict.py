@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from cowmix_jax import evaluate, models, reporting, sharding
+from cowmix_jax import cli, evaluate, models, reporting, sharding
 from cowmix_jax.data import base, builders, pipeline
 from cowmix_jax.evaluator import make_logits_fn
 
@@ -110,4 +110,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["workdir", "input", "output"])
-  app.run(main, argv=evaluate.config_argv(sys.argv))
+  cli.run_absl(main, evaluate.config_argv(sys.argv))

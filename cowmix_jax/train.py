@@ -221,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   Returns:
     the results dictionary, or None when stopped by SIGTERM.
   """
-  workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  # One start-up pass, before anything is written (the workdir included): every setting,
+  # the dataset, the labelled subset and the run already in the workdir.
   validate_config(config, jax.device_count(), jax.process_count())
   num_devices = mesh_size(config, jax.device_count(), jax.process_count())
   mesh = sharding.make_mesh(num_devices)
@@ -234,7 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   check_config(config, workdir)  # every process, so that all of them stop on a mismatch
   barrier("config checked")  # before process 0 replaces the file the others read
   if jax.process_index() == 0:
+    workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
+  barrier("workdir created")
   # Every exit path, an exception included, closes the writers and then the
   # checkpointer (which lets an async save in flight finish): the error is then the
   # last thing printed, and the last checkpoint is whole.

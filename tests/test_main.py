@@ -82,3 +82,50 @@ def test_camvid_config_builds_once_and_trains_on_the_real_data(tmp_path):
   labelled = json.loads((tmp_path / "b" / "labelled_ids.json").read_text())
   assert len(labelled["ids"]) == 30 and labelled["num_available"] == 367
   assert "30 labelled images of 367" in second.stderr
+
+
+def _last_line(text):
+  return text.strip().splitlines()[-1]
+
+
+def test_bad_values_stop_in_one_line_before_the_workdir_is_created(tmp_path):
+  """num_train_steps 0 used to "succeed" with the untrained net, cons_weight -1 to
+  train; both are named at once, with status 2, and nothing is written."""
+  out = _run(tmp_path / "bad", "--config.num_train_steps=0", "--config.cons_weight=-1")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert "2 settings cannot work" in out.stderr
+  assert "config.num_train_steps=0 must be in [1, inf]" in out.stderr
+  assert "config.cons_weight=-1.0 must be in [0, inf]" in out.stderr
+  assert not (tmp_path / "bad").exists()
+
+
+def test_unknown_config_key_is_one_line_with_did_you_mean_and_verbose_shows_more(tmp_path):
+  out = _run(tmp_path / "x", "--config.num_train_step=3")
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert _last_line(out.stderr) == (
+      'main.py: --config.num_train_step: the config has no key \'num_train_step\'. Did you '
+      'mean "num_train_steps" instead of "num_train_step"?')
+  verbose = _run(tmp_path / "x", "--config.num_train_step=3", "--verbose")
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_a_bad_labelled_ids_file_stops_before_anything_is_written_and_a_fix_reruns(tmp_path):
+  workdir = tmp_path / "run"
+  missing = _run(workdir, f"--config.data.labelled_ids_file={tmp_path / 'none.txt'}")
+  assert missing.returncode == 1 and "Traceback" not in missing.stderr
+  assert "none.txt' does not exist" in _last_line(missing.stderr)
+  assert not workdir.exists()
+  ids = tmp_path / "ids.txt"
+  ids.write_text("train_00001\ntrain_00099\n")  # 16 training images: 00099 is not one
+  unknown = _run(workdir, f"--config.data.labelled_ids_file={ids}")
+  assert unknown.returncode != 0 and "train_00099" in _last_line(unknown.stderr)
+  assert not workdir.exists()
+  # A workdir a failed run left without a checkpoint never blocks a corrected rerun.
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"seed": 12345}')
+  ids.write_text("train_00001\ntrain_00003\n")
+  fixed = _run(workdir, f"--config.data.labelled_ids_file={ids}")
+  assert fixed.returncode == 0, fixed.stderr[-3000:]
+  labelled = json.loads((workdir / "labelled_ids.json").read_text())["ids"]
+  assert labelled == ["train_00001", "train_00003"]
