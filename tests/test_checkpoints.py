@@ -88,6 +88,10 @@ def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path
   check_config(tiny_config, str(tmp_path))
   tiny_config.learning_rate = 0.5
   tiny_config.mask.cow_sigma_range = (2.0, 3.0)
+  # Without a checkpoint (a run stopped before its first save) there is nothing to
+  # continue: a corrected rerun goes ahead and writes its own config.
+  check_config(tiny_config, str(tmp_path))
+  (tmp_path / "checkpoints" / "5").mkdir(parents=True)
   with pytest.raises(ValueError) as error:
     check_config(tiny_config, str(tmp_path))
   message = str(error.value)
@@ -112,6 +116,7 @@ def test_the_config_is_saved_checked_and_read_back_through_a_url(fake_bucket, ti
   assert loaded.data.eval_canvas == (32, 32) and loaded.model.decoder_widths == (8,) * 6
   assert load_config(workdir + "/config.json") == loaded
   tiny_config.seed = 3
+  (workdir_path(workdir) / "checkpoints" / "2").mkdir(parents=True)
   with pytest.raises(ValueError, match="seed: 0 in the workdir, now 3"):
     check_config(tiny_config, workdir)
   with pytest.raises(FileNotFoundError, match="gs://bucket/runs/b/config.json does not exist"):

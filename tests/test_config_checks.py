@@ -107,6 +107,7 @@ def test_a_saved_config_without_newer_keys_reads_with_their_defaults(tmp_path, t
   del saved["mask"]["cow_canvas_margin_sigmas"], saved["model"]["output_stride"]
   saved["model"]["width"] = 4  # a saved value wins over the default
   (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
+  (tmp_path / checkpoints.LATEST / "10").mkdir(parents=True)  # a run to continue
   restored = checkpoints.load_config(str(tmp_path))
   base = config_base.get_base_config()
   assert restored.mask.cow_canvas_margin_sigmas == base.mask.cow_canvas_margin_sigmas
