@@ -10,16 +10,17 @@ $RUNNER --root=$R/camvid_lite0_rerun --methods=supervised --seeds=0 || exit
 for seed in 5 6 7 8 9; do
   $RUNNER --root=$R/camvid_lite0 --methods=supervised,cowmix --seeds=$seed || exit
 done
-# P2: ICT at 4 epochs (1468 steps): the base run, then one change at a time (val only)
-ICT="$PY -m cowmix_jax.experiments.ablation --config=/work/grid_code/configs/camvid_cpu.py --code=/work/grid_code --set=data.manual_dir=/work/shared/data/camvid --set=num_epochs=4 --root=$R/camvid_lite0_ict --seeds=0,1"
-$ICT --methods=supervised,ict || exit
-$ICT --methods=ict --vary="mask.ict_alpha=0.001;1.0" --vary="cons_weight=1" --vary="confidence.mode=per_pixel" || exit
-# P2b: CutMix with a random area at the common length (12 epochs), val and test
-$RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix_random_area --seeds=0,1,2,3,4 || exit
-# P3: reruns of seeds 1-4 for their test scores (and as a reproduction check)
+# P2: reruns of seeds 0-4 on this machine, val and test (the runs recorded on the
+# old machine do not reproduce bit for bit here, so all ten seeds come from here)
 for seed in 0 1 2 3 4; do
   $RUNNER --root=$R/camvid_lite0_rerun --methods=supervised,cowmix --seeds=$seed || exit
 done
+# P3: ICT at 4 epochs (1468 steps): the base run, then one change at a time (val only)
+ICT="$PY -m cowmix_jax.experiments.ablation --config=/work/grid_code/configs/camvid_cpu.py --code=/work/grid_code --set=data.manual_dir=/work/shared/data/camvid --set=num_epochs=4 --root=$R/camvid_lite0_ict --seeds=0,1"
+$ICT --methods=supervised,ict || exit
+$ICT --methods=ict --vary="mask.ict_alpha=0.001;1.0" --vary="cons_weight=1" --vary="confidence.mode=per_pixel" || exit
+# P3b: CutMix with a random area at the common length (12 epochs), val and test
+$RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix_random_area --seeds=0,1,2,3,4 || exit
 # P4: the 24-epoch study on seeds 0-2, continuing the reruns
 $RUNNER --root=$R/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=$R/camvid_lite0_rerun --methods=supervised,cowmix --seeds=0,1,2 || exit
 echo "lane 1 done"
