@@ -108,11 +108,14 @@ def get_model_config(**overrides) -> ml_collections.ConfigDict:
   # nothing_saveable: only block inputs are kept): less memory for about one more
   # encoder forward pass per step; same results (README, "Memory").
   model.remat = False
-  # Converted weights (python -m cowmix_jax.models.convert), a .msgpack path, or the name
-  # of weights that a package ships (efficientnet_lite0, efficientnet_lite1,
-  # efficientnet_lite2: converted once into the cache, see models/pretrained.py): loaded
-  # into the encoder (or all of DeepLab v2); they learn at pretrained_lr_multiplier x the
-  # learning rate.
+  # The encoder's initial weights: the name of weights found by this package
+  # (torchvision_resnet50, torchvision_resnet101: downloaded once; efficientnet_lite0,
+  # efficientnet_lite1, efficientnet_lite2: shipped by a package; converted once into the
+  # cache, see models/pretrained.py), the path of a .msgpack written by
+  # python -m cowmix_jax.models.convert, or "none" (random initialisation on purpose; ""
+  # is the same without frozen BatchNorm). They load into the encoder (or all of DeepLab
+  # v2) and learn at pretrained_lr_multiplier x the learning rate. Frozen BatchNorm needs
+  # them: the run stops before any work otherwise.
   model.pretrained = ""
   model.pretrained_lr_multiplier = 0.1
 
@@ -183,7 +186,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 def set_deeplab_v2(config: ml_collections.ConfigDict) -> None:
   """The paper's DeepLab v2 settings (appendix D.3.2): ResNet-101 at output stride 8,
-  frozen BatchNorm, Caffe-style 0-255 BGR inputs with the mean subtracted, lr 1e-5."""
+  frozen BatchNorm, Caffe-style 0-255 BGR inputs with the mean subtracted, lr 1e-5;
+  ``config.model.pretrained`` must name the converted COCO-pretrained file (Hung et
+  al.'s resnet101COCO-41f33a49.pth, docs/MODELS.md)."""
   config.model.name = "deeplab_v2"
   config.model.depth = 101
   config.model.width = 64
@@ -193,14 +198,17 @@ def set_deeplab_v2(config: ml_collections.ConfigDict) -> None:
 
 
 def set_paper_model(config: ml_collections.ConfigDict, model: str, config_file: str) -> None:
-  """The paper's networks: ``unet`` (ImageNet ResNet-50 encoder, frozen BatchNorm, lr
-  1e-4) or ``deeplab_v2`` (see set_deeplab_v2); ``config_file`` names the caller in the
-  error for any other choice."""
+  """The paper's networks: ``unet`` (torchvision's ImageNet ResNet-50 encoder, downloaded
+  once by name, frozen BatchNorm, lr 1e-4) or ``deeplab_v2`` (see set_deeplab_v2; its
+  COCO-pretrained weights have no stable URL, so the run stops until
+  ``config.model.pretrained`` names the converted file, with the command that makes
+  it); ``config_file`` names the caller in the error for any other choice."""
   if model == "unet":
     config.model.name = "unet"
     config.model.depth = 50
     config.model.freeze_bn = True
     config.model.normalisation = "imagenet"
+    config.model.pretrained = "torchvision_resnet50"
     config.learning_rate = 1e-4
   elif model == "deeplab_v2":
     set_deeplab_v2(config)

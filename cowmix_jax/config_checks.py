@@ -18,6 +18,7 @@ from cowmix_jax import data as data_lib
 from cowmix_jax import losses, masks, mixing, models, steps
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.conventions import NORMALISATIONS
+from cowmix_jax.models import pretrained as pretrained_lib
 
 BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
 P_RANGE_KEYS = ("cowmix_p_range", "cowout_p_range", "cutmix_p_range", "cutout_p_range")
@@ -161,6 +162,53 @@ def _check_normalisation(model: ml_collections.ConfigDict) -> None:
                      f"{sorted(NORMALISATIONS) + ['auto']}")
 
 
+def suggested_weights(model: ml_collections.ConfigDict) -> str:
+  """The named weights that fit the model's encoder, or '' when none does."""
+  if model.name == "deeplab_v2":
+    return ""
+  if model.encoder == "efficientnet_lite":
+    return f"efficientnet_{model.encoder_variant}"
+  name = f"torchvision_resnet{model.depth}"
+  return name if name in pretrained_lib.DOWNLOADABLE and model.width == 64 else ""
+
+
+DEEPLAB_V2_WEIGHTS = (
+    "DeepLab v2 starts from the COCO-pretrained ResNet-101 of Hung et al. "
+    "(resnet101COCO-41f33a49.pth, which has no stable download URL; see docs/MODELS.md): "
+    "python -m cowmix_jax.models.convert --layout=deeplab_v2 --drop_head "
+    "--input=resnet101COCO-41f33a49.pth --output=deeplab_v2_coco.msgpack, then "
+    "--config.model.pretrained=deeplab_v2_coco.msgpack")
+
+
+def _check_pretrained(model: ml_collections.ConfigDict) -> None:
+  """Frozen BatchNorm needs pretrained statistics: with random initialisation it is the
+  identity (mean 0, variance 1), so such a run is refused, with the fix. Named weights
+  must fit the encoder they are loaded into."""
+  weights = model.pretrained
+  if model.freeze_bn and weights in ("", pretrained_lib.NO_WEIGHTS):
+    suggestion = suggested_weights(model)
+    fix = (DEEPLAB_V2_WEIGHTS if model.name == "deeplab_v2" else
+           f"--config.model.pretrained={suggestion} (downloaded once, or see "
+           f"docs/MODELS.md offline)" if suggestion else
+           "--config.model.pretrained=FILE.msgpack (python -m cowmix_jax.models.convert)")
+    raise ValueError(
+        f"config.model.freeze_bn=True with config.model.pretrained={weights!r}: frozen "
+        f"BatchNorm keeps its initial statistics, which for a random encoder make it the "
+        f"identity. Give the weights: {fix}; or, to train from random initialisation on "
+        f"purpose: --config.model.freeze_bn=False --config.model.pretrained=none")
+  spec = pretrained_lib.DOWNLOADABLE.get(weights)
+  if spec and (model.encoder != "resnet" or model.depth != spec.depth or model.width != 64):
+    raise ValueError(f"config.model.pretrained={weights} holds a ResNet-{spec.depth} of width "
+                     f"64; the model's encoder is {model.encoder} (depth {model.depth}, width "
+                     f"{model.width})")
+  packaged = pretrained_lib.PACKAGED.get(weights)
+  if packaged and (model.encoder != "efficientnet_lite"
+                   or f"efficientnet_{model.encoder_variant}" != weights):
+    raise ValueError(f"config.model.pretrained={weights} holds an EfficientNet-"
+                     f"{weights.split('_')[-1].capitalize()}; the model's encoder is "
+                     f"{model.encoder} ({model.encoder_variant})")
+
+
 def _checks(config: ml_collections.ConfigDict, device_count: int,
             process_count: int) -> list[Callable[[], object]]:
   """Each check raises ValueError naming its key."""
@@ -176,6 +224,7 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
       lambda: models.compute_dtype(config.model),
       lambda: steps.check_bn_running_stats(config.model),
       lambda: _check_normalisation(config.model),
+      lambda: _check_pretrained(config.model),
       lambda: data_lib.base.DATASETS.get(config.data.name),
       lambda: data_lib.canvas_setting(config.data.eval_canvas),
       lambda: mesh_size(config, device_count, process_count),

@@ -73,19 +73,32 @@ def make_optimizer(config: ml_collections.ConfigDict,
        "new": optax.adam(learning_rate_schedule(config))}, pretrained_labels)
 
 
-def initial_variables_and_optimizer(config: ml_collections.ConfigDict, model, image_shape):
-  """The initial variables (random, with ``config.model.pretrained`` merged in when
-  given) and the optimiser (per-group learning rates when pretrained)."""
-  variables = init_variables(model, jax.random.PRNGKey(config.seed), image_shape)
-  name = config.model.pretrained
-  if not name:
-    return variables, make_optimizer(config)
+def pretrained_file(model_config: ml_collections.ConfigDict) -> str | None:
+  """The converted weight file ``config.model.pretrained`` names (named weights are
+  downloaded or converted into the cache first), or None for random initialisation.
+
+  Raises:
+    FileNotFoundError naming the file and how to make it.
+  """
+  name = model_config.pretrained
+  if name in ("", pretrained_lib.NO_WEIGHTS):
+    return None
   path = pretrained_lib.resolve(name)
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"config.model.pretrained={path!r} does not exist (convert a PyTorch file with "
-        f"python -m cowmix_jax.models.convert, or name packaged weights: "
-        f"{sorted(pretrained_lib.PACKAGED)})")
+        f"python -m cowmix_jax.models.convert, or name weights: "
+        f"{sorted(pretrained_lib.PACKAGED) + sorted(pretrained_lib.DOWNLOADABLE)})")
+  return path
+
+
+def initial_variables_and_optimizer(config: ml_collections.ConfigDict, model, image_shape):
+  """The initial variables (random, with ``config.model.pretrained`` merged in when
+  given) and the optimiser (per-group learning rates when pretrained)."""
+  variables = init_variables(model, jax.random.PRNGKey(config.seed), image_shape)
+  path = pretrained_file(config.model)
+  if path is None:
+    return variables, make_optimizer(config)
   pretrained = convert.load(path)
   variables = convert.merge_pretrained(jax.tree.map(np.asarray, dict(variables)), pretrained,
                                        source=path)
@@ -232,6 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   probe = data_lib.builders.prepare(config.data)
   check_against_data(config, probe)
   resolve_training_length(config, probe.info.splits[config.data.train_split].num_examples)
+  pretrained_file(config.model)  # downloaded or converted now, or a one-line error
   check_config(config, workdir)  # every process, so that all of them stop on a mismatch
   barrier("config checked")  # before process 0 replaces the file the others read
   if jax.process_index() == 0:

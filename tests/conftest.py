@@ -9,6 +9,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No test reaches the internet: named weights come from the cache or fail at once (the
+# download test serves its file from a server on the loopback address).
+os.environ["COWMIX_JAX_OFFLINE"] = "1"
 # One persistent XLA compilation cache for every test process and the runs they start:
 # the suite compiles the same tiny models and steps many times (a repeated subprocess
 # run drops from about 110 s to 40 s). Compiled programs are the same either way.

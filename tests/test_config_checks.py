@@ -119,3 +119,44 @@ def test_a_saved_config_without_newer_keys_reads_with_their_defaults(tmp_path, t
   assert checkpoints.config_differences(tiny_config, str(tmp_path)) == [
       f"  mask.cow_canvas_margin_sigmas: {base.mask.cow_canvas_margin_sigmas!r} in the "
       f"workdir, now 0.0"]
+
+
+def test_frozen_batchnorm_without_weights_is_refused_with_the_fix(tiny_config):
+  """Frozen BatchNorm keeps its initial statistics: random ones make it the identity."""
+  tiny_config.model.freeze_bn = True
+  for weights in ("", "none"):
+    tiny_config.model.pretrained = weights
+    with pytest.raises(ValueError, match=r"freeze_bn=True with config.model.pretrained="
+                                         rf"'{weights}'.* --config.model.freeze_bn=False "
+                                         r"--config.model.pretrained=none"):
+      config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.model.freeze_bn = False
+  config_checks.validate_config(tiny_config, device_count=1)  # random init on purpose
+  tiny_config.model.pretrained = ""
+  config_checks.validate_config(tiny_config, device_count=1)
+
+
+@pytest.mark.parametrize("name,argument,fix", [
+    ("camvid", None, "--config.model.pretrained=torchvision_resnet50"),
+    ("pascal", "deeplab_v2", "--layout=deeplab_v2 --drop_head"),
+])
+def test_paper_configs_name_their_weights_or_how_to_make_them(name, argument, fix):
+  config = load_config(name, argument)
+  if argument is None:
+    assert config.model.pretrained == "torchvision_resnet50" and config.model.freeze_bn
+    config.model.pretrained = ""
+  config.num_devices = 1
+  with pytest.raises(ValueError, match=re.escape(fix)):
+    config_checks.validate_config(config, device_count=1)
+
+
+def test_named_weights_must_fit_the_encoder(tiny_config):
+  tiny_config.model.width = 64
+  tiny_config.model.depth = 101
+  tiny_config.model.pretrained = "torchvision_resnet50"
+  with pytest.raises(ValueError, match="holds a ResNet-50 of width 64; the model's encoder "
+                                       "is resnet \\(depth 101, width 64\\)"):
+    config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.model.pretrained = "efficientnet_lite0"
+  with pytest.raises(ValueError, match="holds an EfficientNet-Lite0"):
+    config_checks.validate_config(tiny_config, device_count=1)

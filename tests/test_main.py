@@ -69,7 +69,9 @@ def test_camvid_config_builds_once_and_trains_on_the_real_data(tmp_path):
   # The config counts 300 epochs; num_epochs=0 hands the length back to num_train_steps.
   flags = [f"--config.data.manual_dir={SHARED_CAMVID}", "--config.num_epochs=0",
            "--config.eval_every_epochs=0", "--config.num_train_steps=2",
-           "--config.log_every=1", "--config.eval_batch_size=8", *TINY_MODEL]
+           "--config.log_every=1", "--config.eval_batch_size=8", *TINY_MODEL,
+           # A 4-wide ResNet-18 has no pretrained weights: random init, BatchNorm learning.
+           "--config.model.pretrained=none", "--config.model.freeze_bn=False"]
   first = _run(tmp_path / "a", config="configs/camvid.py", flags=flags)
   assert first.returncode == 0, first.stderr[-3000:]
   assert "Preparing camvid" in first.stderr

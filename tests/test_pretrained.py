@@ -117,3 +117,110 @@ def test_the_converter_finds_the_installed_package_by_itself(tmp_path):
   expected = convert.convert_state_dict(pretrained.read_torch_file(source), "efficientnet_lite0")
   for key, value in flatten_dict(expected["params"]).items():
     np.testing.assert_array_equal(flatten_dict(written["params"])[key], value)
+
+
+@pytest.fixture
+def weight_server(tmp_path):
+  """An HTTP server on 127.0.0.1 serving tmp_path/served; yields its base URL, then stops.
+  Requests are few and the server stops with the test."""
+  import functools
+  import http.server
+  import threading
+
+  served = tmp_path / "served"
+  served.mkdir()
+
+  class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      pass
+
+  handler = functools.partial(QuietHandler, directory=str(served))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield served, f"http://127.0.0.1:{server.server_address[1]}"
+  server.shutdown()
+  server.server_close()
+
+
+def _small_state_dict_file(path):
+  """A torchvision-layout state dict of two arrays, saved by PyTorch; returns its arrays
+  and the SHA-256 of the file."""
+  import hashlib
+
+  state = {"conv1.weight": torch.randn(4, 3, 7, 7, generator=torch.Generator().manual_seed(0)),
+           "bn1.running_mean": torch.arange(4, dtype=torch.float32)}
+  torch.save(state, path)
+  return state, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_named_weights_download_once_check_their_hash_and_convert(
+    tmp_path, monkeypatch, weight_server):
+  served, base = weight_server
+  state, digest = _small_state_dict_file(served / f"resnet50-{'x' * 8}.pth")
+  (served / f"resnet50-{digest[:8]}.pth").write_bytes((served / f"resnet50-{'x' * 8}.pth")
+                                                       .read_bytes())
+  cache = tmp_path / "cache"
+  monkeypatch.setenv(pretrained.CACHE_ENV, str(cache))
+  monkeypatch.delenv(pretrained.OFFLINE_ENV)
+  good = pretrained.DownloadableWeights(f"{base}/resnet50-{digest[:8]}.pth", digest[:8],
+                                        "torchvision_resnet", 50)
+  monkeypatch.setitem(pretrained.DOWNLOADABLE, "torchvision_resnet50", good)
+  path = pretrained.resolve("torchvision_resnet50")
+  assert path == str(cache / f"resnet50-{digest[:8]}.msgpack")
+  assert (cache / f"resnet50-{digest[:8]}.pth").read_bytes() == (
+      served / f"resnet50-{digest[:8]}.pth").read_bytes()
+  variables = convert.load(path)
+  np.testing.assert_array_equal(variables["params"]["encoder"]["stem_conv"]["kernel"],
+                                state["conv1.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(variables["batch_stats"]["encoder"]["stem_bn"]["mean"],
+                                np.arange(4))
+  # Once cached, nothing is downloaded again: the server may go away.
+  (served / f"resnet50-{digest[:8]}.pth").unlink()
+  assert pretrained.resolve("torchvision_resnet50") == path
+  # A file whose hash is not the one its name promises is refused, and not kept.
+  bad = good._replace(url=f"{base}/resnet50-{'x' * 8}.pth", sha256_prefix="deadbeef")
+  monkeypatch.setitem(pretrained.DOWNLOADABLE, "torchvision_resnet101", bad)
+  with pytest.raises(FileNotFoundError, match=r"SHA-256 is [0-9a-f]{16}\.\.\., expected "
+                                              r"deadbeef\.\.\."):
+    pretrained.resolve("torchvision_resnet101")
+  assert sorted(os.listdir(cache)) == [f"resnet50-{digest[:8]}.msgpack",
+                                       f"resnet50-{digest[:8]}.pth"]
+
+
+def test_an_unreachable_server_names_the_url_the_file_and_the_cache(tmp_path, monkeypatch,
+                                                                     weight_server):
+  _, base = weight_server
+  monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+  monkeypatch.delenv(pretrained.OFFLINE_ENV)
+  down = pretrained.DownloadableWeights(f"{base}/missing/resnet50-0676ba61.pth", "0676ba61",
+                                        "torchvision_resnet", 50)
+  monkeypatch.setitem(pretrained.DOWNLOADABLE, "torchvision_resnet50", down)
+  with pytest.raises(FileNotFoundError) as error:
+    pretrained.resolve("torchvision_resnet50")
+  message = str(error.value)
+  assert f"could not download {down.url}: HTTP 404 File not found" in message
+  assert str(tmp_path / "cache" / "resnet50-0676ba61.pth") in message
+  assert "COWMIX_JAX_CACHE" in message and "--layout=torchvision_resnet" in message
+  # A port nothing listens on: connection refused, same help.
+  import socket
+
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  refused = down._replace(url=f"http://127.0.0.1:{port}/resnet50-0676ba61.pth")
+  monkeypatch.setitem(pretrained.DOWNLOADABLE, "torchvision_resnet50", refused)
+  with pytest.raises(FileNotFoundError, match=f"could not download {refused.url}: .*refused"):
+    pretrained.resolve("torchvision_resnet50")
+  assert not os.listdir(tmp_path / "cache")  # no partial file left behind
+
+
+def test_offline_the_error_says_where_to_put_the_file(tmp_path, monkeypatch):
+  monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=r"resnet50-0676ba61.pth is not there and "
+                                              r"COWMIX_JAX_OFFLINE is set; download https"):
+    pretrained.resolve("torchvision_resnet50")
+  # A file put there by hand is checked against the hash in its name.
+  (tmp_path / "resnet50-0676ba61.pth").write_bytes(b"truncated")
+  with pytest.raises(ValueError, match="does not start with 0676ba61"):
+    pretrained.resolve("torchvision_resnet50")
