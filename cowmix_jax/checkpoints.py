@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from cowmix_jax import config_base
@@ -25,6 +26,8 @@ from cowmix_jax.cli import ConfigError
 from cowmix_jax.state import TrainState
 
 LATEST, BEST = "checkpoints", "best"
+# Where latest checkpoints that fail to restore are moved (kept, never deleted).
+CORRUPT = "corrupt_checkpoints"
 # Config keys that may change between a run and its resumption.
 RESUMABLE_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every",
                   "eval_every_epochs", "checkpoint_every",
@@ -103,13 +106,39 @@ class Checkpointer:
   def restore(self, template: TrainState, which: str | int = "latest"
               ) -> TrainState | None:
     """The state saved at ``which`` (``latest``, ``best`` or a step), shaped and sharded
-    like ``template``; None when there is no such checkpoint."""
+    like ``template``; None when there is no such checkpoint.
+
+    For ``latest``, a checkpoint that fails to restore (a truncated file, a missing
+    ``_METADATA``, ...) is reported in one line, moved aside to
+    ``workdir/corrupt_checkpoints/<step>`` (never deleted) and the next newest one is
+    tried, down to starting afresh."""
     manager = self.best if which == "best" else self.latest
-    step = self._resolve_step(manager, which)
-    if step is None:
-      return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    while True:
+      step = self._resolve_step(manager, which)
+      if step is None:
+        return None
+      try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception as error:  # orbax and tensorstore raise many kinds
+        if which != "latest":
+          raise
+        self._set_aside(step, error)
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves the unreadable latest checkpoint ``step`` out of the manager's directory
+    and logs one line: the step, where it went and the cause."""
+    source = self.workdir / LATEST / str(step)
+    aside = self.workdir / CORRUPT / str(step)
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    if aside.exists():
+      aside = aside.parent / f"{step}-{len(list(aside.parent.iterdir()))}"
+    source.rename(aside)
+    cause = " ".join(str(error).split())
+    logging.warning("The checkpoint at step %d does not restore (%s: %s); moved to %s, "
+                    "resuming from the one before.", step, type(error).__name__,
+                    cause[:300], aside)
+    self.latest.reload()
 
   def restore_entries(self, names: Sequence[str], sharding: jax.sharding.Sharding,
                       which: str | int = "latest") -> tuple[dict[str, Any], int]:

@@ -78,6 +78,59 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_usable(tiny_config, 
     _assert_equal(reopened.restore(_state(tiny_config)), good)
 
 
+def _truncate_array_files(step_dir):
+  """Cuts every array data file of a saved step to half its size."""
+  files = [path for path in step_dir.rglob("*") if path.is_file() and path.parent.name == "d"]
+  assert files
+  for path in files:
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["truncated arrays", "no _METADATA"])
+def test_a_checkpoint_that_does_not_restore_is_set_aside_and_the_one_before_resumes(
+    damage, tiny_config, tmp_path, caplog):
+  states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2)}
+  with Checkpointer(str(tmp_path), keep=2) as checkpointer:
+    for step in (1, 2):
+      checkpointer.save(states[step])
+  step_dir = tmp_path / "checkpoints" / "2"
+  if damage == "truncated arrays":
+    _truncate_array_files(step_dir)
+  else:
+    (step_dir / "default" / "_METADATA").unlink()
+  with caplog.at_level("WARNING"), Checkpointer(str(tmp_path), keep=2) as checkpointer:
+    restored = checkpointer.restore(_state(tiny_config))
+    assert checkpointer.latest_step() == 1
+  _assert_equal(restored, states[1])
+  # Kept, not deleted; one line names the step, the place and the cause.
+  assert not step_dir.exists() and (tmp_path / "corrupt_checkpoints" / "2").is_dir()
+  lines = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+  assert len(lines) == 1 and "\n" not in lines[0]
+  assert lines[0].startswith("The checkpoint at step 2 does not restore (")
+  assert str(tmp_path / "corrupt_checkpoints" / "2") in lines[0]
+
+
+def test_a_run_whose_latest_checkpoint_is_truncated_resumes_exactly_from_the_one_before(
+    tiny_config, tmp_path):
+  """Steps 1-4 saved at 2 and 4; step 4's arrays are cut short; continuing to 6 steps
+  restarts from step 2 and ends where an uninterrupted 6-step run ends."""
+  tiny_config.checkpoint_every, tiny_config.keep_checkpoints = 2, 3
+  tiny_config.data.data_dir = str(tmp_path / "tfds")
+  tiny_config.num_train_steps = 4
+  train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  _truncate_array_files(tmp_path / "resumed" / "checkpoints" / "4")
+  tiny_config.num_train_steps = 6
+  train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  train.train_and_evaluate(tiny_config, str(tmp_path / "straight"))
+  final = []
+  for name in ("resumed", "straight"):
+    with Checkpointer(str(tmp_path / name)) as checkpointer:
+      final.append(checkpointer.restore(_state(tiny_config)))
+  assert int(final[0].step) == 6
+  _assert_equal(final[0], final[1])
+  assert (tmp_path / "resumed" / "corrupt_checkpoints" / "4").is_dir()
+
+
 def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path):
   check_config(tiny_config, str(tmp_path))  # no run yet: nothing to differ from
   save_config(tiny_config, str(tmp_path))
