@@ -11,6 +11,7 @@ that ``etils.epath`` and orbax serve (``gs://bucket/run``).
 from __future__ import annotations
 
 import json
+import logging as logging_lib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cowmix_jax import config_base
+from cowmix_jax import cli, config_base
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.state import TrainState
 
@@ -48,6 +49,22 @@ def _manager(directory: epath.Path, **options) -> ocp.CheckpointManager:
       create=True, enable_async_checkpointing=True, **options))
 
 
+class CheckpointSaveError(OSError):
+  """An asynchronous save failed (a full disk, a lost mount, ...): the run stops."""
+
+
+class _QuietOrbaxErrors(logging_lib.Filter):
+  """Drops orbax's error records (a traceback from each of its save threads): a failed
+  save is reported once, as a CheckpointSaveError. ``COWMIX_JAX_VERBOSE=1`` keeps them."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return not (record.levelno >= logging_lib.ERROR
+                and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+_QUIET_ORBAX = _QuietOrbaxErrors()
+
+
 class Checkpointer:
   """Saves and restores :class:`TrainState` in a workdir.
 
@@ -58,6 +75,9 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2):
     self.workdir = workdir_path(workdir)
+    self._failed = False
+    if not cli.wants_verbose(()):
+      logging_lib.getLogger("absl").addFilter(_QUIET_ORBAX)
     self.latest = _manager(self.workdir / LATEST, max_to_keep=keep)
     self.best = _manager(self.workdir / BEST, max_to_keep=1,
                          best_fn=lambda metrics: metrics["miou"], best_mode="max")
@@ -70,18 +90,45 @@ class Checkpointer:
 
   def save(self, state: TrainState) -> None:
     """Starts an asynchronous save of ``state`` at its step, once the previous save has
-    finished (orbax would otherwise skip a save requested while one is in progress)."""
-    self.latest.wait_until_finished()
+    finished (orbax would otherwise skip a save requested while one is in progress).
+
+    Raises:
+      CheckpointSaveError if the previous save failed.
+    """
+    self._finish(self.latest)
     self.latest.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
 
   def save_if_best(self, state: TrainState, miou: float) -> bool:
     if miou <= self.best_miou:
       return False
-    self.best.wait_until_finished()
+    self._finish(self.best)
     self.best.save(int(state.step), args=ocp.args.StandardSave(state),
                    metrics={"miou": float(miou)}, force=True)
     self.best_miou = miou
     return True
+
+  def check_saves(self) -> None:
+    """Raises CheckpointSaveError as soon as an asynchronous save has failed; a save
+    still in progress is left alone (called after every step: it does not block)."""
+    for manager in (self.latest, self.best):
+      if not manager.is_saving_in_progress():
+        self._finish(manager)
+
+  def _finish(self, manager: ocp.CheckpointManager) -> None:
+    """Waits for ``manager``'s save in flight; its failure becomes one
+    CheckpointSaveError naming the directory, the cause and the checkpoint that stays
+    the latest."""
+    try:
+      manager.wait_until_finished()
+    except Exception as error:  # orbax re-raises its threads' errors as they were
+      self._failed = True
+      cause = " ".join(str(error).split())
+      kept = manager.latest_step()
+      raise CheckpointSaveError(
+          f"saving a checkpoint into {manager.directory} failed: {cause}. The run stops; "
+          f"the latest complete checkpoint is "
+          f"{'step ' + str(kept) if kept is not None else 'none'} (free space and run the "
+          f"same command again to resume from it)") from None
 
   def best_record(self) -> dict:
     """``{"best_miou", "best_step"}`` of the best checkpoint (None, None without one)."""
@@ -168,13 +215,20 @@ class Checkpointer:
     return {name: restored.get(name, {}) for name in names}, step
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    """Waits for the saves in flight; CheckpointSaveError if one failed."""
+    self._finish(self.latest)
+    self._finish(self.best)
 
   def close(self) -> None:
-    """Waits for the pending saves and releases orbax's threads."""
-    self.latest.close()
-    self.best.close()
+    """Waits for the pending saves and releases orbax's threads (after a failed save,
+    without raising it again)."""
+    for manager in (self.latest, self.best):
+      try:
+        manager.close()
+      except Exception:
+        if not self._failed:
+          raise
+    logging_lib.getLogger("absl").removeFilter(_QUIET_ORBAX)
 
   def __enter__(self) -> Checkpointer:
     return self

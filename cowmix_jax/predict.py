@@ -1,14 +1,19 @@
 """Segment a folder of arbitrary images with a checkpoint.
 
 python -m cowmix_jax.predict --workdir=DIR --input=IMAGES --output=OUT \\
-    [--config=configs/X.py] [--checkpoint=latest|best|STEP] [--model=teacher|student] \\
-    [--flip] [--overlay_alpha=0.5]
+    [--checkpoint=latest|best|STEP] [--model=teacher|student] [--flip] \\
+    [--overlay_alpha=0.5] [--overwrite] [--strict]
 
 Writes ``OUT/<name>.png``: a palette PNG whose pixel values are the class ids (viewers
 show the dataset's colours), and ``OUT/<name>_overlay.png``: the image blended with the
-coloured prediction. Without ``--config`` the run's saved config (``DIR/config.json``)
-is used, overrides on top. Images of any size are padded to a multiple of 32 and the
-prediction is cropped back; the dataset itself is not needed beyond its class list.
+coloured prediction. Only the run is needed: its checkpoint, its saved config
+(``DIR/config.json``, overrides on top) and its class list (``DIR/classes.json``), not
+the dataset. Images of any size are padded to a multiple of 32 and the prediction is
+cropped back.
+
+Nothing of the user's is overwritten: an output folder that is the input folder or
+inside it is refused, and so are existing prediction files unless ``--overwrite``
+says so. An unreadable image is skipped with one line (``--strict`` stops there).
 """
 
 from __future__ import annotations
@@ -38,28 +43,77 @@ def list_input_images(directory: str) -> dict[str, str]:
   return images
 
 
+def output_files(image_id: str) -> tuple[str, str]:
+  """The files written for one image: its label PNG and its overlay."""
+  return image_id + ".png", image_id + "_overlay.png"
+
+
+def check_output_dir(input_dir: str, output_dir: str, image_ids, overwrite: bool) -> None:
+  """Refuses an output folder that is the input folder or inside it, and (without
+  ``overwrite``) one that already holds a file this run would write.
+
+  Raises:
+    app.UsageError naming the folders or the files, and the fix.
+  """
+  source, target = os.path.realpath(input_dir), os.path.realpath(output_dir)
+  if target == source or target.startswith(source + os.sep):
+    raise app.UsageError(
+        f"--output={output_dir} is the input folder or inside it: the predictions would "
+        f"mix with (or replace) the images of --input={input_dir}; choose another folder")
+  existing = [name for image_id in image_ids for name in output_files(image_id)
+              if os.path.exists(os.path.join(output_dir, name))]
+  if existing and not overwrite:
+    raise app.UsageError(
+        f"--output={output_dir} already holds {len(existing)} of the files this would "
+        f"write (e.g. {existing[0]}); pass --overwrite to replace them, or choose another "
+        f"folder")
+
+
+def run_classes(config: ml_collections.ConfigDict, workdir: str
+                ) -> tuple[list[str], list | None]:
+  """The run's class names and colours: ``workdir/classes.json`` (training writes it),
+  else, for a run from before that file, the prepared dataset's."""
+  saved = reporting.read_classes(workdir)
+  if saved is not None:
+    return saved
+  metadata = builders.prepare(config.data).info.metadata
+  return list(metadata["class_names"]), metadata.get("class_colours")
+
+
 def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: str,
                    output_dir: str, checkpoint: str = "latest", use_teacher: bool = True,
-                   flip: bool = False, overlay_alpha: float = 0.5) -> list[str]:
-  """Writes a label PNG and an overlay per image of ``input_dir``; returns the ids."""
+                   flip: bool = False, overlay_alpha: float = 0.5, overwrite: bool = False,
+                   strict: bool = False) -> tuple[list[str], list[str]]:
+  """Writes a label PNG and an overlay per image of ``input_dir``; returns the ids
+  written and the lines of the unreadable files skipped (``strict``: the first one
+  raises instead)."""
   images = list_input_images(input_dir)
-  metadata = builders.prepare(config.data).info.metadata
-  num_classes = len(metadata["class_names"])
-  palette = reporting.palette_of(metadata, num_classes)
+  check_output_dir(input_dir, output_dir, images, overwrite)
+  class_names, colours = run_classes(config, workdir)
+  palette = reporting.palette_of({"class_colours": colours}, len(class_names))
   mesh = sharding.make_mesh(1)
-  model = models.build_model(config.model, num_classes)
+  model = models.build_model(config.model, len(class_names))
   variables, step = evaluate.restore_variables(workdir, mesh, checkpoint, use_teacher)
   logits_fn = jax.jit(make_logits_fn(model, flip=flip))
   os.makedirs(output_dir, exist_ok=True)
   logging.info("Segmenting %d images with the %s at step %d.", len(images),
                "teacher" if use_teacher else "student", step)
   normalisation = models.input_normalisation(config.model)
+  written, skipped = [], []
   for image_id, path in images.items():
-    image = base.image_array(base.read_file(path), path)
+    try:
+      image = base.image_array(base.read_file(path), path)
+    except base.BadExampleError as error:
+      if strict:
+        raise
+      skipped.append(str(error))
+      print(f"skipped {error}", file=sys.stderr, flush=True)
+      continue
     prediction = predict_image(logits_fn, variables, image, normalisation,
                                config.data.downscale)
     write_prediction(output_dir, image_id, image, prediction, palette, overlay_alpha)
-  return list(images)
+    written.append(image_id)
+  return written, skipped
 
 
 def predict_image(logits_fn, variables, image: np.ndarray, normalisation: str,
@@ -80,11 +134,12 @@ def predict_image(logits_fn, variables, image: np.ndarray, normalisation: str,
 def write_prediction(output_dir: str, image_id: str, image: np.ndarray,
                      prediction: np.ndarray, palette: np.ndarray,
                      overlay_alpha: float) -> None:
-  reporting.save_label_png(os.path.join(output_dir, image_id + ".png"), prediction, palette)
+  label_name, overlay_name = output_files(image_id)
+  reporting.save_label_png(os.path.join(output_dir, label_name), prediction, palette)
   colours = reporting.colourise(prediction[None], palette)[0].astype(np.float32)
   overlay = (1 - overlay_alpha) * image.astype(np.float32) + overlay_alpha * colours
   Image.fromarray(np.clip(np.round(overlay), 0, 255).astype(np.uint8)).save(
-      os.path.join(output_dir, image_id + "_overlay.png"))
+      os.path.join(output_dir, overlay_name))
 
 
 FLAGS = flags.FLAGS
@@ -95,16 +150,21 @@ def define_flags() -> None:
   flags.DEFINE_string("input", None, "A directory of images.")
   flags.DEFINE_string("output", None, "Where to write the label PNGs and overlays.")
   flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlays.")
+  flags.DEFINE_bool("overwrite", False, "Replace prediction files already in --output.")
+  flags.DEFINE_bool("strict", False, "Stop at the first unreadable image instead of "
+                    "skipping it.")
 
 
-def main(argv) -> None:
+def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  ids = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-                       FLAGS.checkpoint, FLAGS.model == "teacher", FLAGS.flip,
-                       FLAGS.overlay_alpha)
-  print(f"Wrote {len(ids)} predictions to {FLAGS.output}")
+  ids, skipped = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                                FLAGS.checkpoint, FLAGS.model == "teacher", FLAGS.flip,
+                                FLAGS.overlay_alpha, FLAGS.overwrite, FLAGS.strict)
+  print(f"Wrote {len(ids)} predictions to {FLAGS.output}"
+        + (f"; skipped {len(skipped)} unreadable file(s) (listed above)" if skipped else ""))
+  return 1 if not ids else 0
 
 
 if __name__ == "__main__":

@@ -166,3 +166,28 @@ def save_label_png(path: str, labels: np.ndarray,
 def palette_of(builder_metadata, num_classes: int) -> np.ndarray:
   colours: Sequence[Sequence[int]] | None = builder_metadata.get("class_colours")
   return np.asarray(colours, np.uint8) if colours else default_palette(num_classes)
+
+
+CLASSES_FILE = "classes.json"
+
+
+def write_classes(workdir: str, names: Sequence[str], colours: Sequence | None) -> None:
+  """Writes the run's class list, ``workdir/classes.json``: ``{"names": [...],
+  "colours": [[r, g, b], ...] or null}``, so that tools need the run only, not its
+  dataset."""
+  (epath.Path(workdir) / CLASSES_FILE).write_text(json.dumps(
+      {"names": list(names), "colours": None if colours is None else
+       [list(map(int, c)) for c in colours]}, indent=1))
+
+
+def read_classes(workdir: str) -> tuple[list[str], list | None] | None:
+  """``(names, colours)`` from ``workdir/classes.json``; None when the run has none."""
+  path = epath.Path(workdir) / CLASSES_FILE
+  if not path.exists():
+    return None
+  try:
+    saved = json.loads(path.read_text())
+    return list(saved["names"]), saved.get("colours")
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"{path}: not a class list ({error}); expected {{\"names\": [...], "
+                     f"\"colours\": [...]}}") from None

@@ -251,6 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   if jax.process_index() == 0:
     workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
+    reporting.write_classes(workdir, probe.info.metadata["class_names"],
+                            probe.info.metadata.get("class_colours"))
   barrier("workdir created")
   # Every exit path, an exception included, closes the writers and then the
   # checkpointer (which lets an async save in flight finish): the error is then the
@@ -311,6 +313,7 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
       writer.write_images(step, reporting.visual_summaries(visuals, host_batch, palette,
                                                            normalisation))
     state, step_metrics = train_step(state, batch)
+    checkpointer.check_saves()  # a failed asynchronous save stops the run at once
     if _due(step, config.log_every) or step == config.num_train_steps:
       # Fetched first: the wait lets the rate count finished steps, not dispatched ones.
       values = fetch_finite_metrics(step_metrics, step, checkpointer)

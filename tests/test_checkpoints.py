@@ -3,7 +3,10 @@ the saved config."""
 
 import json
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -12,12 +15,15 @@ import pytest
 from cowmix_jax import models, train
 from cowmix_jax.checkpoints import (
   Checkpointer,
+  CheckpointSaveError,
   check_config,
   load_config,
   save_config,
   workdir_path,
 )
 from cowmix_jax.state import create_train_state
+
+from conftest import REPO, tiny_flags
 
 
 def _state(config, seed=0, step=0):
@@ -129,6 +135,63 @@ def test_a_run_whose_latest_checkpoint_is_truncated_resumes_exactly_from_the_one
   assert int(final[0].step) == 6
   _assert_equal(final[0], final[1])
   assert (tmp_path / "resumed" / "corrupt_checkpoints" / "4").is_dir()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1.4 MB tmpfs: one tiny checkpoint (0.8-0.9 MB) fits, a second does not."""
+  mount_point = tmp_path / "disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1400k", "tmpfs",
+                            str(mount_point)], capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"a small filesystem needs mount (root): {mounted.stderr.strip()}")
+  yield mount_point
+  subprocess.run(["umount", "--lazy", str(mount_point)], check=False)
+
+
+def test_a_save_on_a_full_disk_fails_once_and_the_previous_checkpoint_stays(
+    tiny_config, small_disk, caplog):
+  states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2)}
+  workdir = str(small_disk / "run")
+  with caplog.at_level("ERROR"):
+    with pytest.raises(CheckpointSaveError) as error, Checkpointer(workdir) as checkpointer:
+      checkpointer.save(states[1])
+      checkpointer.wait()
+      # Fill the disk but for a third of a checkpoint: the next save cannot fit.
+      size = sum(p.stat().st_size for p in (small_disk / "run").rglob("*") if p.is_file())
+      free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+      (small_disk / "filler").write_bytes(b"\0" * max(0, free - size // 3))
+      checkpointer.save(states[2])
+      for _ in range(600):  # the failure shows as soon as the background save ends
+        checkpointer.check_saves()
+        time.sleep(0.05)
+  message = str(error.value)
+  assert "\n" not in message and f"into {workdir}/checkpoints failed" in message
+  assert "No space left on device" in message
+  assert "the latest complete checkpoint is step 1" in message
+  assert not [r for r in caplog.records if "orbax" in r.pathname], "orbax's errors are quiet"
+  with Checkpointer(workdir) as checkpointer:
+    assert checkpointer.latest_step() == 1
+    _assert_equal(checkpointer.restore(_state(tiny_config)), states[1])
+
+
+def test_a_run_on_a_full_disk_stops_in_one_line_at_the_first_failed_save(small_disk):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  workdir = small_disk / "run"
+  command = [sys.executable, "-m", "cowmix_jax.main", "--config=configs/synthetic.py",
+             f"--workdir={workdir}", f"--config.data.data_dir={small_disk.parent / 'tfds'}",
+             *tiny_flags({"num_train_steps": "8", "checkpoint_every": "1",
+                          "image_every": "0"})]
+  out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=900)
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr and "RESOURCE_EXHAUSTED" in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"main.py: saving a checkpoint into {workdir}/checkpoints failed")
+  assert "No space left on device" in last and "latest complete checkpoint is step 1" in last
+  assert out.stderr.count("No space left on device") <= 2  # this line and orbax's log
+  assert "step 8" not in out.stderr  # it stopped at once, not at the end
 
 
 def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path):
