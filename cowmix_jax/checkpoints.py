@@ -53,16 +53,36 @@ class CheckpointSaveError(OSError):
   """An asynchronous save failed (a full disk, a lost mount, ...): the run stops."""
 
 
+def _involves_orbax(record: logging_lib.LogRecord) -> bool:
+  """Whether a log record comes from orbax's code or carries a traceback through it."""
+  marker = f"{os.sep}orbax{os.sep}"
+  if marker in record.pathname:
+    return True
+  if record.name == "asyncio" and "orbax" in record.getMessage():
+    return True  # a future orbax's writes left unretrieved (no traceback of its own)
+  trace = record.exc_info[2] if record.exc_info else None
+  while trace is not None:
+    if marker in trace.tb_frame.f_code.co_filename:
+      return True
+    trace = trace.tb_next
+  return False
+
+
 class _QuietOrbaxErrors(logging_lib.Filter):
-  """Drops orbax's error records (a traceback from each of its save threads): a failed
-  save is reported once, as a CheckpointSaveError. ``COWMIX_JAX_VERBOSE=1`` keeps them."""
+  """Drops orbax's error records (a traceback from each of its save threads, and
+  asyncio's "exception was never retrieved" for each array it failed to write, which
+  may come when its tasks are collected, after the checkpointer closed): a failed save
+  is reported once, as a CheckpointSaveError, and a failed restore is raised. Installed
+  by the first Checkpointer, for the rest of the process; ``COWMIX_JAX_VERBOSE=1``
+  keeps them."""
 
   def filter(self, record: logging_lib.LogRecord) -> bool:
-    return not (record.levelno >= logging_lib.ERROR
-                and f"{os.sep}orbax{os.sep}" in record.pathname)
+    return not (record.levelno >= logging_lib.ERROR and _involves_orbax(record))
 
 
 _QUIET_ORBAX = _QuietOrbaxErrors()
+# orbax logs through absl; asyncio reports the failed writes of its event loop.
+_QUIETED_LOGGERS = ("absl", "asyncio")
 
 
 class Checkpointer:
@@ -77,7 +97,8 @@ class Checkpointer:
     self.workdir = workdir_path(workdir)
     self._failed = False
     if not cli.wants_verbose(()):
-      logging_lib.getLogger("absl").addFilter(_QUIET_ORBAX)
+      for name in _QUIETED_LOGGERS:
+        logging_lib.getLogger(name).addFilter(_QUIET_ORBAX)
     self.latest = _manager(self.workdir / LATEST, max_to_keep=keep)
     self.best = _manager(self.workdir / BEST, max_to_keep=1,
                          best_fn=lambda metrics: metrics["miou"], best_mode="max")
@@ -228,7 +249,6 @@ class Checkpointer:
       except Exception:
         if not self._failed:
           raise
-    logging_lib.getLogger("absl").removeFilter(_QUIET_ORBAX)
 
   def __enter__(self) -> Checkpointer:
     return self
