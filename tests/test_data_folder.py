@@ -210,3 +210,33 @@ def test_snap_table_goes_to_the_nearest_value_and_keeps_ignore():
                        for v in range(256)])
   expected[expected == 3] = base.IGNORE_LABEL
   np.testing.assert_array_equal(snapped, expected)
+
+
+def test_an_edited_folder_is_prepared_anew_never_read_stale(tmp_path, caplog):
+  """Before: after two labelled images were added, the splits stayed as they were."""
+  root = tmp_path / "mine"
+  _tree(str(root))
+  data = _data(root, tmp_path / "tfds")
+  first = builders.prepare(data)
+  assert first.info.splits["train"].num_examples == 2
+  rng = np.random.default_rng(5)
+  for image_id in ("img_d", "img_e"):
+    write_png(str(root / "train" / "images" / f"{image_id}.png"),
+              rng.integers(0, 256, SIZE + (3,), dtype=np.uint8))
+    write_png(str(root / "train" / "labels" / f"{image_id}.png"),
+              rng.choice(np.array([0, 1, 2], np.uint8), SIZE))
+  with caplog.at_level("INFO"):
+    second = builders.prepare(data)
+  assert second.data_dir != first.data_dir
+  assert second.info.splits["train"].num_examples == 4
+  assert any(f"prepared copy {second.data_dir}: train 4, unlabelled 1, validation 1 images"
+             in r.getMessage() for r in caplog.records)
+  # A changed label (same name) changes the copy too; an untouched folder reuses it.
+  write_png(str(root / "train" / "labels" / "img_d.png"), np.zeros(SIZE + (1,), np.uint8)[..., 0])
+  os.utime(root / "train" / "labels" / "img_d.png", ns=(1, 1))
+  third = builders.prepare(data)
+  assert third.data_dir != second.data_dir
+  assert builders.prepare(data).data_dir == third.data_dir
+  labels = {e["image_id"].decode(): e["label"]
+            for e in tfds.as_numpy(third.as_dataset(split="train"))}
+  np.testing.assert_array_equal(labels["img_d"], np.zeros(SIZE, np.uint8))

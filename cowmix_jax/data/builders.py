@@ -68,3 +68,8 @@ def _prepare(builder, data: ml_collections.ConfigDict) -> None:
     download_config = tfds.download.DownloadConfig(
         manual_dir=manual_dir(data), compute_stats=tfds.download.ComputeStatsMode.SKIP)
     builder.download_and_prepare(download_config=download_config)
+  counts = ", ".join(f"{split} {info.num_examples}" for split, info in
+                     sorted(builder.info.splits.items()))
+  source = manual_dir(data) if builder.MANUAL_DIR_VARIABLE is not None else "generated"
+  logging.info("Dataset %s from %s, prepared copy %s: %s images.", data.name, source,
+               builder.data_dir, counts)

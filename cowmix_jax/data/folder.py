@@ -253,18 +253,35 @@ def check_classes_present(scan: LabelScan, classes: ClassList, directory: str) -
       f"if the classes really are absent.)")
 
 
-def config_for_directory(directory: str) -> FolderConfig:
-  """A builder config named after the directory (its base name and a hash of its path
-  and class list), so that two datasets, or one whose classes.json changed, never
-  share prepared files."""
+def folder_fingerprint(directory: str) -> str:
+  """A hash of what the dataset is made of: the folder's path, the class list's bytes
+  and the relative name, size and modification time of every file of its splits. Adding,
+  removing, renaming or editing an image or a label changes it."""
   directory = os.path.abspath(directory)
   digest = hashlib.sha1(directory.encode())
   for file_name in CLASS_FILES:
     path = os.path.join(directory, file_name)
     if os.path.isfile(path):
       with open(path, "rb") as f:
-        digest.update(f.read())
-  digest = digest.hexdigest()[:8]
+        digest.update(file_name.encode() + b"\0" + f.read())
+  for split in SPLITS:
+    for root, dirs, files in os.walk(os.path.join(directory, split)):
+      dirs.sort()
+      for name in sorted(files):
+        path = os.path.join(root, name)
+        status = os.stat(path)
+        digest.update(f"{os.path.relpath(path, directory)}\0{status.st_size}\0"
+                      f"{status.st_mtime_ns}\n".encode())
+  return digest.hexdigest()
+
+
+def config_for_directory(directory: str) -> FolderConfig:
+  """A builder config named after the directory and its content (its base name and
+  ``folder_fingerprint``), so that two datasets, or one whose files or classes.json
+  changed, never share prepared files: an edited folder is prepared anew, never read
+  stale."""
+  directory = os.path.abspath(directory)
+  digest = folder_fingerprint(directory)[:12]
   stem = "".join(c if c.isalnum() else "_" for c in os.path.basename(directory)) or "root"
   return FolderConfig(name=f"{stem}_{digest}", directory=directory)
 
