@@ -219,6 +219,50 @@ def checksums_of_every_process(params) -> dict[str, float]:
   return {f"parameter_checksum_process{i}": float(v) for i, v in enumerate(gathered)}
 
 
+# Progress lines: after the first step (with its compile time), then at least this
+# often, besides every config.log_every steps.
+PROGRESS_SECONDS = 30.0
+
+
+class ProgressClock:
+  """When to print a progress line and what it says: the step, the share done, the
+  rate of the steps since the first one (which includes the compilation) and the time
+  left at that rate."""
+
+  def __init__(self, start_step: int, num_train_steps: int, clock=time.monotonic):
+    self.start_step, self.num_train_steps, self._clock = start_step, num_train_steps, clock
+    self.started = clock()
+    self.first_done: tuple[int, float] | None = None
+    self.last_line = self.started
+
+  def line_due(self) -> bool:
+    """True for the first step of this run and once PROGRESS_SECONDS have passed since
+    the last line."""
+    return self.first_done is None or self._clock() - self.last_line >= PROGRESS_SECONDS
+
+  def line(self, step: int) -> str:
+    """The progress line of a finished ``step`` (call once its metrics are fetched)."""
+    now = self.last_line = self._clock()
+    done = f"step {step}/{self.num_train_steps} ({100 * step / self.num_train_steps:.0f}%)"
+    if self.first_done is None:
+      self.first_done = (step, now)
+      return f"{done}  first step (compilation included) took {now - self.started:.1f} s"
+    first_step, first_time = self.first_done
+    if step == first_step or now <= first_time:
+      return done
+    rate = (step - first_step) / (now - first_time)
+    left = (self.num_train_steps - step) / rate
+    return f"{done}  {rate:.2f} steps/s  ETA {format_duration(left)}"
+
+
+def format_duration(seconds: float) -> str:
+  """``42 s``, ``7 min``, ``2 h 05 min``."""
+  if seconds < 90:
+    return f"{seconds:.0f} s"
+  minutes = round(seconds / 60)
+  return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def _due(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
 
@@ -305,6 +349,7 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
                                       every_steps=config.log_every or None, writer=writer,
                                       start_step=start_step)
   saved_step = start_step
+  clock = ProgressClock(start_step, config.num_train_steps)
   batches = sharding.prefetch_to_mesh(inputs.train, mesh, config.prefetch_batches)
   for step in range(start_step + 1, config.num_train_steps + 1):
     host_batch, batch = next(batches)
@@ -314,12 +359,12 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
                                                            normalisation))
     state, step_metrics = train_step(state, batch)
     checkpointer.check_saves()  # a failed asynchronous save stops the run at once
-    if _due(step, config.log_every) or step == config.num_train_steps:
+    logged = _due(step, config.log_every) or step == config.num_train_steps
+    if logged or clock.line_due():
       # Fetched first: the wait lets the rate count finished steps, not dispatched ones.
       values = fetch_finite_metrics(step_metrics, step, checkpointer)
-    if progress(step):  # at the same steps
-      logging.info("step %d/%d  %s  %.2f steps/s", step, config.num_train_steps,
-                   _format_metrics(values), progress.rate)
+      logging.info("%s  %s", clock.line(step), _format_metrics(values))
+    if progress(step):  # at the logged steps
       writer.write_scalars(step, {**values, "learning_rate": learning_rate_at(config, step)})
     if _due(step, config.eval_every) and step != config.num_train_steps:
       _, mious = evaluate_and_report(step)

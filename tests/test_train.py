@@ -265,3 +265,19 @@ def test_prefetching_changes_no_batch_and_no_result(tmp_path, tiny_config, monke
       states.append(checkpointer.restore(template))
   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_progress_lines_come_after_the_first_step_then_every_30_seconds_with_an_eta():
+  now = [100.0]
+  clock = train.ProgressClock(start_step=0, num_train_steps=1000, clock=lambda: now[0])
+  assert clock.line_due()  # the first step always gets a line
+  now[0] += 42.0  # compilation and the first step
+  assert clock.line(1) == "step 1/1000 (0%)  first step (compilation included) took 42.0 s"
+  now[0] += 10.0  # 20 more steps in 10 s
+  assert not clock.line_due()
+  now[0] += 20.0  # 30 s since the last line: due, whatever log_every says
+  assert clock.line_due()
+  # 60 steps after the first in 30 s: 2 steps/s, 940 steps left: 470 s = 8 min.
+  assert clock.line(61) == "step 61/1000 (6%)  2.00 steps/s  ETA 8 min"
+  assert not clock.line_due()
+  assert train.format_duration(30) == "30 s" and train.format_duration(7500) == "2 h 05 min"
