@@ -5,8 +5,12 @@ python -m cowmix_jax.main --config=configs/folder.py --workdir=W \
 
 DIR is laid out as the README's "Your own data" says (classes.json, train/images,
 train/labels, validation/images, validation/labels; train images without a label are
-unlabelled data). What is derived from the images when the run starts (each "auto",
-logged, and recorded in W/config.json):
+unlabelled data). What is derived from the images and the machine when the run starts (each
+"auto", logged, and recorded in W/config.json):
+- on a CPU, the size and batch: images shrunk by a whole factor to at most 160 pixels
+  on their longer side, 2 labelled + 2 unlabelled images a step, so that the default
+  3000 steps take about half an hour on 2 cores; on accelerators whole images and
+  4 + 4 (--config.data.downscale=1, --config.batch_size=4 choose for yourself);
 - the training crop: the largest labelled training image, whole (as the paper trains
   CamVid), at most 512 pixels a side (larger images are cropped at random);
 - the evaluation canvas: the largest validation image;
@@ -49,8 +53,12 @@ def get_config():
   config.eval_every = 500
   config.checkpoint_every = 500
   config.log_every = 50
-  config.batch_size = 4
-  config.unlabelled_batch_size = 4
+  # On a CPU: 2 + 2 images a step, shrunk so the longer side is at most 160 pixels (a
+  # 512x512 set trains at 128x128): the default 3000 steps take about half an hour on 2
+  # cores. On accelerators: 4 + 4, whole images. The log says what was chosen.
+  replace_field(config, "batch_size", "auto")
+  replace_field(config, "unlabelled_batch_size", "auto")
+  replace_field(config.data, "downscale", "auto")
   config.model.name = "unet"
   if pretrained_weights_installed():
     config.learning_rate = 1e-3  # measured on CamVid: docs/RESULTS.md, "Pretrained protocol"

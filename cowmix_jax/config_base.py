@@ -16,6 +16,15 @@ def replace_field(parent: ml_collections.ConfigDict, key: str, value) -> None:
     parent[key] = value
 
 
+def whole_number_field(parent: ml_collections.ConfigDict, key: str) -> None:
+  """A field that may be ``"auto"`` holds a string, so ``--config.KEY=4`` arrives as
+  ``"4"``: such a string becomes the int it spells (anything else but ``auto`` is left
+  for the checks to name)."""
+  value = parent[key]
+  if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    replace_field(parent, key, int(value))
+
+
 def is_auto(value) -> bool:
   """``"auto"``, or ``("auto",)``: what the command line makes of ``auto`` given to a
   tuple field."""

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import ml_collections
 from absl import logging
 
+from cowmix_jax import config_base, losses, masks, mixing, models, steps
 from cowmix_jax import data as data_lib
-from cowmix_jax import losses, masks, mixing, models, steps
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.conventions import NORMALISATIONS
 from cowmix_jax.models import pretrained as pretrained_lib
@@ -51,6 +51,10 @@ def mesh_size(config: ml_collections.ConfigDict, device_count: int, process_coun
                     f"its own)")
   devices = device_count if problems else asked
   for key in BATCH_KEYS:
+    if isinstance(config[key], bool) or not isinstance(config[key], int):
+      raise ValueError(f"config.{key}={config[key]!r} must be a whole number of images"
+                       + (" (resolve_batches sets auto ones)"
+                          if config_base.is_auto(config[key]) else ""))
     if config[key] <= 0 or config[key] % devices:
       problems.append(f"config.{key}={config[key]} is not a positive multiple of the "
                       f"{devices} devices (one device cannot hold part of an image)")
@@ -117,7 +121,9 @@ def _lookup(config: ml_collections.ConfigDict, key: str):
 
 def _range_checks(config: ml_collections.ConfigDict) -> list[Callable[[], object]]:
   checks = [functools.partial(_check_range, key, _lookup(config, key), *bounds)
-            for key, bounds in RANGES.items() if _lookup(config, key) is not None]
+            for key, bounds in RANGES.items()
+            if _lookup(config, key) is not None
+            and not config_base.is_auto(_lookup(config, key))]  # auto: resolved with data
   if config.num_epochs == 0:  # num_epochs > 0 sets num_train_steps
     checks.append(lambda: _check_range("num_train_steps", config.num_train_steps, 1, INF))
   checks.append(lambda: _check_num_labelled(config.data.num_labelled))
@@ -229,6 +235,37 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
       lambda: data_lib.canvas_setting(config.data.eval_canvas),
       lambda: mesh_size(config, device_count, process_count),
   ]
+
+
+# "auto" batches (configs/folder.py): (labelled, unlabelled) per step on a CPU and on
+# accelerators.
+AUTO_BATCHES = {"cpu": (2, 2), "accelerator": (4, 4)}
+
+
+# Whole-number settings that a config may leave "auto" (a string field, so that
+# --config.KEY=4 arrives as "4").
+AUTO_NUMBER_KEYS = ("batch_size", "unlabelled_batch_size", "data.downscale")
+
+
+def numbers_given_to_auto_fields(config: ml_collections.ConfigDict) -> None:
+  """Turns ``"4"`` given on the command line to a field whose default is ``auto`` into
+  the number 4."""
+  for key in AUTO_NUMBER_KEYS:
+    *parents, leaf = key.split(".")
+    parent = _lookup(config, ".".join(parents)) if parents else config
+    if parent is not None and leaf in parent:
+      config_base.whole_number_field(parent, leaf)
+
+
+def resolve_batches(config: ml_collections.ConfigDict, backend: str) -> None:
+  """Sets ``batch_size`` and ``unlabelled_batch_size`` given as ``auto``: AUTO_BATCHES
+  for the backend (smaller on a CPU, where every image costs its own time); logged."""
+  chosen = AUTO_BATCHES["cpu" if backend == "cpu" else "accelerator"]
+  for key, value in zip(("batch_size", "unlabelled_batch_size"), chosen):
+    if config_base.is_auto(config[key]):
+      config_base.replace_field(config, key, value)
+      logging.info("config.%s=auto: %d on %s (--config.%s=N to choose).", key, value,
+                   "the CPU" if backend == "cpu" else backend, key)
 
 
 def validate_config(config: ml_collections.ConfigDict, device_count: int,

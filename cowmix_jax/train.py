@@ -23,6 +23,8 @@ from cowmix_jax.checkpoints import Checkpointer, check_config, save_config, work
 from cowmix_jax.config_checks import (
   check_against_data,
   mesh_size,
+  numbers_given_to_auto_fields,
+  resolve_batches,
   resolve_training_length,
   validate_config,
 )
@@ -280,6 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   """
   # One start-up pass, before anything is written (the workdir included): every setting,
   # the dataset, the labelled subset and the run already in the workdir.
+  numbers_given_to_auto_fields(config)
+  resolve_batches(config, jax.default_backend())
   validate_config(config, jax.device_count(), jax.process_count())
   num_devices = mesh_size(config, jax.device_count(), jax.process_count())
   mesh = sharding.make_mesh(num_devices)

@@ -92,8 +92,10 @@ def test_every_bad_key_is_named_in_one_error(tiny_config):
 
 def test_one_bad_key_is_reported_alone_and_a_good_config_passes(tiny_config):
   config_checks.validate_config(tiny_config, device_count=1)
-  for name in ("folder", "camvid_cpu", "synthetic"):  # auto settings resolve later
-    config_checks.validate_config(load_config(name), device_count=1)
+  for name in ("folder", "camvid_cpu", "synthetic"):  # data's auto settings resolve later
+    config = load_config(name)
+    config_checks.resolve_batches(config, "cpu")  # as training does first
+    config_checks.validate_config(config, device_count=1)
   tiny_config.mask.cow_sigma_range = (8.0, 2.0)
   with pytest.raises(ValueError, match=r"^config.mask.cow_sigma_range=\(8.0, 2.0\): the "
                      r"smallest sigma is larger than the largest$"):
@@ -160,3 +162,28 @@ def test_named_weights_must_fit_the_encoder(tiny_config):
   tiny_config.model.pretrained = "efficientnet_lite0"
   with pytest.raises(ValueError, match="holds an EfficientNet-Lite0"):
     config_checks.validate_config(tiny_config, device_count=1)
+
+
+def test_auto_batches_and_downscale_fit_the_machine(monkeypatch):
+  """configs/folder.py on a CPU: 2 + 2 images shrunk to at most 160 pixels a side (512
+  -> 128); on accelerators 4 + 4, whole images; a number given on the command line to an
+  auto field arrives as a string and counts as that number."""
+  from cowmix_jax import data as data_lib
+
+  config = load_config("folder")
+  assert config.batch_size == config.unlabelled_batch_size == config.data.downscale == "auto"
+  config_checks.resolve_batches(config, "cpu")
+  assert (config.batch_size, config.unlabelled_batch_size) == (2, 2)
+  monkeypatch.setattr(data_lib, "largest_image", lambda builder, split: ((512, 480), "x"))
+  assert data_lib.resolve_downscale(config.data, None, "cpu") == 4
+  assert config.data.downscale == 4
+  config = load_config("folder")
+  config_checks.resolve_batches(config, "gpu")
+  assert (config.batch_size, config.unlabelled_batch_size) == (4, 4)
+  assert data_lib.resolve_downscale(config.data, None, "gpu") == 1
+  config = load_config("folder")
+  config_base.replace_field(config, "batch_size", "6")
+  config_base.replace_field(config.data, "downscale", "2")
+  config_checks.numbers_given_to_auto_fields(config)
+  config_checks.resolve_batches(config, "cpu")
+  assert (config.batch_size, config.unlabelled_batch_size, config.data.downscale) == (6, 2, 2)

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -154,9 +155,34 @@ def resolve_crop_and_sigma(config: ml_collections.ConfigDict, builder) -> None:
                  "pixels, scaled to the crop's %d).", sigmas, side)
 
 
+# "auto" downscale on a CPU: the largest training image is shrunk by a whole factor to
+# at most this many pixels on its longer side (a 512x512 image to 128x128), so that
+# configs/folder.py's default run takes about half an hour on 2 cores.
+CPU_AUTO_SIDE = 160
+
+
+def resolve_downscale(data: ml_collections.ConfigDict, builder, backend: str) -> int:
+  """Sets ``data.downscale`` for ``auto``: 1 (whole images) on accelerators; on a CPU
+  the smallest whole factor that brings the largest training image to CPU_AUTO_SIDE
+  pixels a side. Logs the choice and how to override it. Returns the factor."""
+  if not config_base.is_auto(data.downscale):
+    return data.downscale
+  factor = 1
+  if backend == "cpu":
+    (height, width), _ = largest_image(builder, data.train_split)
+    factor = max(1, math.ceil(max(height, width) / CPU_AUTO_SIDE))
+    logging.info("config.data.downscale=auto: %d on the CPU (the largest %s image, %dx%d, "
+                 "trains at %dx%d, for about half an hour of training on 2 cores); "
+                 "--config.data.downscale=1 keeps whole images.", factor, data.train_split,
+                 height, width, math.ceil(height / factor), math.ceil(width / factor))
+  config_base.replace_field(data, "downscale", factor)
+  return factor
+
+
 def resolve_data_settings(config: ml_collections.ConfigDict, builder) -> None:
   """Every setting that may be ``auto`` or must fit the data, resolved and checked:
-  the evaluation canvas, the training crop, the cow-mask sigmas."""
+  the downscale factor, the evaluation canvas, the training crop, the cow-mask sigmas."""
+  resolve_downscale(config.data, builder, jax.default_backend())
   resolve_eval_canvas(config.data, builder, config.data.eval_split)
   resolve_crop_and_sigma(config, builder)
 
