@@ -180,10 +180,11 @@ def suggested_weights(model: ml_collections.ConfigDict) -> str:
 
 DEEPLAB_V2_WEIGHTS = (
     "DeepLab v2 starts from the COCO-pretrained ResNet-101 of Hung et al. "
-    "(resnet101COCO-41f33a49.pth, which has no stable download URL; see docs/MODELS.md): "
-    "python -m cowmix_jax.models.convert --layout=deeplab_v2 --drop_head "
-    "--input=resnet101COCO-41f33a49.pth --output=deeplab_v2_coco.msgpack, then "
-    "--config.model.pretrained=deeplab_v2_coco.msgpack")
+    "(resnet101COCO-41f33a49.pth, on an academic server with no stable, hash-checked "
+    "release: README, \"Pretrained weights\"): python -m cowmix_jax.models.convert "
+    "--layout=deeplab_v2 --input=resnet101COCO-41f33a49.pth "
+    "--output=deeplab_v2_coco.msgpack (add --drop_head unless the dataset has Pascal's 21 "
+    "classes), then --config.model.pretrained=deeplab_v2_coco.msgpack")
 
 
 def _check_pretrained(model: ml_collections.ConfigDict) -> None:

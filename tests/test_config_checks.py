@@ -140,7 +140,7 @@ def test_frozen_batchnorm_without_weights_is_refused_with_the_fix(tiny_config):
 
 @pytest.mark.parametrize("name,argument,fix", [
     ("camvid", None, "--config.model.pretrained=torchvision_resnet50"),
-    ("pascal", "deeplab_v2", "--layout=deeplab_v2 --drop_head"),
+    ("pascal", "deeplab_v2", "--layout=deeplab_v2 --input=resnet101COCO-41f33a49.pth"),
 ])
 def test_paper_configs_name_their_weights_or_how_to_make_them(name, argument, fix):
   config = load_config(name, argument)

@@ -92,8 +92,8 @@ def test_paper_configs_refuse_to_start_without_weights_and_train_with_a_file(
   config.model.pretrained = "" if model == "deeplab_v2" else "torchvision_resnet50"
   config.model.depth = 50 if model == "unet" else 101
   config.model.width = 64
-  with pytest.raises((FileNotFoundError, ValueError),
-                     match="COWMIX_JAX_OFFLINE is set" if model == "unet" else "--drop_head"):
+  refusal = "COWMIX_JAX_OFFLINE is set" if model == "unet" else "--layout=deeplab_v2"
+  with pytest.raises((FileNotFoundError, ValueError), match=refusal):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
   # With weights from a file (a tiny encoder here, for time) it trains, and frozen
