@@ -116,11 +116,23 @@ def config_key_message(error: BaseException, argv: Sequence[str]) -> str:
   return f"{flag}: the config has no key {key!r}.{' ' + hint if hint else ''}"
 
 
+def _quiet_closed_loop(unraisable) -> None:
+  """An unraisable-exception hook that drops the "Event loop is closed" errors that
+  orbax's asyncio callbacks raise while the interpreter shuts down after a failure."""
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and "Event loop is closed" in str(unraisable.exc_value)):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def fail(message: str, status: int) -> None:
-  """Prints ``PROGRAM: message`` on stderr and exits with ``status``."""
+  """Prints ``PROGRAM: message`` on stderr and exits with ``status``; the message stays
+  the last thing printed (shutdown noise of the event loops a failed save left behind
+  is dropped)."""
   program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "cowmix_jax"
   hint = f" (--verbose or {VERBOSE_ENV}=1 shows the traceback)" if status == 1 else ""
   print(f"{program}: {message}{hint}", file=sys.stderr, flush=True)
+  sys.unraisablehook = _quiet_closed_loop
   sys.exit(status)
 
 

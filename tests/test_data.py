@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from cowmix_jax import config_base
 from cowmix_jax import data as data_lib
 from cowmix_jax.data import builders, splits, synthetic
 
@@ -183,7 +184,7 @@ def test_auto_crop_and_sigma_follow_the_largest_training_image(tmp_path, tiny_co
   sizes = _mixed_size_folder(tmp_path / "mine")
   config = load_config("folder")
   config.data.manual_dir, config.data.data_dir = str(tmp_path / "mine"), str(tmp_path / "tfds")
-  config.data.downscale = 2
+  config_base.replace_field(config.data, "downscale", 2)  # a field that may be "auto"
   builder = builders.prepare(config.data)
   monkeypatch.setattr(data_lib, "AUTO_CROP_LIMIT", 8)  # caps the 20-pixel width
   data_lib.resolve_data_settings(config, builder)

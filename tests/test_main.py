@@ -50,7 +50,8 @@ def test_same_config_and_seed_give_the_same_run(tmp_path):
   assert abs(printed - 100 * results[0]["miou"]) < 0.01
   assert abs(results[0]["miou"] - np.nanmean(per_class)) < 1e-9
   # The step losses printed along the way are identical too.
-  losses = [re.findall(r"step 4/4 \(100%\).*?  (loss=.*)", o.stderr) for o in outputs]
+  losses = [re.findall(r"step 4/4 \(100%\)[^\n]*?  (\w+=[^\n]*)", o.stderr)
+            for o in outputs]
   assert losses[0] and losses[0] == losses[1]
   labelled = json.loads((tmp_path / "a" / "labelled_ids.json").read_text())
   assert len(labelled["ids"]) == 4
