@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
 
 from conftest import REPO
 
@@ -125,3 +128,23 @@ def test_train_step_benchmark_builds_the_same_unet_in_pytorch(network, monkeypat
   with torch.no_grad():
     logits = torch_model(torch.zeros(1, 3, *size))
   assert tuple(logits.shape) == (1, train_step.NUM_CLASSES, *size)
+
+
+def test_the_own_data_walk_writes_the_readme_layout_with_its_0_255_masks(tmp_path):
+  from benchmarks import own_data_walk
+  from cowmix_jax import config_base
+  from cowmix_jax.data import builders
+
+  own_data_walk.write_folder(str(tmp_path / "blobs"), size=32, labelled=2, unlabelled=1,
+                             validation=1)
+  builder = builders.prepare(config_base.get_data_config(
+      "folder", manual_dir=str(tmp_path / "blobs"), data_dir=str(tmp_path / "tfds")))
+  assert {s: i.num_examples for s, i in builder.info.splits.items()} == {
+      "train": 2, "unlabelled": 1, "validation": 1}
+  for example in tfds.as_numpy(builder.as_dataset(split="train")):
+    name = example["image_id"].decode()
+    mask = np.asarray(Image.open(tmp_path / "blobs" / "train" / "labels" / f"{name}.png"))
+    np.testing.assert_array_equal(example["label"], (mask == 255).astype(np.uint8))
+    assert 0 < (mask == 255).mean() < 1  # both classes present
+  assert "cowmix_jax.main --config=configs/folder.py" in (
+      own_data_walk.readme_training_command())
