@@ -96,6 +96,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 2):
     self.workdir = workdir_path(workdir)
     self._failed = False
+    self._unconfirmed: set[str] = set()  # saves started and not yet seen to succeed
     if not cli.wants_verbose(()):
       for name in _QUIETED_LOGGERS:
         logging_lib.getLogger(name).addFilter(_QUIET_ORBAX)
@@ -118,6 +119,7 @@ class Checkpointer:
     """
     self._finish(self.latest)
     self.latest.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
+    self._unconfirmed.add(LATEST)
 
   def save_if_best(self, state: TrainState, miou: float) -> bool:
     if miou <= self.best_miou:
@@ -125,15 +127,17 @@ class Checkpointer:
     self._finish(self.best)
     self.best.save(int(state.step), args=ocp.args.StandardSave(state),
                    metrics={"miou": float(miou)}, force=True)
+    self._unconfirmed.add(BEST)
     self.best_miou = miou
     return True
 
   def check_saves(self) -> None:
     """Raises CheckpointSaveError as soon as an asynchronous save has failed; a save
     still in progress is left alone (called after every step: it does not block)."""
-    for manager in (self.latest, self.best):
-      if not manager.is_saving_in_progress():
+    for name, manager in ((LATEST, self.latest), (BEST, self.best)):
+      if name in self._unconfirmed and not manager.is_saving_in_progress():
         self._finish(manager)
+        self._unconfirmed.discard(name)
 
   def _finish(self, manager: ocp.CheckpointManager) -> None:
     """Waits for ``manager``'s save in flight; its failure becomes one
