@@ -670,6 +670,7 @@ def test_two_runners_saving_into_one_results_file_keep_every_record(tmp_path):
 
 def test_a_stopped_grid_exits_with_the_sigterm_status_so_loops_stop(tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
+  monkeypatch.setattr(ablation.signal, "signal", lambda *args: None)  # keep pytest's
   monkeypatch.setattr(ablation, "launch", FakeTraining(interrupt_at="supervised_seed0"))
   code = ablation.main(["--config=configs/synthetic.py", f"--root={tmp_path}",
                         "--methods=supervised", "--seeds=0,1"])
