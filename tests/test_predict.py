@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from cowmix_jax import evaluate, predict
 from cowmix_jax.data import builders, synthetic
 from cowmix_jax.data.base import BadExampleError
 
-from conftest import write_png
+from conftest import REPO, write_png
 
 
 def test_predict_matches_evaluate_and_handles_any_size(trained, tmp_path):
@@ -124,3 +126,18 @@ def test_predict_needs_the_run_only_not_its_dataset(trained, tmp_path, monkeypat
   label = Image.open(tmp_path / "out" / "validation_00000.png")
   palette = np.asarray(label.getpalette()[:3 * len(synthetic.CLASS_COLOURS)]).reshape(-1, 3)
   np.testing.assert_array_equal(palette, synthetic.CLASS_COLOURS)
+
+
+def test_the_command_line_refuses_in_one_line_with_status_2(trained, tmp_path):
+  _, workdir, _ = trained
+  images = tmp_path / "images"
+  _images(images)
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "cowmix_jax.predict", f"--workdir={workdir}",
+                        f"--input={images}", f"--output={images}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"predict.py: --output={images} is the input folder or inside it: the predictions "
+      f"would mix with (or replace) the images of --input={images}; choose another folder "
+      f"(--help lists the flags)")
