@@ -6,7 +6,8 @@ python -m benchmarks.own_data_walk --root=/tmp/walk [--size=512] [--labelled=20]
 Makes a folder of ``size x size`` grey JPEG images, each with a few bright blobs, and
 0/255 PNG masks of the blobs (``labelled`` train images with masks, ``unlabelled``
 without, ``validation`` with), then runs the README's training command on it exactly as
-written (``configs/folder.py``, its defaults) and records the wall time, the peak
+written (``configs/folder.py``, its defaults) and records the wall time (start to
+finish: preparation, compilation and evaluations included), the training time, the peak
 resident memory of the training process, the steps it chose and the final per-class
 IoU (both classes learned: background and the blobs above 50% IoU). Run it with nothing
 else on the machine; the result names the machine.
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
       "labelled": FLAGS.labelled, "unlabelled": FLAGS.unlabelled,
       "validation": FLAGS.validation, "wall_seconds": round(seconds, 1),
       "peak_rss_gib": round(peak_kib / 2**20, 2), "steps": results["step"],
+      "train_seconds": round(results["train_seconds"], 1),
+      "train_steps_per_second": round(results["step"] / results["train_seconds"], 2),
       "downscale": config["data"]["downscale"], "batch_size": config["batch_size"],
       "unlabelled_batch_size": config["unlabelled_batch_size"],
       "miou": results["miou"], "per_class_iou": results["per_class_iou"],

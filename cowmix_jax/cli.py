@@ -90,7 +90,10 @@ EXPECTED_ERRORS = (ValueError, KeyError, OSError, ModuleNotFoundError, FloatingP
 
 
 def wants_verbose(argv: Sequence[str]) -> bool:
-  return "--verbose" in argv or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+  """``--verbose`` (or ``--verbose=true``) among ``argv``, or COWMIX_JAX_VERBOSE set."""
+  given = any(arg == "--verbose" or arg.lower() in ("--verbose=true", "--verbose=1")
+              for arg in argv)
+  return given or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def error_message(error: BaseException) -> str:
@@ -146,9 +149,11 @@ def run_absl(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
   traceback through instead."""
   argv = list(sys.argv if argv is None else argv)
   if "verbose" not in flags.FLAGS:
-    flags.DEFINE_bool("verbose", False, "Show tracebacks of expected errors and "
-                      "TensorFlow's start-up lines (also: COWMIX_JAX_VERBOSE=1).")
+    flags.DEFINE_bool("verbose", False, "Show the traceback of an expected error and "
+                      "orbax's own error logs (also: COWMIX_JAX_VERBOSE=1).")
   verbose = wants_verbose(argv)
+  if verbose:  # for the parts that read the environment (the checkpointer's logs)
+    os.environ[VERBOSE_ENV] = "1"
 
   def parse(args: list[str]) -> list[str]:
     try:

@@ -197,7 +197,7 @@ def set_deeplab_v2(config: ml_collections.ConfigDict) -> None:
   """The paper's DeepLab v2 settings (appendix D.3.2): ResNet-101 at output stride 8,
   frozen BatchNorm, Caffe-style 0-255 BGR inputs with the mean subtracted, lr 1e-5;
   ``config.model.pretrained`` must name the converted COCO-pretrained file (Hung et
-  al.'s resnet101COCO-41f33a49.pth, docs/MODELS.md)."""
+  al.'s resnet101COCO-41f33a49.pth, README "Pretrained weights")."""
   config.model.name = "deeplab_v2"
   config.model.depth = 101
   config.model.width = 64

@@ -181,7 +181,8 @@ def suggested_weights(model: ml_collections.ConfigDict) -> str:
 DEEPLAB_V2_WEIGHTS = (
     "DeepLab v2 starts from the COCO-pretrained ResNet-101 of Hung et al. "
     "(resnet101COCO-41f33a49.pth, on an academic server with no stable, hash-checked "
-    "release: README, \"Pretrained weights\"): python -m cowmix_jax.models.convert "
+    "release: http://vllab1.ucmerced.edu/~whung/adv-semi-seg/resnet101COCO-41f33a49.pth): "
+    "python -m cowmix_jax.models.convert "
     "--layout=deeplab_v2 --input=resnet101COCO-41f33a49.pth "
     "--output=deeplab_v2_coco.msgpack (add --drop_head unless the dataset has Pascal's 21 "
     "classes), then --config.model.pretrained=deeplab_v2_coco.msgpack")
@@ -195,8 +196,8 @@ def _check_pretrained(model: ml_collections.ConfigDict) -> None:
   if model.freeze_bn and weights in ("", pretrained_lib.NO_WEIGHTS):
     suggestion = suggested_weights(model)
     fix = (DEEPLAB_V2_WEIGHTS if model.name == "deeplab_v2" else
-           f"--config.model.pretrained={suggestion} (downloaded once, or see "
-           f"docs/MODELS.md offline)" if suggestion else
+           f"--config.model.pretrained={suggestion} (downloaded once; offline see "
+           f"README, \"Pretrained weights\")" if suggestion else
            "--config.model.pretrained=FILE.msgpack (python -m cowmix_jax.models.convert)")
     raise ValueError(
         f"config.model.freeze_bn=True with config.model.pretrained={weights!r}: frozen "
@@ -205,9 +206,11 @@ def _check_pretrained(model: ml_collections.ConfigDict) -> None:
         f"purpose: --config.model.freeze_bn=False --config.model.pretrained=none")
   spec = pretrained_lib.DOWNLOADABLE.get(weights)
   if spec and (model.encoder != "resnet" or model.depth != spec.depth or model.width != 64):
+    fits = suggested_weights(model)
     raise ValueError(f"config.model.pretrained={weights} holds a ResNet-{spec.depth} of width "
                      f"64; the model's encoder is {model.encoder} (depth {model.depth}, width "
-                     f"{model.width})")
+                     f"{model.width})"
+                     + (f": use --config.model.pretrained={fits}" if fits else ""))
   packaged = pretrained_lib.PACKAGED.get(weights)
   if packaged and (model.encoder != "efficientnet_lite"
                    or f"efficientnet_{model.encoder_variant}" != weights):
@@ -310,6 +313,15 @@ def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   fits the training split (a labelled-ids file is read and every id found in it), cow
   masks are not wider than the crops (``auto`` canvas, crop and sigmas resolved here).
   Raises ConfigError (a ValueError) or the data's own error naming the file."""
+  try:
+    _check_against_data(config, builder)
+  except ValueError as error:  # a setting that does not fit the data: a usage error
+    if isinstance(error, ConfigError):
+      raise
+    raise ConfigError(str(error)) from error
+
+
+def _check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   present = sorted(builder.info.splits)
   for key in ("train_split", "eval_split"):
     if config.data[key] not in builder.info.splits:

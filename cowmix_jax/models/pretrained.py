@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import tempfile
 import urllib.error
@@ -178,6 +179,13 @@ def packaged_file(name: str) -> str:
   return getattr(module, spec.locator).get_model_file_path()
 
 
+def require_torch() -> None:
+  """ModuleNotFoundError naming the extra when torch (which reads .pth files) is absent."""
+  if importlib.util.find_spec("torch") is None:
+    raise ModuleNotFoundError(f"reading PyTorch weight files needs torch: {EXTRA} (or "
+                              f"pip install -e \".[convert]\")")
+
+
 def read_torch_file(path: str) -> dict[str, np.ndarray]:
   """A PyTorch state dict file as numpy arrays, read with ``weights_only=True`` (no
   pickled code runs). Raises ModuleNotFoundError naming the extra when torch is absent."""
@@ -217,6 +225,10 @@ def cached_conversion(name: str) -> str:
   file is named after the PyTorch file (which carries its hash), so another version
   converts anew."""
   if name in DOWNLOADABLE:
+    target = os.path.join(cache_dir(), os.path.splitext(DOWNLOADABLE[name].file_name)[0]
+                          + ".msgpack")
+    if not os.path.isfile(target):
+      require_torch()  # before a download that could not be read
     source, layout = downloaded_file(name), DOWNLOADABLE[name].layout
   else:
     source, layout = packaged_file(name), PACKAGED[name].layout
