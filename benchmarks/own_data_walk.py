@@ -65,12 +65,17 @@ def write_folder(root: str, size: int, labelled: int, unlabelled: int, validatio
         Image.fromarray(mask).save(os.path.join(root, split, "labels", name + ".png"))
 
 
-def readme_training_command() -> str:
-  """The training line of the README's "Your own data" block."""
+def readme_walk() -> list[str]:
+  """The lines of the first bash block after the README's "## Your own data"."""
   text = open(os.path.join(REPO, "README.md")).read()
   section = text[text.index("\n## Your own data\n"):]
   block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-  return next(line for line in block.splitlines() if "cowmix_jax.main" in line)
+  return [line for line in block.splitlines() if line.strip()]
+
+
+def readme_training_command() -> str:
+  """The training line of the README's "Your own data" block."""
+  return next(line for line in readme_walk() if "cowmix_jax.main" in line)
 
 
 FLAGS = cli.new_flags()

@@ -11,20 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.own_data_walk import readme_walk
+
 from conftest import REPO
 
 SIZE = (40, 56)
 # Only the length is changed from the README's command (a real run takes minutes).
 SHORT = ["--config.num_train_steps=4", "--config.eval_every=2", "--config.checkpoint_every=2",
          "--config.log_every=1"]
-
-
-def readme_walk() -> list:
-  """The lines of the first bash block after the README's "## Your own data"."""
-  text = open(os.path.join(REPO, "README.md")).read()
-  section = text[text.index("\n## Your own data\n"):]
-  block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-  return [line for line in block.splitlines() if line.strip()]
 
 
 def write_polyps(root, rng):

@@ -203,6 +203,11 @@ def gap_share(records: Sequence[dict], group: str) -> dict:
                                    by_group[ablation.FULL])
 
 
+# A record's fields that describe its validation evaluations over every class (the
+# teacher_history is cleared separately): dropped from derived records.
+VALIDATION_ONLY_FIELDS = ("precise_bn_miou", "best_miou", "best_step")
+
+
 def on_split(records: Sequence[dict], split: str) -> list[dict]:
   """Copies of the records that were also scored on ``split`` (``SPLIT_miou``, from
   the runner's --eval_splits) with that score and its per-class IoU as their ``miou``
@@ -214,7 +219,7 @@ def on_split(records: Sequence[dict], split: str) -> list[dict]:
       continue
     copy = dict(record, miou=record[f"{split}_miou"], teacher_history={},
                 per_class_iou=record[f"{split}_per_class_iou"], split=split)
-    for validation_number in ("precise_bn_miou", "best_miou", "best_step"):
+    for validation_number in VALIDATION_ONLY_FIELDS:
       copy.pop(validation_number, None)
     copies.append(copy)
   return copies
@@ -380,7 +385,7 @@ def restrict_to_classes(records: Sequence[dict], classes: Sequence[str]) -> list
   for record in records:
     copy = dict(record, miou=float(np.mean([record["per_class_iou"][c] for c in classes])),
                 teacher_history={})
-    for all_class_number in ("precise_bn_miou", "best_miou", "best_step"):
+    for all_class_number in VALIDATION_ONLY_FIELDS:
       copy.pop(all_class_number, None)
     restricted.append(copy)
   return restricted
