@@ -100,6 +100,7 @@ class Checkpointer:
     if not cli.wants_verbose(()):
       for name in _QUIETED_LOGGERS:
         logging_lib.getLogger(name).addFilter(_QUIET_ORBAX)
+      cli.quiet_closed_event_loops()
     self.latest = _manager(self.workdir / LATEST, max_to_keep=keep)
     self.best = _manager(self.workdir / BEST, max_to_keep=1,
                          best_fn=lambda metrics: metrics["miou"], best_mode="max")

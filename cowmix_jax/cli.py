@@ -119,13 +119,22 @@ def config_key_message(error: BaseException, argv: Sequence[str]) -> str:
   return f"{flag}: the config has no key {key!r}.{' ' + hint if hint else ''}"
 
 
-def _quiet_closed_loop(unraisable) -> None:
-  """An unraisable-exception hook that drops the "Event loop is closed" errors that
-  orbax's asyncio callbacks raise while the interpreter shuts down after a failure."""
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and "Event loop is closed" in str(unraisable.exc_value)):
+def quiet_closed_event_loops() -> None:
+  """Drops the "Event loop is closed" unraisable errors that orbax's asyncio callbacks
+  raise after a failed save (while its threads wind down and at interpreter shutdown);
+  every other unraisable error still reaches the hook that was installed before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_closed_loops", False):
     return
-  sys.__unraisablehook__(unraisable)
+
+  def hook(unraisable) -> None:
+    if (isinstance(unraisable.exc_value, RuntimeError)
+        and "Event loop is closed" in str(unraisable.exc_value)):
+      return
+    previous(unraisable)
+
+  hook.quiets_closed_loops = True
+  sys.unraisablehook = hook
 
 
 def fail(message: str, status: int) -> None:
@@ -135,7 +144,7 @@ def fail(message: str, status: int) -> None:
   program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "cowmix_jax"
   hint = f" (--verbose or {VERBOSE_ENV}=1 shows the traceback)" if status == 1 else ""
   print(f"{program}: {message}{hint}", file=sys.stderr, flush=True)
-  sys.unraisablehook = _quiet_closed_loop
+  quiet_closed_event_loops()
   sys.exit(status)
 
 

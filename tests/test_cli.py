@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import pytest
 from absl import app, flags
@@ -55,3 +56,19 @@ def test_a_tool_ends_a_usage_error_with_one_line_and_status_2():
   last = out.stderr.strip().splitlines()[-1]
   assert "expected a command, one of ['compare', 'generate', 'inspect']" in last
   assert "Traceback" not in out.stderr
+
+
+def test_the_closed_event_loop_noise_is_dropped_and_other_unraisable_errors_pass(
+    monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(
+      unraisable.exc_value))
+  cli.quiet_closed_event_loops()
+  installed = sys.unraisablehook
+  cli.quiet_closed_event_loops()  # a second call does not wrap the hook again
+  assert sys.unraisablehook is installed
+  closed, other = RuntimeError("Event loop is closed"), ValueError("a real problem")
+  for error in (closed, other):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                             exc_traceback=None, object=None))
+  assert seen == [other]
