@@ -9,7 +9,7 @@ known.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import ml_collections
 from absl import logging
@@ -18,6 +18,7 @@ from cowmix_jax import config_base, losses, masks, mixing, models, steps
 from cowmix_jax import data as data_lib
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.conventions import NORMALISATIONS
+from cowmix_jax.data import splits
 from cowmix_jax.models import pretrained as pretrained_lib
 
 BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
@@ -289,6 +290,26 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
                      "\n".join(f"  - {problem}" for problem in problems))
 
 
+# Step counts that a positive count in epochs replaces (resolve_training_length).
+REPLACED_BY_EPOCHS = {"num_train_steps": "num_epochs", "eval_every": "eval_every_epochs"}
+
+
+def check_overrides_take_effect(config: ml_collections.ConfigDict,
+                                overridden: Iterable[str]) -> None:
+  """Raises ConfigError for a command-line override the config would ignore: a step
+  count (``num_train_steps``, ``eval_every``) while its count in epochs is positive and
+  was not overridden to 0 (the epochs would win and the override do nothing)."""
+  overridden = set(overridden)
+  problems = [
+      f"--config.{steps_key}={config[steps_key]} has no effect: config.{epochs_key}="
+      f"{config[epochs_key]:g} sets the length in epochs and wins; add "
+      f"--config.{epochs_key}=0 to count in steps (or set --config.{epochs_key})"
+      for steps_key, epochs_key in REPLACED_BY_EPOCHS.items()
+      if steps_key in overridden and config[epochs_key] > 0]
+  if problems:
+    raise ConfigError("\n".join(problems))
+
+
 def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
   """Cow masks (cowmix, cowout) whose largest sigma exceeds the crop's shorter side
   would be almost uniform: the perturbation would vanish without a word."""
@@ -332,7 +353,7 @@ def _check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   if config.data.labelled_ids_file:  # read and matched against the training split
     data_lib.choose_labelled_ids(builder, config.data, config.seed)
   else:
-    data_lib.splits.check_num_labelled(
+    splits.check_num_labelled(
         config.data.num_labelled, builder.info.splits[config.data.train_split].num_examples)
 
 

@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from cowmix_jax import config_base, mixing, models
-from cowmix_jax.data import builders, pipeline, splits
+from cowmix_jax.data import builders, pipeline
 from cowmix_jax.data.base import BadExampleError, DatasetLayoutError  # noqa: F401
 
 UNLABELLED_SPLITS = ("train", "unlabelled")
@@ -197,6 +197,7 @@ def choose_labelled_ids(builder, data: ml_collections.ConfigDict, seed: int
                         ) -> tuple[list[str], np.ndarray, list[str]]:
   """The labelled ids (from ``labelled_ids_file`` or drawn by seed), their label
   histograms ``[N, C + 1]`` and all ids of the training split."""
+  from cowmix_jax.data import splits  # here: `python -m cowmix_jax.data.splits` runs it
   ids, histograms = splits.read_ids_and_histograms(builder, data.train_split)
   if data.labelled_ids_file:
     chosen = splits.read_id_file(data.labelled_ids_file)
@@ -222,6 +223,8 @@ def make_inputs(config: ml_collections.ConfigDict, workdir: str | None = None,
   with the batch of step ``start_step + 1`` (a resumed run sees what an uninterrupted
   run would have seen).
   """
+  from cowmix_jax.data import splits  # here: `python -m cowmix_jax.data.splits` runs it
+
   data = config.data
   builder = builders.prepare(data)
   class_names = list(builder.info.metadata["class_names"])
