@@ -5,7 +5,7 @@ bfloat16, on the first device: seconds per CowMix train step and images per seco
 fixed batch, the model FLOP utilisation (XLA's FLOPs of the step over the time, against
 the device's matmul rate measured here, and against its datasheet peak when known), the
 device's peak memory in use, fed / fixed with the real input pipeline (Pascal on a
-stand-in VOC tree; CamVid when ``--camvid_dir`` exists), and whether the device agrees
+stand-in VOC tree; CamVid when ``--camvid_manual_dir`` exists), and whether the device agrees
 with the CPU on a fixed batch: the cow masks of one key, and one train step of a small
 U-Net (loss and updated parameters).
 
@@ -177,7 +177,7 @@ FLAGS = cli.new_flags()
 flags.DEFINE_boolean("tiny", False, "toy sizes (for a CPU, and the test suite)",
                      flag_values=FLAGS)
 flags.DEFINE_integer("steps", 5, "timed steps per config", flag_values=FLAGS)
-flags.DEFINE_string("camvid_dir", os.environ.get("COWMIX_CAMVID_DIR", "../shared/data/camvid"),
+flags.DEFINE_string("camvid_manual_dir", os.environ.get("COWMIX_CAMVID_DIR", ""),
                     "CamVid, for its fed / fixed (skipped when '' or missing)",
                     flag_values=FLAGS)
 flags.DEFINE_string("output", "", "write the results as JSON here", flag_values=FLAGS)
@@ -220,7 +220,7 @@ def main(argv=None):
   results["peak_memory_bytes"] = peak_memory_in_use(device)
   print(f"\nPeak device memory in use: {_format_bytes(results['peak_memory_bytes'])}")
   with tempfile.TemporaryDirectory() as scratch:
-    fed = {name: fed_over_fixed(name, FLAGS.tiny, FLAGS.camvid_dir, scratch,
+    fed = {name: fed_over_fixed(name, FLAGS.tiny, FLAGS.camvid_manual_dir, scratch,
                                 2 if FLAGS.tiny else FLAGS.steps) for name in CONFIGS}
   results["fed_over_fixed"] = fed
   print("Input fed / fixed (1.0: the input costs the step nothing): " + ", ".join(

@@ -7,7 +7,7 @@
 #   pip install -e . && bash benchmarks/accelerator_check.sh [--output=check.json]
 #   bash benchmarks/accelerator_check.sh --tiny     # toy sizes: a CPU runs it in minutes
 #
-# CamVid's fed / fixed reads $COWMIX_CAMVID_DIR (or --camvid_dir=DIR), and is skipped
+# CamVid's fed / fixed reads $COWMIX_CAMVID_DIR (or --camvid_manual_dir=DIR), and is skipped
 # without it; Pascal's uses a stand-in VOC tree it writes to a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."

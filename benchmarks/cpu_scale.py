@@ -11,9 +11,9 @@ random-init CPU protocol) and ``lite<n>`` or ``lite<n>x<decoder factor>`` (the
 EfficientNet-Lite U-Net with frozen BatchNorm, the decoder widths scaled), or, without
 ``--encoders``, the ResNet grid ``--depths`` x ``--widths``:
 
-python benchmarks/cpu_scale.py --sizes 90x120,180x240,360x480 \
+python benchmarks/cpu_scale.py --sizes 90x120,180x240,360x480 \\
     --encoders resnet18x0.5,lite0,lite1 --methods supervised,cowmix --batch 1 --unlabelled 1
-python benchmarks/cpu_scale.py --sizes 96x128,128x160,192x256 --depths 18,34 \
+python benchmarks/cpu_scale.py --sizes 96x128,128x160,192x256 --depths 18,34 \\
     --widths 1.0,0.5 --methods supervised,cowmix --run_steps 3000 [--output=F.json]
 """
 

@@ -10,13 +10,14 @@ The three step timings alternate (``--repeats`` times, median kept), so the mach
 noise hits them alike. fed / fixed is the share of the step's speed the input leaves
 (1.0: input is free).
 
-CamVid is read from ``--camvid_dir`` (the real data). Pascal is read from ``--voc_dir``;
+CamVid is read from ``--camvid_manual_dir`` (the real data; default $COWMIX_CAMVID_DIR).
+Pascal is read from ``--voc_manual_dir``;
 without it, from a stand-in VOC tree of ``--voc_images`` smooth random 500x375 JPEGs
 (VOC's typical size, so decoding costs about what VOC's does) written to a temporary
 directory.
 
 python -m benchmarks.input_pipeline [--configs=camvid,pascal] [--depth=50] [--steps=3]
-    [--repeats=3] [--camvid_dir=../shared/data/camvid] [--voc_dir=DIR] [--output=F.json]
+    [--repeats=3] [--camvid_manual_dir=DIR] [--voc_manual_dir=DIR] [--output=F.json]
 """
 
 from __future__ import annotations
@@ -138,9 +139,9 @@ def step_rates(config, num_steps: int, repeats: int) -> dict[str, float]:
 FLAGS = cli.new_flags()
 flags.DEFINE_list("configs", list(CONFIG_FILES), f"of {sorted(CONFIG_FILES)}",
                   flag_values=FLAGS)
-flags.DEFINE_string("camvid_dir", os.environ.get("COWMIX_CAMVID_DIR", "../shared/data/camvid"),
-                    "CamVid's directory", flag_values=FLAGS)
-flags.DEFINE_string("voc_dir", "", "VOC2012 with SBD labels ('' = a stand-in tree)",
+flags.DEFINE_string("camvid_manual_dir", os.environ.get("COWMIX_CAMVID_DIR", ""),
+                    "CamVid's directory (needed for --configs=camvid)", flag_values=FLAGS)
+flags.DEFINE_string("voc_manual_dir", "", "VOC2012 with SBD labels ('' = a stand-in tree)",
                     flag_values=FLAGS)
 flags.DEFINE_integer("voc_images", 128, "training images of the stand-in VOC tree",
                      flag_values=FLAGS)
@@ -159,7 +160,11 @@ def main(argv=None):
   unknown = sorted(set(FLAGS.configs) - set(CONFIG_FILES))
   if unknown:
     raise app.UsageError(f"--configs: unknown {unknown}; choose from "
-                                f"{sorted(CONFIG_FILES)}")
+                         f"{sorted(CONFIG_FILES)}")
+  if "camvid" in FLAGS.configs and not FLAGS.camvid_manual_dir:
+    raise app.UsageError("--configs=camvid reads the real CamVid: give "
+                         "--camvid_manual_dir=DIR (or set COWMIX_CAMVID_DIR), or leave "
+                         "camvid out of --configs")
   results = {"machine": f"{machine.describe()}, allocator: {machine.allocator_environment()}",
              "configs": {}}
   print(f"Machine: {results['machine']}; U-Net ResNet-{FLAGS.depth}, CowMix, images per "
@@ -170,9 +175,9 @@ def main(argv=None):
   print("|---|---|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as scratch:
     for name in FLAGS.configs:
-      manual_dir, available = FLAGS.camvid_dir, None
+      manual_dir, available = FLAGS.camvid_manual_dir, None
       if name == "pascal":
-        manual_dir = FLAGS.voc_dir
+        manual_dir = FLAGS.voc_manual_dir
         if not manual_dir:
           manual_dir = write_standin_voc(os.path.join(scratch, "voc"), FLAGS.voc_images)
           available = FLAGS.voc_images

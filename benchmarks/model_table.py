@@ -5,7 +5,7 @@ FLOPs come from XLA's cost analysis of the compiled inference forward pass (a
 multiply-add counts 2; ``cowmix_jax/models/summary.py``), at each input size; the
 network pads inputs to a multiple of 32 inside, and the count includes that padding.
 
-python -m benchmarks.model_table --encoders resnet50,resnet18x0.5,lite0,lite1,lite2 \
+python -m benchmarks.model_table --encoders resnet50,resnet18x0.5,lite0,lite1,lite2 \\
     --sizes 360x480,90x120
 """
 

@@ -1,6 +1,6 @@
 """The README's "Your own data" walk at a real size: time, peak memory, classes learned.
 
-python -m benchmarks.own_data_walk --root=/tmp/walk [--size=512] [--labelled=20] \
+python -m benchmarks.own_data_walk --root=/tmp/walk [--size=512] [--labelled=20] \\
     [--unlabelled=30] [--validation=10] [--output=docs/benchmark_own_data_walk.json]
 
 Makes a folder of ``size x size`` grey JPEG images, each with a few bright blobs, and

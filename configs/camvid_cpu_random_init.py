@@ -2,8 +2,8 @@
 "Random-init protocol"), kept so that its numbers stay reproducible. One CowMix run in
 about 19 minutes. configs/camvid_cpu.py is the current, pretrained protocol.
 
-python -m cowmix_jax.main --config=configs/camvid_cpu_random_init.py --workdir=DIR \
-    --config.data.manual_dir=../shared/data/camvid [--config.method=supervised ...]
+python -m cowmix_jax.main --config=configs/camvid_cpu_random_init.py --workdir=DIR \\
+    --config.data.manual_dir=/data/CamVid [--config.method=supervised ...]
 
 What is scaled, and why (measurements: docs/RESULTS.md, benchmarks/cpu_scale.py):
 - Images are shrunk 4x (480x360 -> 120x90, antialiased; labels by nearest neighbour)
@@ -16,16 +16,17 @@ What is scaled, and why (measurements: docs/RESULTS.md, benchmarks/cpu_scale.py)
 - The U-Net's ResNet-50 encoder becomes a ResNet-18 at half width (32 base channels) and
   the decoder halves too; there is no pretrained encoder (none is available offline),
   so BatchNorm trains (the paper froze it because its batch held one image).
-- Batches: 4 labelled + 4 unlabelled images per step instead of 1 + 1, 3500 steps
-  instead of the paper's 36,700 (the 30-label baseline stops improving at about 2000),
+- Batches: 4 labelled + 4 unlabelled images per step instead of 1 + 2, 3500 steps
+  instead of the paper's 110,100 (300 epochs of the 367 training images at batch 1; the
+  30-label baseline stops improving at about 2000 here),
   and Adam at 1e-3 instead of 1e-4 (measured: 1e-4 leaves a randomly initialised
   network untrained after 2000 steps).
 Everything else is the paper's: 30 labelled images drawn by the seed (all 367 training
 images unlabelled), Adam, mean teacher 0.99, consistency weight 10, confidence
 threshold 0.97 (batch fraction), CowMix p = 0.5.
 
-Evaluation is on val (the test split is not in ../shared); any other split is one flag:
---config.data.eval_split=test.
+Evaluation is on val (choose everything there); the test split, for reporting finished
+runs once, is one flag: --config.data.eval_split=test (or evaluate --split=test).
 """
 
 from cowmix_jax.config_base import get_camvid_cpu_config

@@ -1,6 +1,6 @@
 """Cityscapes at half resolution (1024x512), the paper's Table 2 setting with U-Net.
 
-python -m cowmix_jax.main --config=configs/cityscapes.py --workdir=DIR \
+python -m cowmix_jax.main --config=configs/cityscapes.py --workdir=DIR \\
     --config.data.manual_dir=/path/to/cityscapes [--config.data.num_labelled=372]
 
 The dataset directory comes from config.data.manual_dir, else $COWMIX_CITYSCAPES_DIR.

@@ -1,6 +1,6 @@
 """CowMix on your own folder of images and masks: one command, settings from the data.
 
-python -m cowmix_jax.main --config=configs/folder.py --workdir=W \
+python -m cowmix_jax.main --config=configs/folder.py --workdir=W \\
     --config.data.manual_dir=DIR [--config.data.num_labelled=50] [--config.method=supervised]
 
 DIR is laid out as the README's "Your own data" says (classes.json, train/images,

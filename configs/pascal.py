@@ -1,6 +1,6 @@
 """Pascal VOC 2012 + SBD (aug), the paper's Table 3 setting with U-Net.
 
-python -m cowmix_jax.main --config=configs/pascal.py --workdir=DIR \
+python -m cowmix_jax.main --config=configs/pascal.py --workdir=DIR \\
     --config.data.manual_dir=/path/to/VOCdevkit/VOC2012 [--config.data.num_labelled=100]
 
 The dataset directory comes from config.data.manual_dir, else $COWMIX_VOC_DIR.

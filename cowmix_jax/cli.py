@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
+from cowmix_jax import quiet_import
+
 
 def new_flags() -> flags.FlagValues:
   """An empty set of flags with ``--help`` (and ``-h``)."""
@@ -76,9 +78,10 @@ def run(main: Callable[[Sequence[str] | None], int | None]) -> None:
   sys.exit(status or 0)
 
 
-# Set to 1 (or pass --verbose) for the traceback of an expected error instead of its
-# one-line message.
-VERBOSE_ENV = "COWMIX_JAX_VERBOSE"
+# COWMIX_JAX_VERBOSE=1 (or --verbose) shows the traceback of an expected error instead of
+# its one-line message; wants_verbose(argv) says whether it was asked for.
+VERBOSE_ENV = quiet_import.VERBOSE_ENV
+wants_verbose = quiet_import.verbose_requested
 
 
 class ConfigError(ValueError):
@@ -87,13 +90,6 @@ class ConfigError(ValueError):
 
 # Errors a user's input can cause (files, data, settings, a full disk): one line each.
 EXPECTED_ERRORS = (ValueError, KeyError, OSError, ModuleNotFoundError, FloatingPointError)
-
-
-def wants_verbose(argv: Sequence[str]) -> bool:
-  """``--verbose`` (or ``--verbose=true``) among ``argv``, or COWMIX_JAX_VERBOSE set."""
-  given = any(arg == "--verbose" or arg.lower() in ("--verbose=true", "--verbose=1")
-              for arg in argv)
-  return given or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def error_message(error: BaseException) -> str:
@@ -148,18 +144,41 @@ def fail(message: str, status: int) -> None:
   sys.exit(status)
 
 
-def run_absl(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None
-             ) -> None:
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+
+
+def own_flags_help() -> str:
+  """The flags that this package's modules define on absl's global flags (the tool's
+  own, the shared checkpoint flags, ``--verbose``, ``--config``), formatted by absl."""
+  modules = [m for m in flags.FLAGS.flags_by_module_dict()
+             if "cowmix_jax" in m or m in ("__main__", sys.argv[0])]
+  return "\n".join(flags.FLAGS.module_help(m) for m in sorted(modules))
+
+
+def print_help(usage: str) -> None:
+  """``usage`` and the tool's own flags on stdout (absl's ``--help`` shows only the
+  flags of the ``__main__`` module, none under a console script, and exits with 1)."""
+  print(f"{usage.strip()}\n\nFlags:\n{own_flags_help()}\n\n(--helpfull: every flag, "
+        "those of the libraries too)")
+
+
+def run_absl(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
+             usage: str | None = None) -> None:
   """``absl.app.run(main)`` for the programs on absl's global flags (main, evaluate,
   predict), with every expected error in one line: a bad flag, an unknown config key,
   a config file that does not load, a bad setting (``ConfigError``) and
   ``app.UsageError`` exit with status 2; other ``EXPECTED_ERRORS`` (files, data, a
   failed save) with status 1. ``--verbose`` or ``COWMIX_JAX_VERBOSE=1`` lets the
-  traceback through instead."""
+  traceback through instead. ``--help`` prints ``usage`` (default: the docstring of
+  ``main``'s module) and the tool's own flags, and exits with status 0."""
   argv = list(sys.argv if argv is None else argv)
   if "verbose" not in flags.FLAGS:
-    flags.DEFINE_bool("verbose", False, "Show the traceback of an expected error and "
-                      "orbax's own error logs (also: COWMIX_JAX_VERBOSE=1).")
+    flags.DEFINE_bool("verbose", False, "Show the traceback of an expected error, "
+                      "TensorFlow's start-up lines and orbax's own error logs (also: "
+                      "COWMIX_JAX_VERBOSE=1).")
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    print_help(usage or sys.modules[main.__module__].__doc__ or "")
+    sys.exit(0)
   verbose = wants_verbose(argv)
   if verbose:  # for the parts that read the environment (the checkpointer's logs)
     os.environ[VERBOSE_ENV] = "1"

@@ -3,7 +3,7 @@
 python -m cowmix_jax.evaluate --workdir=DIR [--config=configs/X.py] \\
     [--checkpoint=latest|best|STEP] [--split=validation|test] [--model=teacher|student] \\
     [--flip] [--window=H,W [--window_stride=H,W]] [--output=FILE.json] \\
-    [--markdown=FILE.md] [--predictions=DIR]
+    [--markdown=FILE.md] [--predictions_dir=DIR]
 
 Without ``--config``, the run's own saved config (``DIR/config.json``) is used, with any
 ``--config.KEY=VALUE`` overrides on top; only the checkpoint is read, so a pretrained
@@ -12,7 +12,7 @@ file the run started from need not exist any more.
 Images are evaluated whole (padded to ``config.data.eval_canvas``, the padding ignored),
 single scale, argmax; ``--flip`` averages the logits with those of the mirrored image;
 ``--window`` averages the logits of overlapping windows instead of one pass.
-``--predictions`` writes one palette PNG per image: pixel values are class ids, and
+``--predictions_dir`` writes one palette PNG per image: pixel values are class ids, and
 viewers show the dataset's colours.
 """
 
@@ -168,7 +168,8 @@ def define_flags() -> None:
   flags.DEFINE_string("window_stride", "", "Window offsets H,W (default 2/3 of the window).")
   flags.DEFINE_string("output", "", "Write the results as JSON here.")
   flags.DEFINE_string("markdown", "", "Write the per-class table as Markdown here.")
-  flags.DEFINE_string("predictions", "", "Write palette PNG predictions into this directory.")
+  flags.DEFINE_string("predictions_dir", "", "Write palette PNG predictions into this "
+                      "directory.")
 
 
 def main(argv: Iterable[str]) -> None:
@@ -177,7 +178,7 @@ def main(argv: Iterable[str]) -> None:
   logging.set_verbosity(logging.INFO)
   results = evaluate_checkpoint(
       FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.model == "teacher",
-      FLAGS.flip, _pair(FLAGS.window), _pair(FLAGS.window_stride), FLAGS.predictions or None)
+      FLAGS.flip, _pair(FLAGS.window), _pair(FLAGS.window_stride), FLAGS.predictions_dir or None)
   confusion = np.asarray(results["confusion"])
   print(f"{results['model']} at step {results['step']} ({results['checkpoint']}), "
         f"{results['split']} split, {results['num_images']} images:")
@@ -190,7 +191,12 @@ def main(argv: Iterable[str]) -> None:
       f.write(markdown_table(results))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The ``cowmix-evaluate`` console script: ``python -m cowmix_jax.evaluate``."""
   define_flags()
   flags.mark_flags_as_required(["workdir"])
   cli.run_absl(main, config_argv(sys.argv))
+
+
+if __name__ == "__main__":
+  run()

@@ -64,24 +64,25 @@ def make_logits_fn(model, flip: bool = False,
 
 
 def make_predict_fn(model, mesh, num_classes: int, **logits_options) -> Callable:
-  """Jitted ``predict(variables, images, labels, confusion) -> (predictions, confusion)``.
+  """Jitted ``predict(variables, images, labels) -> (predictions, confusion)``.
 
   Args of the returned function: variables ``{"params", "batch_stats"}`` (replicated);
   images ``[B, h, w, 3]`` and labels ``[B, H, W]`` (sharded along the batch; 255 =
   ignore, also for padding; the logits are resized to the labels if ``(h, w) != (H,
-  W)``); confusion ``[C, C]`` int32 accumulator (donated). Returns ``[B, H, W]`` int32
-  predictions and the updated confusion. ``logits_options``: see ``make_logits_fn``.
+  W)``). Returns ``[B, H, W]`` int32 predictions and the batch's ``[C, C]`` int32
+  confusion matrix (one batch stays far below 2^31 pixels; the split's total is summed
+  in int64 on the host). ``logits_options``: see ``make_logits_fn``.
   """
   logits_fn = make_logits_fn(model, **logits_options)
 
-  def predict(variables, images, labels, confusion):
+  def predict(variables, images, labels):
     logits = steps.resize_to_labels(logits_fn(variables, images), labels)
     predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return predictions, confusion + metrics.confusion_matrix(labels, predictions, num_classes)
+    return predictions, metrics.confusion_matrix(labels, predictions, num_classes)
 
   replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(predict, in_shardings=(replicated, sharded, sharded, replicated),
-                 out_shardings=(sharded, replicated), donate_argnums=3)
+  return jax.jit(predict, in_shardings=(replicated, sharded, sharded),
+                 out_shardings=(sharded, replicated))
 
 
 class Evaluator:
@@ -103,13 +104,15 @@ class Evaluator:
   def confusion(self, variables: dict,
                 on_predictions: Callable[[dict, np.ndarray], None] | None = None
                 ) -> np.ndarray:
-    """The ``[C, C]`` int64 confusion matrix of ``variables`` over every batch;
-    ``on_predictions(batch, [B, H, W] predictions)`` sees each batch (one process)."""
-    confusion = jax.device_put(jnp.zeros((self.num_classes, self.num_classes), jnp.int32),
-                               sharding.replicated(self.mesh))
+    """The ``[C, C]`` int64 confusion matrix of ``variables`` over every batch (each
+    batch's int32 matrix added on the host, so a split of more than 2^31 pixels in one
+    cell does not overflow); ``on_predictions(batch, [B, H, W] predictions)`` sees each
+    batch (one process)."""
+    confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
     for batch in self.batches():
       images, labels = sharding.shard_batch((batch["image"], batch["label"]), self.mesh)
-      predictions, confusion = self._predict(variables, images, labels, confusion)
+      predictions, batch_confusion = self._predict(variables, images, labels)
+      confusion += np.asarray(batch_confusion, np.int64)
       if on_predictions is not None:
         on_predictions(batch, np.asarray(predictions))
-    return np.asarray(confusion, np.int64)
+    return confusion

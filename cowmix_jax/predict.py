@@ -1,6 +1,6 @@
 """Segment a folder of arbitrary images with a checkpoint.
 
-python -m cowmix_jax.predict --workdir=DIR --input=IMAGES --output=OUT \\
+python -m cowmix_jax.predict --workdir=DIR --input=IMAGES --output_dir=OUT \\
     [--checkpoint=latest|best|STEP] [--model=teacher|student] [--flip] \\
     [--overlay_alpha=0.5] [--overwrite] [--strict]
 
@@ -58,13 +58,13 @@ def check_output_dir(input_dir: str, output_dir: str, image_ids, overwrite: bool
   source, target = os.path.realpath(input_dir), os.path.realpath(output_dir)
   if target == source or target.startswith(source + os.sep):
     raise app.UsageError(
-        f"--output={output_dir} is the input folder or inside it: the predictions would "
+        f"--output_dir={output_dir} is the input folder or inside it: the predictions would "
         f"mix with (or replace) the images of --input={input_dir}; choose another folder")
   existing = [name for image_id in image_ids for name in output_files(image_id)
               if os.path.exists(os.path.join(output_dir, name))]
   if existing and not overwrite:
     raise app.UsageError(
-        f"--output={output_dir} already holds {len(existing)} of the files this would "
+        f"--output_dir={output_dir} already holds {len(existing)} of the files this would "
         f"write (e.g. {existing[0]}); pass --overwrite to replace them, or choose another "
         f"folder")
 
@@ -148,9 +148,10 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   evaluate.define_checkpoint_flags()
   flags.DEFINE_string("input", None, "A directory of images.")
-  flags.DEFINE_string("output", None, "Where to write the label PNGs and overlays.")
+  flags.DEFINE_string("output_dir", None, "The directory to write the label PNGs and "
+                      "overlays into (created if missing; never the input folder).")
   flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlays.")
-  flags.DEFINE_bool("overwrite", False, "Replace prediction files already in --output.")
+  flags.DEFINE_bool("overwrite", False, "Replace prediction files already in --output_dir.")
   flags.DEFINE_bool("strict", False, "Stop at the first unreadable image instead of "
                     "skipping it.")
 
@@ -159,15 +160,20 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  ids, skipped = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+  ids, skipped = predict_folder(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output_dir,
                                 FLAGS.checkpoint, FLAGS.model == "teacher", FLAGS.flip,
                                 FLAGS.overlay_alpha, FLAGS.overwrite, FLAGS.strict)
-  print(f"Wrote {len(ids)} predictions to {FLAGS.output}"
+  print(f"Wrote {len(ids)} predictions to {FLAGS.output_dir}"
         + (f"; skipped {len(skipped)} unreadable file(s) (listed above)" if skipped else ""))
   return 1 if not ids else 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The ``cowmix-predict`` console script: ``python -m cowmix_jax.predict``."""
   define_flags()
-  flags.mark_flags_as_required(["workdir", "input", "output"])
+  flags.mark_flags_as_required(["workdir", "input", "output_dir"])
   cli.run_absl(main, evaluate.config_argv(sys.argv))
+
+
+if __name__ == "__main__":
+  run()

@@ -55,7 +55,7 @@ def test_the_command_writes_the_gallery_and_the_table(tmp_path, synthetic_builde
 
   monkeypatch.setattr(builders, "prepare", lambda data: synthetic_builder)
   out = tmp_path / "out"
-  assert mask_gallery.main(["--dataset=synthetic", f"--out={out}", "--sigmas=2,4",
+  assert mask_gallery.main(["--dataset=synthetic", f"--output_dir={out}", "--sigmas=2,4",
                             "--size=64", "--num_masks=4", "--images=0,3"]) == 0
   report = json.loads((out / "mask_gallery.json").read_text())
   assert [row["sigma"] for row in report["statistics"]] == [2.0, 4.0]

@@ -32,7 +32,7 @@ def test_the_command_counts_every_labelled_pair_and_writes_its_pictures(
   monkeypatch.setattr(builders, "prepare", lambda data: synthetic_builder)
   out = tmp_path / "out"
   assert patch_distances.main([
-      "--dataset=synthetic", f"--out={out}", "--patch_sizes=3,7", "--histogram_patch=7",
+      "--dataset=synthetic", f"--output_dir={out}", "--patch_sizes=3,7", "--histogram_patch=7",
       "--histogram_images=5", "--search_images=6", "--queries=12", "--query_chunk=5",
       "--example=2"]) == 0
   report = json.loads((out / "synthetic.json").read_text())

@@ -19,7 +19,7 @@ def test_accelerator_check_runs_end_to_end_at_toy_sizes(tmp_path):
   output = tmp_path / "check.json"
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHON=sys.executable)
   out = subprocess.run(["bash", "benchmarks/accelerator_check.sh", "--tiny", "--steps=1",
-                        "--camvid_dir=", f"--output={output}"], cwd=REPO, env=env,
+                        "--camvid_manual_dir=", f"--output={output}"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=1500)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads(output.read_text())
@@ -32,7 +32,7 @@ def test_accelerator_check_runs_end_to_end_at_toy_sizes(tmp_path):
     assert row["flops_per_step"] > 0 and 0 < row["mfu_measured"]
     assert row["mfu_datasheet"] is None  # no datasheet peak for a CPU
   assert results["peak_memory_bytes"] is None  # the CPU keeps no count
-  assert results["fed_over_fixed"]["camvid"] is None  # --camvid_dir= skips it
+  assert results["fed_over_fixed"]["camvid"] is None  # --camvid_manual_dir= skips it
   assert results["fed_over_fixed"]["pascal"] > 0
   # The "device" is the CPU itself: the same program on the same backend agrees exactly.
   assert results["mask_pixels_differing_from_cpu"] == 0

@@ -30,6 +30,21 @@ def test_epochs_count_passes_over_the_training_split_at_the_labelled_batch(tiny_
     config_checks.resolve_training_length(tiny_config, 367)
 
 
+def test_a_step_count_the_epochs_would_replace_is_refused_with_the_fix(tiny_config):
+  """Before: --config.num_train_steps=3000 on a config with num_epochs > 0 trained for
+  the epochs' length without a word (and eval_every under eval_every_epochs)."""
+  tiny_config.num_epochs, tiny_config.eval_every_epochs = 300, 0
+  tiny_config.num_train_steps, tiny_config.eval_every = 3000, 500
+  with pytest.raises(config_checks.ConfigError) as error:
+    config_checks.check_overrides_take_effect(tiny_config, ["num_train_steps", "eval_every"])
+  assert str(error.value) == (
+      "--config.num_train_steps=3000 has no effect: config.num_epochs=300 sets the length "
+      "in epochs and wins; add --config.num_epochs=0 to count in steps (or set "
+      "--config.num_epochs)")
+  config_checks.check_overrides_take_effect(tiny_config, ["eval_every", "seed"])  # 0 epochs
+  tiny_config.num_epochs = 0  # --config.num_epochs=0 given too: the steps count
+  config_checks.check_overrides_take_effect(tiny_config, ["num_train_steps", "num_epochs"])
+
 
 def _apply_overrides(config, message):
   """The ``--config.KEY=VALUE`` overrides an error suggests, applied to ``config``."""

@@ -128,7 +128,7 @@ def test_tools_need_only_the_checkpoint_and_the_saved_config(tmp_path, tiny_conf
   encoder_file.unlink()
   # evaluate.py without --config: the run's own config; an override on top still applies.
   out = _tool("evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'r.json'}",
-              "--config.eval_batch_size=4", f"--predictions={tmp_path / 'eval_png'}")
+              "--config.eval_batch_size=4", f"--predictions_dir={tmp_path / 'eval_png'}")
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads((tmp_path / "r.json").read_text())["miou"] == trained["miou"]
   # predict.py likewise, on a validation image written out as a file: the same labels as
@@ -139,7 +139,7 @@ def test_tools_need_only_the_checkpoint_and_the_saved_config(tmp_path, tiny_conf
   (tmp_path / "images").mkdir()
   Image.fromarray(example["image"]).save(tmp_path / "images" / f"{name}.png")
   out = _tool("predict", f"--workdir={workdir}", f"--input={tmp_path / 'images'}",
-              f"--output={tmp_path / 'predict_png'}")
+              f"--output_dir={tmp_path / 'predict_png'}")
   assert out.returncode == 0, out.stderr[-3000:]
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "predict_png" / f"{name}.png")),
                                 np.asarray(Image.open(tmp_path / "eval_png" / f"{name}.png")))

@@ -134,10 +134,10 @@ def test_the_command_line_refuses_in_one_line_with_status_2(trained, tmp_path):
   _images(images)
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-m", "cowmix_jax.predict", f"--workdir={workdir}",
-                        f"--input={images}", f"--output={images}"], cwd=REPO, env=env,
+                        f"--input={images}", f"--output_dir={images}"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1] == (
-      f"predict.py: --output={images} is the input folder or inside it: the predictions "
+      f"predict.py: --output_dir={images} is the input folder or inside it: the predictions "
       f"would mix with (or replace) the images of --input={images}; choose another folder "
       f"(--help lists the flags)")

@@ -1,8 +1,8 @@
 """What cow masks look like, and what each mask-based perturbation does to real images
 (the paper's Figure 4), with the masks' statistics per sigma.
 
-python -m cowmix_jax.analysis.mask_gallery --dataset=camvid \
-    --manual_dir=../shared/data/camvid --out=docs/analyses
+python -m cowmix_jax.analysis.mask_gallery --dataset=camvid \\
+    --manual_dir=/data/CamVid --output_dir=docs/analyses
 
 Writes into ``--out``:
 - ``mask_gallery_masks.png``: cow masks with p = 0.5 and each of ``--sigmas`` on a
@@ -46,7 +46,7 @@ flags.DEFINE_string("split", "train", "the split of the two images", flag_values
 flags.DEFINE_list("images", ["0", "200"], "indices of the two images in the split sorted by "
                   "id", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "seed of the masks", flag_values=FLAGS)
-flags.DEFINE_string("out", "docs/analyses", "directory of the PNGs and the JSON",
+flags.DEFINE_string("output_dir", "docs/analyses", "directory of the PNGs and the JSON",
                     flag_values=FLAGS)
 
 
@@ -124,11 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if len(indices) != 2:
     raise app.UsageError(f"--images={FLAGS.images}: give two indices")
   plt = plotting.pyplot("mask_gallery")
-  os.makedirs(FLAGS.out, exist_ok=True)
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
   key = jax.random.PRNGKey(FLAGS.seed)
   mask_key, mix_key = jax.random.split(key)
   rows = mask_statistics(mask_key, sigmas, FLAGS.size, FLAGS.num_masks, FLAGS.p)
-  plot_masks(plt, rows, os.path.join(FLAGS.out, "mask_gallery_masks.png"))
+  plot_masks(plt, rows, os.path.join(FLAGS.output_dir, "mask_gallery_masks.png"))
 
   data = config_base.get_data_config(FLAGS.dataset, manual_dir=FLAGS.manual_dir,
                                      data_dir=FLAGS.data_dir)
@@ -141,12 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise app.UsageError(f"--images: the two images differ in size ({sorted(shapes)})")
   images = np.stack([image for _, image, _ in chosen])
   perturbed = perturbed_pairs(images, mix_key, "imagenet")
-  plot_mixing(plt, images, perturbed, os.path.join(FLAGS.out, "mask_gallery_mixing.png"))
+  plot_mixing(plt, images, perturbed, os.path.join(FLAGS.output_dir, "mask_gallery_mixing.png"))
 
   report = {"size": FLAGS.size, "p": FLAGS.p, "num_masks": FLAGS.num_masks,
             "images": [image_id for image_id, _, _ in chosen],
             "statistics": [{k: v for k, v in row.items() if k != "example"} for row in rows]}
-  with open(os.path.join(FLAGS.out, "mask_gallery.json"), "w") as f:
+  with open(os.path.join(FLAGS.output_dir, "mask_gallery.json"), "w") as f:
     json.dump(report, f, indent=2)
   print(markdown_table(report["statistics"]))
   return 0

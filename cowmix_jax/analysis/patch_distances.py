@@ -1,8 +1,8 @@
 """Are class boundaries low-density regions? The paper's patch-distance analyses (Figure
 1, appendix B: Figures 5 and 6) on any dataset the project reads.
 
-python -m cowmix_jax.analysis.patch_distances --dataset=camvid \
-    --manual_dir=../shared/data/camvid --out=docs/analyses --group_separator=_
+python -m cowmix_jax.analysis.patch_distances --dataset=camvid \\
+    --manual_dir=/data/CamVid --output_dir=docs/analyses --group_separator=_
 
 Writes into ``--out`` (prefix ``--prefix``, default the dataset's name):
 - ``PREFIX_map.png``: one image and, per ``--patch_sizes``, the mean L2 distance from the
@@ -45,7 +45,7 @@ flags.DEFINE_string("manual_dir", "", "the dataset's directory ('' = its environ
 flags.DEFINE_string("data_dir", "", "where prepared datasets are", flag_values=FLAGS)
 flags.DEFINE_string("builder_config", "", "a builder variant (Cityscapes)", flag_values=FLAGS)
 flags.DEFINE_string("split", "train", "the split the images come from", flag_values=FLAGS)
-flags.DEFINE_string("out", "docs/analyses", "directory of the PNGs and the JSON",
+flags.DEFINE_string("output_dir", "docs/analyses", "directory of the PNGs and the JSON",
                     flag_values=FLAGS)
 flags.DEFINE_string("prefix", "", "file name prefix (default: the dataset's name)",
                     flag_values=FLAGS)
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      builder_config=FLAGS.builder_config)
   plt = plotting.pyplot("patch_distances")
   prefix = FLAGS.prefix or FLAGS.dataset
-  os.makedirs(FLAGS.out, exist_ok=True)
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
   examples = sorted(tqdm(load_examples(data, FLAGS.split), desc=f"reading {FLAGS.split}",
                          unit="image"), key=lambda example: example[0])  # by image id
   if not 0 <= FLAGS.example < len(examples):
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   report = {"dataset": FLAGS.dataset, "split": FLAGS.split, "pixel_scale": "RGB in [0, 1]",
             "example": examples[FLAGS.example][0],
             "maps": {str(size): map_statistics(m, label) for size, m in maps.items()}}
-  plot_maps(plt, image, label, maps, os.path.join(FLAGS.out, f"{prefix}_map.png"))
+  plot_maps(plt, image, label, maps, os.path.join(FLAGS.output_dir, f"{prefix}_map.png"))
 
   patch = FLAGS.histogram_patch
   same, across = [], []
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   report["histogram"] = {"patch": patch, "images": len(counted),
                          "same_class": quantiles(same), "across_boundary": quantiles(across)}
   plot_histogram(plt, same, across, patch,
-                 os.path.join(FLAGS.out, f"{prefix}_histogram.png"))
+                 os.path.join(FLAGS.output_dir, f"{prefix}_histogram.png"))
 
   searched = evenly_spaced(examples, FLAGS.search_images)
   queries = sample_queries([label for _, _, label in searched], patch, FLAGS.queries,
@@ -275,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "ratio": quantiles(found["ratio"]),
                      "across": quantiles(found["across"]),
                      "nearest": quantiles(found["nearest"])}
-  plot_ratios(plt, found["ratio"], patch, os.path.join(FLAGS.out, f"{prefix}_ratio.png"))
-  with open(os.path.join(FLAGS.out, f"{prefix}.json"), "w") as f:
+  plot_ratios(plt, found["ratio"], patch, os.path.join(FLAGS.output_dir, f"{prefix}_ratio.png"))
+  with open(os.path.join(FLAGS.output_dir, f"{prefix}.json"), "w") as f:
     json.dump(report, f, indent=2)
   print(json.dumps(report, indent=2))
   return 0

@@ -1,7 +1,7 @@
 """The paper's toy 2D experiment (Figure 2, appendix A): where does consistency
 regularisation put a decision boundary when the data has, or has not, a gap there?
 
-python -m cowmix_jax.analysis.toy2d --out=docs/analyses
+python -m cowmix_jax.analysis.toy2d --output_dir=docs/analyses
 
 Points live in [-1, 1]^2 and belong to class 1 above a procedural curve (a sum of two
 sines), class 0 below. A few labelled points and a field of unlabelled ones train an
@@ -49,7 +49,7 @@ PERTURBATION_STD = 0.117
 CONTOUR_TOLERANCE = 0.016
 
 FLAGS = cli.new_flags()
-flags.DEFINE_string("out", "docs/analyses", "directory of toy2d.png and toy2d.json",
+flags.DEFINE_string("output_dir", "docs/analyses", "directory of toy2d.png and toy2d.json",
                     flag_values=FLAGS)
 flags.DEFINE_integer("labelled", 32, "labelled points per class", flag_values=FLAGS)
 flags.DEFINE_integer("unlabelled", 2048, "unlabelled points", flag_values=FLAGS)
@@ -295,12 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   seeds = [int(seed) for seed in FLAGS.seeds]
   results = run(seeds, FLAGS.labelled, FLAGS.unlabelled, FLAGS.gap, FLAGS.steps, FLAGS.width,
                 FLAGS.batch)
-  os.makedirs(FLAGS.out, exist_ok=True)
-  plot(plotting.pyplot("toy2d"), results, os.path.join(FLAGS.out, "toy2d.png"), FLAGS.gap)
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  plot(plotting.pyplot("toy2d"), results, os.path.join(FLAGS.output_dir, "toy2d.png"), FLAGS.gap)
   report = {"settings": cli.settings(FLAGS), "mean_over_seeds": summary(results),
             "per_seed": {name: {mode: entry[mode] for mode in ("consistency", "supervised")}
                          for name, entry in results.items()}}
-  with open(os.path.join(FLAGS.out, "toy2d.json"), "w") as f:
+  with open(os.path.join(FLAGS.output_dir, "toy2d.json"), "w") as f:
     json.dump(report, f, indent=2)
   print(json.dumps(report["mean_over_seeds"], indent=2))
   return 0

@@ -10,35 +10,34 @@ checkpoint. SIGTERM or Ctrl-C stops the current run cleanly (it checkpoints) and
 grid. At the end a table gives mean +- std (over seeds) per method and the fraction of
 the supervised-to-all-labels gap each method closes.
 
-Table 1 at CPU scale (docs/RESULTS.md):
-  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py --root=runs/camvid_cpu \
-      --seeds=0,1,2 --set=data.manual_dir=../shared/data/camvid
-Each method at the paper's length (Table 1's caption: 300 epochs; standard augmentation
-50, CutMix 100; CowOut both 300 and, as appendix D.3.3 says, 100: ``cowout_100ep``),
-all scaled by one factor (epochs as ``config.num_epochs`` counts them):
-  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \
-      --root=runs/camvid_lite0 --epoch_scale=0.04 --seeds=0,1,2,3,4 \
-      --set=data.manual_dir=../shared/data/camvid
-Sweeps of one key at a time (the base value's runs are shared with the grid):
-  python -m cowmix_jax.experiments.ablation ... --methods=cowmix --vary="cons_weight=1;3;30"
-  python -m cowmix_jax.experiments.ablation ... --methods=cowmix \
-      --vary="mask.cow_sigma_range=(0.5, 2.0);(2.0, 8.0)"
+Config overrides for every run are ``--config.KEY=VALUE``, as for training (``--set=KEY=VALUE``
+is the same). Table 1 at CPU scale (docs/REPRODUCING.md, docs/RESULTS.md): each method
+at the paper's length (Table 1's caption: 300 epochs; standard augmentation 50, CutMix
+100; CowOut both 300 and, as appendix D.3.3 says, 100: ``cowout_100ep``), all scaled by
+one factor (epochs as ``config.num_epochs`` counts them)::
+
+  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \\
+      --root=runs/camvid_lite0 --epoch_scale=0.04 --seeds=0,1,2,3,4 \\
+      --config.data.manual_dir=/data/CamVid
+
+Sweeps of one key at a time (the base value's runs are shared with the grid)::
+
+  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \\
+      --root=runs/camvid_lite0 --epoch_scale=0.04 --seeds=0 --methods=cowmix \\
+      --vary="cons_weight=1;3;30" --config.data.manual_dir=/data/CamVid
+
 Longer runs continue finished shorter ones instead of starting over (at a constant
 learning rate nothing in a run depends on its planned length, so the continued run takes
-the same steps as one planned that long; docs/RESULTS.md shows it bit for bit):
-  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \
-      --root=runs/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=runs/camvid_lite0 \
-      --methods=supervised,cowmix,cowout,all_labels --seeds=3,4 \
-      --set=data.manual_dir=../shared/data/camvid
-Each run's final teacher scored on the test split too, when the run ends (recorded as
-test_miou and test_per_class_iou, never used to choose anything), training with a frozen
-checkout of the code (a git worktree) while this tree changes; a second runner on other
-methods may share the root and the results file (two runs at once):
-  git worktree add --detach ../grid_code HEAD
-  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \
-      --root=runs/camvid_lite0 --epoch_scale=0.04 --seeds=5,6,7,8,9 \
-      --methods=supervised,cowmix --eval_splits=test --code=../grid_code \
-      --set=data.manual_dir=../shared/data/camvid
+the same steps as one planned that long)::
+
+  python -m cowmix_jax.experiments.ablation --config=configs/camvid_cpu.py \\
+      --root=runs/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=runs/camvid_lite0 \\
+      --methods=supervised,cowmix --seeds=0 --config.data.manual_dir=/data/CamVid
+
+``--eval_splits=test`` scores each run's final teacher on the test split too when it ends
+(recorded as test_miou, never used to choose anything); ``--code=DIR`` trains with a
+frozen checkout of the code (a git worktree) while this tree changes; a second runner on
+other methods may share the root and the results file (two runs at once).
 Only print the table of what is recorded: add --report_only.
 """
 
@@ -132,7 +131,7 @@ def parse_set(text: str) -> tuple[str, str]:
   key, sep, value = text.partition("=")
   if not sep or not key.strip():
     raise ValueError(f"--set={text!r}: expected KEY=VALUE (a config key, e.g. "
-                     f"data.manual_dir=../shared/data/camvid)")
+                     f"data.manual_dir=/data/CamVid)")
   return key.strip(), value
 
 
@@ -613,7 +612,8 @@ flags.DEFINE_string("results", "", "results JSON (default ROOT/results.json)",
 flags.DEFINE_string("methods", ",".join(METHODS), f"comma-separated, from {','.join(METHODS)}",
                     flag_values=FLAGS)
 flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds", flag_values=FLAGS)
-flags.DEFINE_multi_string("set", [], "KEY=VALUE: a config override for every run",
+flags.DEFINE_multi_string("set", [], "KEY=VALUE: a config override for every run (the "
+                          "same as --config.KEY=VALUE)",
                           flag_values=FLAGS)
 flags.DEFINE_multi_string("vary", [], "KEY=V1;V2: sweep one config key over values (one key "
                           "at a time)", flag_values=FLAGS)
@@ -638,8 +638,15 @@ for _name in ("config", "root"):
   flags.mark_flag_as_required(_name, flag_values=FLAGS)
 
 
+def config_overrides_as_set(argv: Sequence[str]) -> list[str]:
+  """``--config.KEY=VALUE`` (training's spelling of an override) as ``--set=KEY=VALUE``."""
+  return [f"--set={arg[len('--config.'):]}" if arg.startswith("--config.") else arg
+          for arg in argv]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  cli.parse(FLAGS, argv, __doc__)
+  cli.parse(FLAGS, config_overrides_as_set(sys.argv[1:] if argv is None else argv),
+            __doc__)
 
   if not os.path.exists(FLAGS.config):
     raise app.UsageError(f"--config={FLAGS.config}: no such file")

@@ -1,7 +1,7 @@
 """Which classes does a trained model predict? Share of the scored pixels per class, in
 the labels and in each run's predictions (the final teacher), on one split.
 
-python -m cowmix_jax.experiments.class_share runs/camvid_cpu/supervised_seed0 \
+python -m cowmix_jax.experiments.class_share runs/camvid_cpu/supervised_seed0 \\
     runs/camvid_cpu/cowmix_seed0 [--data_dir=DIR] [--split=validation]
 
 Reads each workdir's config.json, evaluates its latest checkpoint and prints one column

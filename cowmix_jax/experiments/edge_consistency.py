@@ -1,7 +1,7 @@
 """Where in a mixed image does the student disagree with the teacher? A trained run's
 per-pixel consistency error, binned by the distance to the nearest mask boundary.
 
-python -m cowmix_jax.experiments.edge_consistency runs/camvid_lite0/cowmix_seed3 \
+python -m cowmix_jax.experiments.edge_consistency runs/camvid_lite0/cowmix_seed3 \\
     [--num_images=64] [--draws=4] [--split=train] [--data_dir=DIR]
 
 Reads the run's config.json and latest checkpoint (student and teacher), takes the

@@ -1,7 +1,7 @@
 """How much of a run's training loss is the consistency term? The logged loss terms of
 each run, averaged over equal windows of its steps.
 
-python -m cowmix_jax.experiments.loss_terms runs/camvid_lite0/cowmix_seed3 \
+python -m cowmix_jax.experiments.loss_terms runs/camvid_lite0/cowmix_seed3 \\
     runs/camvid_lite0/cowout_seed3 [--windows=4]
 
 Reads each workdir's metrics.jsonl and config.json (no checkpoint, no data). For each

@@ -1,7 +1,8 @@
 """Charts of an ablation results file (cowmix_jax/experiments/ablation.py): Table 1 bars, per-class
 IoU, and one panel per swept config key (the paper's figures 10-12).
 
-python -m cowmix_jax.experiments.plot_ablation --results=runs/camvid_cpu/results.json --out=docs \
+python -m cowmix_jax.experiments.plot_ablation --results=runs/camvid_cpu/results.json \\
+    --output_dir=docs \\
     [--results=runs/camvid_cpu_sweep/results.json] [--prefix=camvid_cpu]
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
 PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``) with the
@@ -473,7 +474,7 @@ BASE_VALUES = ("cons_weight=10", "mask.cow_sigma_range=(1.0, 4.0)")
 FLAGS = cli.new_flags()
 flags.DEFINE_multi_string("results", None, "a results JSON of cowmix_jax.experiments.ablation "
                           "(repeat to merge the grid's and the sweeps' files)", flag_values=FLAGS)
-flags.DEFINE_string("out", "docs", "directory of the charts", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", "docs", "directory of the charts", flag_values=FLAGS)
 flags.DEFINE_string("prefix", "camvid_cpu", "file name prefix of the charts", flag_values=FLAGS)
 flags.DEFINE_string("title", "CamVid, 30 labels, CPU scale (val)", "chart title",
                     flag_values=FLAGS)
@@ -493,14 +494,14 @@ def main(argv=None) -> None:
   cli.parse(FLAGS, argv, __doc__)
   plt = plotting.pyplot("plot_ablation")
   results = merge_results(FLAGS.results)
-  os.makedirs(FLAGS.out, exist_ok=True)
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
   records = base_records(results)
-  written = [os.path.join(FLAGS.out, f"{FLAGS.prefix}_miou.png"),
-             os.path.join(FLAGS.out, f"{FLAGS.prefix}_per_class.png")]
+  written = [os.path.join(FLAGS.output_dir, f"{FLAGS.prefix}_miou.png"),
+             os.path.join(FLAGS.output_dir, f"{FLAGS.prefix}_per_class.png")]
   plot_miou(plt, records, written[0], FLAGS.title)
   plot_per_class(plt, records, written[1], FLAGS.title + ": per-class IoU")
   base_values = dict(ablation.parse_set(b) for b in [*BASE_VALUES, *FLAGS.base])
-  sweep_path = os.path.join(FLAGS.out, f"{FLAGS.prefix}_sweep.png")
+  sweep_path = os.path.join(FLAGS.output_dir, f"{FLAGS.prefix}_sweep.png")
   if plot_sweeps(plt, results, sweep_path, base_values):
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))

@@ -1,8 +1,8 @@
 """Learning curves of ablation runs: the teacher's val mIoU at every evaluation, mean
 over seeds per group (a method, or a method with its swept config values).
 
-python -m cowmix_jax.experiments.plot_curves --results=docs/camvid_cpu_results.json \
-    --out=docs/camvid_cpu_curves.png [--results=MORE.json] [--groups=supervised,cowmix]
+python -m cowmix_jax.experiments.plot_curves --results=docs/camvid_cpu_results.json \\
+    --output=docs/camvid_cpu_curves.png [--results=MORE.json] [--groups=supervised,cowmix]
     [--seeds=0,1,2] [--title=...]
 Each run's history comes from its record's ``teacher_history`` (cowmix_jax/experiments/ablation.py
 reads it from the run's metrics.jsonl). A group's curve covers the steps all its selected seeds
@@ -91,7 +91,7 @@ def plot_curves(plt, curves: dict[str, list[dict]], path: str, title: str) -> No
 FLAGS = cli.new_flags()
 flags.DEFINE_multi_string("results", None, "a results JSON of cowmix_jax.experiments.ablation "
                           "(repeat to merge)", flag_values=FLAGS)
-flags.DEFINE_string("out", "docs/camvid_cpu_curves.png", "the chart to write", flag_values=FLAGS)
+flags.DEFINE_string("output", "docs/camvid_cpu_curves.png", "the chart to write", flag_values=FLAGS)
 flags.DEFINE_string("groups", "", "comma-separated groups (run names without _seedN), in order",
                     flag_values=FLAGS)
 flags.DEFINE_string("seeds", "", "comma-separated seeds (default: all)", flag_values=FLAGS)
@@ -107,12 +107,12 @@ def main(argv=None) -> None:
   curves = select_records(plot_ablation.merge_results(FLAGS.results), groups, seeds)
   if not curves:
     raise SystemExit(f"No run with a teacher_history in {FLAGS.results}")
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  plot_curves(plotting.pyplot("plot_curves"), curves, FLAGS.out, FLAGS.title)
+  os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+  plot_curves(plotting.pyplot("plot_curves"), curves, FLAGS.output, FLAGS.title)
   for group, records in curves.items():
     steps, mean, _ = mean_curve(records)
     print(f"{group}: " + ", ".join(f"{s}: {m:.2f}" for s, m in zip(steps, mean)))
-  print(f"Wrote {FLAGS.out}")
+  print(f"Wrote {FLAGS.output}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Does a run's teacher suffer from BatchNorm statistics of perturbed images?
 
-python -m cowmix_jax.experiments.recalibrate_bn runs/camvid_cpu/cowmix_seed0 [more workdirs] \
+python -m cowmix_jax.experiments.recalibrate_bn runs/camvid_cpu/cowmix_seed0 [more workdirs] \\
     [--data_dir=DIR] [--stats_split=train] [--split=validation]
-python -m cowmix_jax.experiments.recalibrate_bn --results=runs/camvid_cpu/results.json \
+python -m cowmix_jax.experiments.recalibrate_bn --results=runs/camvid_cpu/results.json \\
     --root=runs/camvid_cpu
 
 The student's running BatchNorm statistics are updated by the labelled pass and by the

@@ -1,6 +1,6 @@
 """Does a rerun reproduce a recorded run? Compares the teacher's evaluation histories.
 
-python -m cowmix_jax.experiments.reproduce --recorded=docs/camvid_lite0_results.json \
+python -m cowmix_jax.experiments.reproduce --recorded=docs/camvid_lite0_results.json \\
     --rerun=runs/camvid_lite0_rerun/results.json
 
 Runs are deterministic functions of their config and seed (the same code, libraries and
