@@ -158,8 +158,11 @@ def own_flags_help() -> str:
 def print_help(usage: str) -> None:
   """``usage`` and the tool's own flags on stdout (absl's ``--help`` shows only the
   flags of the ``__main__`` module, none under a console script, and exits with 1)."""
-  print(f"{usage.strip()}\n\nFlags:\n{own_flags_help()}\n\n(--helpfull: every flag, "
-        "those of the libraries too)")
+  try:
+    print(f"{usage.strip()}\n\nFlags:\n{own_flags_help()}\n\n(--helpfull: every flag, "
+          "those of the libraries too)", flush=True)
+  except BrokenPipeError:  # `--help | head`: the reader left, which is no error
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run_absl(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
