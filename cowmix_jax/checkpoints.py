@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging as logging_lib
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from cowmix_jax.state import TrainState
 LATEST, BEST = "checkpoints", "best"
 # Where latest checkpoints that fail to restore are moved (kept, never deleted).
 CORRUPT = "corrupt_checkpoints"
+DATASET_FILE = "dataset.json"  # the prepared dataset a run trains on
 # Config keys that may change between a run and its resumption.
 RESUMABLE_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every",
                   "eval_every_epochs", "checkpoint_every",
@@ -47,6 +49,15 @@ def workdir_path(workdir: str | epath.Path) -> epath.Path:
 def _manager(directory: epath.Path, **options) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       create=True, enable_async_checkpointing=True, **options))
+
+
+def readable_cause(error: Exception, limit: int = 300) -> str:
+  """An error's message on one line, with the JSON specs that tensorstore prints for
+  its stores (``TensorStore({...})``, hundreds of characters) shortened, at most
+  ``limit`` characters."""
+  cause = " ".join(str(error).split())
+  cause = re.sub(r"TensorStore\(\{.*?\}\)", "TensorStore(...)", cause)
+  return cause if len(cause) <= limit else cause[:limit - 3] + "..."
 
 
 class CheckpointSaveError(OSError):
@@ -68,19 +79,21 @@ def _involves_orbax(record: logging_lib.LogRecord) -> bool:
   return False
 
 
-class _QuietOrbaxErrors(logging_lib.Filter):
+class _QuietOrbax(logging_lib.Filter):
   """Drops orbax's error records (a traceback from each of its save threads, and
   asyncio's "exception was never retrieved" for each array it failed to write, which
   may come when its tasks are collected, after the checkpointer closed): a failed save
-  is reported once, as a CheckpointSaveError, and a failed restore is raised. Installed
-  by the first Checkpointer, for the rest of the process; ``COWMIX_JAX_VERBOSE=1``
-  keeps them."""
+  is reported once, as a CheckpointSaveError, and a failed restore is raised. Drops its
+  informational records too (some thirty lines per save and restore: thread pools,
+  metadata stores, transfer rates). Its warnings stay. Installed by the first
+  Checkpointer, for the rest of the process; ``COWMIX_JAX_VERBOSE=1`` keeps them all."""
 
   def filter(self, record: logging_lib.LogRecord) -> bool:
-    return not (record.levelno >= logging_lib.ERROR and _involves_orbax(record))
+    noisy = record.levelno >= logging_lib.ERROR or record.levelno < logging_lib.WARNING
+    return not (noisy and _involves_orbax(record))
 
 
-_QUIET_ORBAX = _QuietOrbaxErrors()
+_QUIET_ORBAX = _QuietOrbax()
 # orbax logs through absl; asyncio reports the failed writes of its event loop.
 _QUIETED_LOGGERS = ("absl", "asyncio")
 
@@ -142,14 +155,15 @@ class Checkpointer:
 
   def _finish(self, manager: ocp.CheckpointManager) -> None:
     """Waits for ``manager``'s save in flight; its failure becomes one
-    CheckpointSaveError naming the directory, the cause and the checkpoint that stays
-    the latest."""
+    CheckpointSaveError naming the directory, the cause and the latest complete
+    checkpoint of ``checkpoints/`` (the one a rerun resumes from, whichever of the two
+    managers failed)."""
     try:
       manager.wait_until_finished()
     except Exception as error:  # orbax re-raises its threads' errors as they were
       self._failed = True
       cause = " ".join(str(error).split())
-      kept = manager.latest_step()
+      kept = self.latest.latest_step()  # what a rerun resumes from (not best/'s)
       raise CheckpointSaveError(
           f"saving a checkpoint into {manager.directory} failed: {cause}. The run stops; "
           f"the latest complete checkpoint is "
@@ -187,9 +201,14 @@ class Checkpointer:
     tried, down to starting afresh."""
     manager = self.best if which == "best" else self.latest
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    set_aside = []
     while True:
       step = self._resolve_step(manager, which)
       if step is None:
+        if set_aside:
+          logging.warning("No checkpoint in %s restores (steps %s moved to %s): the run "
+                          "starts again from the beginning.", self.workdir / LATEST,
+                          ", ".join(map(str, set_aside)), self.workdir / CORRUPT)
         return None
       try:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -197,6 +216,7 @@ class Checkpointer:
         if which != "latest":
           raise
         self._set_aside(step, error)
+        set_aside.append(step)
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves the unreadable latest checkpoint ``step`` out of the manager's directory
@@ -207,10 +227,9 @@ class Checkpointer:
     if aside.exists():
       aside = aside.parent / f"{step}-{len(list(aside.parent.iterdir()))}"
     source.rename(aside)
-    cause = " ".join(str(error).split())
     logging.warning("The checkpoint at step %d does not restore (%s: %s); moved to %s, "
-                    "resuming from the one before.", step, type(error).__name__,
-                    cause[:300], aside)
+                    "trying the one before.", step, type(error).__name__,
+                    readable_cause(error), aside)
     self.latest.reload()
 
   def restore_entries(self, names: Sequence[str], sharding: jax.sharding.Sharding,
@@ -307,6 +326,27 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"{workdir} holds a run with a different config "
         f"({workdir_path(workdir) / CONFIG_FILE}); use a new workdir, or the same settings. "
         f"Differences:\n" + "\n".join(differences))
+
+
+def check_same_data(prepared: str, workdir: str) -> None:
+  """Raises ConfigError when the run in ``workdir`` (one with a checkpoint) trained on
+  another prepared copy of its dataset than ``prepared`` (tfds' ``info.full_name``). A
+  folder's copy is named after its content, so this is a folder edited since the run
+  started: resuming would go on with other images under the same config."""
+  path = workdir_path(workdir) / DATASET_FILE
+  if not path.exists() or not has_checkpoint(workdir):
+    return
+  before = json.loads(path.read_text())["prepared"]
+  if before != prepared:
+    raise ConfigError(
+        f"{workdir} holds a run trained on the prepared dataset {before}, and the data now "
+        f"prepares as {prepared} (its files or classes changed since the run started): "
+        f"train the new data in a new --workdir, or put the old files back to resume")
+
+
+def save_dataset_record(prepared: str, workdir: str) -> None:
+  """Writes ``workdir/dataset.json``: the prepared copy the run trains on."""
+  (workdir_path(workdir) / DATASET_FILE).write_text(json.dumps({"prepared": prepared}))
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

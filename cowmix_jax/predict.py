@@ -52,9 +52,24 @@ def check_output_dir(input_dir: str, output_dir: str, image_ids, overwrite: bool
   """Refuses an output folder that is the input folder or inside it, and (without
   ``overwrite``) one that already holds a file this run would write.
 
+  Also refuses inputs whose outputs would share a name (images ``c`` and ``c_overlay``:
+  the overlay of one is the label file of the other), which would silently replace one
+  with the other.
+
   Raises:
     app.UsageError naming the folders or the files, and the fix.
   """
+  writers: dict[str, list[str]] = {}
+  for image_id in image_ids:
+    for name in output_files(image_id):
+      writers.setdefault(name, []).append(image_id)
+  shared = {name: ids for name, ids in writers.items() if len(ids) > 1}
+  if shared:
+    name, ids = next(iter(shared.items()))
+    raise app.UsageError(
+        f"--input={input_dir}: the images {' and '.join(ids)} would both be written as "
+        f"{name} ({len(shared)} such name(s)); rename one of them (an image called "
+        f"NAME_overlay clashes with NAME's overlay)")
   source, target = os.path.realpath(input_dir), os.path.realpath(output_dir)
   if target == source or target.startswith(source + os.sep):
     raise app.UsageError(

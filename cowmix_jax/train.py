@@ -19,7 +19,14 @@ from jax.experimental import multihost_utils
 
 from cowmix_jax import data as data_lib
 from cowmix_jax import metrics, models, reporting, sharding, steps
-from cowmix_jax.checkpoints import Checkpointer, check_config, save_config, workdir_path
+from cowmix_jax.checkpoints import (
+    Checkpointer,
+    check_config,
+    check_same_data,
+    save_config,
+    save_dataset_record,
+    workdir_path,
+)
 from cowmix_jax.config_checks import (
   check_against_data,
   mesh_size,
@@ -295,10 +302,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   resolve_training_length(config, probe.info.splits[config.data.train_split].num_examples)
   pretrained_file(config.model)  # downloaded or converted now, or a one-line error
   check_config(config, workdir)  # every process, so that all of them stop on a mismatch
+  check_same_data(probe.info.full_name, workdir)
   barrier("config checked")  # before process 0 replaces the file the others read
   if jax.process_index() == 0:
     workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
+    save_dataset_record(probe.info.full_name, workdir)
     reporting.write_classes(workdir, probe.info.metadata["class_names"],
                             probe.info.metadata.get("class_colours"))
   barrier("workdir created")
@@ -355,6 +364,7 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
   saved_step = start_step
   clock = ProgressClock(start_step, config.num_train_steps)
   batches = sharding.prefetch_to_mesh(inputs.train, mesh, config.prefetch_batches)
+  in_flight = None  # the previous step's metrics, until that step has finished
   for step in range(start_step + 1, config.num_train_steps + 1):
     host_batch, batch = next(batches)
     if _due(step, config.image_every):  # before the step: the same masks as the step
@@ -362,6 +372,13 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
       writer.write_images(step, reporting.visual_summaries(visuals, host_batch, palette,
                                                            normalisation))
     state, step_metrics = train_step(state, batch)
+    if in_flight is not None:
+      # The host runs one step ahead of the devices, no more: otherwise it dispatches up
+      # to the next logged step at once, and a progress line or a SIGTERM waits for all
+      # of them (minutes when steps are slow). The next step is queued, so the devices
+      # do not idle.
+      jax.block_until_ready(in_flight)
+    in_flight = step_metrics
     checkpointer.check_saves()  # a failed asynchronous save stops the run at once
     logged = _due(step, config.log_every) or step == config.num_train_steps
     if logged or clock.line_due():

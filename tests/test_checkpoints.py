@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from cowmix_jax import models, train
+from cowmix_jax import checkpoints, models, train
 from cowmix_jax.checkpoints import (
   Checkpointer,
   CheckpointSaveError,
@@ -116,6 +116,24 @@ def test_a_checkpoint_that_does_not_restore_is_set_aside_and_the_one_before_resu
   assert str(tmp_path / "corrupt_checkpoints" / "2") in lines[0]
 
 
+def test_when_no_checkpoint_restores_the_fresh_start_is_said(tiny_config, tmp_path, caplog):
+  """Before: with every checkpoint corrupt, each was moved aside with "resuming from the
+  one before" and the run then started from step 0 without a word."""
+  with Checkpointer(str(tmp_path), keep=2) as checkpointer:
+    for step in (1, 2):
+      checkpointer.save(_host(_state(tiny_config, seed=step, step=step)))
+  for step in (1, 2):
+    _truncate_array_files(tmp_path / "checkpoints" / str(step))
+  with caplog.at_level("WARNING"), Checkpointer(str(tmp_path), keep=2) as checkpointer:
+    assert checkpointer.restore(_state(tiny_config)) is None
+  messages = [r.getMessage() for r in caplog.records]
+  assert sum("does not restore" in m for m in messages) == 2
+  assert not [m for m in messages if "TensorStore({" in m], "tensorstore's specs shortened"
+  assert messages[-1] == (f"No checkpoint in {tmp_path}/checkpoints restores (steps 2, 1 "
+                          f"moved to {tmp_path}/corrupt_checkpoints): the run starts again "
+                          "from the beginning.")
+
+
 def test_a_run_whose_latest_checkpoint_is_truncated_resumes_exactly_from_the_one_before(
     tiny_config, tmp_path):
   """Steps 1-4 saved at 2 and 4; step 4's arrays are cut short; continuing to 6 steps
@@ -174,6 +192,27 @@ def test_a_save_on_a_full_disk_fails_once_and_the_previous_checkpoint_stays(
   with Checkpointer(workdir) as checkpointer:
     assert checkpointer.latest_step() == 1
     _assert_equal(checkpointer.restore(_state(tiny_config)), states[1])
+
+
+def test_a_failed_save_of_the_best_names_the_checkpoint_a_rerun_resumes_from(
+    tiny_config, small_disk):
+  """Before: a failed save into best/ said "the latest complete checkpoint is none"
+  (best/ had none) while checkpoints/ held step 1, which a rerun resumed from."""
+  states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2)}
+  workdir = str(small_disk / "run")
+  with pytest.raises(CheckpointSaveError) as error, Checkpointer(workdir) as checkpointer:
+    checkpointer.save(states[1])
+    checkpointer.wait()
+    size = sum(p.stat().st_size for p in (small_disk / "run").rglob("*") if p.is_file())
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * max(0, free - size // 3))
+    checkpointer.save_if_best(states[2], 0.5)
+    for _ in range(600):
+      checkpointer.check_saves()
+      time.sleep(0.05)
+  message = str(error.value)
+  assert f"into {workdir}/best failed" in message
+  assert "the latest complete checkpoint is step 1" in message
 
 
 def test_a_run_on_a_full_disk_stops_in_one_line_at_the_first_failed_save(small_disk):
@@ -254,3 +293,19 @@ def test_leaving_the_with_block_stops_every_thread_orbax_started(tiny_config, tm
   assert not [thread.name for thread in set(threading.enumerate()) - before]
   with Checkpointer(str(tmp_path)) as reopened:
     assert reopened.latest_step() == 1, "the save finished before the threads stopped"
+
+
+def test_a_run_is_not_resumed_on_a_folder_whose_content_changed(tiny_config, tmp_path):
+  """Before: after the folder gained labels, the same command resumed the run on the new
+  images under the old config without a word (a folder's prepared copy is named after
+  its content, so the name tells the data apart)."""
+  workdir = str(tmp_path)
+  checkpoints.save_dataset_record("cowmix_folder/polyps_ff2ffe49e707/1.1.0", workdir)
+  checkpoints.check_same_data("cowmix_folder/polyps_336a58db7efe/1.1.0", workdir)  # no run
+  with Checkpointer(workdir) as checkpointer:
+    checkpointer.save(_host(_state(tiny_config, seed=1, step=1)))
+  checkpoints.check_same_data("cowmix_folder/polyps_ff2ffe49e707/1.1.0", workdir)
+  with pytest.raises(checkpoints.ConfigError, match=(
+      r"trained on the prepared dataset cowmix_folder/polyps_ff2ffe49e707/1.1.0, and the "
+      r"data now prepares as cowmix_folder/polyps_336a58db7efe/1.1.0 .* new --workdir")):
+    checkpoints.check_same_data("cowmix_folder/polyps_336a58db7efe/1.1.0", workdir)

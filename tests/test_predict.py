@@ -90,6 +90,20 @@ def test_existing_predictions_are_replaced_only_with_overwrite(trained, tmp_path
   assert len(ids) == 2 and Image.open(out / "validation_00001_overlay.png").size == (32, 32)
 
 
+def test_images_whose_outputs_share_a_name_are_refused_before_any_write(trained, tmp_path):
+  """Before: images c.png and c_overlay.png gave 'Wrote 3 predictions', exit 0, and c's
+  overlay was replaced by the label PNG predicted for the image c_overlay."""
+  config, workdir, _ = trained
+  images = tmp_path / "images"
+  names = _images(images)
+  (images / "validation_00000_overlay.png").write_bytes((images / names[1]).read_bytes())
+  with pytest.raises(app.UsageError, match=r"the images validation_00000 and "
+                                           r"validation_00000_overlay would both be "
+                                           r"written as validation_00000_overlay.png"):
+    predict.predict_folder(config, workdir, str(images), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
 def test_an_unreadable_image_is_skipped_in_one_line_or_stops_a_strict_run(
     trained, tmp_path, capsys):
   """Before: one unreadable file stopped the whole batch."""

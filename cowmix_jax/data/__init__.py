@@ -172,9 +172,10 @@ def resolve_downscale(data: ml_collections.ConfigDict, builder, backend: str) ->
     (height, width), _ = largest_image(builder, data.train_split)
     factor = max(1, math.ceil(max(height, width) / CPU_AUTO_SIDE))
     logging.info("config.data.downscale=auto: %d on the CPU (the largest %s image, %dx%d, "
-                 "trains at %dx%d, for about half an hour of training on 2 cores); "
+                 "trains at %dx%d: at most %d pixels a side on a CPU); "
                  "--config.data.downscale=1 keeps whole images.", factor, data.train_split,
-                 height, width, math.ceil(height / factor), math.ceil(width / factor))
+                 height, width, math.ceil(height / factor), math.ceil(width / factor),
+                 CPU_AUTO_SIDE)
   config_base.replace_field(data, "downscale", factor)
   return factor
 
