@@ -3,7 +3,8 @@ runs exists, each flag it gives is defined by that tool, each config file exists
 ``--config.KEY`` (``--set``, ``--vary``) names a key of that config.
 
 Commands are read from fenced code blocks (``bash`` or unmarked), with backslash
-continuations joined, and from inline code that starts with ``python -m``. Words in
+continuations joined, from inline code that starts with ``python -m``, and from the
+docstrings of the tools and configs (the examples ``--help`` prints). Words in
 capitals (``DIR``, ``KEY``, ``configs/X.py``) are placeholders and are not checked;
 ``[--flag=...]`` marks an optional flag, which is checked like the others.
 """
@@ -77,6 +78,31 @@ def _code_lines(path: str):
         yield number, span
 
 
+TOOL_FILES = sorted(os.path.relpath(p, REPO) for pattern in (
+    "cowmix_jax/*.py", "cowmix_jax/*/*.py", "benchmarks/*.py", "configs/*.py")
+    for p in glob.glob(os.path.join(REPO, pattern)))
+
+
+def _docstring_lines(path: str):
+  """(line number, text) of the command lines of a module's docstring (what ``--help``
+  prints), backslash continuations joined."""
+  import ast
+  with open(os.path.join(REPO, path)) as f:
+    doc = ast.get_docstring(ast.parse(f.read()), clean=False) or ""
+  pending, start = "", 0
+  for number, line in enumerate(doc.split("\n"), 2):
+    stripped = line.strip()
+    if not pending and not stripped.startswith(("python ", "cowmix-")):
+      continue
+    if not pending:
+      start = number
+    if stripped.endswith("\\"):
+      pending += stripped.rstrip("\\").rstrip() + " "
+    else:
+      yield start, pending + stripped
+      pending = ""
+
+
 def _words(text: str) -> list[str]:
   text = text.split(" #")[0] if not text.lstrip().startswith("#") else ""
   try:
@@ -87,7 +113,8 @@ def _words(text: str) -> list[str]:
 
 def _commands(path: str) -> list[Command]:
   found = []
-  for number, text in _code_lines(path):
+  lines = _docstring_lines(path) if path.endswith(".py") else _code_lines(path)
+  for number, text in lines:
     for part in re.split(r"&&|;|\|", text):
       words = [w for w in _words(part) if not re.match(r"^[A-Z_]+=", w)]  # env prefixes
       while words and words[0] in ("do", "then", "sudo", "exec", "sbatch", "bash"):
@@ -108,7 +135,7 @@ def _commands(path: str) -> list[Command]:
   return found
 
 
-ALL_COMMANDS = [c for path in DOCS for c in _commands(path)]
+ALL_COMMANDS = [c for path in DOCS + TOOL_FILES for c in _commands(path)]
 
 
 def _global_tool_flags() -> dict[str, set[str]]:

@@ -1,6 +1,6 @@
 """PyTorch checkpoints -> Flax variables, saved as msgpack (no pickle on our side).
 
-python -m cowmix_jax.models.convert --layout=torchvision_resnet --depth=50 \\
+python -m cowmix_jax.models.convert --layout=torchvision_resnet \\
     --input=resnet50-0676ba61.pth --output=resnet50_imagenet.msgpack
 python -m cowmix_jax.models.convert --layout=deeplab_v2 \\
     --input=resnet101COCO-41f33a49.pth --output=deeplab_v2_coco.msgpack [--drop_head]
