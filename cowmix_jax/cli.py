@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
@@ -186,32 +187,29 @@ def run_absl(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
   if verbose:  # for the parts that read the environment (the checkpointer's logs)
     os.environ[VERBOSE_ENV] = "1"
 
+  def report(message: str, status: int) -> None:
+    """One line and ``status``; with --verbose the traceback, and the same status."""
+    if verbose:
+      traceback.print_exc()
+      sys.exit(status)
+    fail(message, status)
+
   def parse(args: list[str]) -> list[str]:
     try:
       return flags.FLAGS(args)
     except flags.Error as error:
-      if verbose:
-        raise
-      fail(error_message(error), 2)
+      report(error_message(error), 2)
     except (AttributeError, KeyError) as error:  # an override of a key the config lacks
-      if verbose:
-        raise
-      fail(config_key_message(error, args), 2)
+      report(config_key_message(error, args), 2)
     except OSError as error:  # the config file does not load
-      if verbose:
-        raise
-      fail(" ".join(error_message(error).split()), 2)
+      report(" ".join(error_message(error).split()), 2)
 
   def guarded(args: list[str]) -> int | None:
     try:
       return main(args)
     except app.UsageError as error:
-      if verbose:
-        raise
-      fail(f"{error_message(error)} (--help lists the flags)", 2)
+      report(f"{error_message(error)} (--help lists the flags)", 2)
     except EXPECTED_ERRORS as error:
-      if verbose:
-        raise
-      fail(error_message(error), 2 if isinstance(error, ConfigError) else 1)
+      report(error_message(error), 2 if isinstance(error, ConfigError) else 1)
 
   app.run(guarded, argv=argv, flags_parser=parse)

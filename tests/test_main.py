@@ -110,7 +110,7 @@ def test_unknown_config_key_is_one_line_with_did_you_mean_and_verbose_shows_more
       'main.py: --config.num_train_step: the config has no key \'num_train_step\'. Did you '
       'mean "num_train_steps" instead of "num_train_step"?')
   verbose = _run(tmp_path / "x", "--config.num_train_step=3", "--verbose")
-  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+  assert verbose.returncode == 2 and "Traceback" in verbose.stderr  # the same status
 
 
 def test_a_bad_labelled_ids_file_stops_before_anything_is_written_and_a_fix_reruns(tmp_path):

@@ -113,7 +113,9 @@ def test_an_unreadable_image_is_skipped_in_one_line_or_stops_a_strict_run(
   (images / "broken.png").write_bytes(b"not a png")
   ids, skipped = predict.predict_folder(config, workdir, str(images), str(tmp_path / "out"))
   assert ids == ["validation_00000", "validation_00001"]
-  assert len(skipped) == 1 and "broken.png: cannot read the image" in skipped[0]
+  assert len(skipped) == 1 and skipped[0].endswith(
+      "broken.png: cannot read the image: not an image format PIL knows (a corrupt or "
+      "mislabelled file?)")
   lines = [line for line in capsys.readouterr().err.splitlines()
            if line.startswith("skipped")]
   assert lines == [f"skipped {skipped[0]}"]

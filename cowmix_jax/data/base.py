@@ -81,6 +81,9 @@ def _open(data: bytes, name: str, what: str) -> Image.Image:
   try:
     image = Image.open(io.BytesIO(data))
     image.load()
+  except Image.UnidentifiedImageError:  # its message names an in-memory buffer
+    raise BadExampleError(f"{name}: cannot read the {what}: not an image format PIL "
+                          "knows (a corrupt or mislabelled file?)") from None
   except Exception as error:  # PIL raises many types for corrupt files
     raise BadExampleError(f"{name}: cannot read the {what}: {error}") from error
   return image
