@@ -179,7 +179,7 @@ def test_eval_step_confusion_matches_numpy(tiny_config):
   labels[0, :5] = 255
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   _, confusion = evaluator.make_predict_fn(model, mesh, 6)(
-      variables, images, labels, jnp.zeros((6, 6), jnp.int32))
+      variables, images, labels)
   predictions = np.asarray(model.apply(variables, images, train=False)).argmax(-1)
   valid = labels != 255
   expected = np.bincount(6 * labels[valid] + predictions[valid], minlength=36).reshape(6, 6)
@@ -247,7 +247,7 @@ def test_logits_are_resized_to_full_resolution_labels(tiny_config):
   labels = rng.integers(0, 6, size=(2, 64, 64)).astype(np.int32)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   _, confusion = evaluator.make_predict_fn(model, mesh, 6)(
-      variables, images, labels, jnp.zeros((6, 6), jnp.int32))
+      variables, images, labels)
   small = np.asarray(model.apply(variables, images, train=False))
   predictions = _bilinear_upsample_numpy(small, 2).argmax(-1)
   expected = np.bincount(6 * labels.ravel() + predictions.ravel(), minlength=36).reshape(6, 6)
