@@ -714,3 +714,31 @@ def test_targets_are_judged_from_the_paired_statistics():
   share = np.mean(np.subtract(cowmix, base)) / 10
   assert f"{100 * share:.0f}%" in lines[1] and lines[1].endswith("**open**")
   assert "cowout -1.60" in lines[2] and lines[2].endswith("**refuted**")
+
+
+def test_table_at_both_lengths_takes_each_column_from_the_right_runs():
+  """Issue 35: each column at its paper length x 0.04 and at the baseline's 12 epochs;
+  CowOut's 300 epochs are its common length, cowout_100ep and CutMix have none unless
+  rerun at 12 epochs (hand-worked means, stds and paired differences)."""
+  paper = [_record("supervised", 0, 0.40), _record("supervised", 1, 0.44),
+           _record("cutmix", 0, 0.38), _record("cutmix", 1, 0.41),
+           _record("cowout", 0, 0.46), _record("cowout", 1, 0.47),
+           _record("cowout_100ep", 0, 0.39), _record("cowout_100ep", 1, 0.40),
+           _record("aug", 0, 0.35)]
+  common = [_record("cutmix", 0, 0.43), _record("cutmix", 1, 0.45)]
+  table = plot_ablation.lengths_markdown(paper, common, 0.04)
+  rows = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")]
+          for line in table.splitlines()[2:]}
+  assert table.splitlines()[0].split(" | ")[1] == "paper's length x 0.04: epochs"
+  assert "common length (12 epochs): runs" in table.splitlines()[0]
+  assert list(rows) == ["supervised", "aug", "cutmix", "cowout", "cowout_100ep"]
+  assert rows["supervised"][1:] == ["12", "2", "42.00 +- 2.83", "", "2", "42.00 +- 2.83", ""]
+  # CutMix at 4 epochs: -2 and -3 points against the baseline; at 12 epochs: +3 and +1.
+  assert rows["cutmix"][1:4] == ["4", "2", "39.50 +- 2.12"]
+  assert rows["cutmix"][4].startswith("-2.50 +- 0.71 [")
+  assert rows["cutmix"][5:7] == ["2", "44.00 +- 1.41"]
+  assert rows["cutmix"][7].startswith("+2.00 +- 1.41 [")
+  # CowOut: the same runs in both; cowout_100ep and augmentation: no common-length runs.
+  assert rows["cowout"][2:5] == rows["cowout"][5:8] and rows["cowout"][1] == "12"
+  assert rows["cowout_100ep"][1] == "4" and rows["cowout_100ep"][5:] == ["", "", ""]
+  assert rows["aug"][1:4] == ["2", "1", "35.00"] and rows["aug"][5:] == ["", "", ""]

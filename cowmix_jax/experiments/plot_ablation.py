@@ -319,6 +319,55 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
   return "\n".join(lines)
 
 
+def common_length_records(paper_records: Sequence[dict], common_records: Sequence[dict]
+                          ) -> list[dict]:
+  """Every column at the baseline's length: the records of ``common_records`` (shorter
+  columns run, or continued, to that length) and, for the columns it lacks, those of
+  ``paper_records`` whose paper length is the baseline's (CowOut's 300 epochs are CowOut
+  at the common length; ``cowout_100ep``, CutMix and augmentation are not)."""
+  full = ablation.PAPER_EPOCHS[ablation.BASELINE]
+  rerun = {r["method"] for r in common_records}
+  return [r for r in paper_records if ablation.PAPER_EPOCHS.get(r["method"]) == full
+          and r["method"] not in rerun] + list(common_records)
+
+
+def _mean_std_cell(members: Sequence[dict]) -> str:
+  values = [100 * r["miou"] for r in members]
+  if not values:
+    return ""
+  return _plus_minus(float(np.mean(values)),
+                     float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
+
+
+def lengths_markdown(paper_records: Sequence[dict], common_records: Sequence[dict],
+                     epoch_scale: float) -> str:
+  """Table 1 at two lengths, side by side: each column at its paper length times
+  ``epoch_scale`` (Table 1's caption: augmentation 50 epochs, CutMix 100, the rest 300)
+  and every column at the baseline's length (``common_length_records``), each with the
+  mean +- std over seeds and the paired difference from the baseline with its 95%
+  interval (the baseline is the same runs in both)."""
+  common = common_length_records(paper_records, common_records)
+  full_epochs = ablation.PAPER_EPOCHS[ablation.BASELINE] * epoch_scale
+  header = ["method", f"paper's length x {epoch_scale:g}: epochs", "runs", "mean +- std",
+            "minus baseline (paired) [95% CI]", f"common length ({full_epochs:g} epochs): runs",
+            "mean +- std", "minus baseline (paired) [95% CI]"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  groups = {r["group"] for r in [*paper_records, *common]}
+  for column in [m for m in ablation.METHODS if m in groups]:
+    cells = [column]
+    for records, epochs in ((paper_records, ablation.PAPER_EPOCHS[column] * epoch_scale),
+                            (common, None)):
+      members = [r for r in records if r["group"] == column]
+      if epochs is not None:
+        cells.append(f"{epochs:g}")
+      baseline = column == ablation.BASELINE
+      cells += [str(len(members)) if members else "", _mean_std_cell(members),
+                "" if baseline or not members
+                else difference_cell(paired_difference(records, column))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 # Issue 35's targets: the paper's share of the gap for CowMix on CamVid (Table 1:
 # (55.06 - 48.66) / (64.19 - 48.66)).
 PAPER_GAP_SHARE = 0.41
@@ -487,6 +536,12 @@ flags.DEFINE_string("update_markdown", "", "FILE: also write the tables between 
 flags.DEFINE_string("markers", "", "PREFIX: the marker names --update_markdown looks for "
                     "become PREFIXtable1, PREFIXtable1_learned and PREFIXper_class (several "
                     "grids' tables in one file)", flag_values=FLAGS)
+flags.DEFINE_multi_string("common_results", [], "results JSON of the shorter columns run to "
+                          "the baseline's length (e.g. --root=runs/camvid_lite0_common "
+                          "--config.num_epochs=12): adds the table at both lengths",
+                          flag_values=FLAGS)
+flags.DEFINE_float("epoch_scale", 0.04, "the grid's --epoch_scale (labels the table at both "
+                   "lengths)", flag_values=FLAGS)
 flags.mark_flag_as_required("results", flag_values=FLAGS)
 
 
@@ -514,6 +569,15 @@ def main(argv=None) -> None:
     blocks["targets_test"] = targets_markdown(test_records)
     print("\nTable 1 on test (the final teachers, for reporting only):\n"
           + blocks["table1_test"] + "\n\nTable 1's claims on test:\n" + blocks["targets_test"])
+  if FLAGS.common_results:
+    common = base_records(merge_results(FLAGS.common_results))
+    blocks["table1_lengths"] = lengths_markdown(records, common, FLAGS.epoch_scale)
+    print("\nTable 1 at each method's paper length and at one common length:\n"
+          + blocks["table1_lengths"])
+    if test_records:
+      blocks["table1_lengths_test"] = lengths_markdown(
+          test_records, on_split(common, "test"), FLAGS.epoch_scale)
+      print("\nThe same on test:\n" + blocks["table1_lengths_test"])
   classes = learned_classes(records)
   if classes:
     blocks["table1_learned"] = table_markdown(restrict_to_classes(records, classes),
