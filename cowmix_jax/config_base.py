@@ -115,7 +115,7 @@ def get_model_config(**overrides) -> ml_collections.ConfigDict:
   model.dtype = "float32"
   # Rematerialise the encoder's residual blocks in the backward pass (jax.checkpoint,
   # nothing_saveable: only block inputs are kept): less memory for about one more
-  # encoder forward pass per step; same results (README, "Memory").
+  # encoder forward pass per step; same results (docs/PERFORMANCE.md).
   model.remat = False
   # The encoder's initial weights: the name of weights found by this package
   # (torchvision_resnet50, torchvision_resnet101: downloaded once; efficientnet_lite0,
@@ -197,7 +197,7 @@ def set_deeplab_v2(config: ml_collections.ConfigDict) -> None:
   """The paper's DeepLab v2 settings (appendix D.3.2): ResNet-101 at output stride 8,
   frozen BatchNorm, Caffe-style 0-255 BGR inputs with the mean subtracted, lr 1e-5;
   ``config.model.pretrained`` must name the converted COCO-pretrained file (Hung et
-  al.'s resnet101COCO-41f33a49.pth, README "Pretrained weights")."""
+  al.'s resnet101COCO-41f33a49.pth, docs/MODELS.md)."""
   config.model.name = "deeplab_v2"
   config.model.depth = 101
   config.model.width = 64

@@ -198,7 +198,7 @@ def _check_pretrained(model: ml_collections.ConfigDict) -> None:
     suggestion = suggested_weights(model)
     fix = (DEEPLAB_V2_WEIGHTS if model.name == "deeplab_v2" else
            f"--config.model.pretrained={suggestion} (downloaded once; offline see "
-           f"README, \"Pretrained weights\")" if suggestion else
+           f"docs/MODELS.md, \"Pretrained weights\")" if suggestion else
            "--config.model.pretrained=FILE.msgpack (python -m cowmix_jax.models.convert)")
     raise ValueError(
         f"config.model.freeze_bn=True with config.model.pretrained={weights!r}: frozen "

@@ -11,7 +11,7 @@
 #
 # Install the project on every worker first, e.g.:
 #   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all \
-#     --command="git clone REPO cowmix_jax && pip install -e cowmix_jax 'jax[tpu]'"
+#     --command="git clone REPO cowmix_jax && pip install -e 'cowmix_jax[tpu]'"
 # The dataset directory (config.data.manual_dir / data_dir) must be readable by every
 # worker (a bucket or a copy on each).
 set -euo pipefail

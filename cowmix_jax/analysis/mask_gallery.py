@@ -4,7 +4,7 @@
 python -m cowmix_jax.analysis.mask_gallery --dataset=camvid \\
     --manual_dir=/data/CamVid --output_dir=docs/analyses
 
-Writes into ``--out``:
+Writes into ``--output_dir``:
 - ``mask_gallery_masks.png``: cow masks with p = 0.5 and each of ``--sigmas`` on a
   ``--size`` x ``--size`` canvas (Figure 4, top);
 - ``mask_gallery_mixing.png``: two images of the dataset and what CutMix, CowMix, CutOut

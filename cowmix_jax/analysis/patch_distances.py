@@ -4,7 +4,7 @@
 python -m cowmix_jax.analysis.patch_distances --dataset=camvid \\
     --manual_dir=/data/CamVid --output_dir=docs/analyses --group_separator=_
 
-Writes into ``--out`` (prefix ``--prefix``, default the dataset's name):
+Writes into ``--output_dir`` (prefix ``--prefix``, default the dataset's name):
 - ``PREFIX_map.png``: one image and, per ``--patch_sizes``, the mean L2 distance from the
   patch around each pixel to the patches around its four neighbours, class boundaries
   in red (Figure 1);

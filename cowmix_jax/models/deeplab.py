@@ -1,4 +1,4 @@
-"""DeepLab v2 and v3+ on dilated ResNets (REFERENCE.md, "Networks")."""
+"""DeepLab v2 and v3+ on dilated ResNets (the paper's appendix D.3.2; docs/MODELS.md)."""
 
 from __future__ import annotations
 
