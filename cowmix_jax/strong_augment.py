@@ -1,0 +1,91 @@
+"""The strong colour augmentation of FixMatch-style methods (UniMatch's "strong view"),
+on the device, drawn from a key like the masks.
+
+UniMatch V1 (``dataset/semi.py``) builds each strong view of an unlabelled crop with
+torchvision: ``ColorJitter(0.5, 0.5, 0.5, 0.25)`` with probability 0.8 (brightness,
+contrast and saturation factors ~ U(0.5, 1.5), a hue shift ~ U(-0.25, 0.25) of the
+colour circle, the four in a random order), greyscale with probability 0.2, and a
+Gaussian blur with sigma ~ U(0.1, 2.0) with probability 0.5. Here the operations are
+dm-pix's (``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``,
+``rgb_to_grayscale``, ``gaussian_blur``) on ``[0, 1]`` RGB images; brightness is
+torchvision's multiplicative one (dm-pix's ``adjust_brightness`` adds a delta), and
+dm-pix's contrast blends towards each channel's mean (TensorFlow's rule) where
+torchvision blends towards the grey mean.
+
+``sample(key, n)`` draws every random number of ``n`` images; ``apply(images, draws)``
+is deterministic given them, so a test can redo it with dm-pix directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+JITTER_PROBABILITY = 0.8
+BRIGHTNESS = CONTRAST = SATURATION = 0.5  # factors ~ U(1 - x, 1 + x)
+HUE = 0.25  # shift ~ U(-x, x), as a fraction of the colour circle
+GREY_PROBABILITY = 0.2
+BLUR_PROBABILITY = 0.5
+BLUR_SIGMA = (0.1, 2.0)
+# The blur's kernel: wide enough for the largest sigma (3 sigma each side).
+BLUR_KERNEL_SIZE = 2 * int(np.ceil(3 * BLUR_SIGMA[1])) + 1
+# The jitter's four operations, in the order their factors are stored; a draw's
+# ``order`` is one of the 24 permutations of them.
+OPERATIONS = ("brightness", "contrast", "saturation", "hue")
+PERMUTATIONS = np.array(list(itertools.permutations(range(len(OPERATIONS)))), np.int32)
+
+
+def sample(key: jax.Array, n: int) -> dict[str, jax.Array]:
+  """The random numbers of ``n`` strong views.
+
+  Returns:
+    ``jitter``, ``grey``, ``blur`` ``[n]`` bool (whether each step applies);
+    ``factors`` ``[n, 4]`` float32 (brightness, contrast, saturation factors, hue shift);
+    ``order`` ``[n, 4]`` int32 (a permutation of the four operations);
+    ``sigma`` ``[n]`` float32 (the blur's).
+  """
+  keys = jax.random.split(key, 7)
+  low = jnp.array([1 - BRIGHTNESS, 1 - CONTRAST, 1 - SATURATION, -HUE])
+  high = jnp.array([1 + BRIGHTNESS, 1 + CONTRAST, 1 + SATURATION, HUE])
+  return {
+      "jitter": jax.random.bernoulli(keys[0], JITTER_PROBABILITY, (n,)),
+      "factors": jax.random.uniform(keys[1], (n, 4), minval=low, maxval=high),
+      "order": jnp.asarray(PERMUTATIONS)[
+          jax.random.randint(keys[2], (n,), 0, len(PERMUTATIONS))],
+      "grey": jax.random.bernoulli(keys[3], GREY_PROBABILITY, (n,)),
+      "blur": jax.random.bernoulli(keys[4], BLUR_PROBABILITY, (n,)),
+      "sigma": jax.random.uniform(keys[5], (n,), minval=BLUR_SIGMA[0], maxval=BLUR_SIGMA[1]),
+  }
+
+
+def _operation(index: jax.Array, image: jax.Array, factors: jax.Array) -> jax.Array:
+  """Operation ``index`` of OPERATIONS on one ``[H, W, 3]`` image."""
+  return jax.lax.switch(index, [
+      lambda x: x * factors[0],
+      lambda x: pix.adjust_contrast(x, factors[1]),
+      lambda x: pix.adjust_saturation(x, factors[2]),
+      lambda x: pix.adjust_hue(x, factors[3]),
+  ], image)
+
+
+def _one(image: jax.Array, draws: dict[str, jax.Array]) -> jax.Array:
+  jittered = image
+  for slot in range(len(OPERATIONS)):
+    jittered = jnp.clip(_operation(draws["order"][slot], jittered, draws["factors"]), 0, 1)
+  image = jnp.where(draws["jitter"], jittered, image)
+  grey = pix.rgb_to_grayscale(image, keep_dims=True)  # the luma in all three channels
+  image = jnp.where(draws["grey"], grey, image)
+  blurred = pix.gaussian_blur(image, draws["sigma"], BLUR_KERNEL_SIZE)
+  return jnp.where(draws["blur"], blurred, image)
+
+
+def apply(images: jax.Array, draws: dict[str, jax.Array]) -> jax.Array:
+  """The strong views of ``images`` ``[N, H, W, 3]`` (RGB in [0, 1]) under ``draws``
+  (``sample``'s): the jitter's operations in the drawn order, each result clipped to
+  [0, 1] as torchvision's are, then greyscale, then the blur (zero padding at the
+  borders, as dm-pix's ``SAME`` convolution). Returns ``[N, H, W, 3]`` in [0, 1]."""
+  return jax.vmap(_one)(images, draws)
