@@ -33,6 +33,32 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   return jnp.sum(per_pixel * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
+def thresholded_cross_entropy(logits: jax.Array, pseudo_labels: jax.Array,
+                              confidence: jax.Array, valid: jax.Array,
+                              threshold: float) -> jax.Array:
+  """FixMatch's and UniMatch's unlabelled loss: the cross-entropy of ``logits`` against
+  hard ``pseudo_labels`` on the pixels whose pseudo-label's ``confidence`` is at least
+  ``threshold``, summed and divided by the number of ``valid`` pixels (all of them, not
+  only the confident ones: UniMatch's ``loss.sum() / (ignore_mask != 255).sum()``).
+
+  Args:
+    logits: ``[N, H, W, C]`` float32, the student's prediction on a strong view.
+    pseudo_labels: ``[N, H, W]`` integer class ids (the weak view's argmax, mixed like
+      the view).
+    confidence: ``[N, H, W]`` the pseudo-label's probability.
+    valid: ``[N, H, W]`` 1 where the pixel is part of the image (0 on padding).
+    threshold: the confidence from which a pixel counts (UniMatch: 0.95).
+
+  Returns:
+    scalar float32 (0 when no pixel is valid).
+  """
+  valid = valid.astype(jnp.float32)
+  per_pixel = optax.softmax_cross_entropy_with_integer_labels(
+      logits, pseudo_labels.astype(jnp.int32))
+  counted = (jax.lax.stop_gradient(confidence) >= threshold).astype(jnp.float32) * valid
+  return jnp.sum(per_pixel * counted) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
 def consistency_per_pixel(student_logits: jax.Array, target: jax.Array,
                           kind: str = "mse_prob") -> jax.Array:
   """Per-pixel distance between the student's prediction and the teacher's target.

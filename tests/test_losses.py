@@ -71,3 +71,41 @@ def test_masked_consistency_is_paper_listing():
   got = losses.masked_consistency(jnp.asarray(student), jnp.asarray(target), jnp.asarray(mask),
                                   weight)
   np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def _unimatch_loss_numpy(logits, pseudo_labels, confidence, valid, threshold):
+  """UniMatch V1's unlabelled loss, transcribed: ``criterion_u`` is a per-pixel
+  cross-entropy (reduction none), multiplied by ``(conf >= thresh) & (ignore != 255)``,
+  summed, divided by ``(ignore != 255).sum()``."""
+  logits = logits.astype(np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  per_pixel = -np.take_along_axis(log_probs, pseudo_labels[..., None], -1)[..., 0]
+  counted = (confidence >= threshold) & (valid > 0)
+  return (per_pixel * counted).sum() / (valid > 0).sum()
+
+
+def test_thresholded_cross_entropy_is_unimatch_s_loss():
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(3, 6, 7, 5)).astype(np.float32) * 3
+  pseudo_labels = rng.integers(0, 5, size=(3, 6, 7))
+  confidence = rng.uniform(0.8, 1.0, size=(3, 6, 7)).astype(np.float32)
+  confidence[0, 0, :3] = 0.95  # at the threshold: counted (>=)
+  valid = (rng.uniform(size=(3, 6, 7)) > 0.2).astype(np.float32)
+  for threshold in (0.0, 0.95, 1.01):
+    ours = float(losses.thresholded_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(pseudo_labels), jnp.asarray(confidence),
+        jnp.asarray(valid), threshold))
+    expected = _unimatch_loss_numpy(logits, pseudo_labels, confidence, valid, threshold)
+    assert ours == pytest.approx(expected, rel=1e-6, abs=1e-7), threshold
+  # Divided by every valid pixel, not by the confident ones: half the pixels confident
+  # halves the loss of the same per-pixel errors.
+  flat = np.zeros((1, 2, 2, 2), np.float32)
+  labels = np.zeros((1, 2, 2), np.int32)
+  ones = np.ones((1, 2, 2), np.float32)
+  half = np.array([[[1.0, 1.0], [0.0, 0.0]]], np.float32)
+  full_loss = losses.thresholded_cross_entropy(flat, labels, ones, ones, 0.5)
+  half_loss = losses.thresholded_cross_entropy(flat, labels, half, ones, 0.5)
+  assert float(full_loss) == pytest.approx(np.log(2)) and float(half_loss) == pytest.approx(
+      np.log(2) / 2)
+  assert float(losses.thresholded_cross_entropy(flat, labels, ones, 0 * ones, 0.5)) == 0.0
