@@ -168,22 +168,27 @@ def small_disk(tmp_path):
   subprocess.run(["umount", "--lazy", str(mount_point)], check=False)
 
 
+def _save_onto_a_full_disk(checkpointer, small_disk, states, save) -> None:
+  """Saves ``states[1]`` as the latest, fills the disk but for a third of a checkpoint,
+  then ``save(states[2])`` (which cannot fit) and polls until the failure is raised."""
+  checkpointer.save(states[1])
+  checkpointer.wait()
+  size = sum(p.stat().st_size for p in (small_disk / "run").rglob("*") if p.is_file())
+  free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+  (small_disk / "filler").write_bytes(b"\0" * max(0, free - size // 3))
+  save(states[2])
+  for _ in range(600):  # the failure shows as soon as the background save ends
+    checkpointer.check_saves()
+    time.sleep(0.05)
+
+
 def test_a_save_on_a_full_disk_fails_once_and_the_previous_checkpoint_stays(
     tiny_config, small_disk, caplog):
   states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2)}
   workdir = str(small_disk / "run")
   with caplog.at_level("ERROR"):
     with pytest.raises(CheckpointSaveError) as error, Checkpointer(workdir) as checkpointer:
-      checkpointer.save(states[1])
-      checkpointer.wait()
-      # Fill the disk but for a third of a checkpoint: the next save cannot fit.
-      size = sum(p.stat().st_size for p in (small_disk / "run").rglob("*") if p.is_file())
-      free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-      (small_disk / "filler").write_bytes(b"\0" * max(0, free - size // 3))
-      checkpointer.save(states[2])
-      for _ in range(600):  # the failure shows as soon as the background save ends
-        checkpointer.check_saves()
-        time.sleep(0.05)
+      _save_onto_a_full_disk(checkpointer, small_disk, states, checkpointer.save)
   message = str(error.value)
   assert "\n" not in message and f"into {workdir}/checkpoints failed" in message
   assert "No space left on device" in message
@@ -201,15 +206,8 @@ def test_a_failed_save_of_the_best_names_the_checkpoint_a_rerun_resumes_from(
   states = {step: _host(_state(tiny_config, seed=step, step=step)) for step in (1, 2)}
   workdir = str(small_disk / "run")
   with pytest.raises(CheckpointSaveError) as error, Checkpointer(workdir) as checkpointer:
-    checkpointer.save(states[1])
-    checkpointer.wait()
-    size = sum(p.stat().st_size for p in (small_disk / "run").rglob("*") if p.is_file())
-    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-    (small_disk / "filler").write_bytes(b"\0" * max(0, free - size // 3))
-    checkpointer.save_if_best(states[2], 0.5)
-    for _ in range(600):
-      checkpointer.check_saves()
-      time.sleep(0.05)
+    _save_onto_a_full_disk(checkpointer, small_disk, states,
+                           lambda state: checkpointer.save_if_best(state, 0.5))
   message = str(error.value)
   assert f"into {workdir}/best failed" in message
   assert "the latest complete checkpoint is step 1" in message
