@@ -19,7 +19,8 @@ from etils import epath
 from PIL import Image
 
 from cowmix_jax import metrics_file
-from cowmix_jax.conventions import IGNORE_LABEL, NORMALISATIONS
+from cowmix_jax.conventions import IGNORE_LABEL
+from cowmix_jax.normalisation import to_unit_rgb
 
 IGNORE_COLOUR = (255, 255, 255)
 
@@ -112,11 +113,8 @@ def colourise(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarra
 def denormalise(images: np.ndarray, normalisation: str) -> np.ndarray:
   """Model inputs ``[N, H, W, 3]`` -> displayable uint8 RGB (inverse of the pipeline's
   normalisation)."""
-  spec = NORMALISATIONS[normalisation]
-  images = np.asarray(images, np.float32) * np.array(spec["std"]) + np.array(spec["mean"])
-  if spec["bgr"]:
-    images = images[..., ::-1]
-  return np.clip(np.round(images), 0, 255).astype(np.uint8)
+  rgb = to_unit_rgb(np.asarray(images, np.float32), normalisation)
+  return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
 def _grey(values: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from absl import app, flags
 
 from cowmix_jax import cli, config_base, masks, mixing, plotting
 from cowmix_jax.analysis.patch_distances import load_examples
-from cowmix_jax.conventions import NORMALISATIONS
+from cowmix_jax.normalisation import from_unit_rgb, to_unit_rgb
 
 METHODS = ("cutmix", "cowmix", "cutout", "cowout")
 
@@ -76,9 +76,7 @@ def perturbed_pairs(images: np.ndarray, key: jax.Array, normalisation: str
                     ) -> dict[str, np.ndarray]:
   """``{method: [2, H, W, 3] in [0, 1]}``: the student inputs each mask-based method makes
   of ``images [2, H, W, 3]`` (in [0, 1]), drawn with the base config's mask settings."""
-  spec = NORMALISATIONS[normalisation]
-  mean, std = np.array(spec["mean"]) / 255.0, np.array(spec["std"]) / 255.0
-  normalised = jnp.asarray((images - mean) / std, jnp.float32)
+  normalised = jnp.asarray(from_unit_rgb(images, normalisation), jnp.float32)
   results = {}
   for method, method_key in zip(METHODS, jax.random.split(key, len(METHODS))):
     config = config_base.get_base_config()
@@ -86,7 +84,7 @@ def perturbed_pairs(images: np.ndarray, key: jax.Array, normalisation: str
     perturbation = mixing.make_perturbation(config)
     draws = perturbation.sample(method_key, normalised)
     _, student = perturbation.inputs(normalised, draws)
-    results[method] = np.clip(np.asarray(student) * std + mean, 0.0, 1.0)
+    results[method] = np.clip(to_unit_rgb(np.asarray(student), normalisation), 0.0, 1.0)
   return results
 
 
