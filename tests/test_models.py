@@ -422,3 +422,36 @@ def test_matmul_kernel_gradients_change_no_model_gradient(monkeypatch, name):
   assert jax.tree.structure(plain_grads) == jax.tree.structure(matmul_grads)
   for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(matmul_grads)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max() + 1))
+
+
+# The feature maps each model decodes through UniMatch's channel dropout.
+PERTURBED_FEATURES = {"unet_resnet": ("conv2_x", "conv3_x", "conv4_x", "conv5_x"),
+                      "unet_lite0": ("stride_4", "stride_8", "stride_16", "stride_32"),
+                      "deeplab_v2": ("conv5_x",), "deeplab_v3plus": ("conv2_x", "conv5_x")}
+
+
+@pytest.mark.parametrize("name", sorted(REMAT_MODELS))
+def test_feature_perturbation_pass_decodes_clean_and_channel_dropped_features(name):
+  """With a feature_dropout_key, the first output is the plain prediction and the second
+  is the prediction of the same network whose encoder returned drop_channels of the
+  decoder's feature maps (done here by intercepting the encoder), for every model."""
+  from cowmix_jax.models.feature_dropout import drop_channels
+
+  model = _remat_model(name, remat=False)
+  images, _ = _images_and_labels()
+  variables = model.init(jax.random.PRNGKey(0), images)
+  key = jax.random.PRNGKey(7)
+  clean, perturbed = model.apply(variables, images, feature_dropout_key=key)
+
+  def drop_encoder_features(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.module.name != "encoder" or context.method_name != "__call__":
+      return out
+    names = PERTURBED_FEATURES[name]
+    return {**out, **drop_channels({n: out[n] for n in names}, key)}
+
+  with nn.intercept_methods(drop_encoder_features):
+    expected = model.apply(variables, images)
+  np.testing.assert_allclose(clean, model.apply(variables, images), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(perturbed, expected, rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(perturbed) - np.asarray(clean)).max() > 1e-3

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from cowmix_jax.models.conv import Conv
+from cowmix_jax.models.feature_dropout import split_if_doubled, with_dropped_copy
 from cowmix_jax.models.resnet import ResNetEncoder
 
 
@@ -45,19 +46,27 @@ class DeepLabV2(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Args: x ``[N, H, W, 3]``. Returns ``[N, H, W, C]`` float32 logits."""
+  def __call__(self, x: jax.Array, train: bool = False,
+               feature_dropout_key: jax.Array | None = None):
+    """Args: x ``[N, H, W, 3]``; ``feature_dropout_key``: also decode the features
+    through channel dropout (UniMatch's feature perturbation, on conv5_x).
+
+    Returns ``[N, H, W, C]`` float32 logits; with ``feature_dropout_key``, the pair
+    ``(logits, perturbed_logits)``."""
     height, width = x.shape[1:3]
     features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
                              output_stride=8, style="caffe", remat=self.remat,
                              name="encoder")(x, train)
+    if feature_dropout_key is not None:
+      features = with_dropped_copy(features, feature_dropout_key, ("conv5_x",))
     branches = [Conv(self.num_classes, (3, 3), padding=rate, kernel_dilation=rate,
                         kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
                         name=f"aspp_{i}")(features["conv5_x"])
                 for i, rate in enumerate(self.aspp_rates)]
     used = branches[:2] if self.two_branch_bug else branches
     logits = functools.reduce(jnp.add, used)
-    return resize_bilinear(logits.astype(jnp.float32), height, width)
+    return split_if_doubled(resize_bilinear(logits.astype(jnp.float32), height, width),
+                     feature_dropout_key is not None)
 
 
 class ConvBNReLU(nn.Module):
@@ -112,12 +121,20 @@ class DeepLabV3Plus(nn.Module):
   remat: bool = False  # rematerialise the encoder's blocks (``models.remat``)
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Args: x ``[N, H, W, 3]``. Returns ``[N, H, W, C]`` float32 logits."""
+  def __call__(self, x: jax.Array, train: bool = False,
+               feature_dropout_key: jax.Array | None = None):
+    """Args: x ``[N, H, W, 3]``; ``feature_dropout_key``: also decode the low- and
+    high-level features (conv2_x, conv5_x) through channel dropout (UniMatch's feature
+    perturbation).
+
+    Returns ``[N, H, W, C]`` float32 logits; with ``feature_dropout_key``, the pair
+    ``(logits, perturbed_logits)``."""
     height, width = x.shape[1:3]
     features = ResNetEncoder(self.depth, self.width, self.freeze_bn, self.dtype,
                              output_stride=self.output_stride, remat=self.remat,
                              name="encoder")(x, train)
+    if feature_dropout_key is not None:
+      features = with_dropped_copy(features, feature_dropout_key, ("conv2_x", "conv5_x"))
     y = ASPP(self.aspp_rates, dtype=self.dtype, name="aspp")(features["conv5_x"], train)
     low = ConvBNReLU(48, 1, dtype=self.dtype, name="low_level")(features["conv2_x"], train)
     y = resize_bilinear(y, low.shape[1], low.shape[2])
@@ -125,4 +142,5 @@ class DeepLabV3Plus(nn.Module):
     y = ConvBNReLU(256, 3, dtype=self.dtype, name="decoder_0")(y, train)
     y = ConvBNReLU(256, 3, dtype=self.dtype, name="decoder_1")(y, train)
     logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
-    return resize_bilinear(logits.astype(jnp.float32), height, width)
+    return split_if_doubled(resize_bilinear(logits.astype(jnp.float32), height, width),
+                     feature_dropout_key is not None)

@@ -12,6 +12,7 @@ import numpy as np
 
 from cowmix_jax.models.conv import Conv, conv_general_dilated
 from cowmix_jax.models.efficientnet_lite import EfficientNetLite
+from cowmix_jax.models.feature_dropout import split_if_doubled, with_dropped_copy
 from cowmix_jax.models.resnet import ResNetEncoder
 
 # Table 4: conv widths at 1/32, 1/16, 1/8, 1/4, 1/2 and full resolution.
@@ -108,13 +109,18 @@ class UNet(nn.Module):
                      f"{sorted(ENCODER_SKIPS)}")
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               feature_dropout_key: jax.Array | None = None):
     """Args: x ``[N, H, W, 3]`` float32. Sizes that are not multiples of 32 (e.g.
     Pascal's 321x321 crops) are zero-padded at the bottom and right (0 is the mean
     colour after normalisation) and the logits are cropped back.
+    ``feature_dropout_key``: UniMatch's feature perturbation. With a key, every feature
+    map the decoder reads (the three skip levels and the deepest) is decoded twice in one
+    batch, as is and through ``feature_dropout.drop_channels``.
 
     Returns:
-      ``[N, H, W, C]`` float32 logits.
+      ``[N, H, W, C]`` float32 logits; with ``feature_dropout_key``, the pair
+      ``(logits, perturbed_logits)``.
     """
     height, width = x.shape[1:3]
     x = jnp.pad(x, ((0, 0), (0, -height % 32), (0, -width % 32), (0, 0)))
@@ -122,6 +128,9 @@ class UNet(nn.Module):
       raise ValueError(f"decoder_widths needs 6 values, got {tuple(self.decoder_widths)}")
     w = self.decoder_widths
     features = self._encoder()(x, train)
+    if feature_dropout_key is not None:
+      features = with_dropped_copy(features, feature_dropout_key,
+                                   ENCODER_SKIPS[self.encoder])
     skip_4, skip_8, skip_16, top = ENCODER_SKIPS[self.encoder]
     y = _conv3x3_relu(features[top], w[0], "conv_32", self.dtype)
     y = _upsample_relu(y, w[1], "up_16", self.dtype)
@@ -133,5 +142,5 @@ class UNet(nn.Module):
     y = _upsample_relu(y, w[5], "up_1", self.dtype)
     y = _conv3x3_relu(y, w[5], "conv_1", self.dtype)
     logits = Conv(self.num_classes, (1, 1), name="classifier", dtype=self.dtype)(y)
-    logits = logits.astype(jnp.float32)
-    return logits[:, :height, :width]
+    logits = logits.astype(jnp.float32)[:, :height, :width]
+    return split_if_doubled(logits, feature_dropout_key is not None)
