@@ -336,8 +336,61 @@ def box_masks(key: jax.Array, shape: Sequence[int], p_range: Range) -> jax.Array
   box_height, box_width = box_sizes(size_key, n, (height, width), p_range)
   top = jax.random.randint(y_key, (n,), 0, height - box_height + 1)
   left = jax.random.randint(x_key, (n,), 0, width - box_width + 1)
+  return _box_mask(top, left, box_height, box_width, height, width)
+
+
+# Candidate boxes drawn per mask by ``cutmix_boxes`` (see there).
+CUTMIX_BOX_CANDIDATES = 96
+
+
+def _box_mask(top, left, box_height, box_width, height: int, width: int) -> jax.Array:
+  """``[N, H, W]`` float32 ones on rows ``[top, top + h)`` and columns ``[left, left + w)``."""
   rows = jnp.arange(height)[None, :, None]
   cols = jnp.arange(width)[None, None, :]
   inside_rows = (rows >= top[:, None, None]) & (rows < (top + box_height)[:, None, None])
   inside_cols = (cols >= left[:, None, None]) & (cols < (left + box_width)[:, None, None])
   return (inside_rows & inside_cols).astype(jnp.float32)
+
+
+def cutmix_boxes(key: jax.Array, shape: Sequence[int], area_range: Range = (0.02, 0.4),
+                 aspect_range: Range = (0.3, 1 / 0.3)) -> jax.Array:
+  """UniMatch's CutMix boxes (``obtain_cutmix_box`` in its ``dataset/transform.py``).
+
+  Each candidate draws an area ``a ~ U(area_range) x H x W``, an aspect ratio
+  ``r ~ U(aspect_range)``, the size ``h = floor(sqrt(a r))``, ``w = floor(sqrt(a / r))``
+  and a top-left corner uniform over the whole image; the first candidate whose box lies
+  inside the image is kept (UniMatch redraws until one does). Of
+  ``CUTMIX_BOX_CANDIDATES`` candidates none fits with a probability below 1e-10 at the
+  default ranges on square and 3:5 crops (a candidate fits with probability 0.30 and
+  0.22); the last one is then cut at the image's border.
+
+  Args:
+    key: a PRNG key.
+    shape: ``(N, H, W)``.
+    area_range: the box's area as a proportion of the image.
+    aspect_range: the range of height / width.
+
+  Returns:
+    ``[N, H, W]`` float32 masks, ones inside the box.
+  """
+  n, height, width = shape
+  check_p_range(area_range)
+  if not 0 < aspect_range[0] <= aspect_range[1]:
+    raise ValueError(f"aspect_range must satisfy 0 < low <= high, got {aspect_range}")
+  k = CUTMIX_BOX_CANDIDATES
+  area_key, aspect_key, top_key, left_key = jax.random.split(key, 4)
+  area = jax.random.uniform(area_key, (n, k), minval=area_range[0],
+                            maxval=area_range[1]) * height * width
+  aspect = jax.random.uniform(aspect_key, (n, k), minval=aspect_range[0],
+                              maxval=aspect_range[1])
+  box_height = jnp.floor(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  box_width = jnp.floor(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  top = jax.random.randint(top_key, (n, k), 0, height)
+  left = jax.random.randint(left_key, (n, k), 0, width)
+  fits = (top + box_height <= height) & (left + box_width <= width)
+  chosen = jnp.where(fits.any(axis=1), jnp.argmax(fits, axis=1), k - 1)
+
+  def pick(values):
+    return jnp.take_along_axis(values, chosen[:, None], axis=1)[:, 0]
+
+  return _box_mask(pick(top), pick(left), pick(box_height), pick(box_width), height, width)

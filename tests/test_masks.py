@@ -243,3 +243,49 @@ def test_cow_masks_take_the_cheaper_route_by_the_band_width():
 
   assert route(321, (8.0, 32.0))
   assert not route(64, (1.0, 4.0))
+
+
+def _unimatch_box(rng, height, width, area_range=(0.02, 0.4), aspect_range=(0.3, 1 / 0.3)):
+  """UniMatch's obtain_cutmix_box (dataset/transform.py) transcribed with numpy for a
+  height x width image: redraw until the box fits. Returns (top, left, h, w)."""
+  while True:
+    area = rng.uniform(*area_range) * height * width
+    ratio = rng.uniform(*aspect_range)
+    box_width, box_height = int(np.sqrt(area / ratio)), int(np.sqrt(area * ratio))
+    left, top = rng.integers(0, width), rng.integers(0, height)
+    if left + box_width <= width and top + box_height <= height:
+      return top, left, box_height, box_width
+
+
+def _box_extent(mask):
+  """(top, left, height, width) of the ones of a [H, W] rectangle mask."""
+  rows, cols = np.nonzero(mask)
+  return rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+@pytest.mark.parametrize("size", [(48, 48), (48, 80)])
+def test_cutmix_boxes_follow_unimatchs_rejection_sampler(size):
+  """Each mask is one full rectangle inside the image, and its top, left, height, width
+  and area are distributed as those of UniMatch's redraw-until-it-fits sampler
+  (two-sample Kolmogorov-Smirnov, 3,000 boxes each)."""
+  n = 3000
+  height, width = size
+  ours = np.asarray(masks.cutmix_boxes(jax.random.PRNGKey(0), (n, height, width)))
+  extents = np.array([_box_extent(m) for m in ours])
+  tops, lefts, heights, widths = extents.T
+  assert (ours.sum((1, 2)) == heights * widths).all()  # one solid rectangle each
+  rng = np.random.default_rng(0)
+  reference = np.array([_unimatch_box(rng, height, width) for _ in range(n)])
+  for name, a, b in [("top", tops, reference[:, 0]), ("left", lefts, reference[:, 1]),
+                     ("height", heights, reference[:, 2]), ("width", widths, reference[:, 3]),
+                     ("area", heights * widths, reference[:, 2] * reference[:, 3])]:
+    assert stats.ks_2samp(a, b).pvalue > 1e-3, name
+  area = heights * widths / (height * width)
+  assert area.min() >= 0.0 and area.max() <= 0.4
+
+
+def test_cutmix_boxes_reject_bad_ranges():
+  with pytest.raises(ValueError, match="aspect_range"):
+    masks.cutmix_boxes(jax.random.PRNGKey(0), (2, 8, 8), aspect_range=(0.0, 1.0))
+  with pytest.raises(ValueError):
+    masks.cutmix_boxes(jax.random.PRNGKey(0), (2, 8, 8), area_range=(0.5, 0.2))
