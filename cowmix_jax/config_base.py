@@ -138,7 +138,8 @@ def get_model_config(**overrides) -> ml_collections.ConfigDict:
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # One of: supervised, aug, ict, cutout, cutmix, cowout, cowmix.
+  # One of: supervised, aug, ict, cutout, cutmix, cowout, cowmix (mean teacher, the
+  # paper's), fixmatch, unimatch (hard pseudo-labels on strong views, docs/METHODS.md).
   config.method = "cowmix"
 
   config.num_train_steps = 1000
@@ -151,7 +152,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.lr_schedule = "constant"  # the paper; or cosine (decays to 0 at the last step)
   config.cons_weight = 10.0
   config.teacher_alpha = 0.99
-  config.consistency_loss = "mse_prob"  # or kl, mse_logit
+  # Where fixmatch and unimatch take their pseudo-labels: "student" (UniMatch V1: the
+  # student's own prediction on the weak view, no gradient), "ema" (UniMatch V2: the
+  # teacher, a moving average with decay min(1 - 1/(step + 1), teacher_alpha)), or
+  # "auto" (student for those two; the mean-teacher methods always learn from the
+  # teacher, with decay teacher_alpha, and accept only auto or ema).
+  config.teacher = "auto"
+  # fixmatch, unimatch: pixels whose pseudo-label has at least this probability count.
+  config.pseudo_label_threshold = 0.95
+  config.consistency_loss = "mse_prob"  # or kl, mse_logit, hard_ce (CE to the argmax)
   config.confidence = ml_collections.ConfigDict()
   config.confidence.threshold = 0.97
   config.confidence.mode = "batch"  # or pixel, none
@@ -168,6 +177,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mask.cutmix_p_range = (0.5, 0.5)
   config.mask.cutout_p_range = (0.0, 1.0)
   config.mask.ict_alpha = 0.1
+  # fixmatch, unimatch: how a strong view takes in a partner's strong view: "box"
+  # (UniMatch's CutMix: area and aspect ratio drawn from the two ranges below) or "cow"
+  # (cow masks with cow_sigma_range and cowmix_p_range); applied with mix_probability.
+  config.mask.mix = "box"
+  config.mask.mix_probability = 0.5
+  config.mask.box_area_range = (0.02, 0.4)  # of the crop
+  config.mask.box_aspect_range = (0.3, 1 / 0.3)  # height / width
+  # unimatch: view 2 always mixed with 1 - (view 1's mask), view 1 always with its mask.
+  config.mask.complementary = False
 
   config.aug_consistency = ml_collections.ConfigDict()
   config.aug_consistency.scale_range = (0.8, 1.25)

@@ -22,7 +22,8 @@ from cowmix_jax.data import splits
 from cowmix_jax.models import pretrained as pretrained_lib
 
 BATCH_KEYS = ("batch_size", "unlabelled_batch_size", "eval_batch_size")
-P_RANGE_KEYS = ("cowmix_p_range", "cowout_p_range", "cutmix_p_range", "cutout_p_range")
+P_RANGE_KEYS = ("cowmix_p_range", "cowout_p_range", "cutmix_p_range", "cutout_p_range",
+                "box_area_range")
 
 
 def shareable_batches(config: ml_collections.ConfigDict, devices: int) -> dict[str, int]:
@@ -80,6 +81,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "cons_weight": (0, INF, False),
     "teacher_alpha": (0, 1, False),
     "confidence.threshold": (0, 1, False),
+    "pseudo_label_threshold": (0, 1, False),
+    "mask.mix_probability": (0, 1, False),
     "log_every": (0, INF, False),
     "image_every": (0, INF, False),
     "checkpoint_every": (0, INF, False),
@@ -139,10 +142,16 @@ def _check_num_labelled(value) -> None:
 
 def _check_p_ranges(mask: ml_collections.ConfigDict) -> None:
   for key in P_RANGE_KEYS:
+    if key not in mask:
+      continue
     try:
       masks.check_p_range(tuple(mask[key]))
     except (ValueError, TypeError) as error:
       raise ValueError(f"config.mask.{key}={mask[key]!r}: {error}") from None
+  aspect = mask.get("box_aspect_range")
+  if aspect is not None and not (len(aspect) == 2 and 0 < aspect[0] <= aspect[1]):
+    raise ValueError(f"config.mask.box_aspect_range={aspect!r}: expected (low, high) "
+                     f"height / width ratios with 0 < low <= high")
 
 
 def cow_sigma_range(mask: ml_collections.ConfigDict) -> tuple[float, float] | None:
@@ -225,6 +234,7 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
   """Each check raises ValueError naming its key."""
   return [
       lambda: mixing.make_perturbation(config),
+      lambda: steps.pseudo_label_source(config),
       lambda: losses.CONSISTENCY_LOSSES.get(config.consistency_loss),
       lambda: losses.CONFIDENCE_MODES.get(config.confidence.mode),
       *_range_checks(config),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -53,10 +55,20 @@ def thresholded_cross_entropy(logits: jax.Array, pseudo_labels: jax.Array,
     scalar float32 (0 when no pixel is valid).
   """
   valid = valid.astype(jnp.float32)
-  per_pixel = optax.softmax_cross_entropy_with_integer_labels(
-      logits, pseudo_labels.astype(jnp.int32))
+  per_pixel = _hard_cross_entropy(logits, pseudo_labels)
   counted = (jax.lax.stop_gradient(confidence) >= threshold).astype(jnp.float32) * valid
   return jnp.sum(per_pixel * counted) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def pseudo_label_total(supervised: jax.Array, view_losses: Sequence[jax.Array],
+                       view_weights: Sequence[float], feature_loss: jax.Array | None = None,
+                       feature_weight: float = 0.0) -> jax.Array:
+  """UniMatch's total: ``(L_x + sum_v w_v L_s,v + w_fp L_fp) / 2`` (FixMatch: one view
+  of weight 1, no feature term)."""
+  total = supervised + sum(w * loss for w, loss in zip(view_weights, view_losses, strict=True))
+  if feature_loss is not None:
+    total = total + feature_weight * feature_loss
+  return total / 2.0
 
 
 def consistency_per_pixel(student_logits: jax.Array, target: jax.Array,
@@ -68,7 +80,8 @@ def consistency_per_pixel(student_logits: jax.Array, target: jax.Array,
     target: ``[N, H, W, C]`` teacher probabilities (``mse_prob``, ``kl``) or logits
       (``mse_logit``).
     kind: ``mse_prob`` (squared distance of softmax probabilities, summed over
-      classes: the paper's loss), ``kl`` (KL(target || student)) or ``mse_logit``.
+      classes: the paper's loss), ``kl`` (KL(target || student)), ``mse_logit`` or
+      ``hard_ce`` (cross-entropy against the target's argmax).
 
   Returns:
     ``[N, H, W]`` float32.
@@ -85,6 +98,18 @@ def _mse_prob(student_logits: jax.Array, target: jax.Array) -> jax.Array:
 def _kl(student_logits: jax.Array, target: jax.Array) -> jax.Array:
   log_student = jax.nn.log_softmax(student_logits)
   return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-12)) - log_student), axis=-1)
+
+
+def _hard_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """``[N, H, W]`` cross-entropy of ``logits [N, H, W, C]`` against class ids."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+
+
+@CONSISTENCY_LOSSES.register("hard_ce")
+def _hard_ce(student_logits: jax.Array, target: jax.Array) -> jax.Array:
+  """Cross-entropy against the target's argmax (a hard pseudo-label); with
+  ``config.confidence.mode=pixel`` only pixels at or above the threshold count."""
+  return _hard_cross_entropy(student_logits, jnp.argmax(target, axis=-1))
 
 
 @CONSISTENCY_LOSSES.register("mse_logit")

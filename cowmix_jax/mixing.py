@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cowmix_jax import masks
+from cowmix_jax import masks, strong_augment
+from cowmix_jax.models import input_normalisation
+from cowmix_jax.normalisation import from_unit_rgb, to_unit_rgb
 from cowmix_jax.registry import Registry
 
 # The random draws of one perturbation for a shard: arrays with the batch leading.
@@ -271,6 +273,82 @@ class Supervised(Perturbation):
     return teacher_output, jnp.ones(teacher_output.shape[:3], jnp.float32)
 
 
+# ------------------------------------------------------- FixMatch / UniMatch strong views
+
+
+class StrongViews(Perturbation):
+  """FixMatch's and UniMatch's perturbation: ``views`` strong views of each unlabelled
+  image, each with its own colour augmentation (``strong_augment``) and, with
+  probability ``mix_probability``, a mask (a CutMix box or a cow mask) through which the
+  matching strong view of a partner image is pasted in. The target is the pseudo-label
+  source's prediction on the weak view (the pipeline's image), mixed by the same masks.
+
+  With ``complementary`` (two views), view 2 is always mixed with ``1 - m`` where view 1
+  is with ``m`` (both always mixed): between them the partner shows on every pixel once.
+
+  Views are a second axis: ``inputs`` returns ``(weak [N, H, W, C], strong [N, V, H, W,
+  C])``, ``target`` ``([N, V, H, W, K], loss_mask [N, V, H, W])``. Masks are 0/1, so the
+  argmax and the maximum of a mixed prediction are the mixed argmax and maximum.
+
+  Attributes:
+    views: 1 (FixMatch) or 2 (UniMatch).
+    view_weights, feature_weight: the weights of each view's loss and of the
+      feature-perturbation loss (None: no such stream) in ``(L_x + sum) / 2``.
+  """
+
+  def __init__(self, sample_mask: MaskSampler, mask_kind: str, normalisation: str,
+               views: int, view_weights: tuple[float, ...],
+               feature_weight: float | None = None, mix_probability: float = 0.5,
+               complementary: bool = False):
+    if complementary and views != 2:
+      raise ValueError("config.mask.complementary needs two strong views (unimatch)")
+    self.sample_mask = sample_mask
+    self.mask_kind = mask_kind
+    self.normalisation = normalisation
+    self.views = views
+    self.view_weights = tuple(view_weights)
+    self.feature_weight = feature_weight
+    self.mix_probability = mix_probability
+    self.complementary = complementary
+
+  def _sample_masks(self, key: jax.Array, n: int, height: int, width: int) -> jax.Array:
+    """``[n, V, H, W]`` 0/1 masks, each applied with ``mix_probability`` (zeros when not),
+    or ``m`` and ``1 - m`` (always applied) when complementary."""
+    mask_key, apply_key = jax.random.split(key)
+    if self.complementary:
+      first = self.sample_mask(mask_key, (n, height, width))
+      return jnp.stack([first, 1.0 - first], axis=1)
+    drawn = self.sample_mask(mask_key, (n * self.views, height, width))
+    applied = jax.random.bernoulli(apply_key, self.mix_probability, (n * self.views,))
+    drawn = drawn * applied[:, None, None].astype(jnp.float32)
+    return drawn.reshape(n, self.views, height, width)
+
+  def sample(self, key: jax.Array, images: jax.Array) -> Draws:
+    """``mask [N, V, H, W]``, ``partner [N]`` (one partner for all views, as UniMatch's
+    mix image) and ``colour``: ``strong_augment.sample``'s draws, each ``[N, V, ...]``."""
+    n, height, width = images.shape[:3]
+    mask_key, partner_key, colour_key = jax.random.split(key, 3)
+    colour = strong_augment.sample(colour_key, n * self.views)
+    return {"mask": self._sample_masks(mask_key, n, height, width),
+            "partner": sample_partners(partner_key, n),
+            "colour": jax.tree.map(lambda x: x.reshape((n, self.views) + x.shape[1:]), colour)}
+
+  def inputs(self, images: jax.Array, draws: Draws) -> tuple[jax.Array, jax.Array]:
+    rgb = to_unit_rgb(images, self.normalisation)
+    views = []
+    for view in range(self.views):
+      colour = jax.tree.map(lambda x, v=view: x[:, v], draws["colour"])
+      strong = from_unit_rgb(strong_augment.apply(rgb, colour), self.normalisation)
+      views.append(mix(strong, strong[draws["partner"]], draws["mask"][:, view]))
+    return images, jnp.stack(views, axis=1)
+
+  def target(self, teacher_output: jax.Array, draws: Draws):
+    partner = teacher_output[draws["partner"]]
+    mixed = jnp.stack([mix(teacher_output, partner, draws["mask"][:, view])
+                       for view in range(self.views)], axis=1)
+    return mixed, jnp.ones(mixed.shape[:-1], jnp.float32)
+
+
 # ``@PERTURBATIONS.register("name")`` on a function ``config -> Perturbation``.
 PERTURBATIONS: Registry[Callable[[ml_collections.ConfigDict], Perturbation]] = Registry(
     "config.method", "perturbations")
@@ -309,6 +387,42 @@ def _cowout(config: ml_collections.ConfigDict) -> Perturbation:
 @PERTURBATIONS.register("cowmix")
 def _cowmix(config: ml_collections.ConfigDict) -> Perturbation:
   return Mix(cow_mask_sampler(config.mask, config.mask.cowmix_p_range), "cow")
+
+
+def _strong_view_mask(config: ml_collections.ConfigDict) -> tuple[MaskSampler, str]:
+  """``config.mask.mix``'s mask sampler and kind: UniMatch's CutMix boxes, or cow masks
+  with CowMix's settings (``cow_sigma_range`` at the training resolution,
+  ``cowmix_p_range``)."""
+  kind = config.mask.mix
+  if kind == "box":
+    return functools.partial(masks.cutmix_boxes,
+                             area_range=tuple(config.mask.box_area_range),
+                             aspect_range=tuple(config.mask.box_aspect_range)), "box"
+  if kind == "cow":
+    return cow_mask_sampler(config.mask, config.mask.cowmix_p_range), "cow"
+  raise ValueError(f"config.mask.mix={kind!r}: choose box (UniMatch's CutMix) or cow")
+
+
+@PERTURBATIONS.register("fixmatch")
+def _fixmatch(config: ml_collections.ConfigDict) -> Perturbation:
+  """FixMatch as UniMatch's baseline: one strong view, ``(L_x + L_s) / 2``."""
+  if config.mask.complementary:
+    raise ValueError("config.mask.complementary=True needs two strong views: use "
+                     "config.method=unimatch")
+  sample_mask, kind = _strong_view_mask(config)
+  return StrongViews(sample_mask, kind, input_normalisation(config.model), views=1,
+                     view_weights=(1.0,), mix_probability=config.mask.mix_probability)
+
+
+@PERTURBATIONS.register("unimatch")
+def _unimatch(config: ml_collections.ConfigDict) -> Perturbation:
+  """UniMatch V1: two strong views and the feature-perturbation stream,
+  ``(L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2``."""
+  sample_mask, kind = _strong_view_mask(config)
+  return StrongViews(sample_mask, kind, input_normalisation(config.model), views=2,
+                     view_weights=(0.25, 0.25), feature_weight=0.5,
+                     mix_probability=config.mask.mix_probability,
+                     complementary=config.mask.complementary)
 
 
 def make_perturbation(config: ml_collections.ConfigDict) -> Perturbation:

@@ -77,10 +77,47 @@ def check_bn_running_stats(model_config: ml_collections.ConfigDict) -> None:
                      f"expected one of {', '.join(BN_RUNNING_STATS)}")
 
 
-def _apply_student(model, params, batch_stats, images):
+def _apply_student(model, params, batch_stats, images, **kwargs):
   logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                train=True, mutable=["batch_stats"])
+                                train=True, mutable=["batch_stats"], **kwargs)
   return logits, updates.get("batch_stats", batch_stats)
+
+
+PSEUDO_LABEL_SOURCES = ("auto", "student", "ema")
+# fold_in data of the feature-dropout key: the step key's other children are device
+# indices, which never reach it.
+FEATURE_DROPOUT_STREAM = 2**31 - 1
+
+
+def pseudo_label_source(config: ml_collections.ConfigDict) -> str:
+  """``config.teacher`` resolved: ``student`` or ``ema`` for the methods with strong
+  views (auto: student, UniMatch V1), ``ema`` for the mean-teacher methods (which learn
+  from their teacher only). ValueError, naming the key, otherwise."""
+  teacher = config.teacher
+  if teacher not in PSEUDO_LABEL_SOURCES:
+    raise ValueError(f"config.teacher={teacher!r}: choose one of {PSEUDO_LABEL_SOURCES}")
+  try:
+    perturbation = mixing.make_perturbation(config)
+  except ValueError:  # reported by its own check
+    return "ema"
+  if isinstance(perturbation, mixing.StrongViews):
+    return "student" if teacher == "auto" else teacher
+  if teacher == "student":
+    raise ValueError(f"config.teacher=student: config.method={config.method} learns from "
+                     f"its mean teacher; only fixmatch and unimatch can take pseudo-labels "
+                     f"from the student (leave config.teacher=auto)")
+  return "ema"
+
+
+def teacher_decay(config: ml_collections.ConfigDict, step: jax.Array) -> float | jax.Array:
+  """The teacher's EMA decay at optimiser step ``step`` (0 for the first):
+  ``teacher_alpha`` (a Python float, as the mean-teacher runs always used); for fixmatch
+  and unimatch with ``config.teacher=ema``, UniMatch V2's warm-up
+  ``min(1 - 1 / (step + 1), teacher_alpha)``."""
+  uses_strong_views = isinstance(mixing.make_perturbation(config), mixing.StrongViews)
+  if uses_strong_views and pseudo_label_source(config) == "ema":
+    return jnp.minimum(1.0 - 1.0 / (step.astype(jnp.float32) + 1.0), config.teacher_alpha)
+  return config.teacher_alpha
 
 
 def _teacher_output(model, state: TrainState, images):
@@ -103,6 +140,8 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
   kind = config.consistency_loss
   check_bn_running_stats(config.model)
   running_stats_from = config.model.bn_running_stats
+  source = pseudo_label_source(config)
+  threshold = config.pseudo_label_threshold
 
   def unlabelled_term(params, batch_stats, state, batch, draws):
     teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], draws)
@@ -124,14 +163,58 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
     loss = losses.masked_consistency(student_logits, target, loss_mask, weight, kind)
     return loss, batch_stats, jnp.mean(weight)
 
+  def strong_view_term(params, batch_stats, state, batch, draws):
+    """FixMatch / UniMatch: ``(per-view losses, feature loss or None, batch_stats,
+    confident fraction)``; see ``losses.thresholded_cross_entropy``."""
+    weak = batch["unlabelled_image"]
+    _, strong = perturb_inputs(weak, draws)  # [N, V, H, W, C]
+    n, views = strong.shape[:2]
+    weak_logits = feature_logits = None
+    weak_stats = batch_stats
+    if perturbation.feature_weight is not None:
+      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step),
+                               FEATURE_DROPOUT_STREAM)
+      (weak_logits, feature_logits), weak_stats = _apply_student(
+          model, params, batch_stats, weak, feature_dropout_key=key)
+    elif source == "student":
+      weak_logits, weak_stats = _apply_student(model, params, batch_stats, weak)
+    pseudo = (jax.lax.stop_gradient(weak_logits) if source == "student"
+              else _teacher_output(model, state, weak))
+    probs = jax.nn.softmax(pseudo)
+    valid = batch.get("unlabelled_valid", jnp.ones(weak.shape[:3], jnp.float32))
+    target, _ = perturb_target(probs, draws)  # [N, V, H, W, K]
+    mixed_valid = perturb_target(valid[..., None], draws)[0][..., 0]  # [N, V, H, W]
+    strong_logits, strong_stats = _apply_student(
+        model, params, weak_stats, strong.reshape((n * views,) + strong.shape[2:]))
+    strong_logits = strong_logits.reshape((n, views) + strong_logits.shape[1:])
+    view_losses = [losses.thresholded_cross_entropy(
+        strong_logits[:, v], jnp.argmax(target[:, v], -1), jnp.max(target[:, v], -1),
+        mixed_valid[:, v], threshold) for v in range(views)]
+    feature_loss = None
+    if feature_logits is not None:
+      feature_loss = losses.thresholded_cross_entropy(
+          feature_logits, jnp.argmax(probs, -1), jnp.max(probs, -1), valid, threshold)
+    if running_stats_from == "both_passes":
+      batch_stats = strong_stats
+    confident = (jnp.max(probs, -1) >= threshold).astype(jnp.float32) * valid
+    fraction = jnp.sum(confident) / jnp.maximum(jnp.sum(valid), 1.0)
+    return view_losses, feature_loss, batch_stats, fraction
+
   def loss_fn(params, state, batch, draws):
     logits, batch_stats = _apply_student(model, params, state.batch_stats, batch["image"])
     supervised = losses.cross_entropy(logits, batch["label"])
     consistency = confidence = jnp.zeros((), jnp.float32)
-    if perturbation.uses_unlabelled:
-      consistency, batch_stats, confidence = unlabelled_term(
+    if isinstance(perturbation, mixing.StrongViews):
+      view_losses, feature_loss, batch_stats, confidence = strong_view_term(
           params, batch_stats, state, batch, draws)
-    total = supervised + config.cons_weight * consistency
+      total = losses.pseudo_label_total(supervised, view_losses, perturbation.view_weights,
+                                        feature_loss, perturbation.feature_weight or 0.0)
+      consistency = 2 * total - supervised  # the weighted unlabelled losses
+    else:
+      if perturbation.uses_unlabelled:
+        consistency, batch_stats, confidence = unlabelled_term(
+            params, batch_stats, state, batch, draws)
+      total = supervised + config.cons_weight * consistency
     aux = {"loss": total, "supervised_loss": supervised,
            "consistency_loss": consistency, "confidence": confidence}
     return total, (batch_stats, aux)
@@ -144,7 +227,7 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
                               params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     aux["grad_norm"] = optax.tree.norm(grads)
-    return update_teacher(new_state, config.teacher_alpha), aux
+    return update_teacher(new_state, teacher_decay(config, state.step)), aux
 
   return update
 

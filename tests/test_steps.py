@@ -4,8 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from cowmix_jax import evaluator, mixing, models, sharding, steps, train
+from cowmix_jax.models.feature_dropout import split_if_doubled, with_dropped_copy
 from cowmix_jax.state import create_train_state
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -30,9 +32,16 @@ def _host_copy(tree):
   return jax.tree.map(lambda x: np.array(x), tree)
 
 
-def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(tiny_config, synthetic_batch):
-  tiny_config.method = "cowmix"
+@pytest.mark.parametrize("method,mix", [
+    ("cowmix", "cow"), pytest.param("fixmatch", "box", marks=pytest.mark.slow),
+    ("unimatch", "cow")])
+def test_eight_devices_equal_one_device_for_the_same_batch_and_masks(method, mix, tiny_config,
+                                                                     synthetic_batch):
+  """Also for the strong views (colour draws on each device) and UniMatch's feature
+  dropout (drawn from one key for the whole batch)."""
+  tiny_config.method, tiny_config.mask.mix = method, mix
   tiny_config.confidence.mode = "none"  # keep the consistency term active from step 1
+  tiny_config.pseudo_label_threshold = 0.0
   model, tx, state = _setup(tiny_config)
   batch = synthetic_batch(tiny_config)
   mesh8, mesh1 = sharding.make_mesh(8), sharding.make_mesh(1)
@@ -79,6 +88,7 @@ def test_sharded_mask_generator_has_no_collectives(tiny_config):
 def test_every_method_trains_with_finite_losses(method, tiny_config, synthetic_batch):
   tiny_config.method = method
   tiny_config.confidence.mode = "none"
+  tiny_config.pseudo_label_threshold = 0.0  # every pixel counts from the first step
   model, tx, state = _setup(tiny_config)
   initial = _host_copy(state.params)
   mesh = sharding.make_mesh(2)
@@ -252,3 +262,114 @@ def test_logits_are_resized_to_full_resolution_labels(tiny_config):
   predictions = _bilinear_upsample_numpy(small, 2).argmax(-1)
   expected = np.bincount(6 * labels.ravel() + predictions.ravel(), minlength=36).reshape(6, 6)
   np.testing.assert_array_equal(confusion, expected)
+
+
+class _LinearHead(nn.Module):
+  """Logits = a 1x1 convolution of the input: every logit of a pass is known in numpy.
+  With a feature_dropout_key the input itself is the "feature map" that is dropped."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train=False, feature_dropout_key=None):
+    if feature_dropout_key is not None:
+      x = with_dropped_copy({"x": x}, feature_dropout_key, ("x",))["x"]
+    logits = nn.Dense(self.num_classes)(x)
+    return split_if_doubled(logits, feature_dropout_key is not None)
+
+
+def _softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _ce(logits, labels):
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  return -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+
+
+def _unimatch_loss_numpy(method, weights, x, y, weak, valid, strong_unmixed, boxes, partner,
+                         dropped, threshold):
+  """One step's loss transcribed from UniMatch's unimatch.py / fixmatch.py with numpy:
+  the student's weak prediction (no gradient) gives conf_u_w and mask_u_w; each strong
+  view pastes the mix image's strong view and pseudo-labels where its box is 1; each
+  unlabelled loss is CE * ((conf >= thresh) & (ignore != 255)), summed and divided by
+  the count of (ignore != 255)."""
+  w, b = weights
+
+  def head(images):
+    return images @ w + b
+
+  loss_x = _ce(head(x), y).mean()
+  pred_u_w = head(weak)
+  conf_u_w, mask_u_w = _softmax(pred_u_w).max(-1), pred_u_w.argmax(-1)
+  view_losses = []
+  for view in range(strong_unmixed.shape[1]):
+    box = boxes[:, view] == 1
+    img = strong_unmixed[:, view].copy()
+    img[box] = strong_unmixed[partner, view][box]
+    mask_cutmixed, conf_cutmixed, ignore_cutmixed = mask_u_w.copy(), conf_u_w.copy(), valid.copy()
+    mask_cutmixed[box] = mask_u_w[partner][box]
+    conf_cutmixed[box] = conf_u_w[partner][box]
+    ignore_cutmixed[box] = valid[partner][box]
+    loss = _ce(head(img), mask_cutmixed) * ((conf_cutmixed >= threshold) & (ignore_cutmixed == 1))
+    view_losses.append(loss.sum() / (ignore_cutmixed == 1).sum())
+  if method == "fixmatch":
+    return (loss_x + view_losses[0]) / 2.0
+  loss_fp = _ce(head(dropped), mask_u_w) * ((conf_u_w >= threshold) & (valid == 1))
+  loss_fp = loss_fp.sum() / (valid == 1).sum()
+  return (loss_x + 0.25 * view_losses[0] + 0.25 * view_losses[1] + 0.5 * loss_fp) / 2.0
+
+
+@pytest.mark.parametrize("method,mix,complementary", [
+    ("fixmatch", "box", False), pytest.param("fixmatch", "cow", False, marks=pytest.mark.slow),
+    pytest.param("unimatch", "box", False, marks=pytest.mark.slow),
+    pytest.param("unimatch", "cow", False, marks=pytest.mark.slow), ("unimatch", "cow", True)])
+def test_strong_view_loss_equals_unimatchs_loss_in_numpy(method, mix, complementary,
+                                                          tiny_config, synthetic_batch):
+  """The step's loss on a linear head (logits known in numpy), with padding in the weak
+  views, equals UniMatch's loss transcribed with numpy, to 1e-6."""
+  from cowmix_jax import strong_augment
+  from cowmix_jax.models.feature_dropout import drop_channels
+
+  config = tiny_config
+  config.method, config.mask.mix, config.mask.complementary = method, mix, complementary
+  config.pseudo_label_threshold = 0.6
+  config.mask.mix_probability = 0.7
+  model = _LinearHead(6)
+  batch = synthetic_batch(config)
+  valid = np.ones(batch["unlabelled_valid"].shape, np.float32)
+  valid[::3, -7:] = 0  # padded rows at the bottom of every third crop
+  batch["unlabelled_valid"] = valid
+  tx = train.make_optimizer(config)
+  state = create_train_state(model, tx, jax.random.PRNGKey(3), (1, 32, 32, 3))
+  # Logits spread enough that some pixels pass the threshold and some do not.
+  state = state.replace(params=jax.tree.map(lambda p: 6 * p, state.params))
+  mesh = sharding.make_mesh(1)
+  perturbation = mixing.make_perturbation(config)
+  sample, _, _ = steps.make_perturbation_fns(perturbation, mesh)
+  draws = _host_copy(sample(jax.random.PRNGKey(4), batch["unlabelled_image"]))
+  _, aux = jax.jit(steps.make_update_fn(model, tx, config, mesh))(state, batch, draws)
+
+  weak = batch["unlabelled_image"]
+  rgb = weak * 0.25 + 0.5  # the "grey" normalisation
+  views = 2 if method == "unimatch" else 1
+  strong_unmixed = np.stack([(np.asarray(strong_augment.apply(
+      rgb, {k: v[:, view] for k, v in draws["colour"].items()})) - 0.5) / 0.25
+      for view in range(views)], axis=1)
+  key = jax.random.fold_in(jax.random.fold_in(state.key, state.step),
+                           steps.FEATURE_DROPOUT_STREAM)
+  dropped = np.asarray(drop_channels({"x": jnp.asarray(weak)}, key)["x"])
+  params = state.params["Dense_0"]
+  expected = _unimatch_loss_numpy(
+      method, (np.asarray(params["kernel"]), np.asarray(params["bias"])), batch["image"],
+      batch["label"], weak, valid, strong_unmixed, draws["mask"], draws["partner"], dropped,
+      config.pseudo_label_threshold)
+  assert float(aux["loss"]) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+  masks = draws["mask"]
+  assert set(np.unique(masks)) == {0.0, 1.0}
+  if complementary:
+    np.testing.assert_array_equal(masks[:, 1], 1 - masks[:, 0])
+  counted = float(aux["confidence"])
+  assert 0.05 < counted < 0.95, "the threshold should split the pixels"
