@@ -8,6 +8,8 @@ from scipy import ndimage
 
 from cowmix_jax import mixing
 
+from conftest import make_tiny_config
+
 
 def _perturbation(config, method):
   config.method = method
@@ -112,3 +114,51 @@ def test_unknown_method_lists_choices():
   with pytest.raises(ValueError, match="cowmix"):
     mixing.PERTURBATIONS.get("mixup")
 
+
+
+def _strong_views(config, method, mix, **mask_settings):
+  config.mask.mix = mix
+  for key, value in mask_settings.items():
+    config.mask[key] = value
+  return _perturbation(config, method)
+
+
+@pytest.mark.parametrize("mix", ["box", "cow"])
+def test_strong_view_masks_are_applied_with_the_mix_probability(mix, tiny_config):
+  """Over 4,000 views, the share of views with a mask is mix_probability (binomial, 5
+  SE); drawn masks are 0/1 and of the kind asked: UniMatch boxes cover 2-40% of the
+  crop, cow masks CowMix's proportion (cowmix_p_range (0.5, 0.5): 0.5 on average)."""
+  perturbation = _strong_views(tiny_config, "unimatch", mix, mix_probability=0.3)
+  images = np.zeros((2000, 32, 32, 3), np.float32)
+  masks = np.asarray(perturbation.sample(jax.random.PRNGKey(0), images)["mask"])
+  assert masks.shape == (2000, 2, 32, 32) and set(np.unique(masks)) == {0.0, 1.0}
+  area = masks.mean(axis=(2, 3)).ravel()
+  applied = area > 0
+  assert abs(applied.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / applied.size)
+  if mix == "box":
+    assert area[applied].min() >= 0.01 and area[applied].max() <= 0.4
+  else:
+    assert abs(area[applied].mean() - 0.5) < 0.02
+  # The two views of an image draw their masks independently.
+  assert not np.array_equal(masks[:, 0], masks[:, 1])
+
+
+def test_complementary_views_split_every_pixel_between_image_and_partner(tiny_config):
+  """View 2 takes 1 - m where view 1 takes m, both always mixed: together they show
+  the partner on every pixel once. One partner for both views, not the image itself."""
+  perturbation = _strong_views(tiny_config, "unimatch", "cow", complementary=True)
+  images = _images(n=64)
+  draws = perturbation.sample(jax.random.PRNGKey(1), images)
+  masks = np.asarray(draws["mask"])
+  np.testing.assert_array_equal(masks[:, 0] + masks[:, 1], 1.0)
+  assert (masks[:, 0].mean(axis=(1, 2)) > 0).all()
+  assert (np.asarray(draws["partner"]) != np.arange(64)).all()
+  _, strong = perturbation.inputs(images, draws)
+  assert strong.shape == (64, 2, 32, 32, 3)
+
+
+def test_strong_view_settings_that_cannot_work_name_the_key(tiny_config):
+  with pytest.raises(ValueError, match="config.mask.mix='circle'"):
+    _strong_views(tiny_config, "fixmatch", "circle")
+  with pytest.raises(ValueError, match="config.mask.complementary.*unimatch"):
+    _strong_views(make_tiny_config(), "fixmatch", "cow", complementary=True)

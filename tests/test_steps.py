@@ -373,3 +373,38 @@ def test_strong_view_loss_equals_unimatchs_loss_in_numpy(method, mix, complement
     np.testing.assert_array_equal(masks[:, 1], 1 - masks[:, 0])
   counted = float(aux["confidence"])
   assert 0.05 < counted < 0.95, "the threshold should split the pixels"
+
+
+def test_pseudo_label_source_follows_config_teacher(tiny_config):
+  tiny_config.method = "fixmatch"
+  assert steps.pseudo_label_source(tiny_config) == "student"  # auto: UniMatch V1
+  tiny_config.teacher = "ema"
+  assert steps.pseudo_label_source(tiny_config) == "ema"
+  tiny_config.method, tiny_config.teacher = "cowmix", "auto"
+  assert steps.pseudo_label_source(tiny_config) == "ema"
+  tiny_config.teacher = "student"
+  with pytest.raises(ValueError, match="config.teacher=student: config.method=cowmix"):
+    steps.pseudo_label_source(tiny_config)
+  tiny_config.teacher = "mean"
+  with pytest.raises(ValueError, match="config.teacher='mean'"):
+    steps.pseudo_label_source(tiny_config)
+
+
+def test_ema_teacher_of_strong_view_methods_warms_up_as_unimatch_v2(tiny_config,
+                                                                    synthetic_batch):
+  """decay = min(1 - 1/(t + 1), teacher_alpha): 0 at the first step (the teacher becomes
+  the student), 0.5 at the second; the mean-teacher methods keep teacher_alpha."""
+  tiny_config.method, tiny_config.teacher, tiny_config.teacher_alpha = "fixmatch", "ema", 0.996
+  decays = [float(steps.teacher_decay(tiny_config, jnp.asarray(t))) for t in (0, 1, 9, 10**4)]
+  np.testing.assert_allclose(decays, [0.0, 0.5, 0.9, 0.996], rtol=1e-6)
+  model, tx, state = _setup(tiny_config)
+  mesh = sharding.make_mesh(1)
+  train_step = steps.make_train_step(model, tx, tiny_config, mesh)
+  batch = jax.device_put(synthetic_batch(tiny_config), sharding.batch_sharded(mesh))
+  state, _ = train_step(jax.device_put(state, sharding.replicated(mesh)), batch)
+  for student, teacher in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.teacher_params)):
+    np.testing.assert_array_equal(student, teacher)
+  tiny_config.method = "cowmix"
+  assert steps.teacher_decay(tiny_config, jnp.asarray(0)) == 0.996
+  tiny_config.method, tiny_config.teacher = "fixmatch", "student"
+  assert steps.teacher_decay(tiny_config, jnp.asarray(0)) == 0.996
