@@ -121,31 +121,49 @@ def _grey(values: np.ndarray) -> np.ndarray:
   return np.repeat((np.clip(values, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def _unlabelled_pictures(visuals: dict[str, np.ndarray], palette, normalisation: str,
+                         n: int, suffix: str = "") -> dict[str, np.ndarray]:
+  """The student's input, target, prediction, loss mask (and mask) of one view."""
+  out = {
+      f"unlabelled/student_input{suffix}": denormalise(visuals["student_input"][:n],
+                                                       normalisation),
+      f"unlabelled/teacher_target{suffix}": colourise(visuals["teacher_target"][:n], palette),
+      f"unlabelled/student_prediction{suffix}": colourise(visuals["student_prediction"][:n],
+                                                          palette),
+      f"unlabelled/loss_mask{suffix}": _grey(visuals["loss_mask"][:n]),
+  }
+  mask = visuals.get("mask")
+  if mask is not None and mask.shape == visuals["loss_mask"].shape:
+    out[f"unlabelled/mask{suffix}"] = _grey(mask[:n])
+  return out
+
+
 def visual_summaries(visuals: dict[str, np.ndarray], batch: dict[str, np.ndarray],
                      palette: Sequence[Sequence[int]], normalisation: str,
                      max_images: int = 4) -> dict[str, np.ndarray]:
   """TensorBoard images (uint8 ``[N, H, W, 3]``) from ``steps.make_visualise_fn``'s
   output: the labelled images, their ground truth and the teacher's prediction; the
   unlabelled images, the masks, the student's (mixed) inputs, the teacher's targets and
-  the student's predictions, coloured with the dataset palette."""
+  the student's predictions, coloured with the dataset palette. Visuals with a views
+  axis (fixmatch, unimatch: ``student_input [N, V, H, W, 3]``) give one set per view,
+  named ``..._view1``, ``..._view2``: the strong views, their masks, pseudo-labels and
+  the pixels above the threshold (``loss_mask``); ``unlabelled/image`` is the weak view."""
   n = max_images
   out = {
       "labelled/image": denormalise(batch["image"][:n], normalisation),
       "labelled/ground_truth": colourise(visuals["label"][:n], palette),
       "labelled/teacher_prediction": colourise(visuals["teacher_prediction"][:n], palette),
   }
-  if "student_input" in visuals:
-    out.update({
-        "unlabelled/image": denormalise(batch["unlabelled_image"][:n], normalisation),
-        "unlabelled/student_input": denormalise(visuals["student_input"][:n], normalisation),
-        "unlabelled/teacher_target": colourise(visuals["teacher_target"][:n], palette),
-        "unlabelled/student_prediction": colourise(visuals["student_prediction"][:n],
-                                                   palette),
-        "unlabelled/loss_mask": _grey(visuals["loss_mask"][:n]),
-    })
-    mask = visuals.get("mask")
-    if mask is not None and mask.shape == visuals["loss_mask"].shape:
-      out["unlabelled/mask"] = _grey(mask[:n])
+  if "student_input" not in visuals:
+    return out
+  out["unlabelled/image"] = denormalise(batch["unlabelled_image"][:n], normalisation)
+  unlabelled = {k: v for k, v in visuals.items() if k not in ("label", "teacher_prediction")}
+  if visuals["student_input"].ndim == 4:
+    out.update(_unlabelled_pictures(unlabelled, palette, normalisation, n))
+    return out
+  for view in range(visuals["student_input"].shape[1]):
+    one = {k: v[:, view] for k, v in unlabelled.items()}
+    out.update(_unlabelled_pictures(one, palette, normalisation, n, f"_view{view + 1}"))
   return out
 
 

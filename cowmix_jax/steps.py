@@ -262,25 +262,44 @@ def make_visualise_fn(model: nn.Module, config: ml_collections.ConfigDict,
   (same key). Returns ``label`` and ``teacher_prediction`` ``[B, H, W]`` int32 of the
   labelled images and, for methods with an unlabelled term, ``student_input [Bu, H, W,
   3]``, ``teacher_target`` and ``student_prediction`` ``[Bu, H, W]`` int32 (argmax),
-  ``loss_mask [Bu, H, W]`` and, for mask-based methods, ``mask [Bu, H, W]``.
+  ``loss_mask [Bu, H, W]`` and, for mask-based methods, ``mask [Bu, H, W]``. For
+  fixmatch and unimatch each of these has a views axis after the batch (``[Bu, V,
+  ...]``): the strong views, their mixed pseudo-labels, the pixels that pass the
+  threshold as ``loss_mask``; a student source is shown in evaluation mode.
   """
   perturbation = mixing.make_perturbation(config)
   sample, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, mesh)
+  strong_views = isinstance(perturbation, mixing.StrongViews)
+  source = pseudo_label_source(config)
+
+  def student_output(state, images):
+    return model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                       images, train=False)
+
+  def unlabelled_visuals(state, batch):
+    draws = sample(jax.random.fold_in(state.key, state.step), batch["unlabelled_image"])
+    teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], draws)
+    pseudo = (student_output(state, teacher_input) if strong_views and source == "student"
+              else _teacher_output(model, state, teacher_input))
+    target, loss_mask = perturb_target(jax.nn.softmax(pseudo), draws)
+    flat = student_input.reshape((-1,) + student_input.shape[-3:])
+    student_logits = student_output(state, flat).reshape(target.shape)
+    if strong_views:
+      valid = batch.get("unlabelled_valid", jnp.ones(teacher_input.shape[:3], jnp.float32))
+      mixed_valid = perturb_target(valid[..., None], draws)[0][..., 0]
+      confident = jnp.max(target, -1) >= config.pseudo_label_threshold
+      loss_mask = confident.astype(jnp.float32) * mixed_valid
+    out = {"student_input": student_input, "teacher_target": jnp.argmax(target, -1),
+           "student_prediction": jnp.argmax(student_logits, -1), "loss_mask": loss_mask}
+    if "mask" in draws:
+      out["mask"] = draws["mask"]
+    return out
 
   def visualise(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     out = {"label": batch["label"],
            "teacher_prediction": jnp.argmax(_teacher_output(model, state, batch["image"]), -1)}
     if perturbation.uses_unlabelled:
-      draws = sample(jax.random.fold_in(state.key, state.step), batch["unlabelled_image"])
-      teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], draws)
-      target, loss_mask = perturb_target(
-          jax.nn.softmax(_teacher_output(model, state, teacher_input)), draws)
-      student_logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                                   student_input, train=False)
-      out.update(student_input=student_input, teacher_target=jnp.argmax(target, -1),
-                 student_prediction=jnp.argmax(student_logits, -1), loss_mask=loss_mask)
-      if "mask" in draws:
-        out["mask"] = draws["mask"]
+      out.update(unlabelled_visuals(state, batch))
     return out
 
   return jax.jit(visualise, in_shardings=(replicated(mesh), batch_sharded(mesh)),

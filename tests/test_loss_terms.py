@@ -49,3 +49,16 @@ def test_a_run_without_loss_terms_or_config_is_named(tmp_path):
     loss_terms.loss_terms(str(run), windows=2)
   with pytest.raises(SystemExit, match="config.json does not exist"):
     loss_terms.loss_terms(str(tmp_path / "missing"), windows=2)
+
+
+def test_strong_view_methods_log_their_unlabelled_losses_already_weighted(tmp_path):
+  """fixmatch and unimatch log the weighted sum of their unlabelled losses: cons_weight
+  (a mean-teacher key) does not multiply it."""
+  run = tmp_path / "unimatch_seed0"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"cons_weight": 10.0, "method": "unimatch"}))
+  (run / "metrics.jsonl").write_text(json.dumps(
+      {"step": 5, "supervised_loss": 0.3, "consistency_loss": 0.1, "confidence": 0.5}) + "\n")
+  (row,) = loss_terms.loss_terms(str(run), windows=1)
+  assert row["weighted_consistency"] == pytest.approx(0.1)
+  assert row["consistency_share"] == pytest.approx(0.1 / 0.4)

@@ -408,3 +408,32 @@ def test_ema_teacher_of_strong_view_methods_warms_up_as_unimatch_v2(tiny_config,
   assert steps.teacher_decay(tiny_config, jnp.asarray(0)) == 0.996
   tiny_config.method, tiny_config.teacher = "fixmatch", "student"
   assert steps.teacher_decay(tiny_config, jnp.asarray(0)) == 0.996
+
+
+def test_visualise_shows_each_strong_view_with_its_mask_and_pseudo_labels(tiny_config,
+                                                                          synthetic_batch):
+  """unimatch with complementary cow masks: one picture set per view; each pixel shows
+  the image's own pseudo-label in exactly one view, and those equal the argmax of the
+  student's prediction on the weak view (the V1 source, in evaluation mode)."""
+  from cowmix_jax import reporting
+
+  tiny_config.method, tiny_config.mask.mix, tiny_config.mask.complementary = (
+      "unimatch", "cow", True)
+  model, _, state = _setup(tiny_config)
+  mesh = sharding.make_mesh(1)
+  batch = synthetic_batch(tiny_config)
+  visuals = _host_copy(steps.make_visualise_fn(model, tiny_config, mesh)(state, batch))
+  assert visuals["student_input"].shape == (16, 2, 32, 32, 3)
+  masks, targets = visuals["mask"], visuals["teacher_target"]
+  np.testing.assert_array_equal(masks[:, 0] + masks[:, 1], 1.0)
+  own = np.where(masks[:, 0] == 0, targets[:, 0], targets[:, 1])
+  weak = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                     batch["unlabelled_image"], train=False)
+  np.testing.assert_array_equal(own, np.argmax(np.asarray(weak), -1))
+  pictures = reporting.visual_summaries(visuals, batch, reporting.default_palette(6), "grey")
+  per_view = ["student_input", "teacher_target", "student_prediction", "loss_mask", "mask"]
+  expected = {"labelled/image", "labelled/ground_truth", "labelled/teacher_prediction",
+              "unlabelled/image"} | {f"unlabelled/{name}_view{v}" for name in per_view
+                                     for v in (1, 2)}
+  assert set(pictures) == expected
+  assert pictures["unlabelled/mask_view1"].shape == (4, 32, 32, 3)

@@ -23,25 +23,26 @@ from conftest import REPO, num_classes_of_run, tiny_flags
 FLAGS = tiny_flags({"num_train_steps": "8", "checkpoint_every": "2", "log_every": "1"})
 
 
-def _command(workdir):
+def _command(workdir, extra=()):
   return [sys.executable, "-m", "cowmix_jax.main", "--config=configs/synthetic.py",
-          f"--workdir={workdir}", f"--config.data.data_dir={workdir.parent / 'tfds'}", *FLAGS]
+          f"--workdir={workdir}", f"--config.data.data_dir={workdir.parent / 'tfds'}", *FLAGS,
+          *extra]
 
 
 def _env():
   return dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 
 
-def _run(workdir):
-  out = subprocess.run(_command(workdir), cwd=REPO, env=_env(), capture_output=True,
+def _run(workdir, extra=()):
+  out = subprocess.run(_command(workdir, extra), cwd=REPO, env=_env(), capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   return out
 
 
-def _run_until(workdir, pattern, send):
+def _run_until(workdir, pattern, send, extra=()):
   """Starts a run, and sends ``send`` to it once a log line matches ``pattern``."""
-  process = subprocess.Popen(_command(workdir), cwd=REPO, env=_env(), text=True,
+  process = subprocess.Popen(_command(workdir, extra), cwd=REPO, env=_env(), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   log = []
   for line in process.stderr:
@@ -69,25 +70,30 @@ def _assert_same_state(a, b):
 
 
 @pytest.mark.slow  # minutes of CPU: run by .ci/run after the default suite
-def test_killed_or_preempted_runs_resume_to_the_uninterrupted_state(tmp_path, tiny_config):
+@pytest.mark.parametrize("extra", [(), ("--config.method=unimatch", "--config.teacher=ema",
+                                        "--config.mask.mix=cow")], ids=["cowmix", "unimatch"])
+def test_killed_or_preempted_runs_resume_to_the_uninterrupted_state(tmp_path, tiny_config,
+                                                                    extra):
+  """Also for UniMatch with its EMA teacher (strong views, feature dropout, the
+  teacher's warm-up all follow the step)."""
   tiny_config.model.width = 4
-  _run(tmp_path / "straight")
+  _run(tmp_path / "straight", extra)
   reference = _final_state(tmp_path / "straight", tiny_config)
 
   # SIGKILL in the middle: no chance to save; the restart resumes from the last save.
-  code, log = _run_until(tmp_path / "killed", r"step 5/8", signal.SIGKILL)
+  code, log = _run_until(tmp_path / "killed", r"step 5/8", signal.SIGKILL, extra)
   assert code == -signal.SIGKILL, log[-2000:]
-  resumed = _run(tmp_path / "killed")
+  resumed = _run(tmp_path / "killed", extra)
   assert re.search(r"Resuming from the checkpoint at step [24]", resumed.stderr)
   _assert_same_state(_final_state(tmp_path / "killed", tiny_config), reference)
 
   # SIGTERM (preemption): a checkpoint is written at once, then the restart goes on.
-  code, log = _run_until(tmp_path / "preempted", r"step 3/8", signal.SIGTERM)
+  code, log = _run_until(tmp_path / "preempted", r"step 3/8", signal.SIGTERM, extra)
   assert code == 0 and "by SIGTERM; rerun the same command" in log, log[-2000:]
   stopped = int(re.search(r"Stopped at step (\d+) by SIGTERM", log)[1])
   with Checkpointer(str(tmp_path / "preempted")) as checkpointer:
     assert stopped in checkpointer.latest.all_steps()
-  resumed = _run(tmp_path / "preempted")
+  resumed = _run(tmp_path / "preempted", extra)
   assert f"Resuming from the checkpoint at step {stopped}" in resumed.stderr
   _assert_same_state(_final_state(tmp_path / "preempted", tiny_config), reference)
   results = [json.loads((tmp_path / name / "results.json").read_text())

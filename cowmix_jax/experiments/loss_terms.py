@@ -7,7 +7,10 @@ python -m cowmix_jax.experiments.loss_terms runs/camvid_lite0/cowmix_seed3 \\
 Reads each workdir's metrics.jsonl and config.json (no checkpoint, no data). For each
 window of the run's logged steps it prints the mean supervised loss, the consistency
 term as it enters the loss (``cons_weight`` x the logged consistency loss, which already
-carries the confidence weight), the mean confidence weight, and the consistency term's
+carries the confidence weight; for fixmatch and unimatch the logged term is already the
+weighted sum of the unlabelled losses, and the loss is half of it plus half the
+supervised one, so the shares compare alike), the mean confidence weight (there: the
+share of pixels whose pseudo-label passes the threshold), and the consistency term's
 share of the loss. Used in docs/RESULTS.md to compare CowMix's pull toward the teacher
 with the other perturbations'.
 """
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from cowmix_jax import checkpoints, cli, metrics_file
+from cowmix_jax import checkpoints, cli, metrics_file, mixing
 
 TERMS = ("supervised_loss", "consistency_loss", "confidence")
 
@@ -57,9 +60,12 @@ def loss_terms(workdir: str, windows: int) -> list[dict]:
   (``cons_weight`` x the consistency loss) and ``consistency_share`` (its share of the
   supervised plus weighted consistency loss) added."""
   try:
-    cons_weight = float(checkpoints.load_config(workdir).cons_weight)
+    config = checkpoints.load_config(workdir)
   except (FileNotFoundError, ValueError) as error:
     raise SystemExit(str(error)) from None
+  # Strong-view methods (fixmatch, unimatch) log their unlabelled losses weighted.
+  strong_views = isinstance(mixing.make_perturbation(config), mixing.StrongViews)
+  cons_weight = 1.0 if strong_views else float(config.cons_weight)
   rows = window_means(metrics_file.read_metrics(workdir), TERMS, windows)
   if not rows:
     raise SystemExit(f"{workdir}: its metrics.jsonl has no steps logging {', '.join(TERMS)}")
