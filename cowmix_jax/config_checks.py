@@ -148,6 +148,9 @@ def _check_p_ranges(mask: ml_collections.ConfigDict) -> None:
       masks.check_p_range(tuple(mask[key]))
     except (ValueError, TypeError) as error:
       raise ValueError(f"config.mask.{key}={mask[key]!r}: {error}") from None
+
+
+def _check_aspect_range(mask: ml_collections.ConfigDict) -> None:
   aspect = mask.get("box_aspect_range")
   if aspect is not None and not (len(aspect) == 2 and 0 < aspect[0] <= aspect[1]):
     raise ValueError(f"config.mask.box_aspect_range={aspect!r}: expected (low, high) "
@@ -239,6 +242,7 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
       lambda: losses.CONFIDENCE_MODES.get(config.confidence.mode),
       *_range_checks(config),
       lambda: _check_p_ranges(config.mask),
+      lambda: _check_aspect_range(config.mask),
       lambda: _check_sigma_range(config.mask),
       lambda: models.MODELS.get(config.model.name),
       lambda: models.check_encoder(config.model),

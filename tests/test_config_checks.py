@@ -202,3 +202,33 @@ def test_auto_batches_and_downscale_fit_the_machine(monkeypatch):
   config_checks.numbers_given_to_auto_fields(config)
   config_checks.resolve_batches(config, "cpu")
   assert (config.batch_size, config.unlabelled_batch_size, config.data.downscale) == (6, 2, 2)
+
+
+def test_bad_strong_view_settings_are_named_before_any_work(tiny_config):
+  tiny_config.method = "unimatch"
+  tiny_config.teacher = "mean"
+  tiny_config.pseudo_label_threshold = 1.5
+  tiny_config.mask.mix = "circle"
+  tiny_config.mask.mix_probability = -0.1
+  tiny_config.mask.box_area_range = (0.4, 0.02)
+  tiny_config.mask.box_aspect_range = (0.0, 3.0)
+  with pytest.raises(ValueError) as error:
+    config_checks.validate_config(tiny_config, device_count=1)
+  text = str(error.value)
+  for start in ("config.mask.mix='circle': choose box", "config.teacher='mean': choose one",
+                "config.pseudo_label_threshold=1.5 must be in [0, 1]",
+                "config.mask.mix_probability=-0.1 must be in [0, 1]",
+                "config.mask.box_area_range=(0.4, 0.02)",
+                "config.mask.box_aspect_range=(0.0, 3.0)"):
+    assert f"  - {start}" in text, (start, text)
+  assert text.splitlines()[0] == "6 settings cannot work:"
+
+
+def test_strong_view_only_settings_on_other_methods_are_refused(tiny_config):
+  tiny_config.teacher = "student"  # cowmix learns from its mean teacher
+  with pytest.raises(ValueError, match="config.teacher=student: config.method=cowmix"):
+    config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.teacher, tiny_config.method = "auto", "fixmatch"
+  tiny_config.mask.complementary = True
+  with pytest.raises(ValueError, match="complementary=True needs two strong views"):
+    config_checks.validate_config(tiny_config, device_count=1)

@@ -48,6 +48,9 @@ def _same(documented: str, value) -> bool:
   parsed = ast.literal_eval(documented.strip("`"))
   if isinstance(value, float) and isinstance(parsed, (int, float)):
     return math.isclose(parsed, value, rel_tol=1e-3)  # a rounded default (log 1.1)
+  if (isinstance(value, tuple) and isinstance(parsed, tuple) and len(value) == len(parsed)
+      and any(isinstance(v, float) for v in value)):  # rounded members (1 / 0.3)
+    return all(_same(repr(p), v) for p, v in zip(parsed, value))
   return parsed == value and type(parsed) is type(value)
 
 
