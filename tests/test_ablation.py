@@ -61,7 +61,9 @@ def test_each_method_trains_for_its_paper_length_times_one_factor():
     flags[method] = float(epochs[0].split("=")[1])
   assert flags == pytest.approx({"supervised": 12, "aug": 2, "ict": 12, "cutout": 12,
                                  "cutmix": 4, "cutmix_random_area": 4, "cowout": 12,
-                                 "cowout_100ep": 4, "cowmix": 12, "all_labels": 12})
+                                 "cowout_100ep": 4, "cowmix": 12, "all_labels": 12,
+                                 "fixmatch_box": 12, "fixmatch_cow": 12, "unimatch_box": 12,
+                                 "unimatch_cow": 12, "unimatch_cow_complementary": 12})
   # The length comes before the common overrides, so --set num_epochs=... still wins.
   command = ablation.train_command(ablation.Run("cowout_100ep", 1), "c.py", "/w",
                                    [("num_epochs", "1")], 0.04)
@@ -742,3 +744,28 @@ def test_table_at_both_lengths_takes_each_column_from_the_right_runs():
   assert rows["cowout"][2:5] == rows["cowout"][5:8] and rows["cowout"][1] == "12"
   assert rows["cowout_100ep"][1] == "4" and rows["cowout_100ep"][5:] == ["", "", ""]
   assert rows["aug"][1:4] == ["2", "1", "35.00"] and rows["aug"][5:] == ["", "", ""]
+
+
+@pytest.mark.parametrize("column", ["fixmatch_box", "fixmatch_cow", "unimatch_box",
+                                    "unimatch_cow", "unimatch_cow_complementary"])
+def test_strong_view_columns_make_configs_that_pass_the_start_up_checks(column, monkeypatch):
+  """Issue 38's columns on the CPU-scale protocol: each command's overrides, applied as
+  main applies them, give a valid config of the named method, mask and view pairing."""
+  from cowmix_jax import config_checks, mixing
+
+  monkeypatch.chdir(REPO)
+  command = ablation.train_command(ablation.Run(column, 0), "configs/camvid_cpu.py", "/w", [])
+  config = config_base.load_config_file("configs/camvid_cpu.py")
+  for flag in command[command.index("--workdir=/w") + 1:]:
+    key, value = flag[len("--config."):].split("=", 1)
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = (value == "True") if isinstance(node[leaf], bool) else type(node[leaf])(value)
+  config_checks.validate_config(config, device_count=1)
+  perturbation = mixing.make_perturbation(config)
+  assert isinstance(perturbation, mixing.StrongViews)
+  assert perturbation.views == (2 if column.startswith("unimatch") else 1)
+  assert perturbation.mask_kind == column.split("_")[1]
+  assert perturbation.complementary == column.endswith("complementary")

@@ -78,6 +78,14 @@ METHODS: dict[str, dict[str, str]] = {
     "cowout_100ep": {"method": "cowout"},
     "cowmix": {"method": "cowmix"},
     "all_labels": {"method": "supervised", "data.num_labelled": "-1"},
+    # Beyond the paper (issue 38): FixMatch and UniMatch V1 with UniMatch's CutMix boxes
+    # or with cow masks (CowMix's sigma and p), and UniMatch with complementary cow masks.
+    "fixmatch_box": {"method": "fixmatch", "mask.mix": "box"},
+    "fixmatch_cow": {"method": "fixmatch", "mask.mix": "cow"},
+    "unimatch_box": {"method": "unimatch", "mask.mix": "box"},
+    "unimatch_cow": {"method": "unimatch", "mask.mix": "cow"},
+    "unimatch_cow_complementary": {"method": "unimatch", "mask.mix": "cow",
+                                   "mask.complementary": "True"},
 }
 BASELINE, FULL = "supervised", "all_labels"
 # The runner's exit status when SIGTERM or Ctrl-C stopped it (as a process killed by
@@ -88,7 +96,10 @@ STOPPED_STATUS = 143
 PAPER_EPOCHS: dict[str, int] = {
     "supervised": 300, "aug": 50, "ict": 300, "cutout": 300, "cutmix": 100,
     "cutmix_random_area": 100, "cowout": 300, "cowout_100ep": 100, "cowmix": 300,
-    "all_labels": 300}
+    "all_labels": 300,
+    # Not in the paper: the baseline's length.
+    "fixmatch_box": 300, "fixmatch_cow": 300, "unimatch_box": 300, "unimatch_cow": 300,
+    "unimatch_cow_complementary": 300}
 
 
 @dataclasses.dataclass(frozen=True)
