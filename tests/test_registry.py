@@ -28,7 +28,8 @@ def test_a_registry_gives_back_what_was_registered_and_names_the_rest():
 
 def test_the_package_registers_the_paper_methods_models_and_datasets():
   assert mixing.PERTURBATIONS.names() == sorted(
-      ["supervised", "aug", "ict", "cutout", "cutmix", "cowout", "cowmix"])
+      ["supervised", "aug", "ict", "cutout", "cutmix", "cowout", "cowmix",  # the paper's
+       "fixmatch", "unimatch"])
   assert models.MODELS.names() == ["deeplab_v2", "deeplab_v3plus", "unet"]
   assert base.DATASETS.names() == ["camvid", "cityscapes", "folder", "pascal",
                                    "synthetic"]
