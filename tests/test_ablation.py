@@ -769,3 +769,30 @@ def test_strong_view_columns_make_configs_that_pass_the_start_up_checks(column, 
   assert perturbation.views == (2 if column.startswith("unimatch") else 1)
   assert perturbation.mask_kind == column.split("_")[1]
   assert perturbation.complementary == column.endswith("complementary")
+
+
+def test_strong_view_claims_pair_cow_against_box_and_judge_the_best_share():
+  """Issue 38: cow minus box inside FixMatch and UniMatch, complementary minus
+  independent cow masks (paired), and the best column's share of the gap against 50%;
+  on test the column chosen on validation is judged."""
+  base = [40.0, 42.0, 41.0, 43.0, 44.0]
+  full = [50.0, 52.0, 51.0, 53.0, 54.0]  # gap 10 on every seed
+  columns = {"fixmatch_box": [44.0, 45.0, 45.0, 47.0, 48.0],  # +4 +3 +4 +4 +4: 38%
+             "fixmatch_cow": [45.0, 46.0, 46.0, 48.0, 49.0],  # box + 1 on every seed
+             "unimatch_box": [47.0, 48.0, 47.0, 49.0, 50.0],  # +7 +6 +6 +6 +6: 62%
+             "unimatch_cow": [46.0, 49.0, 46.0, 50.0, 49.0]}  # box -1 +1 -1 +1 -1
+  records = [_record(m, s, v / 100) for m, values in
+             (("supervised", base), ("all_labels", full), *columns.items())
+             for s, v in enumerate(values)]
+  lines = plot_ablation.strong_view_markdown(records).splitlines()
+  assert lines[0].startswith("- fixmatch_cow minus fixmatch_box: +1.00 +- 0.00")
+  assert lines[0].endswith("sign-flip p 0.031: **established**")
+  assert lines[1].startswith("- unimatch_cow minus unimatch_box: -0.20")
+  assert lines[1].endswith("**open**")
+  assert plot_ablation.best_strong_view_column(records) == "unimatch_box"
+  assert lines[2].startswith("- the best, unimatch_box, closes >= 50% of the gap: 62% [")
+  assert lines[2].endswith("**established**") and len(lines) == 3
+  # Judged as named: fixmatch_box's 38% and its whole interval lie below one half.
+  assert plot_ablation.strong_view_markdown(records, best="fixmatch_box").splitlines()[
+      2].endswith("**refuted**")
+  assert plot_ablation.strong_view_markdown([_record("cowmix", 0, 0.5)]) == ""

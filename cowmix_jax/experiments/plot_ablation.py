@@ -413,6 +413,53 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
   return "\n".join(lines)
 
 
+# Issue 38's columns, and the paired comparisons its claims rest on (ours, against).
+STRONG_VIEW_COLUMNS = ("fixmatch_box", "fixmatch_cow", "unimatch_box", "unimatch_cow",
+                       "unimatch_cow_complementary")
+STRONG_VIEW_PAIRS = (("fixmatch_cow", "fixmatch_box"), ("unimatch_cow", "unimatch_box"),
+                     ("unimatch_cow_complementary", "unimatch_cow"))
+STRONG_VIEW_SHARE_TARGET = 0.5
+
+
+def best_strong_view_column(records: Sequence[dict]) -> str | None:
+  """The strong-view column with the largest share of the gap in ``records`` (choose it
+  on validation records, then judge the same column on test); None without any."""
+  groups = {r["group"] for r in records}
+  shares = {g: gap_share(records, g)["share"] for g in STRONG_VIEW_COLUMNS if g in groups}
+  shares = {g: v for g, v in shares.items() if not np.isnan(v)}
+  return max(shares, key=shares.get) if shares else None
+
+
+def strong_view_markdown(records: Sequence[dict], best: str | None = None,
+                         share_target: float = STRONG_VIEW_SHARE_TARGET) -> str:
+  """Issue 38's claims as a Markdown list, each with its numbers and a verdict: cow
+  masks against boxes inside FixMatch and inside UniMatch, complementary cow masks
+  against independent ones (paired by seed: t and sign-flip p, bootstrap interval), and
+  whether ``best`` (default: the best share in ``records``) closes at least
+  ``share_target`` of the gap (its bootstrap interval). '' without such columns."""
+  groups = {r["group"] for r in records}
+  lines = []
+  for ours, other in STRONG_VIEW_PAIRS:
+    if ours not in groups or other not in groups:
+      continue
+    difference = paired_difference(records, ours, baseline=other)
+    if difference["n"] < 2:
+      continue
+    lines.append(
+        f"- {ours} minus {other}: {difference_cell(difference)} over {difference['n']} "
+        f"seeds, t p {difference['t_p']:.3f}, sign-flip p {difference['sign_flip_p']:.3f}: **"
+        + paired_stats.verdict(difference["low"], difference["high"], 0.0,
+                               [difference["t_p"], difference["sign_flip_p"]]) + "**")
+  best = best or best_strong_view_column(records)
+  if best is not None and best in groups:
+    share = gap_share(records, best)
+    if share["n"]:
+      lines.append(f"- the best, {best}, closes >= {100 * share_target:.0f}% of the gap: "
+                   f"{share_cell(share)} over {share['n']} seeds: **"
+                   + paired_stats.verdict(share["low"], share["high"], share_target) + "**")
+  return "\n".join(lines)
+
+
 LEARNED_IOU = 0.10
 
 
@@ -569,6 +616,15 @@ def main(argv=None) -> None:
     blocks["targets_test"] = targets_markdown(test_records)
     print("\nTable 1 on test (the final teachers, for reporting only):\n"
           + blocks["table1_test"] + "\n\nTable 1's claims on test:\n" + blocks["targets_test"])
+  strong_views = strong_view_markdown(records)
+  if strong_views:
+    best = best_strong_view_column(records)  # chosen on validation
+    blocks["strong_views"] = strong_views
+    print("\nFixMatch and UniMatch, boxes against cow masks:\n" + strong_views)
+    if test_records and strong_view_markdown(test_records, best):
+      blocks["strong_views_test"] = strong_view_markdown(test_records, best)
+      print("\nThe same on test (the best column as chosen on validation):\n"
+            + blocks["strong_views_test"])
   if FLAGS.common_results:
     common = base_records(merge_results(FLAGS.common_results))
     blocks["table1_lengths"] = lengths_markdown(records, common, FLAGS.epoch_scale)
