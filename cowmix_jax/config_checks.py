@@ -174,6 +174,14 @@ def _check_sigma_range(mask: ml_collections.ConfigDict) -> None:
                      f"smallest sigma is larger than the largest")
 
 
+def _check_model_runs_the_method(config: ml_collections.ConfigDict) -> None:
+  try:
+    model = models.build_model(config.model, 2)
+  except ValueError:  # a bad model setting has its own check
+    return
+  steps.check_feature_perturbation(config, model)
+
+
 def _check_normalisation(model: ml_collections.ConfigDict) -> None:
   name = models.input_normalisation(model)
   if name not in NORMALISATIONS:
@@ -238,6 +246,7 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
   return [
       lambda: mixing.make_perturbation(config),
       lambda: steps.pseudo_label_source(config),
+      lambda: _check_model_runs_the_method(config),
       lambda: losses.CONSISTENCY_LOSSES.get(config.consistency_loss),
       lambda: losses.CONFIDENCE_MODES.get(config.confidence.mode),
       *_range_checks(config),

@@ -8,6 +8,7 @@ network's forward and backward passes (and BatchNorm statistics) are global.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -107,6 +108,22 @@ def pseudo_label_source(config: ml_collections.ConfigDict) -> str:
                      f"its mean teacher; only fixmatch and unimatch can take pseudo-labels "
                      f"from the student (leave config.teacher=auto)")
   return "ema"
+
+
+def check_feature_perturbation(config: ml_collections.ConfigDict, model: nn.Module) -> None:
+  """ValueError, naming the model, when the method needs a feature-perturbation pass
+  (unimatch) that ``model`` cannot run (its ``__call__`` takes no
+  ``feature_dropout_key``; docs/DEVELOPING.md)."""
+  try:
+    perturbation = mixing.make_perturbation(config)
+  except ValueError:  # reported by its own check
+    return
+  needs = isinstance(perturbation, mixing.StrongViews) and perturbation.feature_weight
+  if needs and "feature_dropout_key" not in inspect.signature(model.__call__).parameters:
+    raise ValueError(f"config.method={config.method} decodes perturbed features, which "
+                     f"config.model.name={config.model.name} cannot: its __call__ takes no "
+                     f"feature_dropout_key (models that can: unet, deeplab_v2, "
+                     f"deeplab_v3plus)")
 
 
 def teacher_decay(config: ml_collections.ConfigDict, step: jax.Array) -> float | jax.Array:

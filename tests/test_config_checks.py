@@ -232,3 +232,29 @@ def test_strong_view_only_settings_on_other_methods_are_refused(tiny_config):
   tiny_config.mask.complementary = True
   with pytest.raises(ValueError, match="complementary=True needs two strong views"):
     config_checks.validate_config(tiny_config, device_count=1)
+
+
+def test_unimatch_on_a_model_without_a_feature_perturbation_pass_is_refused(tiny_config):
+  """A registered model whose __call__ takes no feature_dropout_key cannot run UniMatch's
+  feature stream: named at start-up, not as a TypeError inside the first step."""
+  import flax.linen as nn
+
+  from cowmix_jax import models
+
+  class PlainHead(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(self.num_classes)(x)
+
+  models.register("plain_head")(lambda config, num_classes: PlainHead(num_classes))
+  try:
+    tiny_config.model.name, tiny_config.method = "plain_head", "unimatch"
+    with pytest.raises(ValueError, match="config.method=unimatch decodes perturbed features, "
+                       "which config.model.name=plain_head cannot"):
+      config_checks.validate_config(tiny_config, device_count=1)
+    tiny_config.method = "fixmatch"  # no feature stream: fine
+    config_checks.validate_config(tiny_config, device_count=1)
+  finally:
+    models.MODELS.unregister("plain_head")
