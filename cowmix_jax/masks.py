@@ -339,8 +339,8 @@ def box_masks(key: jax.Array, shape: Sequence[int], p_range: Range) -> jax.Array
   return _box_mask(top, left, box_height, box_width, height, width)
 
 
-# Candidate boxes drawn per mask by ``cutmix_boxes`` (see there).
-CUTMIX_BOX_CANDIDATES = 96
+# Candidate shapes and places drawn per mask by ``cutmix_boxes`` (see there).
+CUTMIX_BOX_CANDIDATES = 512
 
 
 def _box_mask(top, left, box_height, box_width, height: int, width: int) -> jax.Array:
@@ -356,13 +356,14 @@ def cutmix_boxes(key: jax.Array, shape: Sequence[int], area_range: Range = (0.02
                  aspect_range: Range = (0.3, 1 / 0.3)) -> jax.Array:
   """UniMatch's CutMix boxes (``obtain_cutmix_box`` in its ``dataset/transform.py``).
 
-  Each candidate draws an area ``a ~ U(area_range) x H x W``, an aspect ratio
-  ``r ~ U(aspect_range)``, the size ``h = floor(sqrt(a r))``, ``w = floor(sqrt(a / r))``
-  and a top-left corner uniform over the whole image; the first candidate whose box lies
-  inside the image is kept (UniMatch redraws until one does). Of
-  ``CUTMIX_BOX_CANDIDATES`` candidates none fits with a probability below 1e-10 at the
-  default ranges on square and 3:5 crops (a candidate fits with probability 0.30 and
-  0.22); the last one is then cut at the image's border.
+  Each mask draws one area ``a ~ U(area_range) x H x W``; then each candidate draws an
+  aspect ratio ``r ~ U(aspect_range)``, the size ``h = floor(sqrt(a r))``,
+  ``w = floor(sqrt(a / r))`` and a top-left corner uniform over the whole image, and
+  the first candidate whose box lies inside the image is kept (UniMatch draws the area
+  once and redraws the rest until the box fits). Of ``CUTMIX_BOX_CANDIDATES``
+  candidates none fits with a probability below 2e-9 at the default ranges on crops
+  from square to 3:5 (at the largest area, 0.4, a candidate fits with probability 0.04
+  to 0.07); the last one is then cut at the image's border.
 
   Args:
     key: a PRNG key.
@@ -379,7 +380,7 @@ def cutmix_boxes(key: jax.Array, shape: Sequence[int], area_range: Range = (0.02
     raise ValueError(f"aspect_range must satisfy 0 < low <= high, got {aspect_range}")
   k = CUTMIX_BOX_CANDIDATES
   area_key, aspect_key, top_key, left_key = jax.random.split(key, 4)
-  area = jax.random.uniform(area_key, (n, k), minval=area_range[0],
+  area = jax.random.uniform(area_key, (n, 1), minval=area_range[0],
                             maxval=area_range[1]) * height * width
   aspect = jax.random.uniform(aspect_key, (n, k), minval=aspect_range[0],
                               maxval=aspect_range[1])

@@ -5,12 +5,14 @@ UniMatch V1 (``dataset/semi.py``) builds each strong view of an unlabelled crop 
 torchvision: ``ColorJitter(0.5, 0.5, 0.5, 0.25)`` with probability 0.8 (brightness,
 contrast and saturation factors ~ U(0.5, 1.5), a hue shift ~ U(-0.25, 0.25) of the
 colour circle, the four in a random order), greyscale with probability 0.2, and a
-Gaussian blur with sigma ~ U(0.1, 2.0) with probability 0.5. Here the operations are
-dm-pix's (``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``,
-``rgb_to_grayscale``, ``gaussian_blur``) on ``[0, 1]`` RGB images; brightness is
-torchvision's multiplicative one (dm-pix's ``adjust_brightness`` adds a delta), and
-dm-pix's contrast blends towards each channel's mean (TensorFlow's rule) where
-torchvision blends towards the grey mean.
+Gaussian blur with sigma ~ U(0.1, 2.0) with probability 0.5. Here, on ``[0, 1]`` RGB
+images, hue, greyscale and blur are dm-pix's (``adjust_hue``, ``rgb_to_grayscale``,
+``gaussian_blur``); brightness, contrast and saturation are the blends that
+torchvision's jitter does through PIL's ``ImageEnhance`` (dm-pix's differ: its
+brightness adds a delta, its contrast blends towards each channel's mean and its
+saturation scales HSV saturation, TensorFlow's rules): brightness ``f x``, contrast
+``m + f (x - m)`` with ``m`` the mean grey level of the image, saturation
+``g + f (x - g)`` with ``g`` each pixel's grey level (rec601 luma, dm-pix's).
 
 ``sample(key, n)`` draws every random number of ``n`` images; ``apply(images, draws)``
 is deterministic given them, so a test can redo it with dm-pix directly.
@@ -62,12 +64,26 @@ def sample(key: jax.Array, n: int) -> dict[str, jax.Array]:
   }
 
 
+def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
+  """PIL's ``ImageEnhance.Contrast`` on ``[H, W, 3]``: a blend with the image's mean
+  grey level (unclipped)."""
+  mean = jnp.mean(pix.rgb_to_grayscale(image))
+  return mean + factor * (image - mean)
+
+
+def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
+  """PIL's ``ImageEnhance.Color`` on ``[H, W, 3]``: a blend with each pixel's grey
+  level (unclipped)."""
+  grey = pix.rgb_to_grayscale(image, keep_dims=True)
+  return grey + factor * (image - grey)
+
+
 def _operation(index: jax.Array, image: jax.Array, factors: jax.Array) -> jax.Array:
   """Operation ``index`` of OPERATIONS on one ``[H, W, 3]`` image."""
   return jax.lax.switch(index, [
       lambda x: x * factors[0],
-      lambda x: pix.adjust_contrast(x, factors[1]),
-      lambda x: pix.adjust_saturation(x, factors[2]),
+      lambda x: adjust_contrast(x, factors[1]),
+      lambda x: adjust_saturation(x, factors[2]),
       lambda x: pix.adjust_hue(x, factors[3]),
   ], image)
 

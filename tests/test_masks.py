@@ -247,9 +247,10 @@ def test_cow_masks_take_the_cheaper_route_by_the_band_width():
 
 def _unimatch_box(rng, height, width, area_range=(0.02, 0.4), aspect_range=(0.3, 1 / 0.3)):
   """UniMatch's obtain_cutmix_box (dataset/transform.py) transcribed with numpy for a
-  height x width image: redraw until the box fits. Returns (top, left, h, w)."""
+  height x width image: the area drawn once, the rest redrawn until the box fits.
+  Returns (top, left, h, w)."""
+  area = rng.uniform(*area_range) * height * width
   while True:
-    area = rng.uniform(*area_range) * height * width
     ratio = rng.uniform(*aspect_range)
     box_width, box_height = int(np.sqrt(area / ratio)), int(np.sqrt(area * ratio))
     left, top = rng.integers(0, width), rng.integers(0, height)

@@ -5,18 +5,33 @@ import dm_pix as pix
 import jax
 import numpy as np
 import pytest
+from PIL import Image, ImageEnhance
 from scipy import stats
 
 from cowmix_jax import strong_augment
 
 
+def _pil_enhance(image: np.ndarray, enhancer, factor: float) -> np.ndarray:
+  """PIL's ImageEnhance (what torchvision's ColorJitter runs on UniMatch's PIL images)
+  on a [0, 1] float image, back in [0, 1]: exact to its uint8 rounding."""
+  pil = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+  return np.asarray(enhancer(pil).enhance(float(factor)), np.float32) / 255
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+  """Rec601 grey level ``[H, W]`` (dm-pix's weights; PIL's "L" conversion rounds them)."""
+  return image @ np.array([0.2989, 0.5870, 0.1140], np.float32)
+
+
 def _direct(image: np.ndarray, draws: dict, i: int) -> np.ndarray:
-  """One image's strong view, written out with dm-pix calls (no vmap, no switch)."""
+  """One image's strong view, written out with numpy for PIL's contrast and saturation
+  blends (checked against PIL below) and dm-pix's hue, greyscale and blur (no vmap, no
+  switch)."""
   factors = np.asarray(draws["factors"][i])
   operations = {
       0: lambda x: x * factors[0],
-      1: lambda x: pix.adjust_contrast(x, factors[1]),
-      2: lambda x: pix.adjust_saturation(x, factors[2]),
+      1: lambda x: _luma(x).mean() + factors[1] * (x - _luma(x).mean()),
+      2: lambda x: _luma(x)[..., None] + factors[2] * (x - _luma(x)[..., None]),
       3: lambda x: pix.adjust_hue(x, factors[3]),
   }
   if bool(draws["jitter"][i]):
@@ -30,7 +45,23 @@ def _direct(image: np.ndarray, draws: dict, i: int) -> np.ndarray:
   return image
 
 
-def test_the_strong_view_is_dm_pix_applied_with_the_same_draws():
+@pytest.mark.parametrize("factor", [0.5, 0.8, 1.3, 1.5])
+def test_contrast_and_saturation_are_pils_enhancers(factor):
+  """Against PIL's ImageEnhance.Contrast and .Color, which torchvision's ColorJitter
+  runs on UniMatch's PIL images (uint8: equal to its rounding), and not dm-pix's
+  HSV saturation (which differs by much more)."""
+  image = np.random.default_rng(1).integers(0, 256, (13, 17, 3)).astype(np.uint8)
+  x = image.astype(np.float32) / 255
+  for ours, enhancer in ((strong_augment.adjust_contrast, ImageEnhance.Contrast),
+                         (strong_augment.adjust_saturation, ImageEnhance.Color)):
+    expected = _pil_enhance(x, enhancer, factor)
+    np.testing.assert_allclose(np.clip(np.asarray(ours(x, factor)), 0, 1), expected,
+                               atol=1.5 / 255)
+  hsv = np.asarray(pix.adjust_saturation(x, factor))
+  assert np.abs(hsv - _pil_enhance(x, ImageEnhance.Color, factor)).max() > 10 / 255
+
+
+def test_the_strong_view_equals_its_operations_applied_directly_with_the_same_draws():
   n = 24
   images = np.random.default_rng(0).uniform(size=(n, 9, 11, 3)).astype(np.float32)
   draws = strong_augment.sample(jax.random.PRNGKey(3), n)
