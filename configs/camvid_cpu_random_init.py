@@ -1,11 +1,11 @@
-"""CamVid Table 1 at CPU scale from a random init: the first protocol (docs/RESULTS.md,
-"Random-init protocol"), kept so that its numbers stay reproducible. One CowMix run in
+"""CamVid Table 1 at CPU scale from a random init: the first protocol
+(docs/RESULTS_random_init.md), kept so that its numbers stay reproducible. One CowMix run in
 about 19 minutes. configs/camvid_cpu.py is the current, pretrained protocol.
 
 python -m cowmix_jax.main --config=configs/camvid_cpu_random_init.py --workdir=DIR \\
     --config.data.manual_dir=/data/CamVid [--config.method=supervised ...]
 
-What is scaled, and why (measurements: docs/RESULTS.md, benchmarks/cpu_scale.py):
+What is scaled, and why (measurements: docs/RESULTS_random_init.md, benchmarks/cpu_scale.py):
 - Images are shrunk 4x (480x360 -> 120x90, antialiased; labels by nearest neighbour)
   and trained whole, as in the paper (padded to 120x96, the padding carries no loss).
   Random 64x48 crops were tried and rejected: at 6000 steps full supervision ended below
@@ -39,8 +39,8 @@ def get_config():
   config.batch_size = 4
   config.unlabelled_batch_size = 4
   config.num_train_steps = 3500
-  # Measured (docs/RESULTS.md): from a random init in 2000 steps, 1e-4 leaves even full
-  # supervision untrained (32.0 mIoU vs 41.8 at 1e-3).
+  # Measured (docs/RESULTS_random_init.md): from a random init in 2000 steps, 1e-4
+  # leaves even full supervision untrained (32.0 mIoU vs 41.8 at 1e-3).
   config.learning_rate = 1e-3
   config.mask.cow_canvas_margin_sigmas = 0.0  # the periodic masks its grid was run with
   config.model.depth = 18
