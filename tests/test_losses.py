@@ -109,3 +109,14 @@ def test_thresholded_cross_entropy_is_unimatch_s_loss():
   assert float(full_loss) == pytest.approx(np.log(2)) and float(half_loss) == pytest.approx(
       np.log(2) / 2)
   assert float(losses.thresholded_cross_entropy(flat, labels, ones, 0 * ones, 0.5)) == 0.0
+
+
+def test_hard_ce_is_cross_entropy_to_the_targets_argmax():
+  """The registry's hard_ce: per pixel, -log softmax(student)[argmax(target)] (numpy)."""
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+  target = rng.dirichlet(np.ones(5), size=(2, 3, 4)).astype(np.float32)
+  log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -np.take_along_axis(log_softmax, target.argmax(-1)[..., None], -1)[..., 0]
+  ours = losses.consistency_per_pixel(jnp.asarray(logits), jnp.asarray(target), "hard_ce")
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
