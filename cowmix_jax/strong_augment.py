@@ -79,13 +79,15 @@ def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
 
 
 def _operation(index: jax.Array, image: jax.Array, factors: jax.Array) -> jax.Array:
-  """Operation ``index`` of OPERATIONS on one ``[H, W, 3]`` image."""
-  return jax.lax.switch(index, [
-      lambda x: x * factors[0],
-      lambda x: adjust_contrast(x, factors[1]),
-      lambda x: adjust_saturation(x, factors[2]),
-      lambda x: pix.adjust_hue(x, factors[3]),
-  ], image)
+  """Operation ``index`` of OPERATIONS on one ``[H, W, 3]`` image. All four are computed
+  and one is selected (``lax.switch`` under ``vmap`` inside ``shard_map`` trips JAX's
+  varying-axes typing on the grey-level blends)."""
+  results = (image * factors[0], adjust_contrast(image, factors[1]),
+             adjust_saturation(image, factors[2]), pix.adjust_hue(image, factors[3]))
+  selected = results[0]
+  for i, result in enumerate(results[1:], start=1):
+    selected = jnp.where(index == i, result, selected)
+  return selected
 
 
 def _one(image: jax.Array, draws: dict[str, jax.Array]) -> jax.Array:
