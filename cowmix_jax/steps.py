@@ -90,6 +90,25 @@ PSEUDO_LABEL_SOURCES = ("auto", "student", "ema")
 FEATURE_DROPOUT_STREAM = 2**31 - 1
 
 
+def strong_views_of(config: ml_collections.ConfigDict) -> mixing.StrongViews | None:
+  """``config.method``'s perturbation when it trains on strong views (fixmatch,
+  unimatch); None for the mean-teacher methods and for a config that cannot build one
+  (its own start-up check reports that)."""
+  try:
+    perturbation = mixing.make_perturbation(config)
+  except ValueError:
+    return None
+  return perturbation if isinstance(perturbation, mixing.StrongViews) else None
+
+
+def _builds(config: ml_collections.ConfigDict) -> bool:
+  try:
+    mixing.make_perturbation(config)
+  except ValueError:
+    return False
+  return True
+
+
 def pseudo_label_source(config: ml_collections.ConfigDict) -> str:
   """``config.teacher`` resolved: ``student`` or ``ema`` for the methods with strong
   views (auto: student, UniMatch V1), ``ema`` for the mean-teacher methods (which learn
@@ -97,13 +116,9 @@ def pseudo_label_source(config: ml_collections.ConfigDict) -> str:
   teacher = config.teacher
   if teacher not in PSEUDO_LABEL_SOURCES:
     raise ValueError(f"config.teacher={teacher!r}: choose one of {PSEUDO_LABEL_SOURCES}")
-  try:
-    perturbation = mixing.make_perturbation(config)
-  except ValueError:  # reported by its own check
-    return "ema"
-  if isinstance(perturbation, mixing.StrongViews):
+  if strong_views_of(config) is not None:
     return "student" if teacher == "auto" else teacher
-  if teacher == "student":
+  if teacher == "student" and _builds(config):  # else its own check reports it
     raise ValueError(f"config.teacher=student: config.method={config.method} learns from "
                      f"its mean teacher; only fixmatch and unimatch can take pseudo-labels "
                      f"from the student (leave config.teacher=auto)")
@@ -114,11 +129,8 @@ def check_feature_perturbation(config: ml_collections.ConfigDict, model: nn.Modu
   """ValueError, naming the model, when the method needs a feature-perturbation pass
   (unimatch) that ``model`` cannot run (its ``__call__`` takes no
   ``feature_dropout_key``; docs/DEVELOPING.md)."""
-  try:
-    perturbation = mixing.make_perturbation(config)
-  except ValueError:  # reported by its own check
-    return
-  needs = isinstance(perturbation, mixing.StrongViews) and perturbation.feature_weight
+  strong_views = strong_views_of(config)
+  needs = strong_views is not None and strong_views.feature_weight is not None
   if needs and "feature_dropout_key" not in inspect.signature(model.__call__).parameters:
     raise ValueError(f"config.method={config.method} decodes perturbed features, which "
                      f"config.model.name={config.model.name} cannot: its __call__ takes no "
@@ -131,8 +143,7 @@ def teacher_decay(config: ml_collections.ConfigDict, step: jax.Array) -> float |
   ``teacher_alpha`` (a Python float, as the mean-teacher runs always used); for fixmatch
   and unimatch with ``config.teacher=ema``, UniMatch V2's warm-up
   ``min(1 - 1 / (step + 1), teacher_alpha)``."""
-  uses_strong_views = isinstance(mixing.make_perturbation(config), mixing.StrongViews)
-  if uses_strong_views and pseudo_label_source(config) == "ema":
+  if strong_views_of(config) is not None and pseudo_label_source(config) == "ema":
     return jnp.minimum(1.0 - 1.0 / (step.astype(jnp.float32) + 1.0), config.teacher_alpha)
   return config.teacher_alpha
 
