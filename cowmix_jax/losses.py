@@ -117,13 +117,14 @@ def _mse_logit(student_logits: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.sum((student_logits - target) ** 2, axis=-1)
 
 
-def confidence_weight(target_probs: jax.Array, threshold: float = 0.97,
+def confidence_weight(confidence: jax.Array, threshold: float = 0.97,
                       mode: str = "batch", valid: jax.Array | None = None) -> jax.Array:
   """Confidence modulation of the consistency loss (paper, appendix D.3.4).
 
   Args:
-    target_probs: ``[N, H, W, C]`` teacher target probabilities.
-    threshold: a pixel is confident when its max probability is >= threshold.
+    confidence: ``[N, H, W]`` the teacher's confidence (maximum probability) at each
+      student pixel (``Perturbation.confidence``).
+    threshold: a pixel is confident when its confidence is >= threshold.
     mode: ``batch`` (the fraction of confident pixels in the batch, a scalar),
       ``pixel`` (a per-pixel 0/1 mask) or ``none`` (1).
     valid: optional ``[N, H, W]`` weights of the pixels that count in the batch
@@ -133,7 +134,7 @@ def confidence_weight(target_probs: jax.Array, threshold: float = 0.97,
     ``[N, H, W]`` float32 weights (constant for ``batch`` and ``none``).
   """
   weigh = CONFIDENCE_MODES.get(mode)
-  confident = (jnp.max(target_probs, axis=-1) >= threshold).astype(jnp.float32)
+  confident = (confidence >= threshold).astype(jnp.float32)
   return weigh(confident, valid)
 
 

@@ -10,7 +10,9 @@ of the unlabelled batch (it runs inside ``shard_map``) in three pure steps:
 * ``inputs(images, draws) -> (teacher_input, student_input)``;
 * ``target(teacher_output, draws) -> (target, loss_mask)``: the teacher's prediction
   brought to the student's pixels, and where the consistency loss applies. It is linear
-  in ``teacher_output``, so it serves probabilities and logits alike.
+  in ``teacher_output``, so it serves probabilities and logits alike;
+* ``confidence(teacher_probs, draws) -> [N, H, W]``: the teacher's confidence at the
+  student's pixels, for the confidence weight (a default that most perturbations keep).
 
 Mixing partners are shard-local indices (the ``partner`` draw), so no data crosses
 devices. Adding a perturbation is a subclass and one ``@PERTURBATIONS.register(name)``
@@ -59,6 +61,11 @@ class Perturbation(abc.ABC):
   def target(self, teacher_output: jax.Array, draws: Draws) -> tuple[jax.Array, jax.Array]:
     """``(target [N, H, W, K], loss_mask [N, H, W])`` from ``teacher_output [N, H, W, K]``
     (linear in it)."""
+
+  def confidence(self, teacher_probs: jax.Array, draws: Draws) -> jax.Array:
+    """``[N, H, W]`` the teacher's confidence at each student pixel, from ``teacher_probs
+    [N, H, W, K]`` (paper, appendix D.3.4): the maximum of the target probabilities."""
+    return jnp.max(self.target(teacher_probs, draws)[0], axis=-1)
 
 
 def mix(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
@@ -129,6 +136,14 @@ class Mix(_Masked):
   def target(self, teacher_output: jax.Array, draws: Draws):
     mixed = mix(teacher_output, teacher_output[draws["partner"]], draws["mask"])
     return mixed, jnp.ones(mixed.shape[:3], jnp.float32)
+
+  def confidence(self, teacher_probs: jax.Array, draws: Draws) -> jax.Array:
+    """The two teacher predictions' confidences (maximum probabilities), mixed like the
+    predictions, as the authors' ICT code does. For a 0/1 mask (CutMix, CowMix) this is
+    exactly the maximum of the mixed target; for ICT's blend it is not: two confident
+    predictions of different classes blended half and half stay confident here."""
+    top = jnp.max(teacher_probs, axis=-1, keepdims=True)
+    return self.target(top, draws)[0][..., 0]
 
 
 class Out(_Masked):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -37,8 +38,18 @@ def _to_local(draws: mixing.Draws, local_batch: int) -> mixing.Draws:
   return dict(draws, partner=draws["partner"] - _shard_offset(local_batch))
 
 
-def make_perturbation_fns(perturbation: mixing.Perturbation, mesh: Mesh):
-  """Sharded ``sample``, ``inputs`` and ``target`` functions of a perturbation.
+class ShardedPerturbation(NamedTuple):
+  """A perturbation's functions over the data-sharded batch (each runs per shard)."""
+
+  sample: Callable
+  inputs: Callable
+  target: Callable
+  confidence: Callable
+
+
+def make_perturbation_fns(perturbation: mixing.Perturbation,
+                          mesh: Mesh) -> ShardedPerturbation:
+  """Sharded ``sample``, ``inputs``, ``target`` and ``confidence`` of a perturbation.
 
   ``sample(key, images)`` draws per device with ``fold_in(key, device index)`` and
   returns partner indices in global batch coordinates (always inside the same shard),
@@ -60,12 +71,17 @@ def make_perturbation_fns(perturbation: mixing.Perturbation, mesh: Mesh):
   def target_local(teacher_output, draws):
     return perturbation.target(teacher_output, _to_local(draws, teacher_output.shape[0]))
 
-  sample = jax.shard_map(sample_local, mesh=mesh, in_specs=(P(), spec), out_specs=spec)
-  inputs = jax.shard_map(inputs_local, mesh=mesh, in_specs=(spec, spec),
-                         out_specs=(spec, spec))
-  target = jax.shard_map(target_local, mesh=mesh, in_specs=(spec, spec),
-                         out_specs=(spec, spec))
-  return sample, inputs, target
+  def confidence_local(teacher_probs, draws):
+    return perturbation.confidence(teacher_probs, _to_local(draws, teacher_probs.shape[0]))
+
+  def sharded(fn, out_specs):
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec), out_specs=out_specs)
+
+  return ShardedPerturbation(
+      sample=jax.shard_map(sample_local, mesh=mesh, in_specs=(P(), spec), out_specs=spec),
+      inputs=sharded(inputs_local, (spec, spec)),
+      target=sharded(target_local, (spec, spec)),
+      confidence=sharded(confidence_local, spec))
 
 
 BN_RUNNING_STATS = ("both_passes", "labelled_pass")
@@ -164,7 +180,8 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
   follows the perturbation into the student's frame, and the loss is masked by it).
   """
   perturbation = mixing.make_perturbation(config)
-  _, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, mesh)
+  sharded = make_perturbation_fns(perturbation, mesh)
+  perturb_inputs, perturb_target = sharded.inputs, sharded.target
   kind = config.consistency_loss
   check_bn_running_stats(config.model)
   running_stats_from = config.model.bn_running_stats
@@ -174,7 +191,8 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
   def unlabelled_term(params, batch_stats, state, batch, draws):
     teacher_input, student_input = perturb_inputs(batch["unlabelled_image"], draws)
     teacher_logits = _teacher_output(model, state, teacher_input)
-    target_probs, loss_mask = perturb_target(jax.nn.softmax(teacher_logits), draws)
+    teacher_probs = jax.nn.softmax(teacher_logits)
+    target_probs, loss_mask = perturb_target(teacher_probs, draws)
     target = target_probs
     if kind == "mse_logit":
       target, _ = perturb_target(teacher_logits, draws)
@@ -182,7 +200,8 @@ def make_update_fn(model: nn.Module, tx: optax.GradientTransformation,
     if "unlabelled_valid" in batch:  # padded pixels of the crops carry no loss
       valid = perturb_target(batch["unlabelled_valid"][..., None], draws)[0][..., 0]
       loss_mask = loss_mask * valid
-    weight = losses.confidence_weight(target_probs, config.confidence.threshold,
+    weight = losses.confidence_weight(sharded.confidence(teacher_probs, draws),
+                                      config.confidence.threshold,
                                       config.confidence.mode, valid)
     student_logits, perturbed_stats = _apply_student(model, params, batch_stats,
                                                      student_input)
@@ -268,7 +287,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   config's seed and the data.
   """
   perturbation = mixing.make_perturbation(config)
-  sample, _, _ = make_perturbation_fns(perturbation, mesh)
+  sample = make_perturbation_fns(perturbation, mesh).sample
   update = make_update_fn(model, tx, config, mesh)
 
   def train_step(state: TrainState, batch: Batch):
@@ -296,7 +315,8 @@ def make_visualise_fn(model: nn.Module, config: ml_collections.ConfigDict,
   threshold as ``loss_mask``; a student source is shown in evaluation mode.
   """
   perturbation = mixing.make_perturbation(config)
-  sample, perturb_inputs, perturb_target = make_perturbation_fns(perturbation, mesh)
+  sharded = make_perturbation_fns(perturbation, mesh)
+  sample, perturb_inputs, perturb_target = sharded.sample, sharded.inputs, sharded.target
   strong_views = isinstance(perturbation, mixing.StrongViews)
   source = pseudo_label_source(config)
 

@@ -49,14 +49,14 @@ def test_consistency_losses_match_numpy():
 def test_confidence_modes():
   # Two pixels confident (0.98, 0.97 exactly counts), two not.
   target = np.array([[[[0.98, 0.02], [0.97, 0.03]], [[0.6, 0.4], [0.5, 0.5]]]], np.float32)
-  batch = np.asarray(losses.confidence_weight(jnp.asarray(target), 0.97, "batch"))
+  batch = np.asarray(losses.confidence_weight(jnp.asarray(target).max(-1), 0.97, "batch"))
   np.testing.assert_allclose(batch, np.full((1, 2, 2), 0.5))
-  pixel = np.asarray(losses.confidence_weight(jnp.asarray(target), 0.97, "pixel"))
+  pixel = np.asarray(losses.confidence_weight(jnp.asarray(target).max(-1), 0.97, "pixel"))
   np.testing.assert_array_equal(pixel, [[[1, 1], [0, 0]]])
-  np.testing.assert_array_equal(losses.confidence_weight(jnp.asarray(target), 0.97, "none"),
+  np.testing.assert_array_equal(losses.confidence_weight(jnp.asarray(target).max(-1), 0.97, "none"),
                                 np.ones((1, 2, 2)))
   with pytest.raises(ValueError, match="confidence mode"):
-    losses.confidence_weight(jnp.asarray(target), 0.97, "sometimes")
+    losses.confidence_weight(jnp.asarray(target).max(-1), 0.97, "sometimes")
 
 
 def test_masked_consistency_is_paper_listing():
@@ -67,7 +67,7 @@ def test_masked_consistency_is_paper_listing():
   mask = (rng.random((2, 4, 4)) > 0.5).astype(np.float64)
   conf_fac = (target.max(-1) >= 0.97).mean()
   expected = (((_softmax(student) - target) ** 2).sum(-1) * mask).mean() * conf_fac
-  weight = losses.confidence_weight(jnp.asarray(target), 0.97, "batch")
+  weight = losses.confidence_weight(jnp.asarray(target).max(-1), 0.97, "batch")
   got = losses.masked_consistency(jnp.asarray(student), jnp.asarray(target), jnp.asarray(mask),
                                   weight)
   np.testing.assert_allclose(float(got), expected, rtol=1e-5)

@@ -53,6 +53,41 @@ def test_mix_methods_mix_inputs_and_targets_identically(method, tiny_config):
     assert set(np.unique(mask)) == {0.0, 1.0}
 
 
+def test_ict_confidence_mixes_the_two_teacher_confidences(tiny_config):
+  """The authors' ICT code: conf = (1 - lam) * max(p_a) + lam * max(p_b), not the maximum
+  of the blended prediction. Two confident predictions of different classes blended
+  half and half: 0.98 each way, where the blended prediction's maximum is 0.49."""
+  perturbation = _perturbation(tiny_config, "ict")
+  probs = np.zeros((2, 2, 2, 3), np.float32)
+  probs[0, ..., 0], probs[0, ..., 1] = 0.98, 0.02
+  probs[1, ..., 2], probs[1, ..., 1] = 0.98, 0.02
+  probs[1, 0, 0] = [0.5, 0.3, 0.2]  # one pixel the second teacher is unsure of
+  lam = np.array([0.5, 0.25], np.float32)  # mask = 1 - lambda (ICT's blend weight)
+  draws = {"mask": jnp.asarray(np.broadcast_to((1 - lam)[:, None, None], (2, 2, 2))),
+           "partner": jnp.array([1, 0])}
+  top = probs.max(-1)
+  expected = lam[:, None, None] * top + (1 - lam[:, None, None]) * top[[1, 0]]
+  got = np.asarray(perturbation.confidence(jnp.asarray(probs), draws))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  assert got[0, 1, 1] == pytest.approx(0.98)
+  blended_max = np.asarray(perturbation.target(jnp.asarray(probs), draws)[0]).max(-1)
+  assert blended_max[0, 1, 1] == pytest.approx(0.49)
+
+
+@pytest.mark.parametrize("method", ["cowmix", "cutmix", "cowout", "aug"])
+def test_confidence_is_the_target_maximum_for_the_other_methods(method, tiny_config):
+  """For a 0/1 mask, mixing the confidences is exactly the maximum of the mixed target
+  (bit for bit, so CutMix and CowMix runs are unchanged); CutOut-style and augmentation
+  targets keep the maximum of the target."""
+  perturbation = _perturbation(tiny_config, method)
+  images = _images()
+  draws = perturbation.sample(jax.random.PRNGKey(5), jnp.asarray(images))
+  probs = jax.nn.softmax(3 * jnp.asarray(_images(seed=2)))
+  target, _ = perturbation.target(probs, draws)
+  np.testing.assert_array_equal(perturbation.confidence(probs, draws),
+                                np.asarray(target).max(-1))
+
+
 @pytest.mark.parametrize("method", ["cowout", "cutout"])
 def test_out_methods_zero_the_masked_pixels_and_restrict_the_loss(method, tiny_config):
   perturbation = _perturbation(tiny_config, method)

@@ -15,7 +15,7 @@ COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "
 
 def _make_sample_fn(config, mesh):
   """Jitted ``sample(key, unlabelled_images) -> the perturbation's draws`` (sharded)."""
-  sample, _, _ = steps.make_perturbation_fns(mixing.make_perturbation(config), mesh)
+  sample = steps.make_perturbation_fns(mixing.make_perturbation(config), mesh).sample
   return jax.jit(sample, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 
@@ -348,7 +348,7 @@ def test_strong_view_loss_equals_unimatchs_loss_in_numpy(method, mix, complement
   state = state.replace(params=jax.tree.map(lambda p: 6 * p, state.params))
   mesh = sharding.make_mesh(1)
   perturbation = mixing.make_perturbation(config)
-  sample, _, _ = steps.make_perturbation_fns(perturbation, mesh)
+  sample = steps.make_perturbation_fns(perturbation, mesh).sample
   draws = _host_copy(sample(jax.random.PRNGKey(4), batch["unlabelled_image"]))
   _, aux = jax.jit(steps.make_update_fn(model, tx, config, mesh))(state, batch, draws)
 
