@@ -18,7 +18,7 @@ done
 # P3: ICT at 4 epochs (1468 steps): the base run, then one change at a time (val only)
 ICT="$PY -m cowmix_jax.experiments.ablation --config=/work/grid_code/configs/camvid_cpu.py --code=/work/grid_code --set=data.manual_dir=/work/shared/data/camvid --set=num_epochs=4 --root=$R/camvid_lite0_ict --seeds=0,1"
 $ICT --methods=supervised,ict || exit
-$ICT --methods=ict --vary="mask.ict_alpha=0.001;1.0" --vary="cons_weight=1" --vary="confidence.mode=pixel"     || exit
+: # the variants run in ict35.sh on the code with the authors ICT confidence (d9869b8)                                
 # P3b: CutMix with a random area at the common length (12 epochs), val and test
 $RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix_random_area --seeds=0,1,2,3,4 || exit
 # P4: the 24-epoch study on seeds 0-2, continuing the reruns
