@@ -715,7 +715,12 @@ def test_targets_are_judged_from_the_paired_statistics():
   assert lines[0].endswith("sign-flip p 0.031: **established**")
   share = np.mean(np.subtract(cowmix, base)) / 10
   assert f"{100 * share:.0f}%" in lines[1] and lines[1].endswith("**open**")
-  assert "cowout -1.60" in lines[2] and lines[2].endswith("**refuted**")
+  assert "cowout -1.60 " in lines[2] and lines[2].endswith("**refuted**")
+  # The same runs without seed 4: every difference still positive (sign-flip p 1/16),
+  # but four seeds cannot decide anything.
+  four = plot_ablation.targets_markdown([r for r in records if r["seed"] < 4]).splitlines()
+  assert four[0].endswith("sign-flip p 0.062: **open (fewer than 5 seeds)**")
+  assert four[2].endswith("(4 seeds: open (fewer than 5 seeds)): **open**")
 
 
 def test_table_at_both_lengths_takes_each_column_from_the_right_runs():

@@ -109,3 +109,15 @@ def test_verdicts():
   assert paired_stats.verdict(0.45, 0.6, 0.41) == "established"
   assert paired_stats.verdict(0.07, 0.45, 0.41) == "open"
   assert paired_stats.verdict(0.07, 0.35, 0.41) == "refuted"
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_too_few_seeds_leave_every_claim_open(alpha):
+  """Below the fewest seeds at which the exact sign-flip test of a difference that
+  never changes sign reaches alpha, no verdict is given, whatever the interval."""
+  n = paired_stats.fewest_seeds(alpha)
+  assert paired_stats.sign_flip_p([1.0] * n) < alpha <= paired_stats.sign_flip_p([1.0] * (n - 1))
+  assert paired_stats.verdict(0.5, 2.0, 0.0, [0.001, 0.001], alpha, n=n) == "established"
+  assert paired_stats.verdict(0.5, 2.0, 0.0, [0.001, 0.001], alpha, n=n - 1).startswith("open")
+  assert paired_stats.verdict(0.1, 0.2, 0.41, alpha=alpha, n=n - 1).startswith("open")
+  assert paired_stats.verdict(0.1, 0.2, 0.41, alpha=alpha, n=n) == "refuted"

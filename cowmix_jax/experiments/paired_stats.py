@@ -152,12 +152,24 @@ def share_of_gap(ours: dict[int, float], baseline: dict[int, float],
   return {"n": len(seeds), "share": float(share), "low": low, "high": high}
 
 
+def fewest_seeds(alpha: float = 0.05) -> int:
+  """The fewest paired seeds at which an exact one-sided sign-flip test can reach p <
+  ``alpha`` (every difference of one sign: p = 2^-n): 5 at 0.05."""
+  return math.floor(math.log2(1.0 / alpha)) + 1
+
+
 def verdict(low: float, high: float, threshold: float,
-            p_values: Sequence[float] | None = None, alpha: float = 0.05) -> str:
+            p_values: Sequence[float] | None = None, alpha: float = 0.05,
+            n: int | None = None) -> str:
   """Whether "the value is above ``threshold``" is ``established``, ``refuted`` or
   ``open``. Established: every one of ``p_values`` is below ``alpha`` (one-sided tests
   of the claim) or, without p-values, the interval ``[low, high]`` lies at or above the
-  threshold; refuted: the interval lies below it; open otherwise."""
+  threshold; refuted: the interval lies below it; open otherwise. With ``n`` paired
+  seeds fewer than ``fewest_seeds(alpha)`` it is always open (no exact test could
+  decide, and a bootstrap over so few seeds has too few distinct resamples to mean
+  anything), and says so."""
+  if n is not None and n < fewest_seeds(alpha):
+    return f"open (fewer than {fewest_seeds(alpha)} seeds)"
   if p_values is not None:
     above = len(p_values) > 0 and all(p < alpha for p in p_values)
   else:

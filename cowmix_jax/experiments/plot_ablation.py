@@ -394,18 +394,21 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
       f"1. {ours} above the baseline: {difference_cell(above)} over {above['n']} seeds, "
       f"t p {above['t_p']:.3f}, sign-flip p {above['sign_flip_p']:.3f}: **"
       + paired_stats.verdict(above["low"], above["high"], 0.0,
-                             [above["t_p"], above["sign_flip_p"]]) + "**",
+                             [above["t_p"], above["sign_flip_p"]], n=above["n"]) + "**",
       f"2. {ours} closes >= {100 * share_target:.0f}% of the gap: {share_cell(share)} over "
       f"{share['n']} seeds: **"
-      + paired_stats.verdict(share["low"], share["high"], share_target) + "**"]
+      + paired_stats.verdict(share["low"], share["high"], share_target, n=share["n"])
+      + "**"]
   verdicts, parts = [], []
   groups = {r["group"] for r in records}
   for other in (g for g in PERTURBATIONS if g in groups):
     difference = paired_difference(records, ours, baseline=other)
     if difference["n"] < 2:
       continue
-    verdicts.append(paired_stats.verdict(difference["low"], difference["high"], 0.0))
-    parts.append(f"{other} {difference_cell(difference)} ({difference['n']} seeds)")
+    verdicts.append(paired_stats.verdict(difference["low"], difference["high"], 0.0,
+                                         n=difference["n"]))
+    parts.append(f"{other} {difference_cell(difference)} ({difference['n']} seeds: "
+                 f"{verdicts[-1]})")
   overall = ("refuted" if "refuted" in verdicts else
              "established" if verdicts and set(verdicts) == {"established"} else "open")
   lines.append(f"3. {ours} at least every other perturbation (paired, {ours} minus): "
@@ -449,14 +452,16 @@ def strong_view_markdown(records: Sequence[dict], best: str | None = None,
         f"- {ours} minus {other}: {difference_cell(difference)} over {difference['n']} "
         f"seeds, t p {difference['t_p']:.3f}, sign-flip p {difference['sign_flip_p']:.3f}: **"
         + paired_stats.verdict(difference["low"], difference["high"], 0.0,
-                               [difference["t_p"], difference["sign_flip_p"]]) + "**")
+                               [difference["t_p"], difference["sign_flip_p"]],
+                               n=difference["n"]) + "**")
   best = best or best_strong_view_column(records)
   if best is not None and best in groups:
     share = gap_share(records, best)
     if share["n"]:
       lines.append(f"- the best, {best}, closes >= {100 * share_target:.0f}% of the gap: "
                    f"{share_cell(share)} over {share['n']} seeds: **"
-                   + paired_stats.verdict(share["low"], share["high"], share_target) + "**")
+                   + paired_stats.verdict(share["low"], share["high"], share_target,
+                                          n=share["n"]) + "**")
   return "\n".join(lines)
 
 
