@@ -723,6 +723,31 @@ def test_targets_are_judged_from_the_paired_statistics():
   assert four[2].endswith("(4 seeds: open (fewer than 5 seeds)): **open**")
 
 
+def test_summary_puts_val_and_test_of_the_same_runs_side_by_side():
+  """Issue 35: one screen, val and test from the runs scored on both (a run without a
+  test score and a swept variant stay out), beside the paper's test (hand-worked)."""
+  def scored(method, seed, val, test, variant=()):
+    return dict(_record(method, seed, val, variant), test_miou=test, test_per_class_iou={})
+  records = [scored("supervised", 0, 0.40, 0.30), scored("supervised", 1, 0.44, 0.36),
+             scored("cowmix", 0, 0.45, 0.33), scored("cowmix", 1, 0.47, 0.37),
+             _record("cowmix", 2, 0.60),  # never scored on test
+             scored("cowmix", 0, 0.20, 0.20, (("cons_weight", "1"),)),
+             scored("all_labels", 0, 0.50, 0.40), scored("all_labels", 1, 0.54, 0.46)]
+  lines = plot_ablation.summary_markdown(records).splitlines()
+  rows = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")]
+          for line in lines[2:]}
+  assert list(rows) == ["supervised", "cowmix", "all_labels"]
+  cowmix = rows["cowmix"]
+  assert cowmix[1:3] == ["0, 1", "46.00 +- 1.41"]
+  assert cowmix[3].startswith("+4.00 +- 1.41 [")  # +5 and +3
+  assert cowmix[4] == "35.00 +- 2.83"
+  assert cowmix[5].startswith("+2.00 +- 1.41 [")  # +3 and +1
+  assert cowmix[6].startswith("40% [") and " / 20% [" in cowmix[6]  # gaps of 10 points
+  assert cowmix[7:] == ["55.06 +- 1.74", "+6.40"]
+  assert rows["supervised"][3] == "" and rows["supervised"][8] == ""
+  assert plot_ablation.summary_markdown([_record("cowmix", 0, 0.5)]) == ""
+
+
 def test_table_at_both_lengths_takes_each_column_from_the_right_runs():
   """Issue 35: each column at its paper length x 0.04 and at the baseline's 12 epochs;
   CowOut's 300 epochs are its common length, cowout_100ep and CutMix have none unless

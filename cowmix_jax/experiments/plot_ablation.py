@@ -7,10 +7,11 @@ python -m cowmix_jax.experiments.plot_ablation --results=runs/camvid_cpu/results
 Writes PREFIX_miou.png, PREFIX_per_class.png and, when the file has sweep runs,
 PREFIX_sweep.png, and prints Table 1 as Markdown (see ``table_markdown``) with the
 verdicts on its claims (``targets_markdown``), and the same on test for the runs the
-runner also scored there (--eval_splits=test); --update_markdown=FILE writes them, the
-table over the learned classes and the per-class table into FILE's marked blocks
-(table1, targets, table1_test, targets_test, table1_learned, per_class; --markers=PREFIX
-for several grids in one file).
+runner also scored there (--eval_splits=test), with a one-screen summary of those runs on
+both splits (``summary_markdown``); --update_markdown=FILE writes them, the table over
+the learned classes and the per-class table into FILE's marked blocks (summary, table1,
+targets, table1_test, targets_test, table1_learned, per_class; --markers=PREFIX for
+several grids in one file).
 Needs matplotlib (pip install -e ".[plots]").
 """
 
@@ -319,6 +320,39 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
   return "\n".join(lines)
 
 
+def summary_markdown(records: Sequence[dict], split: str = "test") -> str:
+  """Table 1 in one screen, the runs scored on both splits only (so that each row's
+  val and ``split`` numbers come from the same runs): per method (its base group), the
+  seeds, on val and on ``split`` the mean +- std and the paired difference from the
+  baseline with its bootstrap 95% interval, the gap closed on each, and the paper's
+  test score and its difference from the paper's baseline. '' without such runs."""
+  scored = [r for r in records if f"{split}_miou" in r and r["group"] == r["method"]]
+  if not scored:
+    return ""
+  on_other = on_split(scored, split)
+  paper_base = PAPER_TABLE_1[ablation.BASELINE][0]
+  lines = [f"| method | seeds | val mIoU | val minus baseline [95% CI] | {split} mIoU | "
+           f"{split} minus baseline [95% CI] | gap closed, val / {split} | paper ({split}) "
+           "| paper minus baseline |", "|" + "---|" * 9]
+  for row in ablation.summarise(scored):
+    group = row["group"]
+    cells = [group, ", ".join(str(seed) for seed in row["seeds"])]
+    for split_records in (scored, on_other):
+      members = [r for r in split_records if r["group"] == group]
+      cells.append(_mean_std_cell(members))
+      cells.append("" if group == ablation.BASELINE
+                   else difference_cell(paired_difference(split_records, group)))
+    cells.append("0%" if group == ablation.BASELINE else
+                 f"{share_cell(gap_share(scored, group))} / "
+                 f"{share_cell(gap_share(on_other, group))}")
+    paper = PAPER_TABLE_1.get(group)
+    cells.append("" if paper is None else f"{paper[0]:.2f} +- {paper[1]:.2f}")
+    cells.append("" if paper is None or group == ablation.BASELINE
+                 else f"{paper[0] - paper_base:+.2f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def common_length_records(paper_records: Sequence[dict], common_records: Sequence[dict]
                           ) -> list[dict]:
   """Every column at the baseline's length: the records of ``common_records`` (shorter
@@ -617,6 +651,8 @@ def main(argv=None) -> None:
   print("\nTable 1's claims:\n" + blocks["targets"])
   test_records = on_split(records, "test")
   if test_records:
+    blocks["summary"] = summary_markdown(records)
+    print("\nTable 1 in one screen, the runs scored on val and test:\n" + blocks["summary"])
     blocks["table1_test"] = table_markdown(test_records, with_late=False)
     blocks["targets_test"] = targets_markdown(test_records)
     print("\nTable 1 on test (the final teachers, for reporting only):\n"
