@@ -18,6 +18,7 @@ os.environ["COWMIX_JAX_OFFLINE"] = "1"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"cowmix_jax_tests_xla_cache_{os.getuid()}"))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -25,6 +26,11 @@ from PIL import Image  # noqa: E402
 from cowmix_jax import config_base  # noqa: E402
 from cowmix_jax.config_base import get_base_config, get_data_config  # noqa: E402
 from cowmix_jax.data import synthetic  # noqa: E402
+
+# Start JAX's CPU backend now, with the 8 devices: a test that empties XLA_FLAGS for its
+# subprocesses (monkeypatch) would otherwise leave a worker whose first JAX call comes
+# during that test with 1 device, and the 8-device tests after it failing.
+assert len(jax.devices()) == 8, jax.devices()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CAMVID = os.path.join(REPO, os.pardir, "shared", "data", "camvid")
