@@ -436,7 +436,7 @@ def test_per_class_table_averages_the_baselines_seeds_against_numpy():
   assert lines[3] == "| car | " + " | ".join(f"{100 * v:.1f}" for v in car) + " |"
   miou = [100 * (s + c) / 2 for s, c in zip(sky, car)]
   assert lines[4] == "| mean (mIoU) | " + " | ".join(f"{v:.1f}" for v in miou) + " |"
-  assert lines[6] == "Mean over seeds 0, 1; not every seed for ict, left out."
+  assert lines[6] == "Mean over seeds 0, 1; left out, for lacking some of these seeds: ict."
   assert plot_ablation.per_class_markdown(records[2:3]) == ""  # no baseline
 
 
@@ -746,6 +746,40 @@ def test_summary_puts_val_and_test_of_the_same_runs_side_by_side():
   assert cowmix[7:] == ["55.06 +- 1.74", "+6.40"]
   assert rows["supervised"][3] == "" and rows["supervised"][8] == ""
   assert plot_ablation.summary_markdown([_record("cowmix", 0, 0.5)]) == ""
+
+
+def test_summary_keeps_only_the_seeds_every_method_ran_so_its_columns_subtract():
+  """A partial grid: CowOut has seeds 0 and 1 only, so every row is over 0 and 1 and
+  each mean minus the baseline's is the paired difference (the review of 2026-12-05:
+  over unequal seeds they did not subtract)."""
+  def scored(method, seed, val, test):
+    return dict(_record(method, seed, val), test_miou=test, test_per_class_iou={})
+  records = [scored("supervised", 0, 0.40, 0.30), scored("supervised", 1, 0.44, 0.36),
+             scored("supervised", 2, 0.50, 0.50), scored("cowmix", 0, 0.45, 0.33),
+             scored("cowmix", 1, 0.47, 0.37), scored("cowmix", 2, 0.40, 0.40),
+             scored("cowout", 0, 0.41, 0.31), scored("cowout", 1, 0.47, 0.38)]
+  lines = plot_ablation.summary_markdown(records).splitlines()
+  rows = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")]
+          for line in lines[2:]}
+  assert {row[1] for row in rows.values()} == {"0, 1"}
+  assert rows["supervised"][2] == "42.00 +- 2.83" and rows["supervised"][4] == "33.00 +- 4.24"
+  assert rows["cowout"][2] == "44.00 +- 4.24" and rows["cowout"][3].startswith("+2.00 ")
+  assert rows["cowout"][4] == "34.50 +- 4.95" and rows["cowout"][5].startswith("+1.50 ")
+
+
+def test_claim_three_needs_both_tests_like_claim_one():
+  """CowMix minus CutOut of +4, +5, +4, +6, -1: the bootstrap interval lies above 0, but
+  the exact sign-flip p is 2/32 = 0.0625, so CowMix's lead over CutOut stays open."""
+  base = [40.0, 41.0, 42.0, 43.0, 44.0]
+  cowmix = [45.0, 46.0, 47.0, 48.0, 49.0]
+  cutout = [41.0, 41.0, 43.0, 42.0, 50.0]
+  records = [_record(m, s, v / 100) for m, values in
+             (("supervised", base), ("cowmix", cowmix), ("cutout", cutout))
+             for s, v in enumerate(values)]
+  difference = plot_ablation.paired_difference(records, "cowmix", baseline="cutout")
+  assert difference["low"] > 0 and difference["sign_flip_p"] == pytest.approx(2 / 32)
+  line = plot_ablation.targets_markdown(records).splitlines()[2]
+  assert line.endswith("(5 seeds: open): **open**")
 
 
 def test_table_at_both_lengths_takes_each_column_from_the_right_runs():

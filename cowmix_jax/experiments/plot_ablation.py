@@ -321,12 +321,17 @@ def table_markdown(records: Sequence[dict], with_late: bool = True,
 
 
 def summary_markdown(records: Sequence[dict], split: str = "test") -> str:
-  """Table 1 in one screen, the runs scored on both splits only (so that each row's
-  val and ``split`` numbers come from the same runs): per method (its base group), the
-  seeds, on val and on ``split`` the mean +- std and the paired difference from the
-  baseline with its bootstrap 95% interval, the gap closed on each, and the paper's
-  test score and its difference from the paper's baseline. '' without such runs."""
+  """Table 1 in one screen: the base methods' runs scored on both splits, on the seeds
+  that every such method ran (so that each row's val and ``split`` numbers come from the
+  same runs and the means subtract to the differences): per method, on val and on
+  ``split`` the mean +- std and the paired difference from the baseline with its
+  bootstrap 95% interval, the gap closed on each, and the paper's test score and its
+  difference from the paper's baseline. '' without such runs."""
   scored = [r for r in records if f"{split}_miou" in r and r["group"] == r["method"]]
+  seed_sets = [{r["seed"] for r in scored if r["group"] == g}
+               for g in {r["group"] for r in scored}]
+  shared = set.intersection(*seed_sets) if seed_sets else set()
+  scored = [r for r in scored if r["seed"] in shared]
   if not scored:
     return ""
   on_other = on_split(scored, split)
@@ -418,9 +423,9 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
   2. closes at least ``share_target`` of the baseline-to-full gap: the bootstrap 95%
      interval of the share lies at or above it (refuted when it lies below);
   3. its mean at least every other perturbation's (the base groups in
-     ``PERTURBATIONS`` that share seeds with it): for each, the interval of the paired
-     difference; established when every interval lies at or above 0, refuted when one
-     lies below 0.
+     ``PERTURBATIONS`` that share seeds with it): for each, the paired difference judged
+     as in 1 (established when both p < 0.05, refuted when its interval lies below 0);
+     established when every one is, refuted when one is.
   """
   above = paired_difference(records, ours)
   share = gap_share(records, ours)
@@ -439,8 +444,9 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
     difference = paired_difference(records, ours, baseline=other)
     if difference["n"] < 2:
       continue
-    verdicts.append(paired_stats.verdict(difference["low"], difference["high"], 0.0,
-                                         n=difference["n"]))
+    verdicts.append(paired_stats.verdict(
+        difference["low"], difference["high"], 0.0,
+        [difference["t_p"], difference["sign_flip_p"]], n=difference["n"]))
     parts.append(f"{other} {difference_cell(difference)} ({difference['n']} seeds: "
                  f"{verdicts[-1]})")
   overall = ("refuted" if "refuted" in verdicts else
@@ -551,7 +557,8 @@ def per_class_markdown(records: Sequence[dict]) -> str:
       f"{np.mean(list(means[m].values())):.1f}" for m in methods) + " |")
   lines.append("")
   lines.append(f"Mean over seeds {', '.join(map(str, sorted(seeds)))}"
-               + (f"; not every seed for {', '.join(left_out)}, left out." if left_out else "."))
+               + (f"; left out, for lacking some of these seeds: {', '.join(left_out)}."
+                  if left_out else "."))
   return "\n".join(lines)
 
 
@@ -647,12 +654,13 @@ def main(argv=None) -> None:
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))
   blocks = {"table1": table_markdown(records), "targets": targets_markdown(records)}
-  print("\nTable 1 (teacher mIoU %):\n" + blocks["table1"])
+  print("\nTable 1 (final teacher mIoU % on validation):\n" + blocks["table1"])
   print("\nTable 1's claims:\n" + blocks["targets"])
   test_records = on_split(records, "test")
   if test_records:
     blocks["summary"] = summary_markdown(records)
-    print("\nTable 1 in one screen, the runs scored on val and test:\n" + blocks["summary"])
+    print("\nTable 1 in one screen (the runs scored on val and test, on the seeds every "
+          "method ran):\n" + blocks["summary"])
     blocks["table1_test"] = table_markdown(test_records, with_late=False)
     blocks["targets_test"] = targets_markdown(test_records)
     print("\nTable 1 on test (the final teachers, for reporting only):\n"
