@@ -229,21 +229,23 @@ def on_split(records: Sequence[dict], split: str) -> list[dict]:
 
 def difference_cell(difference: dict) -> str:
   """``+3.00 +- 1.41 [+2.00, +4.00]``: the mean paired difference, its std over seeds
-  and its bootstrap 95% interval (the parts that exist)."""
+  and its bootstrap 95% interval (the parts that exist; the interval from five seeds
+  on, ``paired_stats.fewest_seeds``: over fewer it is little more than their range)."""
   if not difference["n"]:
     return ""
   text = _plus_minus(difference["mean"], difference["std"], signed=True)
-  if not np.isnan(difference["low"]):
+  if not np.isnan(difference["low"]) and difference["n"] >= paired_stats.fewest_seeds():
     text += f" [{difference['low']:+.2f}, {difference['high']:+.2f}]"
   return text
 
 
 def share_cell(share: dict) -> str:
-  """``27% [7%, 45%]``: the share of the gap closed and its bootstrap 95% interval."""
+  """``27% [7%, 45%]``: the share of the gap closed and its bootstrap 95% interval
+  (from five seeds on, as in ``difference_cell``)."""
   if not share["n"] or np.isnan(share["share"]):
     return ""
   text = f"{100 * share['share']:.0f}%"
-  if not np.isnan(share["low"]):
+  if not np.isnan(share["low"]) and share["n"] >= paired_stats.fewest_seeds():
     text += f" [{100 * share['low']:.0f}%, {100 * share['high']:.0f}%]"
   return text
 
