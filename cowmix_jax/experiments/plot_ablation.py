@@ -416,6 +416,14 @@ PERTURBATIONS = ("aug", "ict", "cutout", "cutmix", "cutmix_random_area", "cowout
                  "cowout_100ep")
 
 
+def difference_verdict(difference: dict) -> str:
+  """``paired_stats.verdict`` on "the paired difference is above 0": both one-sided
+  p-values below 0.05 (and at least five seeds) establish it."""
+  return paired_stats.verdict(difference["low"], difference["high"], 0.0,
+                              [difference["t_p"], difference["sign_flip_p"]],
+                              n=difference["n"])
+
+
 def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
                      share_target: float = PAPER_GAP_SHARE) -> str:
   """The three claims of Table 1 about ``ours``, each with its numbers and a verdict
@@ -434,8 +442,7 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
   lines = [
       f"1. {ours} above the baseline: {difference_cell(above)} over {above['n']} seeds, "
       f"t p {above['t_p']:.3f}, sign-flip p {above['sign_flip_p']:.3f}: **"
-      + paired_stats.verdict(above["low"], above["high"], 0.0,
-                             [above["t_p"], above["sign_flip_p"]], n=above["n"]) + "**",
+      + difference_verdict(above) + "**",
       f"2. {ours} closes >= {100 * share_target:.0f}% of the gap: {share_cell(share)} over "
       f"{share['n']} seeds: **"
       + paired_stats.verdict(share["low"], share["high"], share_target, n=share["n"])
@@ -446,9 +453,7 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
     difference = paired_difference(records, ours, baseline=other)
     if difference["n"] < 2:
       continue
-    verdicts.append(paired_stats.verdict(
-        difference["low"], difference["high"], 0.0,
-        [difference["t_p"], difference["sign_flip_p"]], n=difference["n"]))
+    verdicts.append(difference_verdict(difference))
     parts.append(f"{other} {difference_cell(difference)} ({difference['n']} seeds: "
                  f"{verdicts[-1]})")
   overall = ("refuted" if "refuted" in verdicts else
@@ -493,9 +498,7 @@ def strong_view_markdown(records: Sequence[dict], best: str | None = None,
     lines.append(
         f"- {ours} minus {other}: {difference_cell(difference)} over {difference['n']} "
         f"seeds, t p {difference['t_p']:.3f}, sign-flip p {difference['sign_flip_p']:.3f}: **"
-        + paired_stats.verdict(difference["low"], difference["high"], 0.0,
-                               [difference["t_p"], difference["sign_flip_p"]],
-                               n=difference["n"]) + "**")
+        + difference_verdict(difference) + "**")
   best = best or best_strong_view_column(records)
   if best is not None and best in groups:
     share = gap_share(records, best)
