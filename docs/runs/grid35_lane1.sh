@@ -1,7 +1,9 @@
 #!/bin/bash
 # Issue 35, lane 1 of 2 (two runs at once). Every phase is idempotent: run the script
-# again after a stop and finished runs are skipped. Stop: kill this script first, then
-# kill -TERM the experiments.ablation process (its run checkpoints; exit 143 stops here).
+# again after a stop and finished runs are skipped. The two lanes never list the same
+# run (the runner locks its results file, not a run's workdir). Stop: kill this script
+# first, then kill -TERM the experiments.ablation process (its run checkpoints).
+# Rebalanced 2026-12-05 21:00: lane 2 had twice lane 1's remaining hours.
 . "$(dirname "$0")/grid35_common.sh"
 R=/work/runs
 # P0: reproduction check (seed 0 ran on the live tree of 2026-11-30)
@@ -15,12 +17,16 @@ done
 for seed in 0 1 2 3 4; do
   $RUNNER --root=$R/camvid_lite0_rerun --methods=supervised,cowmix --seeds=$seed || exit
 done
-# P3: ICT at 4 epochs (1468 steps): the base run, then one change at a time (val only)
-ICT="$PY -m cowmix_jax.experiments.ablation --config=/work/grid_code/configs/camvid_cpu.py --code=/work/grid_code --set=data.manual_dir=/work/shared/data/camvid --set=num_epochs=4 --root=$R/camvid_lite0_ict --seeds=0,1"
-$ICT --methods=supervised,ict || exit
-: # the variants run in ict35.sh on the code with the authors ICT confidence (d9869b8)                                
+# P2b: CowOut and full supervision reruns of seeds 3-4 (lane 2 reruns seeds 0-2)
+for seed in 3 4; do
+  $RUNNER --root=$R/camvid_lite0_rerun --methods=cowout,all_labels --seeds=$seed || exit
+done
+# (ICT at 4 epochs on the grid's code runs in ict35.sh, lane 2)
 # P3b: CutMix with a random area at the common length (12 epochs), val and test
 $RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix_random_area --seeds=0,1,2,3,4 || exit
-# P4: the 24-epoch study on seeds 0-2, continuing the reruns
+# P3c: standard augmentation at the common length; CutMix (fixed area) seeds 3-4
+$RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=aug --seeds=0,1,2 || exit
+$RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix --seeds=3,4 || exit
+# P4: the 24-epoch study on seeds 0-2, continuing the reruns (last, if time allows)
 $RUNNER --root=$R/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=$R/camvid_lite0_rerun --methods=supervised,cowmix --seeds=0,1,2 || exit
 echo "lane 1 done"
