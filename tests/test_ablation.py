@@ -721,6 +721,22 @@ def test_targets_are_judged_from_the_paired_statistics():
   assert four[2].endswith("(4 seeds: open (fewer than 5 seeds)): **open**")
 
 
+def test_share_of_the_gap_is_judged_on_both_of_its_intervals():
+  """The percentile bootstrap is narrow over few seeds: a share is refuted (or
+  established) only when its Fieller interval agrees (issue 35's interim 27%:
+  bootstrap [13%, 39%], Fieller [8%, 44%] against the paper's 41%)."""
+  share = {"n": 7, "share": 0.27, "low": 0.13, "high": 0.39, "t_low": 0.083, "t_high": 0.439}
+  assert plot_ablation.share_verdict(share, 0.41) == "open"
+  assert plot_ablation.share_verdict(dict(share, t_high=0.40), 0.41) == "refuted"
+  assert plot_ablation.share_verdict(share, 0.10) == "open"  # the Fieller low is below
+  assert plot_ablation.share_verdict(share, 0.05) == "established"  # both lows above
+  unbounded = dict(share, t_low=float("-inf"), t_high=float("inf"))
+  assert plot_ablation.share_verdict(unbounded, 0.41) == "open"
+  assert plot_ablation.share_claim_text(share, 0.41) == (
+      "27% [13%, 39%], t-based [8%, 44%] over 7 seeds: **open**")
+  assert "t-based [-inf%, inf%]" in plot_ablation.share_claim_text(unbounded, 0.41)
+
+
 def test_summary_puts_val_and_test_of_the_same_runs_side_by_side():
   """Issue 35: one screen, val and test from the runs scored on both (a run without a
   test score and a swept variant stay out), beside the paper's test (hand-worked)."""

@@ -88,6 +88,46 @@ def test_bootstrap_interval_of_the_gap_share_equals_the_brute_force_enumeration(
   assert result["low"] <= result["share"] <= result["high"]
 
 
+def accepted_ratios(gain, gap, thetas, level=0.95):
+  """The ``thetas`` that scipy's two-sided one-sample t-test of ``gain - theta * gap``
+  does not reject at ``1 - level``: Fieller's set by brute force."""
+  gain, gap = np.asarray(gain, float), np.asarray(gap, float)
+  thetas = np.asarray(thetas, float)
+  p = stats.ttest_1samp(gain[None, :] - thetas[:, None] * gap[None, :], 0.0, axis=1).pvalue
+  return thetas[p >= 1 - level]
+
+
+@pytest.mark.parametrize("gain,gap", [
+    # Table 1's CowMix and full supervision minus the baseline, seeds 0-4 (val).
+    ([-0.98, 1.64, 5.28, 5.04, 3.28], [9.70, 12.54, 11.22, 12.47, 7.42]),
+    ([1.0, 2.0, 0.5, 3.0, 1.5, 2.5, 0.0], [8.0, 11.0, 9.0, 13.0, 10.0, 12.0, 7.5])])
+def test_fieller_interval_equals_the_brute_force_test_inversion(gain, gap):
+  low, high = paired_stats.fieller_interval(gain, gap)
+  step = 1e-4
+  inside = accepted_ratios(gain, gap, np.arange(-1.0, 1.5, step))
+  assert low == pytest.approx(min(inside), abs=step)
+  assert high == pytest.approx(max(inside), abs=step)
+  assert low < np.mean(gain) / np.mean(gap) < high
+
+
+def test_fieller_interval_is_unbounded_when_the_gap_itself_is_not_significant():
+  gain, gap = [1.0, 2.0, 1.5], [5.0, -4.0, 1.0]  # mean gap 0.67, not significant
+  assert stats.ttest_1samp(gap, 0.0).pvalue > 0.05
+  assert paired_stats.fieller_interval(gain, gap) == (float("-inf"), float("inf"))
+  # and every ratio the brute force tries is accepted or the set is not an interval
+  inside = accepted_ratios(gain, gap, np.arange(-50.0, 50.0, 0.5))
+  assert min(inside) <= -49 or max(inside) >= 49
+
+
+def test_share_of_gap_carries_the_fieller_interval():
+  method, baseline = [44.68, 43.38, 47.10, 48.30, 45.40], [45.66, 41.74, 41.82, 43.26, 42.12]
+  full = [55.36, 54.28, 53.04, 55.73, 49.54]
+  result = paired_stats.share_of_gap(dict(enumerate(method)), dict(enumerate(baseline)),
+                                     dict(enumerate(full)))
+  assert (result["t_low"], result["t_high"]) == pytest.approx(paired_stats.fieller_interval(
+      np.subtract(method, baseline), np.subtract(full, baseline)))
+
+
 def test_compare_pairs_only_the_common_seeds_and_matches_scipy():
   ours = {0: 45.0, 1: 47.0, 2: 44.0, 3: 50.0}
   other = {0: 44.0, 1: 44.5, 3: 46.0, 7: 1.0}

@@ -250,6 +250,32 @@ def share_cell(share: dict) -> str:
   return text
 
 
+def share_claim_text(share: dict, target: float) -> str:
+  """``27% [13%, 39%], t-based [8%, 44%], over 7 seeds: **open**``: the share of the
+  gap with both its intervals and ``share_verdict``'s verdict on "at least
+  ``target``"."""
+  text = share_cell(share)
+  if share["n"] >= paired_stats.fewest_seeds() and not np.isnan(share["t_low"]):
+    text += f", t-based [{_percent(share['t_low'])}, {_percent(share['t_high'])}]"
+  return f"{text} over {share['n']} seeds: **{share_verdict(share, target)}**"
+
+
+def _percent(value: float) -> str:
+  """``44%``; ``-inf%`` and ``inf%`` for an unbounded interval's ends."""
+  return f"{value:.0%}" if np.isfinite(value) else ("-inf%" if value < 0 else "inf%")
+
+
+def share_verdict(share: dict, target: float) -> str:
+  """``paired_stats.verdict`` on "the share of the gap is at least ``target``", judged on
+  both intervals: established when the bootstrap and the Fieller interval both lie at
+  or above it, refuted when both lie below it (the percentile bootstrap alone is
+  narrow over few seeds)."""
+  low, high = share["low"], share["high"]
+  if not np.isnan(share["t_low"]):
+    low, high = min(low, share["t_low"]), max(high, share["t_high"])
+  return paired_stats.verdict(low, high, target, n=share["n"])
+
+
 LATE_EVALUATIONS = 3
 
 
@@ -430,8 +456,9 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
   (``paired_stats.verdict``: established, refuted or open), as a Markdown list:
 
   1. above the baseline: one-sided paired t p < 0.05 and sign-flip p < 0.05;
-  2. closes at least ``share_target`` of the baseline-to-full gap: the bootstrap 95%
-     interval of the share lies at or above it (refuted when it lies below);
+  2. closes at least ``share_target`` of the baseline-to-full gap: the bootstrap and
+     the Fieller 95% intervals of the share both lie at or above it (refuted when both
+     lie below; ``share_verdict``);
   3. its mean at least every other perturbation's (the base groups in
      ``PERTURBATIONS`` that share seeds with it): for each, the paired difference judged
      as in 1 (established when both p < 0.05, refuted when its interval lies below 0);
@@ -443,10 +470,8 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
       f"1. {ours} above the baseline: {difference_cell(above)} over {above['n']} seeds, "
       f"t p {above['t_p']:.3f}, sign-flip p {above['sign_flip_p']:.3f}: **"
       + difference_verdict(above) + "**",
-      f"2. {ours} closes >= {100 * share_target:.0f}% of the gap: {share_cell(share)} over "
-      f"{share['n']} seeds: **"
-      + paired_stats.verdict(share["low"], share["high"], share_target, n=share["n"])
-      + "**"]
+      f"2. {ours} closes >= {100 * share_target:.0f}% of the gap: "
+      + share_claim_text(share, share_target)]
   verdicts, parts = [], []
   groups = {r["group"] for r in records}
   for other in (g for g in PERTURBATIONS if g in groups):
@@ -486,7 +511,7 @@ def strong_view_markdown(records: Sequence[dict], best: str | None = None,
   masks against boxes inside FixMatch and inside UniMatch, complementary cow masks
   against independent ones (paired by seed: t and sign-flip p, bootstrap interval), and
   whether ``best`` (default: the best share in ``records``) closes at least
-  ``share_target`` of the gap (its bootstrap interval). '' without such columns."""
+  ``share_target`` of the gap (``share_verdict``). '' without such columns."""
   groups = {r["group"] for r in records}
   lines = []
   for ours, other in STRONG_VIEW_PAIRS:
@@ -504,9 +529,7 @@ def strong_view_markdown(records: Sequence[dict], best: str | None = None,
     share = gap_share(records, best)
     if share["n"]:
       lines.append(f"- the best, {best}, closes >= {100 * share_target:.0f}% of the gap: "
-                   f"{share_cell(share)} over {share['n']} seeds: **"
-                   + paired_stats.verdict(share["low"], share["high"], share_target,
-                                          n=share["n"]) + "**")
+                   + share_claim_text(share, share_target))
   return "\n".join(lines)
 
 
