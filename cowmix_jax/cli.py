@@ -29,11 +29,16 @@ from absl import app, flags
 from cowmix_jax import quiet_import
 
 
+VERBOSE_HELP = ("Show the traceback of an expected error and TensorFlow's start-up lines "
+                "(also: COWMIX_JAX_VERBOSE=1).")
+
+
 def new_flags() -> flags.FlagValues:
-  """An empty set of flags with ``--help`` (and ``-h``)."""
+  """An empty set of flags with ``--help`` (and ``-h``) and ``--verbose``."""
   values = flags.FlagValues()
   flags.DEFINE_boolean("help", False, "show the usage and the flags, and exit",
                        short_name="h", flag_values=values)
+  flags.DEFINE_boolean("verbose", False, VERBOSE_HELP, flag_values=values)
   return values
 
 
@@ -65,17 +70,23 @@ def parse(values: flags.FlagValues, argv: Sequence[str] | None, usage: str) -> l
 def settings(values: flags.FlagValues) -> dict:
   """``{name: value}`` of every flag but ``--help`` (to record with a result)."""
   return {name: value for name, value in values.flag_values_dict().items()
-          if name not in ("help", "h")}
+          if name not in ("help", "h", "verbose")}
 
 
 def run(main: Callable[[Sequence[str] | None], int | None]) -> None:
-  """Runs ``main(None)`` on the command line and exits with its status; a usage error
-  is one line on stderr and status 2, not a traceback."""
+  """Runs ``main(None)`` on the command line and exits with its status. A usage error
+  is one line on stderr and status 2; another expected error (``EXPECTED_ERRORS``: a
+  missing file, bad data) one line and status 1 (2 for a ``ConfigError``), or its
+  traceback with ``--verbose`` or ``COWMIX_JAX_VERBOSE=1``."""
   try:
     status = main(None)
   except app.UsageError as error:
     print(f"{sys.argv[0]}: {error} (--help lists the flags)", file=sys.stderr)
     sys.exit(2)
+  except EXPECTED_ERRORS as error:
+    if wants_verbose(sys.argv):
+      raise
+    fail(error_message(error), 2 if isinstance(error, ConfigError) else 1)
   sys.exit(status or 0)
 
 

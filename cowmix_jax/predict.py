@@ -4,6 +4,11 @@ python -m cowmix_jax.predict --workdir=DIR --input=IMAGES --output_dir=OUT \\
     [--checkpoint=latest|best|STEP] [--model=teacher|student] [--flip] \\
     [--overlay_alpha=0.5] [--overwrite] [--strict]
 
+For example, the README's demo run on a folder of your images (any size; here
+my_images)::
+
+  python -m cowmix_jax.predict --workdir=workdirs/synthetic --input=my_images --output_dir=workdirs/synthetic/predicted
+
 Writes ``OUT/<name>.png``: a palette PNG whose pixel values are the class ids (viewers
 show the dataset's colours), and ``OUT/<name>_overlay.png``: the image blended with the
 coloured prediction. Only the run is needed: its checkpoint, its saved config

@@ -59,6 +59,33 @@ def test_a_tool_ends_a_usage_error_with_one_line_and_status_2():
   assert "Traceback" not in out.stderr
 
 
+def test_a_tool_ends_a_missing_file_with_its_own_line_and_status_1(tmp_path):
+  """Every tool run by ``cli.run`` (here splits' compare, which needs no dataset): an
+  expected error is one line naming the file, status 1; ``--verbose`` gives the
+  traceback instead, with the same error at its end."""
+  present, missing = tmp_path / "a.txt", tmp_path / "nowhere.txt"
+  present.write_text("img_0\n")
+  command = [sys.executable, "-m", "cowmix_jax.data.splits", "compare", str(present),
+             str(missing)]
+  env = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
+  out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=env)
+  assert out.returncode == 1, out.stderr
+  assert "Traceback" not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert str(missing) in last and "--verbose" in last
+  verbose = subprocess.run(command + ["--verbose"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, env=env)
+  assert verbose.returncode == 1
+  assert "Traceback" in verbose.stderr and str(missing) in verbose.stderr.splitlines()[-1]
+
+
+def test_settings_leave_out_help_and_verbose():
+  values = _flags()
+  cli.parse(values, ["--root=a", "--verbose"], "usage")
+  assert values.verbose and "verbose" not in cli.settings(values)
+
+
 def test_the_closed_event_loop_noise_is_dropped_and_other_unraisable_errors_pass(
     monkeypatch):
   seen = []
