@@ -28,7 +28,6 @@ from absl import app, flags
 
 from cowmix_jax import quiet_import
 
-
 VERBOSE_HELP = ("Show the traceback of an expected error and TensorFlow's start-up lines "
                 "(also: COWMIX_JAX_VERBOSE=1).")
 

@@ -7,7 +7,8 @@ python -m cowmix_jax.evaluate --workdir=DIR [--config=configs/X.py] \\
 
 For example, after the README's demo (its run is in workdirs/synthetic)::
 
-  python -m cowmix_jax.evaluate --workdir=workdirs/synthetic --checkpoint=best --output=workdirs/synthetic/best.json
+  python -m cowmix_jax.evaluate --workdir=workdirs/synthetic --checkpoint=best \\
+      --output=workdirs/synthetic/best.json
 
 Without ``--config``, the run's own saved config (``DIR/config.json``) is used, with any
 ``--config.KEY=VALUE`` overrides on top; only the checkpoint is read, so a pretrained

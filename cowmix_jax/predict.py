@@ -7,7 +7,8 @@ python -m cowmix_jax.predict --workdir=DIR --input=IMAGES --output_dir=OUT \\
 For example, the README's demo run on a folder of your images (any size; here
 my_images)::
 
-  python -m cowmix_jax.predict --workdir=workdirs/synthetic --input=my_images --output_dir=workdirs/synthetic/predicted
+  python -m cowmix_jax.predict --workdir=workdirs/synthetic --input=my_images \\
+      --output_dir=workdirs/synthetic/predicted
 
 Writes ``OUT/<name>.png``: a palette PNG whose pixel values are the class ids (viewers
 show the dataset's colours), and ``OUT/<name>_overlay.png``: the image blended with the
