@@ -3,7 +3,8 @@ runs exists, each flag it gives is defined by that tool, each config file exists
 ``--config.KEY`` (``--set``, ``--vary``) names a key of that config.
 
 Commands are read from fenced code blocks (``bash`` or unmarked), with backslash
-continuations joined, from inline code that starts with ``python -m``, and from the
+continuations joined, from inline code that starts with ``python -m``, a console script
+or a launcher script (``launch/*.sh``, ``sbatch launch/...``), and from the
 docstrings of the tools and configs (the examples ``--help`` prints). Words in
 capitals (``DIR``, ``KEY``, ``configs/X.py``) are placeholders and are not checked;
 ``[--flag=...]`` marks an optional flag, which is checked like the others.
@@ -56,8 +57,15 @@ class Command:
   args: list[str]
 
 
+# Inline code that is a command: a Python module, a console script or a launcher script.
+INLINE_COMMAND = re.compile(
+    r"`((?:python -m |cowmix-(?:train|evaluate|predict) |(?:sbatch |bash )?"
+    r"(?:launch|benchmarks)/[\w.]+\.(?:sh|sbatch) )[^`]+)`")
+
+
 def _code_lines(path: str):
-  """(line number, text) of the commands in fenced blocks and inline ``python -m`` code."""
+  """(line number, text) of the commands in fenced blocks and inline code
+  (``INLINE_COMMAND``)."""
   with open(os.path.join(REPO, path)) as f:
     lines = f.read().split("\n")
   in_block, shell, pending, start = False, False, "", 0
@@ -74,7 +82,7 @@ def _code_lines(path: str):
         yield start, pending
         pending = ""
     elif not in_block:
-      for span in re.findall(r"`(python -m [^`]+)`", line):
+      for span in re.findall(INLINE_COMMAND, line):
         yield number, span
 
 
