@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import app
 
 from cowmix_jax import config_base
 from cowmix_jax.experiments import ablation, plot_ablation, recalibrate_bn
@@ -620,6 +621,55 @@ def test_an_evaluation_of_another_step_than_the_final_one_fails_the_run(tmp_path
                                       eval_splits=["test"])
   assert failed == ["supervised_seed0"]
   assert "test_miou" not in results["runs"]["supervised_seed0"]
+
+
+def test_a_failed_run_prints_its_own_last_line(tmp_path, capsys):
+  """A run's one-line error (what main prints last) is in the runner's FAILED line."""
+  def failing(command, workdir, stop):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "train.log"), "a") as log:
+      log.write("start-up lines\nmain.py: config.cons_weight=-1.0 must be in [0, inf]\n\n")
+    return 2, 1.0
+
+  _, failed = ablation.run_grid(ablation.plan_runs(["cowmix"], [0]), "c.py", str(tmp_path),
+                                str(tmp_path / "results.json"), [], ablation.StopRequest(),
+                                failing)
+  assert failed == ["cowmix_seed0"]
+  line = [x for x in capsys.readouterr().out.splitlines() if "FAILED" in x][0]
+  assert "exit code 2): main.py: config.cons_weight=-1.0 must be in [0, inf]" in line
+  assert ablation.last_log_line(str(tmp_path / "never_ran")) == ""
+
+
+def test_a_misspelt_override_key_stops_the_grid_before_any_run(tmp_path, monkeypatch):
+  """--config.KEY, --set and --vary keys are checked against the config up front (with
+  the closest keys it has); nothing is launched and no folder is made."""
+  config = os.path.join(REPO, "configs", "synthetic.py")
+  ablation.check_override_keys(config, ["cons_weight", "mask.cow_sigma_range",
+                                        "data.num_labelled"])  # real keys pass
+  with pytest.raises(app.UsageError, match=r"--config.cons_weigth: .* has no key "
+                     r"'cons_weigth'; did you mean cons_weight"):
+    ablation.check_override_keys(config, ["cons_weight", "cons_weigth"])
+  with pytest.raises(app.UsageError, match="'mask.cow_sigma'"):
+    ablation.check_override_keys(config, ["mask.cow_sigma"])
+
+  launched = []
+  monkeypatch.setattr(ablation, "launch", lambda *args: launched.append(args) or (0, 0.0))
+  root = tmp_path / "grid"
+  for bad in (["--config.cons_weigth=3"], ["--set=cons_weigth=3"],
+              ["--vary=cons_weigth=1;3"]):
+    with pytest.raises(app.UsageError, match="cons_weigth"):
+      ablation.main([f"--config={config}", f"--root={root}", "--methods=cowmix",
+                     "--seeds=0", *bad])
+  assert launched == [] and not root.exists()
+
+
+def test_the_plots_refuse_a_missing_or_empty_results_file(tmp_path):
+  missing, empty = str(tmp_path / "nowhere.json"), str(tmp_path / "empty.json")
+  ablation.save_results(empty, {"runs": {}})
+  with pytest.raises(app.UsageError, match=f"--results={missing}: no such file"):
+    plot_ablation.merge_results([missing])
+  with pytest.raises(ValueError, match=f"--common_results: no run recorded in {empty}"):
+    plot_ablation.merge_results([empty], "--common_results")
 
 
 def test_the_evaluate_command_scores_the_final_teacher_with_the_saved_config():

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import fcntl
 import json
 import math
@@ -418,6 +419,17 @@ def launch(command: list[str], workdir: str, stop: StopRequest,
   return code, time.time() - start
 
 
+def last_log_line(workdir: str) -> str:
+  """The last non-empty line of the run's ``train.log`` (a failed run's one-line error);
+  '' without a log."""
+  try:
+    with open(os.path.join(workdir, "train.log")) as log:
+      lines = [line.strip() for line in log if line.strip()]
+  except OSError:
+    return ""
+  return lines[-1] if lines else ""
+
+
 def start_from_finished_run(source: str, workdir: str) -> str:
   """Makes ``workdir`` a copy of the finished run ``source`` (its checkpoints, logs and
   metrics; not its results.json), so that training there resumes from the source's last
@@ -563,7 +575,8 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
         print(f"{prefix}: stopped; run the same command again to resume it.")
         break
       if record is None:
-        print(f"{prefix}: FAILED (exit code {code_}); see {workdir}/train.log", flush=True)
+        print(f"{prefix}: FAILED (exit code {code_}): {last_log_line(workdir)} (the log: "
+              f"{workdir}/train.log)", flush=True)
         failed.append(run.name)
         continue
       times.append(seconds)
@@ -597,6 +610,29 @@ def check_continuable(config: str, common: Sequence[tuple[str, str]],
         f"--continue_from: config.lr_schedule is {schedule!r}, which depends on the run's "
         f"length, so a continued run would differ from one planned at this length; "
         f"continuing needs lr_schedule='constant'")
+
+
+def config_keys(config) -> list[str]:
+  """Every key of a config, flattened with dots (``mask.cow_sigma_range``)."""
+  keys = []
+  for key, value in config.items():
+    keys.append(key)
+    if hasattr(value, "items"):
+      keys += [f"{key}.{child}" for child in config_keys(value)]
+  return keys
+
+
+def check_override_keys(config: str, overrides: Sequence[str]) -> None:
+  """UsageError naming the first of ``overrides`` (config keys of ``--config.KEY=...``,
+  ``--set`` and ``--vary``) that ``config`` lacks, with the closest keys it has: a
+  misspelt key would otherwise fail every run of the grid in turn, after each had
+  started."""
+  known = set(config_keys(config_base.load_config_file(config)))
+  for key in overrides:
+    if key not in known:
+      close = difflib.get_close_matches(key, sorted(known), n=3)
+      hint = f"; did you mean {', '.join(close)}?" if close else ""
+      raise app.UsageError(f"--config.{key}: {config} has no key {key!r}{hint}")
 
 
 def check_code(code: str) -> None:
@@ -671,6 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = [parse_set(s) for s in FLAGS.set]
   except ValueError as error:
     raise app.UsageError(str(error)) from None
+  if not FLAGS.report_only and not FLAGS.code:  # another checkout's runs check their keys
+    check_override_keys(FLAGS.config, [key for key, _ in common]
+                        + [key for run in runs for key, _ in run.variant])
   os.makedirs(FLAGS.root, exist_ok=True)
   results_path = FLAGS.results or os.path.join(FLAGS.root, "results.json")
   failed, stopped = [], False

@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 from cowmix_jax import cli, plotting
 from cowmix_jax.experiments import ablation, paired_stats
@@ -629,13 +629,20 @@ def update_markdown(path: str, blocks: dict[str, str], required: Sequence[str] =
   return written
 
 
-def merge_results(paths: Sequence[str]) -> dict:
-  """The runs of several results files in one (a later file wins on a repeated name)."""
+def merge_results(paths: Sequence[str], flag: str = "--results") -> dict:
+  """The runs of several results files in one (a later file wins on a repeated name).
+  UsageError naming ``flag`` for a file that does not exist; ValueError when the files
+  hold no run at all (charts and tables of nothing would look like a finished report)."""
   merged = {"runs": {}}
   for path in paths:
+    if not os.path.isfile(path):
+      raise app.UsageError(f"{flag}={path}: no such file (a results.json of "
+                           "cowmix_jax.experiments.ablation)")
     results = ablation.load_results(path)
     merged["runs"].update(results["runs"])
     merged.setdefault("machine", results.get("machine", ""))
+  if not merged["runs"]:
+    raise ValueError(f"{flag}: no run recorded in {', '.join(paths)}")
   return merged
 
 
@@ -703,7 +710,7 @@ def main(argv=None) -> None:
       print("\nThe same on test (the best column as chosen on validation):\n"
             + blocks["strong_views_test"])
   if FLAGS.common_results:
-    common = base_records(merge_results(FLAGS.common_results))
+    common = base_records(merge_results(FLAGS.common_results, "--common_results"))
     blocks["table1_lengths"] = lengths_markdown(records, common, FLAGS.epoch_scale)
     print("\nTable 1 at each method's paper length and at one common length:\n"
           + blocks["table1_lengths"])
