@@ -663,6 +663,14 @@ def test_a_misspelt_override_key_stops_the_grid_before_any_run(tmp_path, monkeyp
   assert launched == [] and not root.exists()
 
 
+def test_a_report_of_a_grid_that_never_ran_is_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  root = tmp_path / "never"
+  with pytest.raises(app.UsageError, match=r"--report_only: there is no .*never/results.json"):
+    ablation.main(["--config=configs/synthetic.py", f"--root={root}", "--report_only"])
+  assert not root.exists()
+
+
 def test_the_plots_refuse_a_missing_or_empty_results_file(tmp_path):
   missing, empty = str(tmp_path / "nowhere.json"), str(tmp_path / "empty.json")
   ablation.save_results(empty, {"runs": {}})

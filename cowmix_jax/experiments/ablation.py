@@ -710,12 +710,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not FLAGS.report_only and not FLAGS.code:  # another checkout's runs check their keys
     check_override_keys(FLAGS.config, [key for key, _ in common]
                         + [key for run in runs for key, _ in run.variant])
-  os.makedirs(FLAGS.root, exist_ok=True)
   results_path = FLAGS.results or os.path.join(FLAGS.root, "results.json")
   failed, stopped = [], False
   if FLAGS.report_only:
+    if not os.path.isfile(results_path):
+      raise app.UsageError(f"--report_only: there is no {results_path} (no run of this "
+                           f"grid has finished)")
     results = load_results(results_path)
   else:
+    os.makedirs(FLAGS.root, exist_ok=True)
     if FLAGS.epoch_scale < 0:
       raise app.UsageError(f"--epoch_scale={FLAGS.epoch_scale} must be >= 0")
     if FLAGS.continue_from:
