@@ -188,8 +188,8 @@ def share_of_gap(ours: dict[int, float], baseline: dict[int, float],
     return {"n": 0, "share": nan, "low": nan, "high": nan, "t_low": nan, "t_high": nan}
   share = gap_share(np.ones((1, len(seeds)), np.int64), columns)[0]
   low, high = bootstrap_interval(columns, gap_share)
-  method, base, best = columns
-  t_low, t_high = fieller_interval(method - base, best - base)
+  method_row, baseline_row, full_row = columns
+  t_low, t_high = fieller_interval(method_row - baseline_row, full_row - baseline_row)
   return {"n": len(seeds), "share": float(share), "low": low, "high": high,
           "t_low": t_low, "t_high": t_high}
 

@@ -239,14 +239,19 @@ def difference_cell(difference: dict) -> str:
   return text
 
 
+def _percent(value: float) -> str:
+  """``44%``; ``-inf%`` and ``inf%`` for an unbounded interval's ends."""
+  return f"{value:.0%}" if np.isfinite(value) else ("-inf%" if value < 0 else "inf%")
+
+
 def share_cell(share: dict) -> str:
   """``27% [7%, 45%]``: the share of the gap closed and its bootstrap 95% interval
   (from five seeds on, as in ``difference_cell``)."""
   if not share["n"] or np.isnan(share["share"]):
     return ""
-  text = f"{100 * share['share']:.0f}%"
+  text = _percent(share["share"])
   if not np.isnan(share["low"]) and share["n"] >= paired_stats.fewest_seeds():
-    text += f" [{100 * share['low']:.0f}%, {100 * share['high']:.0f}%]"
+    text += f" [{_percent(share['low'])}, {_percent(share['high'])}]"
   return text
 
 
@@ -258,11 +263,6 @@ def share_claim_text(share: dict, target: float) -> str:
   if share["n"] >= paired_stats.fewest_seeds() and not np.isnan(share["t_low"]):
     text += f", t-based [{_percent(share['t_low'])}, {_percent(share['t_high'])}]"
   return f"{text} over {share['n']} seeds: **{share_verdict(share, target)}**"
-
-
-def _percent(value: float) -> str:
-  """``44%``; ``-inf%`` and ``inf%`` for an unbounded interval's ends."""
-  return f"{value:.0%}" if np.isfinite(value) else ("-inf%" if value < 0 else "inf%")
 
 
 def share_verdict(share: dict, target: float) -> str:
