@@ -1,8 +1,10 @@
 """cowmix_jax/experiments/ablation.py: the resumable experiment grid and its table."""
 
+import importlib.metadata
 import json
 import multiprocessing
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -932,3 +934,26 @@ def test_strong_view_claims_pair_cow_against_box_and_judge_the_best_share():
   assert plot_ablation.strong_view_markdown(records, best="fixmatch_box").splitlines()[
       2].endswith("**refuted**")
   assert plot_ablation.strong_view_markdown([_record("cowmix", 0, 0.5)]) == ""
+
+
+def test_the_cpu_model_is_read_from_cpuinfo(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                     "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2\n")
+  assert ablation.cpu_model(str(cpuinfo)) == "AMD EPYC 7B13"
+  missing = ablation.cpu_model(str(tmp_path / "absent"))
+  assert missing == (platform.processor() or platform.machine())
+
+
+def test_each_record_keeps_the_environment_it_was_made_in(tmp_path, monkeypatch):
+  monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc_minimal.so.4")
+  workdir = tmp_path / "supervised_seed0"
+  workdir.mkdir()
+  (workdir / "results.json").write_text(json.dumps(
+      {"miou": 0.4, "per_class_iou": {"sky": 0.9}, "step": 2, "split": "validation"}))
+  record = ablation.run_record(ablation.Run("supervised", 0), str(workdir))
+  environment = record["environment"]
+  assert environment["allocator"] == "/lib/libtcmalloc_minimal.so.4"
+  assert environment["jax"] == importlib.metadata.version("jax")
+  assert environment["jaxlib"] == importlib.metadata.version("jaxlib")
+  assert environment["cpu_cores"] == str(os.cpu_count())

@@ -36,3 +36,18 @@ def test_the_tool_exits_1_when_a_run_differs(tmp_path, capsys):
   assert reproduce.main([f"--recorded={recorded}", f"--rerun={other}"]) == 1
   assert "1/2 evaluations identical, largest difference 1.0000 points" in (
       capsys.readouterr().out)
+
+
+def test_a_differing_run_names_what_changed_in_its_environment():
+  environment = {"cpu": "AMD EPYC 7B13", "jax": "0.10.2", "jaxlib": "0.10.2",
+                 "allocator": ""}
+  old = {"environment": environment}
+  assert reproduce.environment_difference(old, {"environment": dict(environment)}) == (
+      "same recorded environment")
+  new = {"environment": {**environment, "cpu": "AMD EPYC 9B14", "allocator": "tc.so"}}
+  assert reproduce.environment_difference(old, new) == (
+      "allocator: '' -> 'tc.so'; cpu: 'AMD EPYC 7B13' -> 'AMD EPYC 9B14'")
+  assert reproduce.environment_difference({}, new) == (
+      "environment not recorded for the recorded run")
+  assert reproduce.environment_difference({}, {}) == (
+      "environment not recorded for either run")

@@ -47,6 +47,7 @@ import dataclasses
 import datetime
 import difflib
 import fcntl
+import importlib.metadata
 import json
 import math
 import os
@@ -299,6 +300,7 @@ def run_record(run: Run, workdir: str) -> dict | None:
       "wall_seconds": read_wall_seconds(workdir),
       "teacher_history": teacher_history(workdir),
       "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+      "environment": run_environment(),
   }
 
 
@@ -649,6 +651,38 @@ def check_code(code: str) -> None:
 
 def machine_description() -> str:
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's model name as the kernel reports it (``platform.processor()`` where
+  there is no ``cpuinfo``, as on macOS)."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          return value.strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str:
+  """The installed version of ``name`` ('' when it is not installed), read from its
+  metadata so that the runner never imports JAX."""
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
+def run_environment() -> dict[str, str]:
+  """What decides whether a run repeats bit for bit elsewhere, as far as the runner can
+  see it: ``{cpu, cpu_cores, jax, jaxlib, allocator}`` (the allocator is
+  ``LD_PRELOAD``; measured not to change a run, recorded to show it)."""
+  return {"cpu": cpu_model(), "cpu_cores": str(os.cpu_count()),
+          "jax": package_version("jax"), "jaxlib": package_version("jaxlib"),
+          "allocator": os.environ.get("LD_PRELOAD", "")}
 
 
 FLAGS = cli.new_flags()

@@ -7,9 +7,10 @@ Runs are deterministic functions of their config and seed (the same code, librar
 machine give the same bits), so a rerun of a run recorded by
 ``cowmix_jax.experiments.ablation`` must log the same teacher mIoU at every evaluation.
 For every run in ``--rerun`` that ``--recorded`` also has, prints how many of its
-evaluations are identical, the largest difference, and the final mIoU of both; exits
-with status 1 when some run differs (values recorded with fewer digits are compared at
-the digits they have).
+evaluations are identical, the largest difference, and the final mIoU of both; for a
+run that differs, what differs between the two records' ``environment`` (CPU model,
+JAX and jaxlib versions, allocator). Exits with status 1 when some run differs (values
+recorded with fewer digits are compared at the digits they have).
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ def compare_histories(recorded: dict[str, float], rerun: dict[str, float]) -> di
           "missing": missing}
 
 
+def environment_difference(recorded: dict, rerun: dict) -> str:
+  """What differs between the environments two records were made in (``run_environment``
+  of the runner), as ``'key: recorded -> rerun'`` pairs; says so when either record has
+  none (records made before the runner kept one)."""
+  old, new = recorded.get("environment"), rerun.get("environment")
+  if old is None or new is None:
+    return "environment not recorded for " + (
+        "either run" if old is None and new is None else
+        "the recorded run" if old is None else "the rerun")
+  changed = [f"{key}: {old.get(key, '')!r} -> {new.get(key, '')!r}"
+             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+  return "; ".join(changed) or "same recorded environment"
+
+
 def report(recorded: dict, rerun: dict) -> tuple[list[str], bool]:
   """One line per run of ``rerun`` that ``recorded`` also has; whether all reproduce."""
   lines, all_same = [], True
@@ -68,7 +83,7 @@ def report(recorded: dict, rerun: dict) -> tuple[list[str], bool]:
         f"{name}: {comparison['identical']}/{comparison['steps']} evaluations identical, "
         f"largest difference {100 * comparison['max_difference']:.4f} points; final "
         f"{100 * old['miou']:.2f} recorded, {100 * new['miou']:.2f} rerun"
-        + ("" if same else " (DIFFERS)"))
+        + ("" if same else f" (DIFFERS; {environment_difference(old, new)})"))
   return lines, all_same
 
 
