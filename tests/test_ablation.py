@@ -884,6 +884,28 @@ def test_table_at_both_lengths_takes_each_column_from_the_right_runs():
   assert rows["aug"][1:4] == ["2", "1", "35.00"] and rows["aug"][5:] == ["", "", ""]
 
 
+def test_claim_three_at_the_common_length_pairs_cowmix_with_the_longer_runs():
+  """At 4 epochs CutMix trails CowMix on every seed; run to 12 epochs it leads on every
+  seed (hand-made: by 1 to 6.6 points), so claim 3 turns from established to refuted, and
+  cowout_100ep (no common-length run) drops out of the comparison."""
+  seeds = range(5)
+  paper = ([_record("supervised", s, 0.40) for s in seeds]
+           + [_record("cowmix", s, 0.45 + 0.01 * s) for s in seeds]
+           + [_record("cutmix", s, 0.38) for s in seeds]
+           + [_record("cowout_100ep", s, 0.39) for s in seeds])
+  common = [_record("cutmix", s, 0.46 + 0.02 * s + 0.001 * s * s) for s in seeds]
+  at_paper_length = plot_ablation.ranking_claim(paper)
+  assert "cutmix +9.00 +- 1.58" in at_paper_length
+  assert at_paper_length.endswith("**established**")
+  at_common_length = plot_ablation.ranking_claim(
+      plot_ablation.common_length_records(paper, common))
+  assert at_common_length.startswith("3. cowmix at least every other perturbation")
+  assert "cowout_100ep" not in at_common_length
+  # cowmix minus cutmix per seed: -1, -2.1, -3.4, -4.9, -6.6 (mean -3.6, all negative)
+  assert "cutmix -3.60 +- 2.22" in at_common_length
+  assert at_common_length.endswith("(5 seeds: refuted): **refuted**")
+
+
 @pytest.mark.parametrize("column", ["fixmatch_box", "fixmatch_cow", "unimatch_box",
                                     "unimatch_cow", "unimatch_cow_complementary"])
 def test_strong_view_columns_make_configs_that_pass_the_start_up_checks(column, monkeypatch):

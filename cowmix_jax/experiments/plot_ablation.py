@@ -10,7 +10,8 @@ verdicts on its claims (``targets_markdown``), and the same on test for the runs
 runner also scored there (--eval_splits=test), with a one-screen summary of those runs on
 both splits (``summary_markdown``); --update_markdown=FILE writes them, the table over
 the learned classes and the per-class table into FILE's marked blocks (summary, table1,
-targets, table1_test, targets_test, table1_learned, per_class; --markers=PREFIX for
+targets, table1_test, targets_test, table1_learned, per_class; with --common_results
+also table1_lengths, ranking_common and their _test twins; --markers=PREFIX for
 several grids in one file).
 Needs matplotlib (pip install -e ".[plots]").
 """
@@ -472,6 +473,15 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
       + difference_verdict(above) + "**",
       f"2. {ours} closes >= {100 * share_target:.0f}% of the gap: "
       + share_claim_text(share, share_target)]
+  lines.append(ranking_claim(records, ours, number=3))
+  return "\n".join(lines)
+
+
+def ranking_claim(records: Sequence[dict], ours: str = "cowmix", number: int = 3) -> str:
+  """Table 1's third claim as one Markdown list item: ``ours``'s mean at least every
+  other perturbation's (the groups of ``PERTURBATIONS`` that share two or more seeds
+  with it), each paired difference judged as ``difference_verdict`` judges it;
+  established when every one is, refuted when one is, open otherwise."""
   verdicts, parts = [], []
   groups = {r["group"] for r in records}
   for other in (g for g in PERTURBATIONS if g in groups):
@@ -483,9 +493,8 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
                  f"{verdicts[-1]})")
   overall = ("refuted" if "refuted" in verdicts else
              "established" if verdicts and set(verdicts) == {"established"} else "open")
-  lines.append(f"3. {ours} at least every other perturbation (paired, {ours} minus): "
-               + ("; ".join(parts) or "no other perturbation") + f": **{overall}**")
-  return "\n".join(lines)
+  return (f"{number}. {ours} at least every other perturbation (paired, {ours} minus): "
+          + ("; ".join(parts) or "no other perturbation") + f": **{overall}**")
 
 
 # Issue 38's columns, and the paired comparisons its claims rest on (ours, against).
@@ -712,12 +721,18 @@ def main(argv=None) -> None:
   if FLAGS.common_results:
     common = base_records(merge_results(FLAGS.common_results, "--common_results"))
     blocks["table1_lengths"] = lengths_markdown(records, common, FLAGS.epoch_scale)
+    blocks["ranking_common"] = ranking_claim(common_length_records(records, common))
     print("\nTable 1 at each method's paper length and at one common length:\n"
-          + blocks["table1_lengths"])
+          + blocks["table1_lengths"] + "\n\nAt the common length:\n"
+          + blocks["ranking_common"])
     if test_records:
-      blocks["table1_lengths_test"] = lengths_markdown(
-          test_records, on_split(common, "test"), FLAGS.epoch_scale)
-      print("\nThe same on test:\n" + blocks["table1_lengths_test"])
+      common_test = on_split(common, "test")
+      blocks["table1_lengths_test"] = lengths_markdown(test_records, common_test,
+                                                       FLAGS.epoch_scale)
+      blocks["ranking_common_test"] = ranking_claim(
+          common_length_records(test_records, common_test))
+      print("\nThe same on test:\n" + blocks["table1_lengths_test"] + "\n\n"
+            + blocks["ranking_common_test"])
   classes = learned_classes(records)
   if classes:
     blocks["table1_learned"] = table_markdown(restrict_to_classes(records, classes),
