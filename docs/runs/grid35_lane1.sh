@@ -4,6 +4,7 @@
 # run (the runner locks its results file, not a run's workdir). Stop: kill this script
 # first, then kill -TERM the experiments.ablation process (its run checkpoints).
 # Rebalanced 2026-12-05 21:00: lane 2 had twice lane 1's remaining hours.
+# 2026-12-06 00:00: the 24-epoch study moved to grid35_24ep.sh (last, if the budget allows).
 . "$(dirname "$0")/grid35_common.sh"
 R=/work/runs
 # P0: reproduction check (seed 0 ran on the live tree of 2026-11-30)
@@ -27,6 +28,4 @@ $RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix_rando
 # P3c: standard augmentation at the common length; CutMix (fixed area) seeds 3-4
 $RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=aug --seeds=0,1,2 || exit
 $RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix --seeds=3,4 || exit
-# P4: the 24-epoch study on seeds 0-2, continuing the reruns (last, if time allows)
-$RUNNER --root=$R/camvid_lite0_24ep --epoch_scale=0.08 --continue_from=$R/camvid_lite0_rerun --methods=supervised,cowmix --seeds=0,1,2 || exit
 echo "lane 1 done"
