@@ -51,3 +51,22 @@ def test_a_differing_run_names_what_changed_in_its_environment():
       "environment not recorded for the recorded run")
   assert reproduce.environment_difference({}, {}) == (
       "environment not recorded for either run")
+
+
+def test_the_markdown_table_has_one_row_per_shared_run(tmp_path, capsys):
+  def record(history, miou, finished):
+    return {"teacher_history": history, "miou": miou, "finished": finished}
+
+  recorded = {"runs": {"supervised_seed0": record({"1": 0.2517, "2": 0.4283}, 0.4283,
+                                                  "2026-11-30T15:43:28"),
+                       "cowmix_seed0": record({"1": 0.3}, 0.3, "2026-11-30T16:23:59")}}
+  rerun = {"runs": {"supervised_seed0": record({"1": 0.2517, "2": 0.4183}, 0.4183,
+                                               "2026-12-05T08:22:36")}}
+  table = reproduce.markdown_table(recorded, rerun).splitlines()
+  assert len(table) == 3  # header, rule, the one run both files have
+  assert table[2] == "| supervised_seed0 | 2026-11-30 15:43 | 1 of 2 | 1.00 | 42.83 / 41.83 |"
+  paths = tmp_path / "a.json", tmp_path / "b.json"
+  for path, results in zip(paths, (recorded, rerun)):
+    path.write_text(json.dumps(results))
+  assert reproduce.main([f"--recorded={paths[0]}", f"--rerun={paths[1]}", "--markdown"]) == 1
+  assert capsys.readouterr().out.splitlines()[2] == table[2]

@@ -68,29 +68,58 @@ def environment_difference(recorded: dict, rerun: dict) -> str:
   return "; ".join(changed) or "same recorded environment"
 
 
-def report(recorded: dict, rerun: dict) -> tuple[list[str], bool]:
-  """One line per run of ``rerun`` that ``recorded`` also has; whether all reproduce."""
-  lines, all_same = [], True
+def comparisons(recorded: dict, rerun: dict) -> list[dict]:
+  """For each run of ``rerun`` that ``recorded`` also has (in the runner's order):
+  ``compare_histories`` of the two plus ``name``, ``same`` (every recorded evaluation
+  identical), both records' ``finished`` date and final ``miou``, and
+  ``environment_difference``."""
+  rows = []
   for name in sorted(rerun["runs"], key=ablation.natural_key):
     if name not in recorded["runs"]:
       continue
     old, new = recorded["runs"][name], rerun["runs"][name]
     comparison = compare_histories(old.get("teacher_history", {}),
                                    new.get("teacher_history", {}))
-    same = (comparison["identical"] == comparison["steps"] > 0)
-    all_same &= same
-    lines.append(
-        f"{name}: {comparison['identical']}/{comparison['steps']} evaluations identical, "
-        f"largest difference {100 * comparison['max_difference']:.4f} points; final "
-        f"{100 * old['miou']:.2f} recorded, {100 * new['miou']:.2f} rerun"
-        + ("" if same else f" (DIFFERS; {environment_difference(old, new)})"))
-  return lines, all_same
+    rows.append({**comparison, "name": name,
+                 "same": comparison["identical"] == comparison["steps"] > 0,
+                 "recorded_finished": old.get("finished", ""),
+                 "rerun_finished": new.get("finished", ""),
+                 "recorded_miou": old["miou"], "rerun_miou": new["miou"],
+                 "environment": environment_difference(old, new)})
+  return rows
+
+
+def report(recorded: dict, rerun: dict) -> tuple[list[str], bool]:
+  """One line per run of ``rerun`` that ``recorded`` also has; whether all reproduce."""
+  rows = comparisons(recorded, rerun)
+  lines = [
+      f"{row['name']}: {row['identical']}/{row['steps']} evaluations identical, "
+      f"largest difference {100 * row['max_difference']:.4f} points; final "
+      f"{100 * row['recorded_miou']:.2f} recorded, {100 * row['rerun_miou']:.2f} rerun"
+      + ("" if row["same"] else f" (DIFFERS; {row['environment']})") for row in rows]
+  return lines, all(row["same"] for row in rows)
+
+
+def markdown_table(recorded: dict, rerun: dict) -> str:
+  """The comparison as a Markdown table, one row per run in the order the runs were
+  recorded: run, when it was recorded, evaluations identical, largest difference
+  (points), final mIoU recorded / rerun."""
+  lines = ["| run | recorded | evaluations identical | largest difference (points) "
+           "| final mIoU, recorded / rerun |", "|---|---|---|---|---|"]
+  for row in sorted(comparisons(recorded, rerun), key=lambda row: row["recorded_finished"]):
+    lines.append(f"| {row['name']} | {row['recorded_finished'][:16].replace('T', ' ')} | "
+                 f"{row['identical']} of {row['steps']} | "
+                 f"{100 * row['max_difference']:.2f} | "
+                 f"{100 * row['recorded_miou']:.2f} / {100 * row['rerun_miou']:.2f} |")
+  return "\n".join(lines)
 
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("recorded", None, "the results file of the original runs",
                     flag_values=FLAGS)
 flags.DEFINE_string("rerun", None, "the results file of the reruns", flag_values=FLAGS)
+flags.DEFINE_bool("markdown", False, "print the comparison as a Markdown table (the exit "
+                  "status is the same)", flag_values=FLAGS)
 for _name in ("recorded", "rerun"):
   flags.mark_flag_as_required(_name, flag_values=FLAGS)
 
@@ -102,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not lines:
     print(f"No run of {FLAGS.rerun} is in {FLAGS.recorded}.")
     return 1
-  print("\n".join(lines))
+  print(markdown_table(recorded, rerun) if FLAGS.markdown else "\n".join(lines))
   return 0 if all_same else 1
 
 
