@@ -1,9 +1,11 @@
 """How long does one training step cost at a given CPU scale? (finds configs/camvid_cpu.py)
 
 Times the jitted train step on a fixed random batch for each combination of encoder,
-input size and method, all in one process, and prints seconds per step and the
-estimated minutes of a run of ``--run_steps`` steps. The ratio column is against the
-first row (the same process, so shared-machine noise cancels).
+input size and method, all in one process, and prints seconds per step, the
+estimated minutes of a run of ``--run_steps`` steps and the step's peak memory (XLA's
+memory analysis of the compiled CPU program: state, batch and temporaries at once,
+``xla_memory.compiled_memory``). The ratio columns are against the first row (the same
+process, so shared-machine noise cancels in the time).
 
 Encoders are either ``--encoders`` specs, ``resnet<depth>x<width factor>`` (a ResNet
 U-Net whose encoder and decoder widths are scaled, BatchNorm training, as in the
@@ -11,9 +13,9 @@ random-init CPU protocol) and ``lite<n>`` or ``lite<n>x<decoder factor>`` (the
 EfficientNet-Lite U-Net with frozen BatchNorm, the decoder widths scaled), or, without
 ``--encoders``, the ResNet grid ``--depths`` x ``--widths``:
 
-python benchmarks/cpu_scale.py --sizes 90x120,180x240,360x480 \\
-    --encoders resnet18x0.5,lite0,lite1 --methods supervised,cowmix --batch 1 --unlabelled 1
-python benchmarks/cpu_scale.py --sizes 96x128,128x160,192x256 --depths 18,34 \\
+python -m benchmarks.cpu_scale --sizes 90x120,180x240,360x480 \\
+    --encoders resnet18x0.5,lite0,lite1 --methods supervised,cowmix --batch 1 --unlabelled 2
+python -m benchmarks.cpu_scale --sizes 96x128,128x160,192x256 --depths 18,34 \\
     --widths 1.0,0.5 --methods supervised,cowmix --run_steps 3000 [--output=F.json]
 """
 
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import platform
 import re
 import time
 
@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from absl import flags
 
+from benchmarks import machine as machine_line
+from benchmarks import xla_memory
 from cowmix_jax import cli, models, sharding, steps, train
 from cowmix_jax.config_base import get_base_config
 from cowmix_jax.state import create_train_state
@@ -75,7 +77,10 @@ def random_batch(size, batch: int, unlabelled: int, seed: int = 0):
   }
 
 
-def seconds_per_step(config, size, num_steps: int) -> float:
+def measure_step(config, size, num_steps: int) -> tuple[float, dict[str, int]]:
+  """``(seconds per step, xla_memory.compiled_memory of the step)``: the train step of
+  ``config`` compiled once for a random batch of ``size``, then run ``num_steps`` times.
+  The memory is this CPU program's (its kernel gradients as XLA:CPU runs them)."""
   mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, NUM_CLASSES)
   tx = train.make_optimizer(config)
@@ -86,13 +91,15 @@ def seconds_per_step(config, size, num_steps: int) -> float:
   if config.method == "supervised":
     batch = {k: v for k, v in batch.items() if not k.startswith("unlabelled")}
   batch = sharding.shard_batch(batch, mesh)
-  state, metrics = train_step(state, batch)  # compile
+  compiled = train_step.lower(state, batch).compile()
+  memory = xla_memory.compiled_memory(compiled)
+  state, metrics = compiled(state, batch)  # the first call allocates
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(num_steps):
-    state, metrics = train_step(state, batch)
+    state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
-  return (time.perf_counter() - start) / num_steps
+  return (time.perf_counter() - start) / num_steps, memory
 
 
 def parse_size(text: str):
@@ -118,27 +125,29 @@ flags.DEFINE_string("output", "", "write the rows as JSON here", flag_values=FLA
 def main(argv=None):
   cli.parse(FLAGS, argv, __doc__)
 
-  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-             f"JAX on {jax.devices()[0].platform}")
+  machine = f"{machine_line.describe()}, allocator: {machine_line.allocator_environment()}"
   print(f"Machine: {machine}; batch {FLAGS.batch} labelled + {FLAGS.unlabelled} unlabelled")
   encoders = FLAGS.encoders.split(",") if FLAGS.encoders else [
       f"resnet{depth}x{width}" for depth in FLAGS.depths.split(",")
       for width in FLAGS.widths.split(",")]
   print(f"{'size':>9} {'encoder':>14} {'method':>10} {'s/step':>8} {'ratio':>6} "
-        f"{'min/run':>8}")
+        f"{'min/run':>8} {'peak MiB':>9} {'ratio':>6}")
   rows, first = [], None
   grid = itertools.product(FLAGS.sizes.split(","), encoders, FLAGS.methods.split(","))
   for size_text, encoder, method in grid:
     size = parse_size(size_text)
     config = scaled_config(encoder, method, FLAGS.batch, FLAGS.unlabelled)
-    seconds = seconds_per_step(config, size, FLAGS.steps)
-    first = first or seconds
+    seconds, memory = measure_step(config, size, FLAGS.steps)
+    first = first or (seconds, memory["peak"])
     row = dict(size=size, encoder=encoder, method=method,
-               seconds_per_step=seconds, ratio_to_first=seconds / first,
-               minutes_per_run=seconds * FLAGS.run_steps / 60)
+               seconds_per_step=seconds, ratio_to_first=seconds / first[0],
+               minutes_per_run=seconds * FLAGS.run_steps / 60,
+               peak_bytes=memory["peak"], peak_ratio_to_first=memory["peak"] / first[1],
+               memory=memory)
     rows.append(row)
     print(f"{size_text:>9} {encoder:>14} {method:>10} {seconds:8.3f} "
-          f"{seconds / first:6.2f} {row['minutes_per_run']:8.1f}", flush=True)
+          f"{row['ratio_to_first']:6.2f} {row['minutes_per_run']:8.1f} "
+          f"{memory['peak'] / 2**20:9.1f} {row['peak_ratio_to_first']:6.2f}", flush=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump({"machine": machine, "args": cli.settings(FLAGS), "rows": rows}, f, indent=2)

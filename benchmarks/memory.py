@@ -37,6 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks import xla_memory  # noqa: E402
 from cowmix_jax import cli, config_base, models, sharding, steps, train  # noqa: E402
 from cowmix_jax.models import conv  # noqa: E402
 from cowmix_jax.state import create_train_state  # noqa: E402
@@ -105,13 +106,7 @@ def peak_bytes(config, num_classes: int) -> dict[str, int]:
   if config.model.remat and "opt-barrier" not in compiled.as_text():
     raise RuntimeError(f"XLA removed remat's barriers: set XLA_FLAGS={KEEP_REMAT_FLAG} "
                        f"before JAX is imported")
-  analysis = compiled.memory_analysis()
-  parts = {"arguments": int(analysis.argument_size_in_bytes),
-           "outputs": int(analysis.output_size_in_bytes),
-           "aliased": int(analysis.alias_size_in_bytes),
-           "temporaries": int(analysis.temp_size_in_bytes)}
-  peak = parts["arguments"] + parts["temporaries"] + parts["outputs"] - parts["aliased"]
-  return {"peak": peak, **parts}
+  return xla_memory.compiled_memory(compiled)
 
 
 def smallest_gpu(peak: int) -> str:

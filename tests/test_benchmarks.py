@@ -148,3 +148,29 @@ def test_the_own_data_walk_writes_the_readme_layout_with_its_0_255_masks(tmp_pat
     assert 0 < (mask == 255).mean() < 1  # both classes present
   assert "cowmix_jax.main --config=configs/folder.py" in (
       own_data_walk.readme_training_command())
+
+
+def test_cpu_scale_reports_the_memory_of_the_step_it_times():
+  """The memory column is the timed program's: its arguments are exactly the train
+  state and the batch (their bytes counted with numpy), the donated state is written
+  over in place (aliased), and the peak adds the temporaries and the other outputs."""
+  import jax
+
+  from benchmarks import cpu_scale
+  from cowmix_jax import models, train
+  from cowmix_jax.state import create_train_state
+
+  size = (32, 32)
+  config = cpu_scale.scaled_config("resnet18x0.125", "cowmix", 1, 2)
+  seconds, memory = cpu_scale.measure_step(config, size, num_steps=1)
+  state = create_train_state(models.build_model(config.model, cpu_scale.NUM_CLASSES),
+                             train.make_optimizer(config), jax.random.PRNGKey(0),
+                             (1, *size, 3))
+  state_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(state))
+  batch_bytes = sum(a.nbytes for a in cpu_scale.random_batch(size, 1, 2).values())
+  assert seconds > 0
+  assert memory["arguments"] == state_bytes + batch_bytes
+  assert memory["aliased"] == state_bytes
+  assert memory["outputs"] >= state_bytes
+  assert memory["peak"] == (memory["arguments"] + memory["temporaries"]
+                            + memory["outputs"] - memory["aliased"])
