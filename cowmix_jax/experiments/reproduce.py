@@ -71,7 +71,7 @@ def environment_difference(recorded: dict, rerun: dict) -> str:
 def comparisons(recorded: dict, rerun: dict) -> list[dict]:
   """For each run of ``rerun`` that ``recorded`` also has (in the runner's order):
   ``compare_histories`` of the two plus ``name``, ``same`` (every recorded evaluation
-  identical), both records' ``finished`` date and final ``miou``, and
+  identical), when the recorded run finished, both final ``miou``, and
   ``environment_difference``."""
   rows = []
   for name in sorted(rerun["runs"], key=ablation.natural_key):
@@ -83,7 +83,6 @@ def comparisons(recorded: dict, rerun: dict) -> list[dict]:
     rows.append({**comparison, "name": name,
                  "same": comparison["identical"] == comparison["steps"] > 0,
                  "recorded_finished": old.get("finished", ""),
-                 "rerun_finished": new.get("finished", ""),
                  "recorded_miou": old["miou"], "rerun_miou": new["miou"],
                  "environment": environment_difference(old, new)})
   return rows
