@@ -337,11 +337,25 @@ def check_same_data(prepared: str, workdir: str) -> None:
   if not path.exists() or not has_checkpoint(workdir):
     return
   before = json.loads(path.read_text())["prepared"]
+  if before != prepared and _versions_differ(before, prepared):
+    logging.warning(
+        "%s holds a run trained on %s, prepared by another version of the dataset's "
+        "builder than today's %s: the two copies are named differently, so whether the "
+        "data changed cannot be told; resuming.", workdir, before, prepared)
+    return
   if before != prepared:
     raise ConfigError(
         f"{workdir} holds a run trained on the prepared dataset {before}, and the data now "
         f"prepares as {prepared} (its files or classes changed since the run started): "
         f"train the new data in a new --workdir, or put the old files back to resume")
+
+
+def _versions_differ(first: str, second: str) -> bool:
+  """Whether two prepared names (``dataset/config/version``) are of the same dataset in
+  different builder versions (folder copies changed their naming in 1.2.0)."""
+  first_parts, second_parts = first.split("/"), second.split("/")
+  return (len(first_parts) == len(second_parts) == 3 and first_parts[0] == second_parts[0]
+          and first_parts[2] != second_parts[2])
 
 
 def save_dataset_record(prepared: str, workdir: str) -> None:

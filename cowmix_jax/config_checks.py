@@ -170,8 +170,8 @@ def _check_sigma_range(mask: ml_collections.ConfigDict) -> None:
     return
   low, high = sigmas
   if high < low:
-    raise ValueError(f"config.mask.cow_sigma_range={tuple(mask.cow_sigma_range)}: the "
-                     f"smallest sigma is larger than the largest")
+    raise ValueError(f"config.mask.cow_sigma_range={sigmas}: the smallest sigma is "
+                     f"larger than the largest")
 
 
 def _check_model_runs_the_method(config: ml_collections.ConfigDict) -> None:
@@ -338,13 +338,15 @@ def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
   would be almost uniform: the perturbation would vanish without a word."""
   if mixing.make_perturbation(config).mask_kind != "cow":
     return
-  sigma = max(cow_sigma_range(config.mask))
-  crop = tuple(config.data.augment.crop_size)
+  sigmas = cow_sigma_range(config.mask)
+  sigma = max(sigmas)
+  crop = data_lib.pair_setting(config.data.augment.crop_size, "data.augment.crop_size",
+                               "(H, W)")
   if sigma > min(crop):
     scale = min(crop) / 360  # the paper's CamVid: sigma 4..16 for 480x360 images
     suggestion = (round(4 * scale, 2), round(16 * scale, 2))
     raise ValueError(
-        f"config.mask.cow_sigma_range={tuple(config.mask.cow_sigma_range)}: sigma {sigma:g} "
+        f"config.mask.cow_sigma_range={sigmas}: sigma {sigma:g} "
         f"is larger than the crop's shorter side (config.data.augment.crop_size={crop}, "
         f"pixels after config.data.downscale), so cow masks would be nearly uniform. The "
         f"paper uses 4..16 for 480x360 images; for this crop, e.g. "
@@ -369,8 +371,14 @@ def _check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   present = sorted(builder.info.splits)
   for key in ("train_split", "eval_split"):
     if config.data[key] not in builder.info.splits:
+      evaluable = [split for split in present if split not in ("train", "unlabelled")]
+      fix = (f"; choose one with --config.data.{key}=..." if key == "train_split" else
+             f"; evaluate on another with --config.data.eval_split={evaluable[0]}"
+             if evaluable else
+             "; a folder dataset needs labelled images in validation/ (or test/) to "
+             "evaluate on: add validation/images/ and validation/labels/")
       raise ValueError(f"config.data.{key}={config.data[key]!r}: the dataset "
-                       f"{config.data.name!r} has the splits {present}")
+                       f"{config.data.name!r} has the splits {present}{fix}")
   data_lib.resolve_data_settings(config, builder)
   check_cow_sigma(config)
   if config.data.labelled_ids_file:  # read and matched against the training split

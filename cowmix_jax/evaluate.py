@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cowmix_jax import cli, metrics, models, reporting, sharding
+from cowmix_jax import cli, metrics, models, outputs, reporting, sharding
 from cowmix_jax import data as data_lib
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.data import builders, pipeline
@@ -75,6 +75,22 @@ def eval_batches(builder, config: ml_collections.ConfigDict, split: str) -> Iter
                                downscale_factor=config.data.downscale)
 
 
+def check_same_classes(workdir: str, class_names: Sequence[str],
+                       data: ml_collections.ConfigDict) -> None:
+  """Refuses a dataset whose classes differ from the run's (``workdir/classes.json``),
+  in names, number or order: the network's output ``k`` is the run's class ``k``, so
+  another order would score each class against another's pixels without an error."""
+  saved = reporting.read_classes(workdir)
+  if saved is None or list(saved[0]) == list(class_names):
+    return
+  where = f" ({data.manual_dir})" if data.get("manual_dir") else ""
+  raise ValueError(
+      f"the dataset {data.name!r}{where} has the classes {list(class_names)}, but the run "
+      f"in {workdir} was trained on {list(saved[0])} "
+      f"({os.path.join(workdir, reporting.CLASSES_FILE)}); evaluate it on data with the "
+      f"run's classes in the run's order")
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str = "latest", split: str | None = None,
                         use_teacher: bool = True, flip: bool = False,
@@ -88,6 +104,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"--split={split}: the dataset has {sorted(builder.info.splits)}")
   data_lib.resolve_eval_canvas(config.data, builder, split)
   class_names = list(builder.info.metadata["class_names"])
+  check_same_classes(workdir, class_names, config.data)
   mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, len(class_names))
   variables, step = restore_variables(workdir, mesh, checkpoint, use_teacher)
@@ -124,12 +141,17 @@ def markdown_table(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _pair(text: str) -> tuple[int, int] | None:
+def _pair(text: str, flag: str) -> tuple[int, int] | None:
+  """``--flag=H,W`` as two positive ints; None for ''."""
   if not text:
     return None
-  values = tuple(int(v) for v in text.split(","))
-  if len(values) != 2:
-    raise app.UsageError(f"expected H,W, got {text!r}")
+  try:
+    values = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    values = ()
+  if len(values) != 2 or min(values) < 1:
+    raise app.UsageError(f"{flag}={text}: expected two positive whole numbers H,W "
+                         f"(e.g. {flag}=256,256)")
   return values
 
 
@@ -175,15 +197,35 @@ def define_flags() -> None:
   flags.DEFINE_string("markdown", "", "Write the per-class table as Markdown here.")
   flags.DEFINE_string("predictions_dir", "", "Write palette PNG predictions into this "
                       "directory.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output or --markdown file, "
+                    "or the files already in --predictions_dir.")
+
+
+def check_outputs(config: ml_collections.ConfigDict, workdir: str, output: str,
+                  markdown: str, predictions_dir: str, overwrite: bool) -> None:
+  """Refuses, before any work, output paths inside the dataset's folders or over the
+  run's own files, and existing ones without ``overwrite`` (``outputs``)."""
+  data_folders = {"the dataset folder (config.data.manual_dir)": config.data.manual_dir,
+                  "the prepared datasets (config.data.data_dir)": config.data.data_dir}
+  outputs.check_output_file(output, "--output", workdir, overwrite, data_folders)
+  outputs.check_output_file(markdown, "--markdown", workdir, overwrite, data_folders)
+  if output and markdown and os.path.abspath(output) == os.path.abspath(markdown):
+    raise app.UsageError(f"--output and --markdown are the same file ({output})")
+  outputs.check_output_folder(predictions_dir, "--predictions_dir", workdir, overwrite,
+                              data_folders=data_folders)
 
 
 def main(argv: Iterable[str]) -> None:
   if len(list(argv)) > 1:
     raise app.UsageError("unexpected arguments")
   logging.set_verbosity(logging.INFO)
+  window = _pair(FLAGS.window, "--window")
+  window_stride = _pair(FLAGS.window_stride, "--window_stride")
+  check_outputs(FLAGS.config, FLAGS.workdir, FLAGS.output, FLAGS.markdown,
+                FLAGS.predictions_dir, FLAGS.overwrite)
   results = evaluate_checkpoint(
       FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.model == "teacher",
-      FLAGS.flip, _pair(FLAGS.window), _pair(FLAGS.window_stride), FLAGS.predictions_dir or None)
+      FLAGS.flip, window, window_stride, FLAGS.predictions_dir or None)
   confusion = np.asarray(results["confusion"])
   print(f"{results['model']} at step {results['step']} ({results['checkpoint']}), "
         f"{results['split']} split, {results['num_images']} images:")

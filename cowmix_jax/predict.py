@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from cowmix_jax import cli, evaluate, models, reporting, sharding
+from cowmix_jax import cli, evaluate, models, outputs, reporting, sharding
 from cowmix_jax.data import base, builders, pipeline
 from cowmix_jax.evaluator import make_logits_fn
 
@@ -54,9 +54,11 @@ def output_files(image_id: str) -> tuple[str, str]:
   return image_id + ".png", image_id + "_overlay.png"
 
 
-def check_output_dir(input_dir: str, output_dir: str, image_ids, overwrite: bool) -> None:
-  """Refuses an output folder that is the input folder or inside it, and (without
-  ``overwrite``) one that already holds a file this run would write.
+def check_output_dir(input_dir: str, output_dir: str, image_ids, overwrite: bool,
+                     workdir: str | None = None) -> None:
+  """Refuses an output folder that is the input folder or inside it, or inside the
+  run's checkpoints, and (without ``overwrite``) one that already holds a file this
+  run would write (``outputs.check_output_folder``).
 
   Also refuses inputs whose outputs would share a name (images ``c`` and ``c_overlay``:
   the overlay of one is the label file of the other), which would silently replace one
@@ -76,18 +78,10 @@ def check_output_dir(input_dir: str, output_dir: str, image_ids, overwrite: bool
         f"--input={input_dir}: the images {' and '.join(ids)} would both be written as "
         f"{name} ({len(shared)} such name(s)); rename one of them (an image called "
         f"NAME_overlay clashes with NAME's overlay)")
-  source, target = os.path.realpath(input_dir), os.path.realpath(output_dir)
-  if target == source or target.startswith(source + os.sep):
-    raise app.UsageError(
-        f"--output_dir={output_dir} is the input folder or inside it: the predictions would "
-        f"mix with (or replace) the images of --input={input_dir}; choose another folder")
-  existing = [name for image_id in image_ids for name in output_files(image_id)
-              if os.path.exists(os.path.join(output_dir, name))]
-  if existing and not overwrite:
-    raise app.UsageError(
-        f"--output_dir={output_dir} already holds {len(existing)} of the files this would "
-        f"write (e.g. {existing[0]}); pass --overwrite to replace them, or choose another "
-        f"folder")
+  outputs.check_output_folder(
+      output_dir, "--output_dir", workdir, overwrite,
+      would_write=[name for image_id in image_ids for name in output_files(image_id)],
+      data_folders={"the input folder (--input)": input_dir})
 
 
 def run_classes(config: ml_collections.ConfigDict, workdir: str
@@ -109,7 +103,7 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str, input_dir: s
   written and the lines of the unreadable files skipped (``strict``: the first one
   raises instead)."""
   images = list_input_images(input_dir)
-  check_output_dir(input_dir, output_dir, images, overwrite)
+  check_output_dir(input_dir, output_dir, images, overwrite, workdir)
   class_names, colours = run_classes(config, workdir)
   palette = reporting.palette_of({"class_colours": colours}, len(class_names))
   mesh = sharding.make_mesh(1)

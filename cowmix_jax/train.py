@@ -18,7 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
 
 from cowmix_jax import data as data_lib
-from cowmix_jax import metrics, models, reporting, sharding, steps
+from cowmix_jax import metrics, models, outputs, reporting, sharding, steps
 from cowmix_jax.checkpoints import (
     Checkpointer,
     check_config,
@@ -290,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   # One start-up pass, before anything is written (the workdir included): every setting,
   # the dataset, the labelled subset and the run already in the workdir.
   numbers_given_to_auto_fields(config)
+  outputs.check_workdir_apart_from_data(workdir, config.data.manual_dir)
   resolve_batches(config, jax.default_backend())
   validate_config(config, jax.device_count(), jax.process_count())
   num_devices = mesh_size(config, jax.device_count(), jax.process_count())

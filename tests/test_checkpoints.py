@@ -307,3 +307,19 @@ def test_a_run_is_not_resumed_on_a_folder_whose_content_changed(tiny_config, tmp
       r"trained on the prepared dataset cowmix_folder/polyps_ff2ffe49e707/1.1.0, and the "
       r"data now prepares as cowmix_folder/polyps_336a58db7efe/1.1.0 .* new --workdir")):
     checkpoints.check_same_data("cowmix_folder/polyps_336a58db7efe/1.1.0", workdir)
+
+
+def test_a_run_recorded_by_an_older_builder_version_resumes_with_a_warning(tiny_config,
+                                                                           tmp_path,
+                                                                           caplog):
+  """Folder copies changed their naming in builder version 1.2.0 (by content only): a
+  run recorded under 1.1.0 cannot be compared, and is not refused for it."""
+  workdir = str(tmp_path)
+  checkpoints.save_dataset_record("cowmix_folder/polyps_ff2ffe49e707/1.1.0", workdir)
+  with Checkpointer(workdir) as checkpointer:
+    checkpointer.save(_host(_state(tiny_config, seed=1, step=1)))
+  with caplog.at_level("WARNING"):
+    checkpoints.check_same_data("cowmix_folder/content_336a58db7efe/1.2.0", workdir)
+  assert any("cannot be told; resuming" in r.getMessage() for r in caplog.records)
+  with pytest.raises(checkpoints.ConfigError, match="changed since the run started"):
+    checkpoints.check_same_data("cowmix_folder/polyps_336a58db7efe/1.1.0", workdir)

@@ -258,3 +258,29 @@ def test_unimatch_on_a_model_without_a_feature_perturbation_pass_is_refused(tiny
     config_checks.validate_config(tiny_config, device_count=1)
   finally:
     models.MODELS.unregister("plain_head")
+
+
+def test_a_folder_without_validation_images_is_told_how_to_fix_it(tmp_path):
+  """Before: the error listed the splits and stopped there."""
+  import numpy as np
+
+  from cowmix_jax.data import builders
+
+  from conftest import write_png
+
+  root = tmp_path / "mine"
+  (root / "classes.json").parent.mkdir()
+  (root / "classes.json").write_text('["a", "b"]')
+  rng = np.random.default_rng(0)
+  for image_id in ("x", "y"):
+    write_png(str(root / "train" / "images" / f"{image_id}.png"),
+              rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    write_png(str(root / "train" / "labels" / f"{image_id}.png"),
+              rng.integers(0, 2, (8, 8), dtype=np.uint8))
+  config = load_config("folder")
+  config.data.manual_dir, config.data.data_dir = str(root), str(tmp_path / "tfds")
+  builder = builders.prepare(config.data)
+  with pytest.raises(config_checks.ConfigError, match=r"config.data.eval_split='validation'"
+                     r": the dataset 'folder' has the splits \['train'\]; a folder dataset "
+                     r"needs labelled images in validation/ .*add validation/images/"):
+    config_checks.check_against_data(config, builder)

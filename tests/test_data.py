@@ -192,3 +192,18 @@ def test_auto_crop_and_sigma_follow_the_largest_training_image(tmp_path, tiny_co
   assert config.data.augment.crop_size == (-(-height // 2), 8)  # (7, 8)
   assert config.mask.cow_sigma_range == (round(7 * 4 / 360, 2), round(7 * 16 / 360, 2))
   assert config.data.eval_canvas == (14, 20)
+
+
+def test_crop_and_sigma_given_on_the_command_line_are_parsed_into_the_config(tmp_path):
+  """configs/folder.py leaves both at "auto" (string fields), so a command-line value
+  arrives as the string "(6, 8)"; the run must train with the tuple, not the string."""
+  _mixed_size_folder(tmp_path / "mine")
+  config = load_config("folder")
+  config.data.manual_dir, config.data.data_dir = str(tmp_path / "mine"), str(tmp_path / "tfds")
+  config_base.replace_field(config.data, "downscale", 2)
+  config.data.augment.crop_size = "(6, 8)"
+  config.mask.cow_sigma_range = "(0.5, 2.0)"
+  builder = builders.prepare(config.data)
+  data_lib.resolve_data_settings(config, builder)
+  assert config.data.augment.crop_size == (6, 8)
+  assert config.mask.cow_sigma_range == (0.5, 2.0)

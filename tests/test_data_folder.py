@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -108,9 +109,10 @@ def test_label_values_beyond_the_class_list_are_named(tmp_path):
     builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))
 
 
-def _binary_tree(root, values=None, label_format="PNG", rgb=False, seed=0):
-  """A grey-image binary dataset whose masks store background 0 and foreground 255;
-  returns ``{id: class-id mask}`` of the train images."""
+def _binary_tree(root, values=None, label_format="PNG", rgb=False, seed=0, block=(16, 24)):
+  """A grey-image binary dataset whose masks store background 0 and foreground 255 (a
+  ``block`` of foreground in each 32x48 mask); returns ``{id: class-id mask}`` of the
+  train images."""
   rng = np.random.default_rng(seed)
   os.makedirs(root)
   classes = ["background", "foreground"] if values is None else [
@@ -121,8 +123,8 @@ def _binary_tree(root, values=None, label_format="PNG", rgb=False, seed=0):
   for index in range(3):
     image_id = f"case{index}"
     ids = np.zeros((32, 48), np.uint8)
-    top, left = rng.integers(0, 16), rng.integers(0, 24)
-    ids[top:top + 16, left:left + 24] = 1  # a block: 1/4 of the pixels
+    top, left = rng.integers(0, 32 - block[0]), rng.integers(0, 48 - block[1])
+    ids[top:top + block[0], left:left + block[1]] = 1  # 1/4 of the pixels by default
     write_png(os.path.join(root, "train", "images", image_id + ".png"),
               rng.integers(0, 256, (32, 48), dtype=np.uint8))
     stored = ids * 255
@@ -161,6 +163,16 @@ def test_binary_masks_without_values_stop_with_the_classes_json_fix(tmp_path):
   (tmp_path / "mine" / "classes.json").write_text(fix)
   assert set(np.unique(np.concatenate([m.ravel() for m in _train_labels(
       builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))).values()]))) == {0, 1}
+
+
+def test_binary_masks_with_a_small_foreground_stop_as_well(tmp_path):
+  """Before: with the foreground (255) on less than 20% of the pixels, the build went
+  on and trained with every foreground pixel ignored, exit 0."""
+  _binary_tree(str(tmp_path / "mine"), block=(6, 8))  # 48 of 1536 pixels: 3.1%
+  with pytest.raises(base.BadExampleError) as raised:
+    builders.prepare(_data(tmp_path / "mine", tmp_path / "tfds"))
+  assert "['foreground']" in str(raised.value) and "covers 3.1% of" in str(raised.value)
+  assert '{"name": "foreground", "value": 255}' in str(raised.value)
 
 
 @pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
@@ -240,3 +252,25 @@ def test_an_edited_folder_is_prepared_anew_never_read_stale(tmp_path, caplog):
   labels = {e["image_id"].decode(): e["label"]
             for e in tfds.as_numpy(third.as_dataset(split="train"))}
   np.testing.assert_array_equal(labels["img_d"], np.zeros(SIZE, np.uint8))
+
+
+def test_a_copied_or_moved_folder_is_the_same_dataset_and_an_edit_is_not(tmp_path):
+  """Before: the copy's name was made of the folder's path and its files' modification
+  times, so a `cp -r` or a move gave a new dataset and its runs would not resume; and a
+  label changed in place, at the same size and with its time put back, was read stale."""
+  root = tmp_path / "mine"
+  _tree(str(root))
+  first = builders.prepare(_data(root, tmp_path / "tfds"))
+  shutil.copytree(root, tmp_path / "elsewhere" / "renamed")  # new path, new times
+  moved = builders.prepare(_data(tmp_path / "elsewhere" / "renamed", tmp_path / "tfds"))
+  assert moved.info.full_name == first.info.full_name
+  assert moved.info.full_name.startswith("cowmix_folder/content_")
+  before = folder.folder_fingerprint(str(root))
+  label = root / "train" / "labels" / "img_a.png"
+  status = os.stat(label)
+  data = bytearray(label.read_bytes())
+  data[-20] ^= 1  # one bit of the image data: same size
+  label.write_bytes(bytes(data))
+  os.utime(label, ns=(status.st_atime_ns, status.st_mtime_ns))
+  assert os.stat(label).st_size == status.st_size
+  assert folder.folder_fingerprint(str(root)) != before

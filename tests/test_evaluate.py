@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from absl import app
 from PIL import Image
 
-from cowmix_jax import evaluate, evaluator, models, train
+from cowmix_jax import evaluate, evaluator, models, reporting, train
 from cowmix_jax.data import builders
 from cowmix_jax.models import convert
 
@@ -101,7 +102,7 @@ def test_command_line_writes_json_and_markdown(trained, tmp_path):
   assert f"{100 * trained_results['miou']:6.2f}" in out.stdout
   assert "**mIoU**" in (tmp_path / "r.md").read_text()
   missing = subprocess.run(command[:3] + ["--config=configs/synthetic.py",
-                                         f"--workdir={tmp_path / 'empty'}"] + command[5:],
+                                         f"--workdir={tmp_path / 'empty'}"] + command[5:6],
                            cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), capture_output=True,
                            text=True, timeout=600)
   assert missing.returncode != 0 and "no best checkpoint in" in missing.stderr
@@ -154,3 +155,52 @@ def test_config_argv_puts_the_saved_config_in_place_of_a_missing_or_json_config(
   unchanged = ["prog", "--config=configs/synthetic.py", "--workdir=W"]
   assert evaluate.config_argv(unchanged) == unchanged
   assert evaluate.config_argv(["prog", "--split=test"]) == ["prog", "--split=test"]
+
+
+def test_a_dataset_with_the_classes_in_another_order_is_refused(trained, tmp_path):
+  """Before: a folder listing the run's two classes the other way round was scored
+  class k against the other class's pixels (polyp 12.45 for a true 19.84), exit 0."""
+  config, workdir, _ = trained
+  names = list(reporting.read_classes(workdir)[0])
+  evaluate.check_same_classes(workdir, names, config.data)
+  for other in (names[::-1], names[:-1], names[:-1] + ["other"]):
+    with pytest.raises(ValueError, match=r"has the classes .* but the run in .* was trained "
+                                         r"on .*classes.json\); evaluate it on data"):
+      evaluate.check_same_classes(workdir, other, config.data)
+
+
+def test_outputs_are_checked_before_any_work(trained, tmp_path):
+  """Before: --output=WORKDIR/config.json replaced the run's config, and --output or
+  --predictions_dir inside the dataset folder replaced its files, exit 0."""
+  config, workdir, _ = trained
+  data = tmp_path / "mine"
+  (data / "validation" / "labels").mkdir(parents=True)
+  (data / "classes.json").write_text("[]")
+  folder_config = config.copy_and_resolve_references()
+  folder_config.data.manual_dir = str(data)
+  check = evaluate.check_outputs
+  with pytest.raises(app.UsageError, match="one of the files the run in"):
+    check(config, workdir, os.path.join(workdir, "config.json"), "", "", True)
+  with pytest.raises(app.UsageError, match="--markdown=.* is the dataset folder .*or inside"):
+    check(folder_config, workdir, "", str(data / "classes.json"), "", True)
+  with pytest.raises(app.UsageError, match="--predictions_dir=.* is the dataset folder"):
+    check(folder_config, workdir, "", "", str(data / "validation" / "labels"), True)
+  with pytest.raises(app.UsageError, match="the same file"):
+    check(config, workdir, str(tmp_path / "r"), str(tmp_path / "r"), "", False)
+  (tmp_path / "r.json").write_text("mine")
+  with pytest.raises(app.UsageError, match="exists; pass --overwrite"):
+    check(config, workdir, str(tmp_path / "r.json"), "", "", False)
+  check(config, workdir, str(tmp_path / "r.json"), "", str(tmp_path / "new"), True)
+  assert (tmp_path / "r.json").read_text() == "mine"  # checking writes nothing
+
+
+def test_command_line_refuses_a_bad_window_and_an_existing_output_in_one_line(trained,
+                                                                             tmp_path):
+  _, workdir, _ = trained
+  (tmp_path / "r.json").write_text("mine")
+  for args, message in ((["--window=abc"], "--window=abc: expected two positive whole"),
+                        ([f"--output={tmp_path / 'r.json'}"], "exists; pass --overwrite")):
+    out = _tool("evaluate", f"--workdir={workdir}", *args)
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+  assert (tmp_path / "r.json").read_text() == "mine"

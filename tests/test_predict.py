@@ -69,7 +69,7 @@ def test_the_input_folder_is_never_an_output_folder(trained, tmp_path):
   images = tmp_path / "images"
   before = {name: (images / name).read_bytes() for name in _images(images)}
   for output in (images, images / "predictions"):
-    with pytest.raises(app.UsageError, match="is the input folder or inside it"):
+    with pytest.raises(app.UsageError, match=r"is the input folder \(--input\) or inside it"):
       predict.predict_folder(config, workdir, str(images), str(output))
   assert {name: (images / name).read_bytes() for name in os.listdir(images)} == before
 
@@ -154,6 +154,6 @@ def test_the_command_line_refuses_in_one_line_with_status_2(trained, tmp_path):
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1] == (
-      f"predict.py: --output_dir={images} is the input folder or inside it: the predictions "
-      f"would mix with (or replace) the images of --input={images}; choose another folder "
-      f"(--help lists the flags)")
+      f"predict.py: --output_dir={images} is the input folder (--input) or inside it "
+      f"({images}): what it writes would replace or mix with what is read from there; "
+      f"choose a path outside it (--help lists the flags)")

@@ -16,6 +16,7 @@ import pytest
 
 from cowmix_jax import models, steps, train
 from cowmix_jax.checkpoints import Checkpointer
+from cowmix_jax.cli import ConfigError
 from cowmix_jax.state import create_train_state
 
 from conftest import REPO, num_classes_of_run, tiny_flags
@@ -287,3 +288,20 @@ def test_progress_lines_come_after_the_first_step_then_every_30_seconds_with_an_
   assert clock.line(61) == "step 61/1000 (6%)  2.00 steps/s  ETA 8 min"
   assert not clock.line_due()
   assert train.format_duration(30) == "30 s" and train.format_duration(7500) == "2 h 05 min"
+
+
+def test_a_workdir_inside_the_dataset_folder_is_refused_before_anything_is_written(
+    tmp_path, tiny_config):
+  """Before: --workdir equal to the folder dataset replaced the user's classes.json (and
+  its 0/255 value mapping) with the run's, then failed over the file it had written."""
+  data = tmp_path / "mine"
+  data.mkdir()
+  (data / "classes.json").write_text('[{"name": "bg", "value": 0}, {"name": "fg", "value": 255}]')
+  tiny_config.data.manual_dir = str(data)
+  tiny_config.data.data_dir = str(tmp_path / "tfds")
+  for workdir in (data, data / "run"):
+    with pytest.raises(ConfigError, match="overlap"):
+      train.train_and_evaluate(tiny_config, str(workdir))
+  assert sorted(os.listdir(data)) == ["classes.json"]
+  assert json.loads((data / "classes.json").read_text())[1] == {"name": "fg", "value": 255}
+  assert not (tmp_path / "tfds").exists()  # stopped before the data was prepared

@@ -138,21 +138,25 @@ def resolve_crop_and_sigma(config: ml_collections.ConfigDict, builder) -> None:
   trains CamVid), at most AUTO_CROP_LIMIT a side; the sigmas are the paper's CamVid
   range relative to the crop's shorter side."""
   augment = config.data.augment
-  if pair_setting(augment.crop_size, "data.augment.crop_size", "(H, W)") is None:
+  crop = pair_setting(augment.crop_size, "data.augment.crop_size", "(H, W)")
+  if crop is None:
     factor = int(config.data.downscale)
     (height, width), _ = largest_image(builder, config.data.train_split)
     crop = tuple(min(AUTO_CROP_LIMIT, math.ceil(size / factor)) for size in (height, width))
-    config_base.replace_field(augment, "crop_size", crop)
     logging.info("config.data.augment.crop_size=auto: %s (the largest %s image, %dx%d, "
                  "shrunk %d times, at most %d a side).", crop, config.data.train_split,
                  height, width, factor, AUTO_CROP_LIMIT)
-  if pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
-                  "(smallest, largest) sigma in pixels", float) is None:
-    side = min(augment.crop_size)
+  # A given value is written back as well: the command line makes a string of a tuple
+  # given to a field whose default is "auto".
+  config_base.replace_field(augment, "crop_size", crop)
+  sigmas = pair_setting(config.mask.cow_sigma_range, "mask.cow_sigma_range",
+                        "(smallest, largest) sigma in pixels", float)
+  if sigmas is None:
+    side = min(crop)
     sigmas = tuple(round(r * side, 2) for r in PAPER_SIGMA_RELATIVE)
-    config_base.replace_field(config.mask, "cow_sigma_range", sigmas)
     logging.info("config.mask.cow_sigma_range=auto: %s (the paper's 4..16 for 360 "
                  "pixels, scaled to the crop's %d).", sigmas, side)
+  config_base.replace_field(config.mask, "cow_sigma_range", sigmas)
 
 
 # "auto" downscale on a CPU: the largest training image is shrunk by a whole factor to

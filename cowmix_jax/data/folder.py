@@ -27,7 +27,8 @@ CLASS_FILES = ("classes.json", "classes.txt")
 SPLITS = ("train", "validation", "test")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 # The 0/255-mask check: a class (nearly) absent from every train label while "ignore"
-# covers at least this share of the labelled pixels.
+# covers at least this share of the labelled pixels, or while the labels hold as many
+# values as there are classes, 255 among them (check_classes_present).
 ABSENT_CLASS_SHARE = 1e-3
 SUSPICIOUS_IGNORE_SHARE = 0.2
 
@@ -236,9 +237,12 @@ def check_classes_present(scan: LabelScan, classes: ClassList, directory: str) -
   ignored = scan.class_pixels[-1] / total
   absent = [name for name, pixels in zip(classes.names, scan.class_pixels[:-1])
             if pixels / total < ABSENT_CLASS_SHARE]
-  if not absent or ignored < SUSPICIOUS_IGNORE_SHARE:
+  common = [int(v) for v in np.flatnonzero(scan.raw_pixels >= ABSENT_CLASS_SHARE * total)]
+  # As many common values as classes, 255 among them: one value per class, as 0/255
+  # masks store them, whatever the foreground's share.
+  one_value_per_class = base.IGNORE_LABEL in common and len(common) == len(classes.names)
+  if not absent or (ignored < SUSPICIOUS_IGNORE_SHARE and not one_value_per_class):
     return
-  common = [int(v) for v in np.flatnonzero(scan.raw_pixels >= 0.01 * total)]
   if len(common) == len(classes.names):
     suggestion = [{"name": name, "value": value} for name, value in zip(classes.names, common)]
   else:
@@ -253,12 +257,22 @@ def check_classes_present(scan: LabelScan, classes: ClassList, directory: str) -
       f"if the classes really are absent.)")
 
 
+def file_digest(path: str) -> str:
+  """The sha1 of a file's bytes, read in 1 MiB blocks."""
+  digest = hashlib.sha1()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 def folder_fingerprint(directory: str) -> str:
-  """A hash of what the dataset is made of: the folder's path, the class list's bytes
-  and the relative name, size and modification time of every file of its splits. Adding,
-  removing, renaming or editing an image or a label changes it."""
+  """A hash of what the dataset is made of: the class list's bytes and the relative name
+  and content of every file of its splits. Adding, removing, renaming or editing an
+  image or a label changes it; moving or copying the folder (a new path, new
+  modification times) does not. Reads every file once (about a second per GB)."""
   directory = os.path.abspath(directory)
-  digest = hashlib.sha1(directory.encode())
+  digest = hashlib.sha1()
   for file_name in CLASS_FILES:
     path = os.path.join(directory, file_name)
     if os.path.isfile(path):
@@ -269,21 +283,17 @@ def folder_fingerprint(directory: str) -> str:
       dirs.sort()
       for name in sorted(files):
         path = os.path.join(root, name)
-        status = os.stat(path)
-        digest.update(f"{os.path.relpath(path, directory)}\0{status.st_size}\0"
-                      f"{status.st_mtime_ns}\n".encode())
+        digest.update(f"{os.path.relpath(path, directory)}\0{file_digest(path)}\n".encode())
   return digest.hexdigest()
 
 
 def config_for_directory(directory: str) -> FolderConfig:
-  """A builder config named after the directory and its content (its base name and
-  ``folder_fingerprint``), so that two datasets, or one whose files or classes.json
-  changed, never share prepared files: an edited folder is prepared anew, never read
-  stale."""
+  """A builder config named after the directory's content (``folder_fingerprint``), so
+  that a folder whose files or classes.json changed is prepared anew, never read stale,
+  and a folder moved or copied elsewhere is the same dataset (its runs resume)."""
   directory = os.path.abspath(directory)
-  digest = folder_fingerprint(directory)[:12]
-  stem = "".join(c if c.isalnum() else "_" for c in os.path.basename(directory)) or "root"
-  return FolderConfig(name=f"{stem}_{digest}", directory=directory)
+  return FolderConfig(name=f"content_{folder_fingerprint(directory)[:12]}",
+                      directory=directory)
 
 
 @dataclasses.dataclass
@@ -296,9 +306,10 @@ class SegmentationFolder(base.SegmentationBuilder):
   """A segmentation dataset read from a user's directory (see LAYOUT)."""
 
   name = "cowmix_folder"
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "train / unlabelled / validation / test from a directory.",
-                   "1.1.0": "Class values in classes.json; JPEG masks snapped to them."}
+                   "1.1.0": "Class values in classes.json; JPEG masks snapped to them.",
+                   "1.2.0": "Prepared copies named by content only (not path or times)."}
   LAYOUT = LAYOUT
   TITLE = "folder dataset"
   MANUAL_DIR_VARIABLE = "COWMIX_FOLDER_DIR"
