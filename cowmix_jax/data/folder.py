@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from cowmix_jax.data import base
+from cowmix_jax.models.pretrained import sha256_of
 
 CLASS_FILES = ("classes.json", "classes.txt")
 SPLITS = ("train", "validation", "test")
@@ -257,15 +258,6 @@ def check_classes_present(scan: LabelScan, classes: ClassList, directory: str) -
       f"if the classes really are absent.)")
 
 
-def file_digest(path: str) -> str:
-  """The sha1 of a file's bytes, read in 1 MiB blocks."""
-  digest = hashlib.sha1()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def folder_fingerprint(directory: str) -> str:
   """A hash of what the dataset is made of: the class list's bytes and the relative name
   and content of every file of its splits. Adding, removing, renaming or editing an
@@ -283,7 +275,7 @@ def folder_fingerprint(directory: str) -> str:
       dirs.sort()
       for name in sorted(files):
         path = os.path.join(root, name)
-        digest.update(f"{os.path.relpath(path, directory)}\0{file_digest(path)}\n".encode())
+        digest.update(f"{os.path.relpath(path, directory)}\0{sha256_of(path)}\n".encode())
   return digest.hexdigest()
 
 
