@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -105,14 +106,29 @@ EXPECTED_ERRORS = (ValueError, KeyError, OSError, ModuleNotFoundError, FloatingP
 
 def error_message(error: BaseException) -> str:
   """The error's own text: a KeyError's quoted repr (``'key'\\nDid you mean ...``, as
-  ml_collections raises for an unknown config key) read back as the text it quotes."""
+  ml_collections raises for an unknown config key) read back as the text it quotes; a
+  config file that failed to load as one line naming ``--config``."""
   text = str(error)
   if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
     try:
       text = ast.literal_eval(text)
     except (ValueError, SyntaxError):
       pass
-  return text.strip()
+  return config_file_message(text) or text.strip()
+
+
+def config_file_message(text: str) -> str | None:
+  """ml_collections' "Configuration is not available because of an earlier failure to
+  load: Failed loading config file config_config / Attempted ... [Errno 2] No such file
+  or directory: 'PATH'" as ``--config=PATH: no such file or directory (...)``; None
+  for other texts."""
+  match = re.search(r"\[Errno \d+\] ([^:]+): '([^']*)'", text)
+  if "Failed loading config file" not in text or match is None:
+    return None
+  reason, path = match.groups()
+  return (f"--config={path}: {reason[0].lower() + reason[1:]} (relative paths are read "
+          f"from the current directory, {os.getcwd()}; the shipped configs are "
+          f"configs/*.py in the repository)")
 
 
 def config_key_message(error: BaseException, argv: Sequence[str]) -> str:

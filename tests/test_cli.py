@@ -114,3 +114,19 @@ def test_the_console_scripts_are_installed_and_print_their_own_flags(script, own
                        timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert f"  {own_flag}:" in out.stdout and "--[no]verbose:" in out.stdout
+
+
+def test_a_missing_config_file_is_one_line_naming_the_flag(tmp_path):
+  """Before: "Configuration is not available because of an earlier failure to load:
+  Failed loading config file config_config" over four lines."""
+  out = subprocess.run([sys.executable, "-m", "cowmix_jax.main", "--config=configs/nope.py",
+                        f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert lines[-1].startswith("main.py: --config=configs/nope.py: no such file or directory "
+                              f"(relative paths are read from the current directory, "
+                              f"{tmp_path};"), lines
+  assert "config_config" not in out.stderr and not (tmp_path / "run").exists()
+  # Other texts pass through unchanged.
+  assert cli.config_file_message("[Errno 2] No such file or directory: 'x'") is None
