@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from flax import errors as flax_errors
 from ml_collections import config_flags
 
 from cowmix_jax import cli, metrics, models, outputs, reporting, sharding
@@ -120,7 +121,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     def on_predictions(batch, predictions):
       save_predictions(prediction_dir, batch, predictions,
                        builder.info.metadata.get("class_colours"))
-  confusion = scorer.confusion(variables, on_predictions)
+  try:
+    confusion = scorer.confusion(variables, on_predictions)
+  except (flax_errors.ScopeParamShapeError, flax_errors.ScopeParamNotFoundError) as error:
+    raise ValueError(
+        f"the checkpoint of {workdir} does not fit the model this config builds "
+        f"(config.model.name={config.model.name!r}; {str(error).splitlines()[0]}): the "
+        f"run was trained with another model; leave out --config to use the run's own "
+        f"config ({os.path.join(workdir, 'config.json')})") from None
   iou = metrics.per_class_iou(confusion)
   return {
       "miou": metrics.mean_iou(confusion),

@@ -204,3 +204,13 @@ def test_command_line_refuses_a_bad_window_and_an_existing_output_in_one_line(tr
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
   assert (tmp_path / "r.json").read_text() == "mine"
+
+
+def test_a_config_with_another_model_is_one_error_naming_the_fix(trained):
+  """Before: a page of flax's ScopeParamShapeError traceback."""
+  config, workdir, _ = trained
+  other = config.copy_and_resolve_references()
+  other.model.width = 8  # the run's is 4
+  with pytest.raises(ValueError, match=r"does not fit the model this config builds .*leave "
+                                       r"out --config to use the run's own config"):
+    evaluate.evaluate_checkpoint(other, workdir)
