@@ -340,8 +340,7 @@ def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
     return
   sigmas = cow_sigma_range(config.mask)
   sigma = max(sigmas)
-  crop = data_lib.pair_setting(config.data.augment.crop_size, "data.augment.crop_size",
-                               "(H, W)")
+  crop = tuple(config.data.augment.crop_size)  # resolved to a tuple with the data
   if sigma > min(crop):
     scale = min(crop) / 360  # the paper's CamVid: sigma 4..16 for 480x360 images
     suggestion = (round(4 * scale, 2), round(16 * scale, 2))
