@@ -16,7 +16,8 @@ for seed in 0 1 2; do
   $RUNNER --root=$R/camvid_lite0_rerun --methods=cowout,all_labels --seeds=$seed || exit
 done
 # ICT's diagnosis (item 5), 4 epochs, val only
-"$HERE/ict35.sh" || exit
+# 2026-12-06: the rest of the diagnosis runs on this machine with its own controls
+"$HERE/ict35_xeon.sh" || exit
 # P3: CutMix (fixed area) at the common length, seeds 0-2 (lane 1 runs seeds 3-4)
 $RUNNER --root=$R/camvid_lite0_common --set=num_epochs=12 --methods=cutmix --seeds=0,1,2 || exit
 echo "lane 2 done"
