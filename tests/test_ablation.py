@@ -979,3 +979,43 @@ def test_each_record_keeps_the_environment_it_was_made_in(tmp_path, monkeypatch)
   assert environment["jax"] == importlib.metadata.version("jax")
   assert environment["jaxlib"] == importlib.metadata.version("jaxlib")
   assert environment["cpu_cores"] == str(os.cpu_count())
+
+
+def test_swept_method_is_the_sweeps_own_and_one_key_on_two_methods_is_refused():
+  ict = {"1.0": [dict(_record("ict", 0, 0.4), variant={"mask.ict_alpha": "1.0"})]}
+  assert plot_ablation.swept_method(ict) == "ict"
+  mixed = {"1": [dict(_record("ict", 0, 0.4), variant={"cons_weight": "1"}),
+                 dict(_record("cowmix", 0, 0.4), variant={"cons_weight": "1"})]}
+  with pytest.raises(ValueError, match="cowmix, ict"):
+    plot_ablation.swept_method(mixed)
+
+
+def test_variants_get_their_own_rows_paired_with_the_baseline(tmp_path):
+  """--variants: an ICT diagnosis (no CowMix at all) gets one row per single change,
+  its difference paired by seed with the baseline; --nopaper drops the paper column;
+  the sweep chart is drawn for ICT's sweeps."""
+  mious = {("supervised", ()): (0.42, 0.40), ("ict", ()): (0.39, 0.33),
+           ("ict", (("cons_weight", "1"),)): (0.43, 0.38)}
+  runs = {}
+  for (method, variant), values in mious.items():
+    for seed, miou in enumerate(values):
+      run = ablation.Run(method, seed, variant)
+      runs[run.name] = dict(_record(method, seed, miou, variant), variant=dict(variant),
+                            per_class_iou={"road": miou, "sky": miou})
+  results = str(tmp_path / "results.json")
+  ablation.save_results(results, {"runs": runs})
+  markdown = tmp_path / "doc.md"
+  markdown.write_text("<!-- d_table1:start -->\n<!-- d_table1:end -->\n")
+  plot_ablation.main([f"--results={results}", f"--output_dir={tmp_path}", "--prefix=d",
+                      "--variants", "--nopaper", f"--update_markdown={markdown}",
+                      "--markers=d_"])
+  rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+          for line in markdown.read_text().splitlines() if line.startswith("| ")}
+  assert "paper (test)" not in rows["method"]
+  column = rows["method"].index("minus baseline (paired) [95% CI]")
+  for group, key in (("ict", ("ict", ())), ("ict [cons_weight=1]",
+                                             ("ict", (("cons_weight", "1"),)))):
+    differences = 100 * (np.array(mious[key]) - np.array(mious[("supervised", ())]))
+    expected = f"{differences.mean():+.2f} +- {differences.std(ddof=1):.2f}"
+    assert rows[group][column] == expected
+  assert (tmp_path / "d_sweep.png").stat().st_size > 0

@@ -12,7 +12,9 @@ both splits (``summary_markdown``); --update_markdown=FILE writes them, the tabl
 the learned classes and the per-class table into FILE's marked blocks (summary, table1,
 targets, table1_test, targets_test, table1_learned, per_class; with --common_results
 also table1_lengths, ranking_common and their _test twins; --markers=PREFIX for
-several grids in one file).
+several grids in one file). A diagnosis grid of single changes (the runner's --vary):
+--variants gives each variant its own table row, paired with the baseline by seed, and
+--nopaper leaves out the paper's column (its numbers describe other lengths).
 Needs matplotlib (pip install -e ".[plots]").
 """
 
@@ -153,16 +155,26 @@ def sweep_panel(by_value: dict[str, list[dict]], base: Sequence[dict], key: str,
   return bars
 
 
-def plot_sweeps(plt, results: dict, path: str, base_values: dict[str, str],
-                method: str = "cowmix") -> bool:
-  """One panel per swept key (mean +- std over seeds, seeds as dots). False if nothing
-  was swept."""
+def swept_method(by_value: dict[str, list[dict]]) -> str:
+  """The method a sweep varies (its runs' method; ValueError when one key was swept on
+  several methods, whose bars one panel cannot hold)."""
+  methods = sorted({r["method"] for recs in by_value.values() for r in recs})
+  if len(methods) != 1:
+    raise ValueError(f"one swept key on several methods ({', '.join(methods)}): give "
+                     "each method's sweep its own --results")
+  return methods[0]
+
+
+def plot_sweeps(plt, results: dict, path: str, base_values: dict[str, str]) -> bool:
+  """One panel per swept key, of the method its runs vary (mean +- std over seeds, seeds
+  as dots). False if nothing was swept."""
   sweeps = sweep_groups(results)
   if not sweeps:
     return False
   base = base_records(results)
   fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
   for ax, (key, by_value) in zip(axes[0], sorted(sweeps.items())):
+    method = swept_method(by_value)
     bars = sweep_panel(by_value, base, key, base_values, method)
     x = np.arange(len(bars))
     ax.bar(x, [np.mean(v) for _, v, _ in bars],
@@ -656,7 +668,8 @@ def merge_results(paths: Sequence[str], flag: str = "--results") -> dict:
 
 
 # The base config's values of the keys the sweeps vary (--base adds more).
-BASE_VALUES = ("cons_weight=10", "mask.cow_sigma_range=(1.0, 4.0)")
+BASE_VALUES = ("cons_weight=10", "mask.cow_sigma_range=(1.0, 4.0)", "mask.ict_alpha=0.1",
+               "confidence.mode=batch")
 FLAGS = cli.new_flags()
 flags.DEFINE_multi_string("results", None, "a results JSON of cowmix_jax.experiments.ablation "
                           "(repeat to merge the grid's and the sweeps' files)", flag_values=FLAGS)
@@ -679,6 +692,12 @@ flags.DEFINE_multi_string("common_results", [], "results JSON of the shorter col
                           flag_values=FLAGS)
 flags.DEFINE_float("epoch_scale", 0.04, "the grid's --epoch_scale (labels the table at both "
                    "lengths)", flag_values=FLAGS)
+flags.DEFINE_bool("variants", False, "also give each --vary variant its own row in the "
+                  "tables, paired with the baseline on the seeds both ran (a diagnosis "
+                  "grid's single changes); without it variants go to the sweep chart only",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("paper", True, "the paper's Table 1 column (--nopaper for runs at another "
+                  "length, whose rows the paper's numbers do not describe)", flag_values=FLAGS)
 flags.mark_flag_as_required("results", flag_values=FLAGS)
 
 
@@ -687,7 +706,7 @@ def main(argv=None) -> None:
   plt = plotting.pyplot("plot_ablation")
   results = merge_results(FLAGS.results)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  records = base_records(results)
+  records = list(results["runs"].values()) if FLAGS.variants else base_records(results)
   written = [os.path.join(FLAGS.output_dir, f"{FLAGS.prefix}_miou.png"),
              os.path.join(FLAGS.output_dir, f"{FLAGS.prefix}_per_class.png")]
   plot_miou(plt, records, written[0], FLAGS.title)
@@ -697,7 +716,8 @@ def main(argv=None) -> None:
   if plot_sweeps(plt, results, sweep_path, base_values):
     written.append(sweep_path)
   print("Wrote " + ", ".join(written))
-  blocks = {"table1": table_markdown(records), "targets": targets_markdown(records)}
+  blocks = {"table1": table_markdown(records, with_paper=FLAGS.paper),
+            "targets": targets_markdown(records)}
   print("\nTable 1 (final teacher mIoU % on validation):\n" + blocks["table1"])
   print("\nTable 1's claims:\n" + blocks["targets"])
   test_records = on_split(records, "test")

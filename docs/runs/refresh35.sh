@@ -12,7 +12,7 @@ if [ -f $R/camvid_lite0_common/results.json ]; then
   cp $R/camvid_lite0_common/results.json docs/camvid_lite0_common_results.json
   COMMON=(--common_results=docs/camvid_lite0_common_results.json)
 fi
-for root in camvid_lite0_ict camvid_lite0_ict_fix; do
+for root in camvid_lite0_ict camvid_lite0_ict_fix camvid_lite0_ict_xeon; do
   [ -f $R/$root/results.json ] && cp $R/$root/results.json docs/${root}_results.json
 done
 $PY -m cowmix_jax.experiments.plot_ablation --results=docs/camvid_lite0_results.json \
