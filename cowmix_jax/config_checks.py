@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import ml_collections
 from absl import logging
 
-from cowmix_jax import config_base, losses, masks, mixing, models, steps
+from cowmix_jax import config_base, losses, masks, method_keys, mixing, models, steps
 from cowmix_jax import data as data_lib
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.conventions import NORMALISATIONS
@@ -317,11 +317,27 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
 REPLACED_BY_EPOCHS = {"num_train_steps": "num_epochs", "eval_every": "eval_every_epochs"}
 
 
+def unread_override_problems(config: ml_collections.ConfigDict,
+                             overridden: Iterable[str]) -> list[str]:
+  """One line for each overridden key that ``config.method`` does not read (a typo in
+  ``--config.mask.mix`` for CowMix, ``--config.cons_weight`` for FixMatch): such an
+  override would change nothing, silently. An unknown method is left to its own check."""
+  method = config.get("method")
+  if method not in method_keys.METHODS:
+    return []
+  mix, complementary = config.mask.get("mix"), bool(config.mask.get("complementary"))
+  return [f"--config.{key}={_lookup(config, key)!r} has no effect: config.method={method} "
+          f"does not read it (read by {method_keys.readers_text(key)})"
+          for key in sorted(overridden)
+          if not method_keys.reads_key(key, method, mix, complementary)]
+
+
 def check_overrides_take_effect(config: ml_collections.ConfigDict,
                                 overridden: Iterable[str]) -> None:
   """Raises ConfigError for a command-line override the config would ignore: a step
   count (``num_train_steps``, ``eval_every``) while its count in epochs is positive and
-  was not overridden to 0 (the epochs would win and the override do nothing)."""
+  was not overridden to 0 (the epochs would win and the override do nothing), or a
+  setting the run's method does not read (``unread_override_problems``)."""
   overridden = set(overridden)
   problems = [
       f"--config.{steps_key}={config[steps_key]} has no effect: config.{epochs_key}="
@@ -329,6 +345,7 @@ def check_overrides_take_effect(config: ml_collections.ConfigDict,
       f"--config.{epochs_key}=0 to count in steps (or set --config.{epochs_key})"
       for steps_key, epochs_key in REPLACED_BY_EPOCHS.items()
       if steps_key in overridden and config[epochs_key] > 0]
+  problems += unread_override_problems(config, overridden)
   if problems:
     raise ConfigError("\n".join(problems))
 

@@ -62,7 +62,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from cowmix_jax import cli, config_base, metrics_file
+from cowmix_jax import cli, config_base, method_keys, metrics_file
 from cowmix_jax.checkpoints import LATEST as CHECKPOINTS
 
 # Table 1's columns: a name -> the config overrides that make it.
@@ -89,6 +89,10 @@ METHODS: dict[str, dict[str, str]] = {
     "unimatch_cow_complementary": {"method": "unimatch", "mask.mix": "cow",
                                    "mask.complementary": "True"},
 }
+# The columns run when --methods is not given: Table 1's (the strong-view columns above,
+# about twice CowMix's step, are asked for by name).
+TABLE_1_COLUMNS = tuple(name for name in METHODS
+                        if METHODS[name]["method"] not in method_keys.STRONG_VIEW_METHODS)
 BASELINE, FULL = "supervised", "all_labels"
 # The runner's exit status when SIGTERM or Ctrl-C stopped it (as a process killed by
 # SIGTERM reports it in a shell), so that a script looping over grids stops as well.
@@ -541,6 +545,7 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
   split's score get it too). ``code``: train and evaluate with that checkout's package
   (``python_module_command``)."""
   stop = stop or StopRequest().install()
+  defaults = mask_defaults(config)
   results = load_results(results_path)
   results.setdefault("machine", machine_description())
   failed, times = [], []
@@ -569,8 +574,9 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
       eta = (f", grid ETA {remaining * sum(times) / len(times) / 60:.0f} min"
              if times else "")
       print(f"{prefix}: training (log {os.path.join(workdir, 'train.log')}{eta})", flush=True)
-      code_, seconds = launcher(
-          train_command(run, config, workdir, common, epoch_scale, code), workdir, stop)
+      command = train_command(run, config, workdir, overrides_read_by(run, common, defaults),
+                              epoch_scale, code)
+      code_, seconds = launcher(command, workdir, stop)
       add_wall_seconds(workdir, seconds)
       record = run_record(run, workdir) if code_ == 0 else None
       if record is None and stop.requested:
@@ -637,6 +643,56 @@ def check_override_keys(config: str, overrides: Sequence[str]) -> None:
       raise app.UsageError(f"--config.{key}: {config} has no key {key!r}{hint}")
 
 
+def mask_defaults(config: str) -> dict[str, str]:
+  """The config file's ``mask.mix`` and ``mask.complementary`` (as the runner's text
+  values), which decide what a strong-view method reads; the base config's where the
+  file cannot be loaded here (another checkout's, with ``--code``)."""
+  try:
+    mask = config_base.load_config_file(config).mask
+  except Exception:  # noqa: BLE001 (any failure: fall back to the base config's values)
+    mask = config_base.get_base_config().mask
+  return {"mask.mix": str(mask.mix), "mask.complementary": str(mask.complementary)}
+
+
+def run_reads(run: Run, key: str, common: Sequence[tuple[str, str]],
+              defaults: dict[str, str]) -> bool:
+  """Whether ``run``'s method reads ``key`` (``method_keys.reads_key``), with the method,
+  ``mask.mix`` and ``mask.complementary`` its column, the ``--set`` overrides and its
+  variant give, else ``defaults``."""
+  settings = {**defaults, **METHODS[run.method], **dict(common), **dict(run.variant)}
+  complementary = settings["mask.complementary"].strip().lower() in ("true", "1")
+  return method_keys.reads_key(key, settings["method"], settings["mask.mix"], complementary)
+
+
+def overrides_read_by(run: Run, common: Sequence[tuple[str, str]],
+                      defaults: dict[str, str]) -> list[tuple[str, str]]:
+  """The ``--set`` overrides ``run``'s method reads: the others are left out of its
+  command, where they would change nothing (and ``cowmix_jax.main`` refuses them)."""
+  return [(key, value) for key, value in common if run_reads(run, key, common, defaults)]
+
+
+def check_overrides_read(runs: Sequence[Run], common: Sequence[tuple[str, str]],
+                         defaults: dict[str, str]) -> list[str]:
+  """UsageError for a ``--vary`` key its run's method does not read, or a ``--set`` key
+  no run reads (each would train runs that differ in nothing); returns one note per
+  ``--set`` key left out of some runs."""
+  for run in runs:
+    for key, _ in run.variant:
+      if not run_reads(run, key, common, defaults):
+        raise app.UsageError(f"--vary={key}: {run.method} does not read it (read by "
+                             f"{method_keys.readers_text(key)})")
+  notes = []
+  for key, _ in common:
+    skipped = sorted({run.method for run in runs if not run_reads(run, key, common, defaults)})
+    if runs and len(skipped) == len({run.method for run in runs}):
+      raise app.UsageError(f"--set={key}: no method of the grid reads it (read by "
+                           f"{method_keys.readers_text(key)})")
+    if skipped:
+      notes.append(f"--set={key} is left out of the runs of {', '.join(skipped)}, which "
+                   f"do not read it")
+  return notes
+
+
 def check_code(code: str) -> None:
   """UsageError unless ``code`` is '' or a checkout holding ``cowmix_jax/main.py``, on a
   Python that has ``-P``."""
@@ -690,7 +746,8 @@ flags.DEFINE_string("config", None, "a config file (configs/*.py)", flag_values=
 flags.DEFINE_string("root", None, "directory of the runs' workdirs", flag_values=FLAGS)
 flags.DEFINE_string("results", "", "results JSON (default ROOT/results.json)",
                     flag_values=FLAGS)
-flags.DEFINE_string("methods", ",".join(METHODS), f"comma-separated, from {','.join(METHODS)}",
+flags.DEFINE_string("methods", ",".join(TABLE_1_COLUMNS),
+                    f"comma-separated, from {','.join(METHODS)} (default: Table 1's)",
                     flag_values=FLAGS)
 flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds", flag_values=FLAGS)
 flags.DEFINE_multi_string("set", [], "KEY=VALUE: a config override for every run (the "
@@ -758,6 +815,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if FLAGS.continue_from:
       check_continuable(FLAGS.config, common, FLAGS.continue_from)
     check_code(FLAGS.code)
+    for note in check_overrides_read(runs, common, mask_defaults(FLAGS.config)):
+      print(note)
     stop = StopRequest().install()
     results, failed = run_grid(runs, FLAGS.config, FLAGS.root, results_path, common, stop,
                                launch, epoch_scale=FLAGS.epoch_scale,
