@@ -21,6 +21,16 @@ $PY -m cowmix_jax.experiments.plot_ablation --results=docs/camvid_lite0_results.
     --results=docs/camvid_lite0_cons_weight_results.json "${COMMON[@]}" \
     --prefix=camvid_lite0 --title="CamVid, 30 labels, pretrained Lite0, CPU scale" \
     --update_markdown=docs/RESULTS.md --markers=lite0_ > /tmp/refresh35_tables.txt
+# ICT's diagnosis (4 epochs, val): one table per code and machine, each variant paired
+# with the supervised run of the same root (charts to /tmp: the tables carry it)
+for pair in camvid_lite0_ict:ict_amd_grid_ camvid_lite0_ict_fix:ict_amd_fix_ \
+            camvid_lite0_ict_xeon:ict_xeon_; do
+  root=${pair%%:*}; markers=${pair##*:}
+  [ -f docs/${root}_results.json ] || continue
+  $PY -m cowmix_jax.experiments.plot_ablation --results=docs/${root}_results.json \
+      --variants --nopaper --output_dir=/tmp/refresh35_ict --prefix=$root \
+      --update_markdown=docs/RESULTS.md --markers=$markers > /tmp/refresh35_$root.txt
+done
 $PY -m cowmix_jax.experiments.plot_curves --results=docs/camvid_lite0_results.json \
     --results=docs/camvid_lite0_rerun_results.json --output=docs/camvid_lite0_curves.png \
     --title="CamVid, 30 labels, pretrained Lite0, CPU scale: teacher val mIoU" > /dev/null
