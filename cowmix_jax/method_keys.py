@@ -73,3 +73,12 @@ def readers_text(key: str) -> str:
 
 METHODS = ("supervised", *MEAN_TEACHER_METHODS, *STRONG_VIEW_METHODS)
 
+
+
+def describe(method: str, mix: str = "box", complementary: bool = False) -> str:
+  """The method as a log line names it: ``cowmix``; a strong-view method with its mask
+  kind, ``unimatch with cow masks, complementary``."""
+  if method not in STRONG_VIEW_METHODS:
+    return method
+  return (f"{method} with {mix} masks" if mix in ("box", "cow") else method) + (
+      ", complementary" if complementary and method == "unimatch" else "")

@@ -18,7 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
 
 from cowmix_jax import data as data_lib
-from cowmix_jax import metrics, models, outputs, reporting, sharding, steps
+from cowmix_jax import method_keys, metrics, models, outputs, reporting, sharding, steps
 from cowmix_jax.checkpoints import (
     Checkpointer,
     check_config,
@@ -432,5 +432,6 @@ def _train(config, workdir, checkpointer, cleanup, num_devices, mesh, probe):
   logging.info("Teacher per-class IoU (%%) on %s:\n%s", eval_split,
                metrics.format_iou_table(confusion, inputs.class_names))
   print(f"Final teacher {eval_split} mIoU: {100 * results['miou']:.2f}% "
-        f"({config.method}, step {results['step']}, {train_seconds:.0f}s of training)")
+        f"({method_keys.describe(config.method, config.mask.mix, config.mask.complementary)}, "
+        f"step {results['step']}, {train_seconds:.0f}s of training)")
   return results

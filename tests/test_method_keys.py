@@ -135,3 +135,11 @@ def test_runner_leaves_a_set_out_of_runs_that_do_not_read_it():
   varied = ablation.plan_runs(["cowmix"], [0], [("mask.mix", ["box"])])
   with pytest.raises(Exception, match="--vary=mask.mix: cowmix does not read it"):
     ablation.check_overrides_read(varied, [], defaults)
+
+
+@pytest.mark.parametrize("method,mix,complementary,text", [
+    ("cowmix", "cow", True, "cowmix"), ("fixmatch", "box", False, "fixmatch with box masks"),
+    ("unimatch", "cow", True, "unimatch with cow masks, complementary"),
+    ("unimatch", "box", False, "unimatch with box masks")])
+def test_describe_names_a_strong_view_runs_mask_kind(method, mix, complementary, text):
+  assert method_keys.describe(method, mix, complementary) == text
