@@ -42,7 +42,7 @@ def get_config():
   config.batch_size = 1  # the paper's, with frozen BatchNorm
   config.unlabelled_batch_size = 2  # mixing pairs two unlabelled images
   config.num_epochs = 300 * EPOCH_SCALE
-  # Measured (docs/RESULTS.md, "Pretrained protocol"): at this length the paper's 1e-4
+  # Measured (docs/RESULTS.md, "The protocol"): at this length the paper's 1e-4
   # leaves the 30-label baseline at 40.4 mIoU and still rising; 1e-3 (the encoder at
   # 0.1x, 1e-4) reaches 46-47 by half the run.
   config.learning_rate = 1e-3

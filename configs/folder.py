@@ -61,7 +61,7 @@ def get_config():
   replace_field(config.data, "downscale", "auto")
   config.model.name = "unet"
   if pretrained_weights_installed():
-    config.learning_rate = 1e-3  # measured on CamVid: docs/RESULTS.md, "Pretrained protocol"
+    config.learning_rate = 1e-3  # measured on CamVid: docs/RESULTS.md, "The protocol"
     config.model.encoder = "efficientnet_lite"
     config.model.encoder_variant = "lite0"
     config.model.decoder_widths = (96, 64, 48, 32, 24, 16)

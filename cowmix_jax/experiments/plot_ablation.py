@@ -11,7 +11,8 @@ runner also scored there (--eval_splits=test), with a one-screen summary of thos
 both splits (``summary_markdown``); --update_markdown=FILE writes them, the table over
 the learned classes and the per-class table into FILE's marked blocks (summary, table1,
 targets, table1_test, targets_test, table1_learned, per_class; with --common_results
-also table1_lengths, ranking_common and their _test twins; --markers=PREFIX for
+also table1_lengths, ranking_common and their _test twins; with FixMatch or UniMatch
+columns strong_views and strong_views_test; --markers=PREFIX for
 several grids in one file). A diagnosis grid of single changes (the runner's --vary):
 --variants gives each variant its own table row, paired with the baseline by seed, and
 --nopaper leaves out the paper's column (its numbers describe other lengths).
