@@ -1019,3 +1019,40 @@ def test_variants_get_their_own_rows_paired_with_the_baseline(tmp_path):
     expected = f"{differences.mean():+.2f} +- {differences.std(ddof=1):.2f}"
     assert rows[group][column] == expected
   assert (tmp_path / "d_sweep.png").stat().st_size > 0
+
+
+def test_grid_eta_sums_each_remaining_runs_method_mean_wall_time():
+  """Each run to come costs its method's mean recorded wall time (whole runs, resumed
+  attempts included), or every run's mean where its method has none yet."""
+  results = {"runs": {
+      "supervised_seed0": {"method": "supervised", "wall_seconds": 600.0},
+      "supervised_seed1": {"method": "supervised", "wall_seconds": 1200.0},
+      "cowmix_seed0": {"method": "cowmix", "wall_seconds": 2400.0}}}
+  to_come = ablation.plan_runs(["supervised", "cowmix", "cowout"], [0, 1, 2])
+  # To come: supervised seed 2 (900 s), cowmix seeds 1-2 (2 x 2400 s), cowout seeds
+  # 0-2 (3 x the mean of all, 1400 s): 9900 s = 165 min.
+  assert ablation.grid_eta_text(to_come, results) == ", grid ETA 165 min"
+  assert ablation.grid_eta_text(to_come, {"runs": {}}) == ""
+  done = {"runs": {r.name: {"method": r.method, "wall_seconds": 60.0} for r in to_come}}
+  assert ablation.grid_eta_text(to_come, done) == ""
+
+
+def test_a_resumed_run_counts_whole_in_the_grid_eta(tmp_path, capsys):
+  """The ETA printed before the next run uses the finished run's whole wall time (an
+  interrupted attempt of 10 min and a resumed one of 2 min: 12 min), not only its last
+  attempt's."""
+  class Slow(FakeTraining):
+    def __call__(self, command, workdir, stop):
+      code, _ = super().__call__(command, workdir, stop)
+      return code, 600.0 if code else 120.0
+
+  runs = ablation.plan_runs(["supervised"], [0, 1])
+  results_path = str(tmp_path / "results.json")
+  ablation.run_grid(runs, "c.py", str(tmp_path), results_path, [], ablation.StopRequest(),
+                    Slow(interrupt_at="supervised_seed0"))
+  capsys.readouterr()
+  ablation.run_grid(runs, "c.py", str(tmp_path), results_path, [], ablation.StopRequest(),
+                    Slow())
+  out = capsys.readouterr().out
+  assert json.loads(open(results_path).read())["runs"]["supervised_seed0"]["wall_seconds"] == 720.0
+  assert "[2/2] supervised_seed1: training" in out and "grid ETA 12 min)" in out

@@ -532,6 +532,21 @@ def format_table(rows: Sequence[dict]) -> str:
 # The grid
 
 
+def grid_eta_text(to_come: Sequence[Run], results: dict) -> str:
+  """', grid ETA N min' for the runs of ``to_come`` that have no record yet: for each, the
+  mean wall time of the finished runs of its method in ``results`` (of all of them where
+  its method has none; each a whole run over all its attempts, as its record keeps it);
+  '' while no run has a recorded wall time."""
+  finished = [r for r in results["runs"].values() if "wall_seconds" in r]
+  if not finished:
+    return ""
+  def typical(records):
+    return sum(r["wall_seconds"] for r in records) / len(records)
+  seconds = sum(typical([r for r in finished if r.get("method") == run.method] or finished)
+                for run in to_come if run.name not in results["runs"])
+  return f", grid ETA {seconds / 60:.0f} min" if seconds else ""
+
+
 def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
              common: Sequence[tuple[str, str]], stop: StopRequest | None = None,
              launcher=launch, epoch_scale: float = 0.0,
@@ -548,7 +563,7 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
   defaults = mask_defaults(config)
   results = load_results(results_path)
   results.setdefault("machine", machine_description())
-  failed, times = [], []
+  failed = []
   for index, run in enumerate(runs, 1):
     workdir = os.path.join(root, run.name)
     prefix = f"[{index}/{len(runs)}] {run.name}"
@@ -570,9 +585,7 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
         continue
       print(f"{prefix}: continues {os.path.join(continue_from, run.name)}", flush=True)
     if record is None:
-      remaining = sum(1 for r in runs[index - 1:] if r.name not in results["runs"])
-      eta = (f", grid ETA {remaining * sum(times) / len(times) / 60:.0f} min"
-             if times else "")
+      eta = grid_eta_text(runs[index - 1:], results)
       print(f"{prefix}: training (log {os.path.join(workdir, 'train.log')}{eta})", flush=True)
       command = train_command(run, config, workdir, overrides_read_by(run, common, defaults),
                               epoch_scale, code)
@@ -587,7 +600,6 @@ def run_grid(runs: Sequence[Run], config: str, root: str, results_path: str,
               f"{workdir}/train.log)", flush=True)
         failed.append(run.name)
         continue
-      times.append(seconds)
     fields, why_not = evaluate_splits(workdir, record, eval_splits, stop, launcher, code)
     record = {**record, **fields}
     results = save_run(results_path, run.name, record)
