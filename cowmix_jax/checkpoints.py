@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cowmix_jax import cli, config_base
+from cowmix_jax import cli, config_base, method_keys
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.state import TrainState
 
@@ -296,18 +296,29 @@ def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+def _read_by_run(key: str, saved: dict[str, Any]) -> bool:
+  """Whether the run of the flattened config ``saved`` reads ``key``
+  (``method_keys``; a setting its method never reads cannot change it)."""
+  return method_keys.reads_key(key, saved.get("method", ""), saved.get("mask.mix", "box"),
+                               bool(saved.get("mask.complementary", False)))
+
+
 def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list:
   """Lines ``key: saved value in the workdir, now value`` for every setting that differs
   from the run already in ``workdir`` (none when there is no run yet: no config.json,
   or no checkpoint to resume, as after a run stopped by a bad setting), except
-  RESUMABLE_KEYS."""
+  RESUMABLE_KEYS and settings the run's method does not read (``method_keys``; the
+  method itself is read by all). A key added to the defaults after the run was saved
+  counts as its default there (``load_config``)."""
   if not (workdir_path(workdir) / CONFIG_FILE).exists() or not has_checkpoint(workdir):
     return []
-  old, new = _flatten(_plain(load_config(workdir))), _flatten(_plain(config))
+  old = _flatten(_plain(load_config(workdir)))
+  new = _flatten(_plain(config))
   return [f"  {key}: {old.get(key, '(absent)')!r} in the workdir, now "
           f"{new.get(key, '(absent)')!r}"
           for key in sorted(set(old) | set(new))
-          if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
+          if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)
+          and (_read_by_run(key, old) or _read_by_run(key, new))]
 
 
 def has_checkpoint(workdir: str) -> bool:

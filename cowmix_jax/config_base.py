@@ -160,6 +160,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.teacher = "auto"
   # fixmatch, unimatch: pixels whose pseudo-label has at least this probability count.
   config.pseudo_label_threshold = 0.95
+  # fixmatch, unimatch: the strong views' Gaussian blur sigma ~ U(low, high), in pixels
+  # at the training resolution (UniMatch's 0.1-2; the CPU-scale configs divide it by
+  # their downscale, as the cow masks' sigmas).
+  config.strong_blur_sigma_range = (0.1, 2.0)
   config.consistency_loss = "mse_prob"  # or kl, mse_logit, hard_ce (CE to the argmax)
   config.confidence = ml_collections.ConfigDict()
   config.confidence.threshold = 0.97
@@ -247,7 +251,8 @@ def get_camvid_cpu_config(downscale: int) -> ml_collections.ConfigDict:
   """CamVid's Table 1 setting (30 labels, CowMix) with images shrunk ``downscale``
   times and trained whole: cow-mask sigmas and the aug method's translation in shrunk
   pixels, evaluation on the full-resolution labels, one device, CPU-sized logging. The
-  CPU-scale configs set the model, batch, length and learning rate."""
+  CPU-scale configs set the model, batch, length and learning rate. The strong views'
+  blur sigmas (fixmatch, unimatch) shrink with the images too."""
   config = get_base_config()
   height, width = 360 // downscale, 480 // downscale
   config.data = get_data_config(
@@ -256,6 +261,7 @@ def get_camvid_cpu_config(downscale: int) -> ml_collections.ConfigDict:
   config.method = "cowmix"
   config.num_devices = 1
   config.mask.cow_sigma_range = (4.0 / downscale, 16.0 / downscale)
+  config.strong_blur_sigma_range = (0.1 / downscale, 2.0 / downscale)
   config.aug_consistency.translate_pixels = 4.0 / downscale
   config.model.name = "unet"
   config.eval_batch_size = 8

@@ -33,6 +33,7 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "mask.box_aspect_range": _BOX_READERS,
     "mask.mix": STRONG_VIEW_METHODS,
     "pseudo_label_threshold": STRONG_VIEW_METHODS,
+    "strong_blur_sigma_range": STRONG_VIEW_METHODS,
     "mask.mix_probability": ("fixmatch", "unimatch:mixed"),
     "mask.complementary": ("unimatch",),
 }

@@ -314,7 +314,8 @@ class StrongViews(Perturbation):
   def __init__(self, sample_mask: MaskSampler, mask_kind: str, normalisation: str,
                views: int, view_weights: tuple[float, ...],
                feature_weight: float | None = None, mix_probability: float = 0.5,
-               complementary: bool = False):
+               complementary: bool = False,
+               blur_sigma: tuple[float, float] = strong_augment.BLUR_SIGMA):
     if complementary and views != 2:
       raise ValueError("config.mask.complementary needs two strong views (unimatch)")
     self.sample_mask = sample_mask
@@ -325,6 +326,7 @@ class StrongViews(Perturbation):
     self.feature_weight = feature_weight
     self.mix_probability = mix_probability
     self.complementary = complementary
+    self.blur_sigma = strong_augment.check_blur_sigma_range(blur_sigma)
 
   def _sample_masks(self, key: jax.Array, n: int, height: int, width: int) -> jax.Array:
     """``[n, V, H, W]`` 0/1 masks, each applied with ``mix_probability`` (zeros when not),
@@ -343,7 +345,7 @@ class StrongViews(Perturbation):
     mix image) and ``colour``: ``strong_augment.sample``'s draws, each ``[N, V, ...]``."""
     n, height, width = images.shape[:3]
     mask_key, partner_key, colour_key = jax.random.split(key, 3)
-    colour = strong_augment.sample(colour_key, n * self.views)
+    colour = strong_augment.sample(colour_key, n * self.views, self.blur_sigma)
     return {"mask": self._sample_masks(mask_key, n, height, width),
             "partner": sample_partners(partner_key, n),
             "colour": jax.tree.map(lambda x: x.reshape((n, self.views) + x.shape[1:]), colour)}
@@ -353,7 +355,9 @@ class StrongViews(Perturbation):
     views = []
     for view in range(self.views):
       colour = jax.tree.map(lambda x, v=view: x[:, v], draws["colour"])
-      strong = from_unit_rgb(strong_augment.apply(rgb, colour), self.normalisation)
+      strong = from_unit_rgb(
+          strong_augment.apply(rgb, colour, strong_augment.blur_kernel_size(self.blur_sigma[1])),
+          self.normalisation)
       views.append(mix(strong, strong[draws["partner"]], draws["mask"][:, view]))
     return images, jnp.stack(views, axis=1)
 
@@ -426,7 +430,8 @@ def _fixmatch(config: ml_collections.ConfigDict) -> Perturbation:
                      "config.method=unimatch")
   sample_mask, kind = _strong_view_mask(config)
   return StrongViews(sample_mask, kind, input_normalisation(config.model), views=1,
-                     view_weights=(1.0,), mix_probability=config.mask.mix_probability)
+                     view_weights=(1.0,), mix_probability=config.mask.mix_probability,
+                     blur_sigma=config.strong_blur_sigma_range)
 
 
 @PERTURBATIONS.register("unimatch")
@@ -437,7 +442,8 @@ def _unimatch(config: ml_collections.ConfigDict) -> Perturbation:
   return StrongViews(sample_mask, kind, input_normalisation(config.model), views=2,
                      view_weights=(0.25, 0.25), feature_weight=0.5,
                      mix_probability=config.mask.mix_probability,
-                     complementary=config.mask.complementary)
+                     complementary=config.mask.complementary,
+                     blur_sigma=config.strong_blur_sigma_range)
 
 
 def make_perturbation(config: ml_collections.ConfigDict) -> Perturbation:

@@ -5,7 +5,10 @@ UniMatch V1 (``dataset/semi.py``) builds each strong view of an unlabelled crop 
 torchvision: ``ColorJitter(0.5, 0.5, 0.5, 0.25)`` with probability 0.8 (brightness,
 contrast and saturation factors ~ U(0.5, 1.5), a hue shift ~ U(-0.25, 0.25) of the
 colour circle, the four in a random order), greyscale with probability 0.2, and a
-Gaussian blur with sigma ~ U(0.1, 2.0) with probability 0.5. Here, on ``[0, 1]`` RGB
+Gaussian blur with sigma ~ U(0.1, 2.0) pixels with probability 0.5 (the sigma range is
+``config.strong_blur_sigma_range`` here, in pixels at the training resolution: the
+CPU-scale configs shrink it with their images, as the cow masks' sigmas). Here, on
+``[0, 1]`` RGB
 images, hue, greyscale and blur are dm-pix's (``adjust_hue``, ``rgb_to_grayscale``,
 ``gaussian_blur``); brightness, contrast and saturation are the blends that
 torchvision's jitter does through PIL's ``ImageEnhance`` (dm-pix's differ: its
@@ -32,17 +35,37 @@ BRIGHTNESS = CONTRAST = SATURATION = 0.5  # factors ~ U(1 - x, 1 + x)
 HUE = 0.25  # shift ~ U(-x, x), as a fraction of the colour circle
 GREY_PROBABILITY = 0.2
 BLUR_PROBABILITY = 0.5
-BLUR_SIGMA = (0.1, 2.0)
-# The blur's kernel: wide enough for the largest sigma (3 sigma each side).
-BLUR_KERNEL_SIZE = 2 * int(np.ceil(3 * BLUR_SIGMA[1])) + 1
+BLUR_SIGMA = (0.1, 2.0)  # UniMatch's, in pixels
+
+
+def blur_kernel_size(largest_sigma: float) -> int:
+  """The blur kernel's width for sigmas up to ``largest_sigma``: 3 sigma each side."""
+  return 2 * int(np.ceil(3 * largest_sigma)) + 1
+
+
+BLUR_KERNEL_SIZE = blur_kernel_size(BLUR_SIGMA[1])
+
+
+def check_blur_sigma_range(sigma_range) -> tuple[float, float]:
+  """``config.strong_blur_sigma_range`` as ``(low, high)`` floats; ValueError naming the
+  key unless ``0 < low <= high``."""
+  try:
+    low, high = (float(value) for value in sigma_range)
+  except (TypeError, ValueError):
+    low = high = float("nan")
+  if not 0 < low <= high:
+    raise ValueError(f"config.strong_blur_sigma_range={sigma_range!r}: expected (low, high) "
+                     f"Gaussian blur sigmas in pixels with 0 < low <= high")
+  return low, high
 # The jitter's four operations, in the order their factors are stored; a draw's
 # ``order`` is one of the 24 permutations of them.
 OPERATIONS = ("brightness", "contrast", "saturation", "hue")
 PERMUTATIONS = np.array(list(itertools.permutations(range(len(OPERATIONS)))), np.int32)
 
 
-def sample(key: jax.Array, n: int) -> dict[str, jax.Array]:
-  """The random numbers of ``n`` strong views.
+def sample(key: jax.Array, n: int,
+           blur_sigma: tuple[float, float] = BLUR_SIGMA) -> dict[str, jax.Array]:
+  """The random numbers of ``n`` strong views (blur sigmas ~ U(``blur_sigma``)).
 
   Returns:
     ``jitter``, ``grey``, ``blur`` ``[n]`` bool (whether each step applies);
@@ -60,7 +83,7 @@ def sample(key: jax.Array, n: int) -> dict[str, jax.Array]:
           jax.random.randint(keys[2], (n,), 0, len(PERMUTATIONS))],
       "grey": jax.random.bernoulli(keys[3], GREY_PROBABILITY, (n,)),
       "blur": jax.random.bernoulli(keys[4], BLUR_PROBABILITY, (n,)),
-      "sigma": jax.random.uniform(keys[5], (n,), minval=BLUR_SIGMA[0], maxval=BLUR_SIGMA[1]),
+      "sigma": jax.random.uniform(keys[5], (n,), minval=blur_sigma[0], maxval=blur_sigma[1]),
   }
 
 
@@ -90,20 +113,22 @@ def _operation(index: jax.Array, image: jax.Array, factors: jax.Array) -> jax.Ar
   return selected
 
 
-def _one(image: jax.Array, draws: dict[str, jax.Array]) -> jax.Array:
+def _one(image: jax.Array, draws: dict[str, jax.Array], kernel_size: int) -> jax.Array:
   jittered = image
   for slot in range(len(OPERATIONS)):
     jittered = jnp.clip(_operation(draws["order"][slot], jittered, draws["factors"]), 0, 1)
   image = jnp.where(draws["jitter"], jittered, image)
   grey = pix.rgb_to_grayscale(image, keep_dims=True)  # the luma in all three channels
   image = jnp.where(draws["grey"], grey, image)
-  blurred = pix.gaussian_blur(image, draws["sigma"], BLUR_KERNEL_SIZE)
+  blurred = pix.gaussian_blur(image, draws["sigma"], kernel_size)
   return jnp.where(draws["blur"], blurred, image)
 
 
-def apply(images: jax.Array, draws: dict[str, jax.Array]) -> jax.Array:
+def apply(images: jax.Array, draws: dict[str, jax.Array],
+          kernel_size: int = BLUR_KERNEL_SIZE) -> jax.Array:
   """The strong views of ``images`` ``[N, H, W, 3]`` (RGB in [0, 1]) under ``draws``
   (``sample``'s): the jitter's operations in the drawn order, each result clipped to
-  [0, 1] as torchvision's are, then greyscale, then the blur (zero padding at the
+  [0, 1] as torchvision's are, then greyscale, then the blur (a ``kernel_size``-wide
+  kernel, ``blur_kernel_size`` of the largest sigma drawn from; zero padding at the
   borders, as dm-pix's ``SAME`` convolution). Returns ``[N, H, W, 3]`` in [0, 1]."""
-  return jax.vmap(_one)(images, draws)
+  return jax.vmap(lambda image, draw: _one(image, draw, kernel_size))(images, draws)

@@ -253,6 +253,37 @@ def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path
   assert os.path.basename(str(tmp_path)) in message
 
 
+def test_a_setting_the_runs_method_does_not_read_may_differ_on_resume(tiny_config, tmp_path):
+  """A difference in a setting the saved run's method never reads (method_keys) cannot
+  change the run, so it does not block the resume; one the method reads does."""
+  assert tiny_config.method == "cowmix"
+  save_config(tiny_config, str(tmp_path))
+  (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+  tiny_config.strong_blur_sigma_range = (0.025, 0.5)  # read by fixmatch and unimatch only
+  tiny_config.pseudo_label_threshold = 0.9
+  check_config(tiny_config, str(tmp_path))
+  tiny_config.method = "fixmatch"  # the method is read by every method
+  with pytest.raises(ValueError) as error:
+    check_config(tiny_config, str(tmp_path))
+  assert "method: 'cowmix' in the workdir, now 'fixmatch'" in str(error.value)
+  assert "strong_blur_sigma_range" in str(error.value)  # fixmatch reads it
+
+
+def test_a_workdir_saved_before_a_setting_existed_holds_its_default(tiny_config, tmp_path):
+  """An older config.json lacks strong_blur_sigma_range: its run trained with the
+  default (0.1, 2.0), so resuming at the default goes ahead and another value is named."""
+  tiny_config.method = "fixmatch"
+  save_config(tiny_config, str(tmp_path))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["strong_blur_sigma_range"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+  check_config(tiny_config, str(tmp_path))
+  tiny_config.strong_blur_sigma_range = (0.025, 0.5)
+  with pytest.raises(ValueError, match=r"strong_blur_sigma_range: \[0.1, 2.0\] in the workdir"):
+    check_config(tiny_config, str(tmp_path))
+
+
 def test_url_workdirs_are_kept_as_urls_and_local_ones_made_absolute(monkeypatch, tmp_path):
   assert str(workdir_path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
   monkeypatch.chdir(tmp_path)

@@ -115,6 +115,12 @@ def test_one_bad_key_is_reported_alone_and_a_good_config_passes(tiny_config):
   with pytest.raises(ValueError, match=r"^config.mask.cow_sigma_range=\(8.0, 2.0\): the "
                      r"smallest sigma is larger than the largest$"):
     config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.mask.cow_sigma_range = (2.0, 8.0)
+  tiny_config.method = "fixmatch"
+  tiny_config.strong_blur_sigma_range = (0.0, 2.0)
+  with pytest.raises(ValueError, match=r"^config.strong_blur_sigma_range=\(0.0, 2.0\): "
+                     r"expected \(low, high\)"):
+    config_checks.validate_config(tiny_config, device_count=1)
 
 
 def test_a_saved_config_without_newer_keys_reads_with_their_defaults(tmp_path, tiny_config):

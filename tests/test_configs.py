@@ -118,6 +118,9 @@ def test_cpu_scale_camvid_is_the_paper_protocol_shrunk_by_one_factor(name):
   assert factor == 4 and cpu.data.num_labelled == paper.data.num_labelled == 30
   assert tuple(cpu.mask.cow_sigma_range) == tuple(s / factor for s in paper.mask.cow_sigma_range)
   assert cpu.aug_consistency.translate_pixels == paper.aug_consistency.translate_pixels / factor
+  assert tuple(paper.strong_blur_sigma_range) == (0.1, 2.0)  # UniMatch's
+  assert tuple(cpu.strong_blur_sigma_range) == tuple(
+      s / factor for s in paper.strong_blur_sigma_range)
   assert tuple(cpu.data.eval_canvas) == tuple(paper.data.eval_canvas)
   # Whole shrunk images, as in the paper: the crop holds the 120x90 image.
   assert tuple(c * factor for c in cpu.data.augment.crop_size) == tuple(

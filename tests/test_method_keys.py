@@ -22,7 +22,7 @@ OTHER_VALUES = {
     "mask.exact_proportion": True, "mask.box_area_range": (0.1, 0.2),
     "mask.box_aspect_range": (0.5, 2.0), "mask.mix": "cow",
     "pseudo_label_threshold": 0.5, "mask.mix_probability": 0.9,
-    "mask.complementary": True,
+    "mask.complementary": True, "strong_blur_sigma_range": (0.5, 1.0),
 }
 
 
@@ -40,6 +40,7 @@ def test_every_registered_method_is_classified_and_every_key_exists():
   for key in method_keys.METHOD_KEYS:
     assert key in known or any(k.startswith(key) for k in known if key.endswith(".")), key
   assert {key for key in OTHER_VALUES if method_keys.key_readers(key) is None} == set()
+  assert set(OTHER_VALUES) >= {k for k in method_keys.METHOD_KEYS if not k.endswith(".")}
 
 
 @pytest.mark.parametrize("method,key,reads", [

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cowmix_jax import mixing
+from cowmix_jax import mixing, strong_augment
+from cowmix_jax.normalisation import from_unit_rgb, to_unit_rgb
 
 from conftest import make_tiny_config
 
@@ -197,3 +198,31 @@ def test_strong_view_settings_that_cannot_work_name_the_key(tiny_config):
     _strong_views(tiny_config, "fixmatch", "circle")
   with pytest.raises(ValueError, match="config.mask.complementary.*unimatch"):
     _strong_views(make_tiny_config(), "fixmatch", "cow", complementary=True)
+
+
+def test_strong_views_blur_with_the_configured_sigma_range(tiny_config):
+  """config.strong_blur_sigma_range sets the views' blur: sigmas drawn within it, and a
+  view equals strong_augment.apply with that range's kernel on the same draws."""
+  tiny_config.strong_blur_sigma_range = (0.025, 0.5)
+  perturbation = _strong_views(tiny_config, "fixmatch", "box", mix_probability=0.0)
+  images = _images(n=64)
+  draws = perturbation.sample(jax.random.PRNGKey(2), images)
+  sigma = np.asarray(draws["colour"]["sigma"])
+  assert sigma.min() >= 0.025 and sigma.max() <= 0.5 and sigma.max() > 0.4
+  _, strong = perturbation.inputs(images, draws)
+  normalisation = perturbation.normalisation
+  colour = jax.tree.map(lambda x: x[:, 0], draws["colour"])
+  unit = to_unit_rgb(images, normalisation)
+  expected = from_unit_rgb(strong_augment.apply(unit, colour, 5), normalisation)
+  np.testing.assert_allclose(np.asarray(strong[:, 0]), np.asarray(expected), atol=1e-5)
+  # Sigmas up to 4 need 25 taps: the default kernel (13, for UniMatch's up to 2) would
+  # cut their tails.
+  tiny_config.strong_blur_sigma_range = (3.0, 4.0)
+  perturbation = _strong_views(tiny_config, "fixmatch", "box", mix_probability=0.0)
+  draws = perturbation.sample(jax.random.PRNGKey(2), images)
+  _, strong = perturbation.inputs(images, draws)
+  colour = jax.tree.map(lambda x: x[:, 0], draws["colour"])
+  wide = from_unit_rgb(strong_augment.apply(unit, colour, 25), normalisation)
+  np.testing.assert_allclose(np.asarray(strong[:, 0]), np.asarray(wide), atol=1e-5)
+  cut = from_unit_rgb(strong_augment.apply(unit, colour), normalisation)
+  assert not np.allclose(np.asarray(strong[:, 0]), np.asarray(cut), atol=1e-3)

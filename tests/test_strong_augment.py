@@ -112,3 +112,37 @@ def test_each_step_alone_does_what_it_says(step):
     assert out[10, 10, 0] == pytest.approx(centre ** 2, rel=1e-5)
     assert out[10, 11, 0] == pytest.approx(centre * taps[7] / taps.sum(), rel=1e-5)
     assert out[..., 0].sum() == pytest.approx(1.0, rel=1e-5)  # the blur keeps the mass
+
+
+def test_a_configured_blur_range_is_drawn_from_and_blurred_with_a_kernel_wide_enough():
+  """sigma ~ U(low, high) for a given range, and the strong view with the range's own
+  kernel (3 sigma each side of its largest sigma) equals dm-pix's blur with that kernel;
+  the key's other draws are those of the default range."""
+  n, low, high = 40_000, 0.025, 0.5
+  draws = jax.tree.map(np.asarray, strong_augment.sample(jax.random.PRNGKey(7), n, (low, high)))
+  assert stats.kstest(draws["sigma"], stats.uniform(low, high - low).cdf).pvalue > 1e-3
+  assert draws["sigma"].min() >= low and draws["sigma"].max() <= high
+  default = jax.tree.map(np.asarray, strong_augment.sample(jax.random.PRNGKey(7), n))
+  for name in ("jitter", "factors", "order", "grey", "blur"):
+    np.testing.assert_array_equal(draws[name], default[name])
+  assert strong_augment.blur_kernel_size(high) == 5  # ceil(1.5) = 2 each side
+  assert strong_augment.blur_kernel_size(2.0) == strong_augment.BLUR_KERNEL_SIZE == 13
+  blur_only = {"jitter": np.zeros(1, bool), "factors": np.ones((1, 4), np.float32),
+               "order": np.tile(np.arange(4, dtype=np.int32), (1, 1)),
+               "grey": np.zeros(1, bool), "blur": np.ones(1, bool),
+               "sigma": np.array([high], np.float32)}
+  image = np.random.default_rng(2).uniform(size=(1, 9, 11, 3)).astype(np.float32)
+  out = np.asarray(strong_augment.apply(image, blur_only, strong_augment.blur_kernel_size(high)))
+  expected = np.asarray(pix.gaussian_blur(image[0], high, 5))
+  np.testing.assert_allclose(out[0], expected, atol=1e-6)
+  # By hand: sigma 0.5 over 5 taps, a pixel away from the border.
+  taps = np.exp(-np.arange(-2, 3) ** 2 / (2 * high ** 2))
+  taps /= taps.sum()
+  by_hand = np.einsum("i,j,ijc->c", taps, taps, image[0, 2:7, 3:8])
+  np.testing.assert_allclose(out[0, 4, 5], by_hand, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (2.0, 1.0), (-1.0, 1.0), (1.0,), "x"])
+def test_a_bad_blur_range_is_refused_naming_the_key(bad):
+  with pytest.raises(ValueError, match=r"config.strong_blur_sigma_range=.*0 < low <= high"):
+    strong_augment.check_blur_sigma_range(bad)
