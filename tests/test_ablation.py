@@ -1,5 +1,6 @@
 """cowmix_jax/experiments/ablation.py: the resumable experiment grid and its table."""
 
+import ast
 import importlib.metadata
 import json
 import multiprocessing
@@ -66,7 +67,9 @@ def test_each_method_trains_for_its_paper_length_times_one_factor():
                                  "cutmix": 4, "cutmix_random_area": 4, "cowout": 12,
                                  "cowout_100ep": 4, "cowmix": 12, "all_labels": 12,
                                  "fixmatch_box": 12, "fixmatch_cow": 12, "unimatch_box": 12,
-                                 "unimatch_cow": 12, "unimatch_cow_complementary": 12})
+                                 "unimatch_cow": 12, "unimatch_cow_complementary": 12,
+                                 "fixmatch_cow_box_area": 12, "unimatch_cow_box_area": 12,
+                                 "unimatch_cow_always": 12})
   # The length comes before the common overrides, so --set num_epochs=... still wins.
   command = ablation.train_command(ablation.Run("cowout_100ep", 1), "c.py", "/w",
                                    [("num_epochs", "1")], 0.04)
@@ -907,7 +910,9 @@ def test_claim_three_at_the_common_length_pairs_cowmix_with_the_longer_runs():
 
 
 @pytest.mark.parametrize("column", ["fixmatch_box", "fixmatch_cow", "unimatch_box",
-                                    "unimatch_cow", "unimatch_cow_complementary"])
+                                    "unimatch_cow", "unimatch_cow_complementary",
+                                    "fixmatch_cow_box_area", "unimatch_cow_box_area",
+                                    "unimatch_cow_always"])
 def test_strong_view_columns_make_configs_that_pass_the_start_up_checks(column, monkeypatch):
   """Issue 38's columns on the CPU-scale protocol: each command's overrides, applied as
   main applies them, give a valid config of the named method, mask and view pairing."""
@@ -922,13 +927,22 @@ def test_strong_view_columns_make_configs_that_pass_the_start_up_checks(column, 
     node = config
     for part in parents:
       node = node[part]
-    node[leaf] = (value == "True") if isinstance(node[leaf], bool) else type(node[leaf])(value)
+    if isinstance(node[leaf], bool):
+      node[leaf] = value == "True"
+    elif isinstance(node[leaf], tuple):  # "(0.02, 0.4)", as the command line reads it
+      node[leaf] = tuple(ast.literal_eval(value))
+    else:
+      node[leaf] = type(node[leaf])(value)
   config_checks.validate_config(config, device_count=1)
   perturbation = mixing.make_perturbation(config)
   assert isinstance(perturbation, mixing.StrongViews)
   assert perturbation.views == (2 if column.startswith("unimatch") else 1)
   assert perturbation.mask_kind == column.split("_")[1]
   assert perturbation.complementary == column.endswith("complementary")
+  assert perturbation.mix_probability == (1.0 if column.endswith("always") else 0.5)
+  # The box-area controls draw cow masks' proportions as the boxes' areas.
+  assert (tuple(config.mask.cowmix_p_range) == tuple(config.mask.box_area_range)) == (
+      column.endswith("box_area"))
 
 
 def test_strong_view_claims_pair_cow_against_box_and_judge_the_best_share():
@@ -956,6 +970,21 @@ def test_strong_view_claims_pair_cow_against_box_and_judge_the_best_share():
   assert plot_ablation.strong_view_markdown(records, best="fixmatch_box").splitlines()[
       2].endswith("**refuted**")
   assert plot_ablation.strong_view_markdown([_record("cowmix", 0, 0.5)]) == ""
+  # The controls, where they ran, are paired with the column whose amount they match.
+  controls = {"fixmatch_cow_box_area": [44.5, 45.5, 45.5, 47.5, 48.5],  # box + 0.5
+              "unimatch_cow_always": [46.0, 48.0, 46.0, 49.0, 49.0],
+              "unimatch_cow_complementary": [47.0, 49.0, 47.0, 50.0, 50.0]}  # always + 1
+  records += [_record(m, s, v / 100) for m, values in controls.items()
+              for s, v in enumerate(values)]
+  lines = plot_ablation.strong_view_markdown(records).splitlines()
+  assert any(line.startswith("- fixmatch_cow_box_area minus fixmatch_box: +0.50 +- 0.00")
+             for line in lines)
+  assert any(line.startswith("- unimatch_cow_complementary minus unimatch_cow_always: "
+                             "+1.00 +- 0.00") for line in lines)
+  assert not any("unimatch_cow_box_area" in line for line in lines)  # it did not run
+  # The best of the five columns (complementary now, 66%), never a control.
+  assert lines[-1].startswith("- the best, unimatch_cow_complementary, closes >= 50% of the "
+                              "gap: 66%")
 
 
 def test_the_cpu_model_is_read_from_cpuinfo(tmp_path):

@@ -88,6 +88,15 @@ METHODS: dict[str, dict[str, str]] = {
     "unimatch_cow": {"method": "unimatch", "mask.mix": "cow"},
     "unimatch_cow_complementary": {"method": "unimatch", "mask.mix": "cow",
                                    "mask.complementary": "True"},
+    # Controls that hold the amount pasted fixed: cow masks with the boxes' areas (a view
+    # shows its partner on 10% of its pixels on average, as with boxes, instead of 25%),
+    # and independent cow masks always applied (50%, as complementary ones).
+    "fixmatch_cow_box_area": {"method": "fixmatch", "mask.mix": "cow",
+                              "mask.cowmix_p_range": "(0.02, 0.4)"},
+    "unimatch_cow_box_area": {"method": "unimatch", "mask.mix": "cow",
+                              "mask.cowmix_p_range": "(0.02, 0.4)"},
+    "unimatch_cow_always": {"method": "unimatch", "mask.mix": "cow",
+                            "mask.mix_probability": "1.0"},
 }
 # The columns run when --methods is not given: Table 1's (the strong-view columns above,
 # about twice CowMix's step, are asked for by name).
@@ -105,7 +114,8 @@ PAPER_EPOCHS: dict[str, int] = {
     "all_labels": 300,
     # Not in the paper: the baseline's length.
     "fixmatch_box": 300, "fixmatch_cow": 300, "unimatch_box": 300, "unimatch_cow": 300,
-    "unimatch_cow_complementary": 300}
+    "unimatch_cow_complementary": 300, "fixmatch_cow_box_area": 300,
+    "unimatch_cow_box_area": 300, "unimatch_cow_always": 300}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -514,7 +514,11 @@ def ranking_claim(records: Sequence[dict], ours: str = "cowmix", number: int = 3
 STRONG_VIEW_COLUMNS = ("fixmatch_box", "fixmatch_cow", "unimatch_box", "unimatch_cow",
                        "unimatch_cow_complementary")
 STRONG_VIEW_PAIRS = (("fixmatch_cow", "fixmatch_box"), ("unimatch_cow", "unimatch_box"),
-                     ("unimatch_cow_complementary", "unimatch_cow"))
+                     ("unimatch_cow_complementary", "unimatch_cow"),
+                     # The controls (ablation.METHODS): the same amount pasted.
+                     ("fixmatch_cow_box_area", "fixmatch_box"),
+                     ("unimatch_cow_box_area", "unimatch_box"),
+                     ("unimatch_cow_complementary", "unimatch_cow_always"))
 STRONG_VIEW_SHARE_TARGET = 0.5
 
 
