@@ -312,8 +312,7 @@ def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list:
   counts as its default there (``load_config``)."""
   if not (workdir_path(workdir) / CONFIG_FILE).exists() or not has_checkpoint(workdir):
     return []
-  old = _flatten(_plain(load_config(workdir)))
-  new = _flatten(_plain(config))
+  old, new = _flatten(_plain(load_config(workdir))), _flatten(_plain(config))
   return [f"  {key}: {old.get(key, '(absent)')!r} in the workdir, now "
           f"{new.get(key, '(absent)')!r}"
           for key in sorted(set(old) | set(new))
