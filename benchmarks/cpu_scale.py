@@ -11,7 +11,9 @@ Encoders are either ``--encoders`` specs, ``resnet<depth>x<width factor>`` (a Re
 U-Net whose encoder and decoder widths are scaled, BatchNorm training, as in the
 random-init CPU protocol) and ``lite<n>`` or ``lite<n>x<decoder factor>`` (the
 EfficientNet-Lite U-Net with frozen BatchNorm, the decoder widths scaled), or, without
-``--encoders``, the ResNet grid ``--depths`` x ``--widths``:
+``--encoders``, the ResNet grid ``--depths`` x ``--widths``. ``--downscale 4`` draws the
+cow masks and the strong views' blur with the sigmas of images shrunk 4 times, as the
+CPU-scale CamVid protocol does (``configs/camvid_cpu.py``); the default, 1, the paper's:
 
 python -m benchmarks.cpu_scale --sizes 90x120,180x240,360x480 \\
     --encoders resnet18x0.5,lite0,lite1 --methods supervised,cowmix --batch 1 --unlabelled 2
@@ -33,7 +35,7 @@ from absl import flags
 from benchmarks import machine as machine_line
 from benchmarks import xla_memory
 from cowmix_jax import cli, models, sharding, steps, train
-from cowmix_jax.config_base import get_base_config
+from cowmix_jax.config_base import get_base_config, get_camvid_cpu_config
 from cowmix_jax.state import create_train_state
 
 NUM_CLASSES = 11
@@ -43,8 +45,10 @@ def _scaled(widths, factor: float):
   return tuple(max(8, int(round(w * factor))) for w in widths)
 
 
-def scaled_config(encoder: str, method: str, batch: int, unlabelled: int):
-  """The base config with a U-Net on ``encoder`` (a spec, see the module docstring)."""
+def scaled_config(encoder: str, method: str, batch: int, unlabelled: int,
+                  downscale: int = 1):
+  """The base config with a U-Net on ``encoder`` (a spec, see the module docstring), its
+  cow-mask and blur sigmas those of images shrunk ``downscale`` times."""
   match = re.fullmatch(r"(resnet(\d+)|lite(\d))(?:x([\d.]+))?", encoder)
   if not match:
     raise ValueError(f"encoder spec {encoder!r}: expected resnet<depth>x<factor> or "
@@ -55,6 +59,10 @@ def scaled_config(encoder: str, method: str, batch: int, unlabelled: int):
   config.batch_size = batch
   config.unlabelled_batch_size = unlabelled
   config.model.decoder_widths = _scaled(config.model.decoder_widths, factor)
+  if downscale != 1:
+    shrunk = get_camvid_cpu_config(downscale)
+    config.mask.cow_sigma_range = shrunk.mask.cow_sigma_range
+    config.strong_blur_sigma_range = shrunk.strong_blur_sigma_range
   if match.group(2):
     config.model.depth = int(match.group(2))
     config.model.width = max(8, int(round(64 * factor)))
@@ -117,6 +125,9 @@ flags.DEFINE_string("methods", "supervised,cowmix", "methods, comma-separated",
                     flag_values=FLAGS)
 flags.DEFINE_integer("batch", 4, "labelled images per step", flag_values=FLAGS)
 flags.DEFINE_integer("unlabelled", 4, "unlabelled images per step", flag_values=FLAGS)
+flags.DEFINE_integer("downscale", 1, "sigmas of cow masks and blur for images shrunk this "
+                     "many times (4: the CPU-scale protocol's)", lower_bound=1,
+                     flag_values=FLAGS)
 flags.DEFINE_integer("steps", 10, "steps timed per setting", flag_values=FLAGS)
 flags.DEFINE_integer("run_steps", 3000, "steps of a whole run", flag_values=FLAGS)
 flags.DEFINE_string("output", "", "write the rows as JSON here", flag_values=FLAGS)
@@ -136,7 +147,7 @@ def main(argv=None):
   grid = itertools.product(FLAGS.sizes.split(","), encoders, FLAGS.methods.split(","))
   for size_text, encoder, method in grid:
     size = parse_size(size_text)
-    config = scaled_config(encoder, method, FLAGS.batch, FLAGS.unlabelled)
+    config = scaled_config(encoder, method, FLAGS.batch, FLAGS.unlabelled, FLAGS.downscale)
     seconds, memory = measure_step(config, size, FLAGS.steps)
     first = first or (seconds, memory["peak"])
     row = dict(size=size, encoder=encoder, method=method,

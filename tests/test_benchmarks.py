@@ -174,3 +174,19 @@ def test_cpu_scale_reports_the_memory_of_the_step_it_times():
   assert memory["outputs"] >= state_bytes
   assert memory["peak"] == (memory["arguments"] + memory["temporaries"]
                             + memory["outputs"] - memory["aliased"])
+
+
+def test_cpu_scale_lite0_half_decoder_at_downscale_4_is_the_cpu_protocols_step():
+  """``--encoders lite0x0.5 --downscale 4`` times the network, the cow masks and the
+  strong views' blur that configs/camvid_cpu.py trains with."""
+  from benchmarks import cpu_scale
+  from cowmix_jax.config_base import load_config_file
+
+  protocol = load_config_file(os.path.join(REPO, "configs", "camvid_cpu.py"))
+  config = cpu_scale.scaled_config("lite0x0.5", "unimatch", 1, 2, downscale=4)
+  for key in ("encoder", "encoder_variant", "decoder_widths", "freeze_bn"):
+    assert config.model[key] == protocol.model[key], key
+  assert tuple(config.mask.cow_sigma_range) == tuple(protocol.mask.cow_sigma_range)
+  assert tuple(config.strong_blur_sigma_range) == tuple(protocol.strong_blur_sigma_range)
+  unshrunk = cpu_scale.scaled_config("lite0x0.5", "unimatch", 1, 2)
+  assert unshrunk.strong_blur_sigma_range[1] == 4 * protocol.strong_blur_sigma_range[1]
