@@ -15,6 +15,7 @@ import ml_collections
 from absl import logging
 
 from cowmix_jax import config_base, losses, masks, method_keys, mixing, models, steps
+from cowmix_jax import strong_augment
 from cowmix_jax import data as data_lib
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.conventions import NORMALISATIONS
@@ -245,7 +246,9 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
   """Each check raises ValueError naming its key."""
   return [
       lambda: mixing.make_perturbation(config),
+      *_strong_view_checks(config),
       lambda: steps.pseudo_label_source(config),
+      lambda: _check_teacher_moves(config),
       lambda: _check_model_runs_the_method(config),
       lambda: losses.CONSISTENCY_LOSSES.get(config.consistency_loss),
       lambda: losses.CONFIDENCE_MODES.get(config.confidence.mode),
@@ -263,6 +266,28 @@ def _checks(config: ml_collections.ConfigDict, device_count: int,
       lambda: data_lib.canvas_setting(config.data.eval_canvas),
       lambda: mesh_size(config, device_count, process_count),
   ]
+
+
+def _check_teacher_moves(config: ml_collections.ConfigDict) -> None:
+  """A teacher whose EMA decay is fixed at 1 never leaves its initial weights, yet it
+  is the network evaluated, kept as best and reported. UniMatch V2's warm-up (fixmatch
+  and unimatch with config.teacher=ema) moves it whatever the cap."""
+  if config.teacher_alpha != 1:
+    return
+  if steps.strong_views_of(config) is not None and steps.pseudo_label_source(config) == "ema":
+    return
+  raise ValueError("config.teacher_alpha=1 keeps the teacher (the network evaluated and "
+                   "saved) at its initial weights for the whole run: choose a decay below "
+                   "1 (the paper's 0.99)")
+
+
+def _strong_view_checks(config: ml_collections.ConfigDict) -> list[Callable[[], object]]:
+  """The strong-view methods' settings each on its own: building the perturbation stops
+  at its first bad value, which would hide the others until the next try."""
+  if config.method not in method_keys.STRONG_VIEW_METHODS:
+    return []
+  return [lambda: mixing.strong_view_mask(config),
+          lambda: strong_augment.check_blur_sigma_range(config.strong_blur_sigma_range)]
 
 
 # "auto" batches (configs/folder.py): (labelled, unlabelled) per step on a CPU and on
@@ -305,7 +330,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     try:
       check()
     except ValueError as error:
-      problems.append(str(error))
+      if str(error) not in problems:  # two checks may meet one bad value
+        problems.append(str(error))
   if len(problems) == 1:
     raise ConfigError(problems[0])
   if problems:
@@ -326,8 +352,15 @@ def unread_override_problems(config: ml_collections.ConfigDict,
   if method not in method_keys.METHODS:
     return []
   mix, complementary = config.mask.get("mix"), bool(config.mask.get("complementary"))
+
+  def counterpart(key: str) -> str:
+    other = method_keys.COUNTERPARTS.get(key)
+    if other and method_keys.reads_key(other, method, mix, complementary):
+      return f"; {method} reads config.{other}"
+    return ""
+
   return [f"--config.{key}={_lookup(config, key)!r} has no effect: config.method={method} "
-          f"does not read it (read by {method_keys.readers_text(key)})"
+          f"does not read it (read by {method_keys.readers_text(key)}){counterpart(key)}"
           for key in sorted(overridden)
           if not method_keys.reads_key(key, method, mix, complementary)]
 
@@ -369,11 +402,30 @@ def check_cow_sigma(config: ml_collections.ConfigDict) -> None:
         f"--config.mask.cow_sigma_range='{suggestion}'.")
 
 
+def check_blur_sigma(config: ml_collections.ConfigDict) -> None:
+  """Strong views (fixmatch, unimatch) blurred by a kernel wider than the crop's shorter
+  side would be nearly uniform: the augmentation would wipe out the image without a
+  word."""
+  if steps.strong_views_of(config) is None:
+    return
+  sigmas = strong_augment.check_blur_sigma_range(config.strong_blur_sigma_range)
+  kernel = strong_augment.blur_kernel_size(sigmas[1])
+  crop = tuple(config.data.augment.crop_size)  # resolved to a tuple with the data
+  if kernel > min(crop):
+    raise ValueError(
+        f"config.strong_blur_sigma_range={sigmas}: the blur kernel for sigma {sigmas[1]:g} "
+        f"({kernel} pixels, 3 sigma each side) is wider than the crop's shorter side "
+        f"(config.data.augment.crop_size={crop}, pixels after config.data.downscale), so "
+        f"blurred views would be nearly uniform. UniMatch blurs its 321-801-pixel crops "
+        f"with sigmas 0.1..2; the CPU-scale configs shrink that with their images, e.g. "
+        f"--config.strong_blur_sigma_range='(0.025, 0.5)' at a quarter of the size.")
+
+
 def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   """The settings that depend on the prepared dataset, checked before any work: the
   splits exist, the evaluation canvas holds every evaluation image, the labelled subset
   fits the training split (a labelled-ids file is read and every id found in it), cow
-  masks are not wider than the crops (``auto`` canvas, crop and sigmas resolved here).
+  masks and the strong views' blur are not wider than the crops (``auto`` canvas, crop and sigmas resolved here).
   Raises ConfigError (a ValueError) or the data's own error naming the file."""
   try:
     _check_against_data(config, builder)
@@ -397,6 +449,7 @@ def _check_against_data(config: ml_collections.ConfigDict, builder) -> None:
                        f"{config.data.name!r} has the splits {present}{fix}")
   data_lib.resolve_data_settings(config, builder)
   check_cow_sigma(config)
+  check_blur_sigma(config)
   if config.data.labelled_ids_file:  # read and matched against the training split
     data_lib.choose_labelled_ids(builder, config.data, config.seed)
   else:

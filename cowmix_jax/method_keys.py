@@ -39,6 +39,12 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Settings that do one job in each family of methods: an override of one that the run's
+# method does not read names the other when the method reads that.
+COUNTERPARTS = {"confidence.threshold": "pseudo_label_threshold",
+                "pseudo_label_threshold": "confidence.threshold"}
+
+
 def _reads(reader: str, method: str, mix: str, complementary: bool) -> bool:
   name, _, condition = reader.partition(":")
   if name != method:

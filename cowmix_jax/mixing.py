@@ -408,7 +408,7 @@ def _cowmix(config: ml_collections.ConfigDict) -> Perturbation:
   return Mix(cow_mask_sampler(config.mask, config.mask.cowmix_p_range), "cow")
 
 
-def _strong_view_mask(config: ml_collections.ConfigDict) -> tuple[MaskSampler, str]:
+def strong_view_mask(config: ml_collections.ConfigDict) -> tuple[MaskSampler, str]:
   """``config.mask.mix``'s mask sampler and kind: UniMatch's CutMix boxes, or cow masks
   with CowMix's settings (``cow_sigma_range`` at the training resolution,
   ``cowmix_p_range``)."""
@@ -428,7 +428,7 @@ def _fixmatch(config: ml_collections.ConfigDict) -> Perturbation:
   if config.mask.complementary:
     raise ValueError("config.mask.complementary=True needs two strong views: use "
                      "config.method=unimatch")
-  sample_mask, kind = _strong_view_mask(config)
+  sample_mask, kind = strong_view_mask(config)
   return StrongViews(sample_mask, kind, input_normalisation(config.model), views=1,
                      view_weights=(1.0,), mix_probability=config.mask.mix_probability,
                      blur_sigma=config.strong_blur_sigma_range)
@@ -438,7 +438,7 @@ def _fixmatch(config: ml_collections.ConfigDict) -> Perturbation:
 def _unimatch(config: ml_collections.ConfigDict) -> Perturbation:
   """UniMatch V1: two strong views and the feature-perturbation stream,
   ``(L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2``."""
-  sample_mask, kind = _strong_view_mask(config)
+  sample_mask, kind = strong_view_mask(config)
   return StrongViews(sample_mask, kind, input_normalisation(config.model), views=2,
                      view_weights=(0.25, 0.25), feature_weight=0.5,
                      mix_probability=config.mask.mix_probability,

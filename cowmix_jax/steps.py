@@ -135,9 +135,11 @@ def pseudo_label_source(config: ml_collections.ConfigDict) -> str:
   if strong_views_of(config) is not None:
     return "student" if teacher == "auto" else teacher
   if teacher == "student" and _builds(config):  # else its own check reports it
-    raise ValueError(f"config.teacher=student: config.method={config.method} learns from "
-                     f"its mean teacher; only fixmatch and unimatch can take pseudo-labels "
-                     f"from the student (leave config.teacher=auto)")
+    learns = ("from labels only" if config.method == "supervised" else
+              "from its mean teacher")
+    raise ValueError(f"config.teacher=student: config.method={config.method} learns "
+                     f"{learns}; only fixmatch and unimatch can take pseudo-labels from "
+                     f"the student (leave config.teacher=auto)")
   return "ema"
 
 

@@ -10,7 +10,7 @@ Gaussian blur with sigma ~ U(0.1, 2.0) pixels with probability 0.5 (the sigma ra
 CPU-scale configs shrink it with their images, as the cow masks' sigmas). Here, on
 ``[0, 1]`` RGB
 images, hue, greyscale and blur are dm-pix's (``adjust_hue``, ``rgb_to_grayscale``,
-``gaussian_blur``); brightness, contrast and saturation are the blends that
+``gaussian_blur``, the border repeated outwards as PIL's blur does); brightness, contrast and saturation are the blends that
 torchvision's jitter does through PIL's ``ImageEnhance`` (dm-pix's differ: its
 brightness adds a delta, its contrast blends towards each channel's mean and its
 saturation scales HSV saturation, TensorFlow's rules): brightness ``f x``, contrast
@@ -120,8 +120,17 @@ def _one(image: jax.Array, draws: dict[str, jax.Array], kernel_size: int) -> jax
   image = jnp.where(draws["jitter"], jittered, image)
   grey = pix.rgb_to_grayscale(image, keep_dims=True)  # the luma in all three channels
   image = jnp.where(draws["grey"], grey, image)
-  blurred = pix.gaussian_blur(image, draws["sigma"], kernel_size)
-  return jnp.where(draws["blur"], blurred, image)
+  return jnp.where(draws["blur"], blur(image, draws["sigma"], kernel_size), image)
+
+
+def blur(image: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Array:
+  """dm-pix's Gaussian blur of ``image`` ``[H, W, C]`` with ``kernel_size`` (odd) taps,
+  the border pixels repeated outwards as PIL's ``GaussianBlur`` (UniMatch's) does: a
+  zero-padded ``SAME`` blur would darken a frame as wide as the kernel's half.
+  Returns ``[H, W, C]``."""
+  half = kernel_size // 2
+  padded = jnp.pad(image, ((half, half), (half, half), (0, 0)), mode="edge")
+  return pix.gaussian_blur(padded, sigma, kernel_size, padding="VALID")
 
 
 def apply(images: jax.Array, draws: dict[str, jax.Array],
@@ -129,6 +138,6 @@ def apply(images: jax.Array, draws: dict[str, jax.Array],
   """The strong views of ``images`` ``[N, H, W, 3]`` (RGB in [0, 1]) under ``draws``
   (``sample``'s): the jitter's operations in the drawn order, each result clipped to
   [0, 1] as torchvision's are, then greyscale, then the blur (a ``kernel_size``-wide
-  kernel, ``blur_kernel_size`` of the largest sigma drawn from; zero padding at the
-  borders, as dm-pix's ``SAME`` convolution). Returns ``[N, H, W, 3]`` in [0, 1]."""
+  kernel, ``blur_kernel_size`` of the largest sigma drawn from; the border repeated
+  outwards, ``blur``). Returns ``[N, H, W, 3]`` in [0, 1]."""
   return jax.vmap(lambda image, draw: _one(image, draw, kernel_size))(images, draws)

@@ -218,21 +218,34 @@ def test_bad_strong_view_settings_are_named_before_any_work(tiny_config):
   tiny_config.mask.mix_probability = -0.1
   tiny_config.mask.box_area_range = (0.4, 0.02)
   tiny_config.mask.box_aspect_range = (0.0, 3.0)
+  tiny_config.strong_blur_sigma_range = (2.0, 0.1)
   with pytest.raises(ValueError) as error:
     config_checks.validate_config(tiny_config, device_count=1)
   text = str(error.value)
   for start in ("config.mask.mix='circle': choose box", "config.teacher='mean': choose one",
+                "config.strong_blur_sigma_range=(2.0, 0.1): expected (low, high)",
                 "config.pseudo_label_threshold=1.5 must be in [0, 1]",
                 "config.mask.mix_probability=-0.1 must be in [0, 1]",
                 "config.mask.box_area_range=(0.4, 0.02)",
                 "config.mask.box_aspect_range=(0.0, 3.0)"):
     assert f"  - {start}" in text, (start, text)
-  assert text.splitlines()[0] == "6 settings cannot work:"
+  assert text.splitlines()[0] == "7 settings cannot work:"
+  tiny_config.method, tiny_config.mask.complementary = "fixmatch", True  # one more, each once
+  with pytest.raises(ValueError) as error:
+    config_checks.validate_config(tiny_config, device_count=1)
+  lines = str(error.value).splitlines()
+  assert lines[0] == "8 settings cannot work:"
+  assert len(set(lines)) == len(lines)
+  assert any("complementary=True needs two strong views" in line for line in lines)
+  assert sum("config.mask.mix='circle'" in line for line in lines) == 1
 
 
 def test_strong_view_only_settings_on_other_methods_are_refused(tiny_config):
   tiny_config.teacher = "student"  # cowmix learns from its mean teacher
   with pytest.raises(ValueError, match="config.teacher=student: config.method=cowmix"):
+    config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.method = "supervised"
+  with pytest.raises(ValueError, match="config.method=supervised learns from labels only"):
     config_checks.validate_config(tiny_config, device_count=1)
   tiny_config.teacher, tiny_config.method = "auto", "fixmatch"
   tiny_config.mask.complementary = True
@@ -290,3 +303,32 @@ def test_a_folder_without_validation_images_is_told_how_to_fix_it(tmp_path):
                      r": the dataset 'folder' has the splits \['train'\]; a folder dataset "
                      r"needs labelled images in validation/ .*add validation/images/"):
     config_checks.check_against_data(config, builder)
+
+
+def test_a_teacher_that_would_never_move_is_refused_unless_it_warms_up(tiny_config):
+  """A fixed EMA decay of 1 leaves the evaluated teacher at its start; UniMatch V2's
+  warm-up min(1 - 1/(t + 1), 1) still moves it."""
+  tiny_config.teacher_alpha = 1.0
+  with pytest.raises(ValueError, match=r"^config.teacher_alpha=1 keeps the teacher"):
+    config_checks.validate_config(tiny_config, device_count=1)  # cowmix
+  tiny_config.method = "fixmatch"  # teacher auto: pseudo-labels from the student
+  with pytest.raises(ValueError, match=r"^config.teacher_alpha=1 keeps the teacher"):
+    config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.teacher = "ema"
+  config_checks.validate_config(tiny_config, device_count=1)
+  tiny_config.teacher_alpha = 0.999999
+  tiny_config.teacher = "auto"
+  config_checks.validate_config(tiny_config, device_count=1)
+
+
+def test_a_blur_wider_than_the_crop_is_refused_for_the_strong_view_methods(tiny_config):
+  """The 32x32 crop takes a kernel of 31 pixels (sigma 5: 15 each side), not of 37
+  (sigma 6); methods without strong views never blur."""
+  tiny_config.strong_blur_sigma_range = (0.1, 6.0)
+  config_checks.check_blur_sigma(tiny_config)  # cowmix
+  tiny_config.method = "unimatch"
+  with pytest.raises(ValueError, match=r"^config.strong_blur_sigma_range=\(0.1, 6.0\): the "
+                     r"blur kernel for sigma 6 \(37 pixels.*crop_size=\(32, 32\)"):
+    config_checks.check_blur_sigma(tiny_config)
+  tiny_config.strong_blur_sigma_range = (0.1, 5.0)
+  config_checks.check_blur_sigma(tiny_config)

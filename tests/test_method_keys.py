@@ -119,6 +119,21 @@ def test_main_refuses_an_override_the_method_does_not_read():
   config_checks.check_overrides_take_effect(config, ["mask.cow_sigma_range", "mask.mix"])
 
 
+def test_an_override_of_the_other_familys_threshold_names_the_one_the_method_reads():
+  config = get_base_config()
+  config.method = "fixmatch"
+  with pytest.raises(ConfigError, match=r"--config.confidence.threshold=.* has no effect: "
+                     r"config.method=fixmatch does not read it \(read by aug, .*\); "
+                     r"fixmatch reads config.pseudo_label_threshold$"):
+    config_checks.check_overrides_take_effect(config, ["confidence.threshold"])
+  config.method = "cowmix"
+  with pytest.raises(ConfigError, match=r"cowmix reads config.confidence.threshold$"):
+    config_checks.check_overrides_take_effect(config, ["pseudo_label_threshold"])
+  config.method = "supervised"  # reads neither: no pointer
+  with pytest.raises(ConfigError, match=r"\(read by fixmatch, unimatch\)$"):
+    config_checks.check_overrides_take_effect(config, ["pseudo_label_threshold"])
+
+
 def test_runner_leaves_a_set_out_of_runs_that_do_not_read_it():
   defaults = {"mask.mix": "box", "mask.complementary": "False"}
   runs = ablation.plan_runs(["supervised", "cowmix", "unimatch_cow_complementary",

@@ -1,12 +1,13 @@
 """Tests of cowmix_jax/strong_augment.py: the strong view equals dm-pix's operations
-called directly with the same draws, and the draws have UniMatch's distributions."""
+called directly with the same draws (the blur: scipy's, border repeated as PIL's), and
+the draws have UniMatch's distributions."""
 
 import dm_pix as pix
 import jax
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
-from scipy import stats
+from PIL import Image, ImageEnhance, ImageFilter
+from scipy import ndimage, stats
 
 from cowmix_jax import strong_augment
 
@@ -40,9 +41,16 @@ def _direct(image: np.ndarray, draws: dict, i: int) -> np.ndarray:
   if bool(draws["grey"][i]):
     image = np.asarray(pix.rgb_to_grayscale(image, keep_dims=True))  # 3 equal channels
   if bool(draws["blur"][i]):
-    image = np.asarray(pix.gaussian_blur(image, float(draws["sigma"][i]),
-                                         strong_augment.BLUR_KERNEL_SIZE))
+    image = _scipy_blur(image, float(draws["sigma"][i]), strong_augment.BLUR_KERNEL_SIZE)
   return image
+
+
+def _scipy_blur(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarray:
+  """scipy's Gaussian filter of ``[H, W, C]`` over a ``kernel_size``-tap kernel, the
+  border pixels repeated outwards (``nearest``), as PIL's GaussianBlur does."""
+  half = kernel_size // 2
+  return ndimage.gaussian_filter(image.astype(np.float64), sigma=(sigma, sigma, 0),
+                                 radius=(half, half, 0), mode="nearest")
 
 
 @pytest.mark.parametrize("factor", [0.5, 0.8, 1.3, 1.5])
@@ -92,8 +100,9 @@ def test_the_draws_follow_unimatch_s_distributions():
 
 @pytest.mark.parametrize("step", ["grey", "blur"])
 def test_each_step_alone_does_what_it_says(step):
-  """Hand-worked: greyscale gives equal channels (rec601 luma); a blur keeps a constant
-  image constant away from the zero-padded border and spreads a single bright pixel."""
+  """Hand-worked: greyscale gives equal channels (rec601 luma); a blur spreads a single
+  bright pixel and keeps a constant image constant up to its border, as PIL's
+  GaussianBlur, UniMatch's, does (a zero-padded blur would darken the border)."""
   n = 1
   draws = {"jitter": np.zeros(n, bool), "factors": np.ones((n, 4), np.float32),
            "order": np.tile(np.arange(4, dtype=np.int32), (n, 1)),
@@ -112,12 +121,18 @@ def test_each_step_alone_does_what_it_says(step):
     assert out[10, 10, 0] == pytest.approx(centre ** 2, rel=1e-5)
     assert out[10, 11, 0] == pytest.approx(centre * taps[7] / taps.sum(), rel=1e-5)
     assert out[..., 0].sum() == pytest.approx(1.0, rel=1e-5)  # the blur keeps the mass
+    constant = np.full((1, 9, 11, 3), 0.8, np.float32)
+    np.testing.assert_allclose(strong_augment.apply(constant, draws), constant, rtol=1e-6)
+    pil = np.asarray(Image.fromarray(np.full((9, 11, 3), 204, np.uint8)).filter(
+        ImageFilter.GaussianBlur(1.0)))
+    assert (pil == 204).all()  # PIL's border, for comparison
 
 
 def test_a_configured_blur_range_is_drawn_from_and_blurred_with_a_kernel_wide_enough():
   """sigma ~ U(low, high) for a given range, and the strong view with the range's own
-  kernel (3 sigma each side of its largest sigma) equals dm-pix's blur with that kernel;
-  the key's other draws are those of the default range."""
+  kernel (3 sigma each side of its largest sigma) equals scipy's blur with that kernel
+  and the border repeated outwards; the key's other draws are those of the default
+  range."""
   n, low, high = 40_000, 0.025, 0.5
   draws = jax.tree.map(np.asarray, strong_augment.sample(jax.random.PRNGKey(7), n, (low, high)))
   assert stats.kstest(draws["sigma"], stats.uniform(low, high - low).cdf).pvalue > 1e-3
@@ -133,8 +148,7 @@ def test_a_configured_blur_range_is_drawn_from_and_blurred_with_a_kernel_wide_en
                "sigma": np.array([high], np.float32)}
   image = np.random.default_rng(2).uniform(size=(1, 9, 11, 3)).astype(np.float32)
   out = np.asarray(strong_augment.apply(image, blur_only, strong_augment.blur_kernel_size(high)))
-  expected = np.asarray(pix.gaussian_blur(image[0], high, 5))
-  np.testing.assert_allclose(out[0], expected, atol=1e-6)
+  np.testing.assert_allclose(out[0], _scipy_blur(image[0], high, 5), atol=1e-6)
   # By hand: sigma 0.5 over 5 taps, a pixel away from the border.
   taps = np.exp(-np.arange(-2, 3) ** 2 / (2 * high ** 2))
   taps /= taps.sum()
