@@ -8,6 +8,10 @@ installs :class:`QuietTensorFlowFinder` when it is imported; whichever module im
 TensorFlow first (ours, tensorflow-datasets or clu), the import runs with the process's
 standard error (file descriptor 2) sent to the null device, and nothing else changes.
 ``--verbose`` on the command line or ``COWMIX_JAX_VERBOSE=1`` keeps the lines.
+
+JAX, likewise, logs at INFO each accelerator backend it probes and does not find
+("Unable to initialize backend 'tpu'"); :func:`quiet_backend_probes` keeps its backend
+module's logger to warnings (a GPU without a CUDA-enabled jaxlib is still reported).
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import sys
 from collections.abc import Iterator
 
 QUIETED_MODULE = "tensorflow"
+BACKEND_LOGGER = "jax._src.xla_bridge"  # JAX's backend probes
 VERBOSE_ENV = "COWMIX_JAX_VERBOSE"  # the same variable as cli.VERBOSE_ENV
 
 
@@ -88,3 +94,10 @@ def install() -> None:
 
 def uninstall() -> None:
   sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, QuietTensorFlowFinder)]
+
+
+def quiet_backend_probes() -> None:
+  """JAX's backend module logs warnings and worse only, unless verbose output was asked
+  for."""
+  if not verbose_requested():
+    logging.getLogger(BACKEND_LOGGER).setLevel(logging.WARNING)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 START_UP_MARKERS = ("InitializeLog", "oneDNN")
@@ -32,3 +34,26 @@ def test_verbose_output_keeps_them():
   verbose = _import_tensorflow(COWMIX_JAX_VERBOSE="1")
   assert verbose.returncode == 0, verbose.stderr
   assert any(m in verbose.stderr for m in START_UP_MARKERS), verbose.stderr
+
+
+# Starts JAX's backends with absl's INFO logging on, as the command-line tools run.
+BACKEND_SCRIPT = ("import cowmix_jax, jax, sys; from absl import logging; "
+                  "logging.use_absl_handler(); logging.set_verbosity(logging.INFO); "
+                  "jax.devices(); print('started', file=sys.stderr)")
+PROBE_MARKER = "Unable to initialize backend"
+
+
+def test_jaxs_backend_probes_are_silenced_unless_verbose():
+  quiet = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], cwd=REPO,
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, COWMIX_JAX_VERBOSE="0", JAX_PLATFORMS=""))
+  assert quiet.returncode == 0, quiet.stderr
+  assert PROBE_MARKER not in quiet.stderr, quiet.stderr
+  assert quiet.stderr.strip().endswith("started")
+  verbose = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], cwd=REPO,
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, COWMIX_JAX_VERBOSE="1", JAX_PLATFORMS=""))
+  assert verbose.returncode == 0, verbose.stderr
+  if PROBE_MARKER not in verbose.stderr:
+    pytest.skip("this JAX logs no failed backend probe on this machine, so the quiet "
+                "run above could not have shown one")
