@@ -14,8 +14,16 @@ from collections.abc import Callable, Iterable
 import ml_collections
 from absl import logging
 
-from cowmix_jax import config_base, losses, masks, method_keys, mixing, models, steps
-from cowmix_jax import strong_augment
+from cowmix_jax import (
+  config_base,
+  losses,
+  masks,
+  method_keys,
+  mixing,
+  models,
+  steps,
+  strong_augment,
+)
 from cowmix_jax import data as data_lib
 from cowmix_jax.cli import ConfigError
 from cowmix_jax.conventions import NORMALISATIONS
@@ -425,7 +433,8 @@ def check_against_data(config: ml_collections.ConfigDict, builder) -> None:
   """The settings that depend on the prepared dataset, checked before any work: the
   splits exist, the evaluation canvas holds every evaluation image, the labelled subset
   fits the training split (a labelled-ids file is read and every id found in it), cow
-  masks and the strong views' blur are not wider than the crops (``auto`` canvas, crop and sigmas resolved here).
+  masks and the strong views' blur are not wider than the crops (``auto`` canvas, crop
+  and sigmas resolved here).
   Raises ConfigError (a ValueError) or the data's own error naming the file."""
   try:
     _check_against_data(config, builder)

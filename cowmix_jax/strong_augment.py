@@ -8,12 +8,12 @@ colour circle, the four in a random order), greyscale with probability 0.2, and 
 Gaussian blur with sigma ~ U(0.1, 2.0) pixels with probability 0.5 (the sigma range is
 ``config.strong_blur_sigma_range`` here, in pixels at the training resolution: the
 CPU-scale configs shrink it with their images, as the cow masks' sigmas). Here, on
-``[0, 1]`` RGB
-images, hue, greyscale and blur are dm-pix's (``adjust_hue``, ``rgb_to_grayscale``,
-``gaussian_blur``, the border repeated outwards as PIL's blur does); brightness, contrast and saturation are the blends that
-torchvision's jitter does through PIL's ``ImageEnhance`` (dm-pix's differ: its
-brightness adds a delta, its contrast blends towards each channel's mean and its
-saturation scales HSV saturation, TensorFlow's rules): brightness ``f x``, contrast
+``[0, 1]`` RGB images, hue, greyscale and blur are dm-pix's (``adjust_hue``,
+``rgb_to_grayscale``, ``gaussian_blur``, the border repeated outwards as PIL's blur
+does); brightness, contrast and saturation are the blends that torchvision's jitter
+does through PIL's ``ImageEnhance`` (dm-pix's differ: its brightness adds a delta, its
+contrast blends towards each channel's mean and its saturation scales HSV saturation,
+TensorFlow's rules): brightness ``f x``, contrast
 ``m + f (x - m)`` with ``m`` the mean grey level of the image, saturation
 ``g + f (x - g)`` with ``g`` each pixel's grey level (rec601 luma, dm-pix's).
 
