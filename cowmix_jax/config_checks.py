@@ -280,9 +280,7 @@ def _check_teacher_moves(config: ml_collections.ConfigDict) -> None:
   """A teacher whose EMA decay is fixed at 1 never leaves its initial weights, yet it
   is the network evaluated, kept as best and reported. UniMatch V2's warm-up (fixmatch
   and unimatch with config.teacher=ema) moves it whatever the cap."""
-  if config.teacher_alpha != 1:
-    return
-  if steps.strong_views_of(config) is not None and steps.pseudo_label_source(config) == "ema":
+  if config.teacher_alpha != 1 or steps.teacher_warms_up(config):
     return
   raise ValueError("config.teacher_alpha=1 keeps the teacher (the network evaluated and "
                    "saved) at its initial weights for the whole run: choose a decay below "
@@ -414,9 +412,10 @@ def check_blur_sigma(config: ml_collections.ConfigDict) -> None:
   """Strong views (fixmatch, unimatch) blurred by a kernel wider than the crop's shorter
   side would be nearly uniform: the augmentation would wipe out the image without a
   word."""
-  if steps.strong_views_of(config) is None:
+  views = steps.strong_views_of(config)
+  if views is None:
     return
-  sigmas = strong_augment.check_blur_sigma_range(config.strong_blur_sigma_range)
+  sigmas = views.blur_sigma  # checked when the views were built
   kernel = strong_augment.blur_kernel_size(sigmas[1])
   crop = tuple(config.data.augment.crop_size)  # resolved to a tuple with the data
   if kernel > min(crop):

@@ -156,12 +156,18 @@ def check_feature_perturbation(config: ml_collections.ConfigDict, model: nn.Modu
                      f"deeplab_v3plus)")
 
 
+def teacher_warms_up(config: ml_collections.ConfigDict) -> bool:
+  """Whether the teacher's decay follows UniMatch V2's warm-up (fixmatch and unimatch
+  with ``config.teacher=ema``) rather than a fixed ``teacher_alpha``."""
+  return strong_views_of(config) is not None and pseudo_label_source(config) == "ema"
+
+
 def teacher_decay(config: ml_collections.ConfigDict, step: jax.Array) -> float | jax.Array:
   """The teacher's EMA decay at optimiser step ``step`` (0 for the first):
   ``teacher_alpha`` (a Python float, as the mean-teacher runs always used); for fixmatch
   and unimatch with ``config.teacher=ema``, UniMatch V2's warm-up
   ``min(1 - 1 / (step + 1), teacher_alpha)``."""
-  if strong_views_of(config) is not None and pseudo_label_source(config) == "ema":
+  if teacher_warms_up(config):
     return jnp.minimum(1.0 - 1.0 / (step.astype(jnp.float32) + 1.0), config.teacher_alpha)
   return config.teacher_alpha
 

@@ -16,7 +16,11 @@ SCRIPT = ("import cowmix_jax.data, sys; print('after the import', file=sys.stder
 
 
 def _import_tensorflow(**env) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True,
+  return _python(SCRIPT, **env)
+
+
+def _python(script: str, **env) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                         text=True, timeout=300, env=dict(os.environ, **env))
 
 
@@ -44,15 +48,11 @@ PROBE_MARKER = "Unable to initialize backend"
 
 
 def test_jaxs_backend_probes_are_silenced_unless_verbose():
-  quiet = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], cwd=REPO,
-                         capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, COWMIX_JAX_VERBOSE="0", JAX_PLATFORMS=""))
+  quiet = _python(BACKEND_SCRIPT, COWMIX_JAX_VERBOSE="0", JAX_PLATFORMS="")
   assert quiet.returncode == 0, quiet.stderr
   assert PROBE_MARKER not in quiet.stderr, quiet.stderr
   assert quiet.stderr.strip().endswith("started")
-  verbose = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], cwd=REPO,
-                           capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, COWMIX_JAX_VERBOSE="1", JAX_PLATFORMS=""))
+  verbose = _python(BACKEND_SCRIPT, COWMIX_JAX_VERBOSE="1", JAX_PLATFORMS="")
   assert verbose.returncode == 0, verbose.stderr
   if PROBE_MARKER not in verbose.stderr:
     pytest.skip("this JAX logs no failed backend probe on this machine, so the quiet "
