@@ -15,7 +15,7 @@ import pytest
 from absl import app
 
 from cowmix_jax import config_base
-from cowmix_jax.experiments import ablation, plot_ablation, recalibrate_bn
+from cowmix_jax.experiments import ablation, paired_stats, plot_ablation, recalibrate_bn
 
 from conftest import REPO, TINY_RUN
 
@@ -964,7 +964,8 @@ def test_strong_view_claims_pair_cow_against_box_and_judge_the_best_share():
   assert lines[1].startswith("- unimatch_cow minus unimatch_box: -0.20")
   assert lines[1].endswith("**open**")
   assert plot_ablation.best_strong_view_column(records) == "unimatch_box"
-  assert lines[2].startswith("- the best, unimatch_box, closes >= 50% of the gap: 62% [")
+  assert lines[2].startswith("- the best on val, unimatch_box (chosen on these runs), "
+                             "closes >= 50% of the gap: 62% [")
   assert lines[2].endswith("**established**") and len(lines) == 3
   # Judged as named: fixmatch_box's 38% and its whole interval lie below one half.
   assert plot_ablation.strong_view_markdown(records, best="fixmatch_box").splitlines()[
@@ -983,8 +984,58 @@ def test_strong_view_claims_pair_cow_against_box_and_judge_the_best_share():
                              "+1.00 +- 0.00") for line in lines)
   assert not any("unimatch_cow_box_area" in line for line in lines)  # it did not run
   # The best of the five columns (complementary now, 66%), never a control.
-  assert lines[-1].startswith("- the best, unimatch_cow_complementary, closes >= 50% of the "
-                              "gap: 66%")
+  assert lines[-1].startswith("- the best on val, unimatch_cow_complementary (chosen on "
+                              "these runs), closes >= 50% of the gap: 66%")
+
+
+def test_the_best_strong_view_column_is_chosen_on_the_seeds_every_column_ran():
+  """A column missing a seed is not ranked on other labelled subsets: by hand,
+  fixmatch_box closes 52% over its five seeds but 40% over seeds 0-3, which
+  fixmatch_cow ran (45%); on test, a chosen column without runs says so."""
+  base, full = [40.0] * 5, [50.0] * 5
+  columns = {"fixmatch_box": [44.0, 44.0, 44.0, 44.0, 50.0],
+             "fixmatch_cow": [44.5, 44.5, 44.5, 44.5]}
+  records = [_record(m, s, v / 100) for m, values in
+             (("supervised", base), ("all_labels", full), *columns.items())
+             for s, v in enumerate(values)]
+  assert plot_ablation.gap_share(records, "fixmatch_box")["share"] == pytest.approx(0.52)
+  assert plot_ablation.best_strong_view_column(records) == "fixmatch_cow"
+  test_lines = plot_ablation.strong_view_markdown(records, best="unimatch_box").splitlines()
+  assert test_lines[-1] == ("- the best on val, unimatch_box: no run here with the "
+                            "baseline and full supervision on the same seed")
+
+
+@pytest.mark.parametrize("differences", [[-1.0, -1.0, -1.0, -1.0, 0.5],
+                                         [-2.0, -1.5, -0.3, -0.9, -1.1],
+                                         [0.5, -0.2, 0.3, -0.1, 0.4]])
+def test_a_paired_claim_is_refuted_on_the_tests_that_would_establish_its_opposite(
+    differences):
+  """The verdict is symmetric: a difference is refuted exactly when its negation is
+  established (both one-sided p below 0.05). By hand, -1 -1 -1 -1 +0.5 stays open: of
+  the 32 sign patterns of its negation, two reach its sum 3.5, p 1/16, though its
+  bootstrap interval lies below 0."""
+  zeros = dict.fromkeys(range(5), 0.0)
+  ours = paired_stats.compare(dict(enumerate(differences)), zeros)
+  negated = paired_stats.compare(zeros, dict(enumerate(differences)))
+  assert ours["t_p_below"] == pytest.approx(negated["t_p"])
+  assert ours["sign_flip_p_below"] == pytest.approx(negated["sign_flip_p"])
+  opposite = {"established": "refuted", "refuted": "established", "open": "open"}
+  assert plot_ablation.difference_verdict(ours) == opposite[
+      plot_ablation.difference_verdict(negated)]
+  if differences[-1] == 0.5:
+    assert ours["sign_flip_p_below"] == pytest.approx(2 / 32) and ours["high"] < 0
+    assert plot_ablation.difference_verdict(ours) == "open"
+
+
+def test_a_later_results_file_says_which_runs_it_replaces(tmp_path, capsys):
+  first, second = str(tmp_path / "first.json"), str(tmp_path / "second.json")
+  ablation.save_results(first, {"runs": {"cowmix_seed0": _record("cowmix", 0, 0.4),
+                                         "cowmix_seed1": _record("cowmix", 1, 0.5)}})
+  ablation.save_results(second, {"runs": {"cowmix_seed1": _record("cowmix", 1, 0.6)}})
+  merged = plot_ablation.merge_results([first, second])
+  assert merged["runs"]["cowmix_seed1"]["miou"] == 0.6
+  assert f"--results={second} replaces 1 run(s) of an earlier file: cowmix_seed1" in (
+      capsys.readouterr().out)
 
 
 def test_the_cpu_model_is_read_from_cpuinfo(tmp_path):
@@ -1030,17 +1081,23 @@ def test_variants_get_their_own_rows_paired_with_the_baseline(tmp_path):
     for seed, miou in enumerate(values):
       run = ablation.Run(method, seed, variant)
       runs[run.name] = dict(_record(method, seed, miou, variant), variant=dict(variant),
-                            per_class_iou={"road": miou, "sky": miou})
+                            per_class_iou={"road": miou, "sky": miou},
+                            test_miou=miou - 0.05,
+                            test_per_class_iou={"road": miou, "sky": miou})
   results = str(tmp_path / "results.json")
   ablation.save_results(results, {"runs": runs})
   markdown = tmp_path / "doc.md"
-  markdown.write_text("<!-- d_table1:start -->\n<!-- d_table1:end -->\n")
+  markdown.write_text("<!-- d_table1:start -->\n<!-- d_table1:end -->\n"
+                      "<!-- d_table1_test:start -->\n<!-- d_table1_test:end -->\n")
   plot_ablation.main([f"--results={results}", f"--output_dir={tmp_path}", "--prefix=d",
                       "--variants", "--nopaper", f"--update_markdown={markdown}",
                       "--markers=d_"])
   rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
           for line in markdown.read_text().splitlines() if line.startswith("| ")}
-  assert "paper (test)" not in rows["method"]
+  headers = [line for line in markdown.read_text().splitlines()
+             if line.startswith("| method |")]
+  assert len(headers) == 2  # val and test
+  assert not any("paper" in header for header in headers)
   column = rows["method"].index("minus baseline (paired) [95% CI]")
   for group, key in (("ict", ("ict", ())), ("ict [cons_weight=1]",
                                              ("ict", (("cons_weight", "1"),)))):

@@ -160,18 +160,22 @@ def fieller_interval(gain: Sequence[float], gap: Sequence[float],
 
 def compare(ours: dict[int, float], other: dict[int, float]) -> dict:
   """``ours - other`` over the seeds both have (``{seed: value}``): ``{n, seeds, mean,
-  std, t_p, sign_flip_p, low, high}`` with the bootstrap interval of the mean
-  difference (std NaN below two seeds)."""
+  std, t_p, sign_flip_p, t_p_below, sign_flip_p_below, low, high}`` with the bootstrap
+  interval of the mean difference (std NaN below two seeds). ``t_p`` and
+  ``sign_flip_p`` test "mean difference > 0", the ``_below`` ones "mean difference <
+  0" (the same tests on the negated differences)."""
   seeds = sorted(set(ours) & set(other))
   d = np.array([ours[s] - other[s] for s in seeds])
   if not seeds:
     nan = float("nan")
     return {"n": 0, "seeds": [], "mean": nan, "std": nan, "t_p": nan, "sign_flip_p": nan,
-            "low": nan, "high": nan}
+            "t_p_below": nan, "sign_flip_p_below": nan, "low": nan, "high": nan}
   low, high = bootstrap_interval([d], weighted_mean)
   return {"n": len(seeds), "seeds": seeds, "mean": float(d.mean()),
           "std": float(d.std(ddof=1)) if len(d) > 1 else float("nan"),
-          "t_p": t_test_p(d), "sign_flip_p": sign_flip_p(d), "low": low, "high": high}
+          "t_p": t_test_p(d), "sign_flip_p": sign_flip_p(d),
+          "t_p_below": t_test_p(-d), "sign_flip_p_below": sign_flip_p(-d),
+          "low": low, "high": high}
 
 
 def share_of_gap(ours: dict[int, float], baseline: dict[int, float],
@@ -202,22 +206,31 @@ def fewest_seeds(alpha: float = 0.05) -> int:
 
 def verdict(low: float, high: float, threshold: float,
             p_values: Sequence[float] | None = None, alpha: float = 0.05,
-            n: int | None = None) -> str:
+            n: int | None = None, p_values_below: Sequence[float] | None = None) -> str:
   """Whether "the value is above ``threshold``" is ``established``, ``refuted`` or
-  ``open``. Established: every one of ``p_values`` is below ``alpha`` (one-sided tests
-  of the claim) or, without p-values, the interval ``[low, high]`` lies at or above the
-  threshold; refuted: the interval lies below it; open otherwise. With ``n`` paired
-  seeds fewer than ``fewest_seeds(alpha)`` it is always open (no exact test could
-  decide, and a bootstrap over so few seeds has too few distinct resamples to mean
-  anything), and says so."""
+  ``open``. With p-values the rule is symmetric: established when every one of
+  ``p_values`` (one-sided tests of the claim) is below ``alpha``, refuted when every
+  one of ``p_values_below`` (the same tests of the opposite claim) is. Without them,
+  on the interval ``[low, high]``: established when it lies at or above the threshold,
+  refuted when it lies below. Open otherwise. With ``n`` paired seeds fewer than
+  ``fewest_seeds(alpha)`` it is always open (no exact test could decide, and a
+  bootstrap over so few seeds has too few distinct resamples to mean anything), and
+  says so."""
   if n is not None and n < fewest_seeds(alpha):
     return f"open (fewer than {fewest_seeds(alpha)} seeds)"
   if p_values is not None:
-    above = len(p_values) > 0 and all(p < alpha for p in p_values)
+    above = all_below(p_values, alpha)
+    below = (all_below(p_values_below, alpha) if p_values_below is not None
+             else high < threshold)
   else:
-    above = low >= threshold
+    above, below = low >= threshold, high < threshold
   if above:
     return "established"
-  if high < threshold:
+  if below:
     return "refuted"
   return "open"
+
+
+def all_below(p_values: Sequence[float], alpha: float) -> bool:
+  """Every one of ``p_values`` (at least one) is below ``alpha`` (NaN is not)."""
+  return len(p_values) > 0 and all(p < alpha for p in p_values)

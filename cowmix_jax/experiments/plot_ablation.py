@@ -458,10 +458,12 @@ PERTURBATIONS = ("aug", "ict", "cutout", "cutmix", "cutmix_random_area", "cowout
 
 def difference_verdict(difference: dict) -> str:
   """``paired_stats.verdict`` on "the paired difference is above 0": both one-sided
-  p-values below 0.05 (and at least five seeds) establish it."""
-  return paired_stats.verdict(difference["low"], difference["high"], 0.0,
-                              [difference["t_p"], difference["sign_flip_p"]],
-                              n=difference["n"])
+  p-values below 0.05 (and at least five seeds) establish it, both p-values of "below
+  0" refute it."""
+  return paired_stats.verdict(
+      difference["low"], difference["high"], 0.0,
+      [difference["t_p"], difference["sign_flip_p"]], n=difference["n"],
+      p_values_below=[difference["t_p_below"], difference["sign_flip_p_below"]])
 
 
 def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
@@ -475,7 +477,7 @@ def targets_markdown(records: Sequence[dict], ours: str = "cowmix",
      lie below; ``share_verdict``);
   3. its mean at least every other perturbation's (the base groups in
      ``PERTURBATIONS`` that share seeds with it): for each, the paired difference judged
-     as in 1 (established when both p < 0.05, refuted when its interval lies below 0);
+     as in 1 (established when both p < 0.05, refuted when both p of "below 0" are);
      established when every one is, refuted when one is.
   """
   above = paired_difference(records, ours)
@@ -523,10 +525,16 @@ STRONG_VIEW_SHARE_TARGET = 0.5
 
 
 def best_strong_view_column(records: Sequence[dict]) -> str | None:
-  """The strong-view column with the largest share of the gap in ``records`` (choose it
-  on validation records, then judge the same column on test); None without any."""
+  """The strong-view column with the largest share of the gap in ``records``, every
+  column's share taken over the seeds all of them share (so that a column missing a
+  seed is not ranked on easier or harder labelled subsets); choose it on validation
+  records, then judge the same column on test. None without any."""
   groups = {r["group"] for r in records}
-  shares = {g: gap_share(records, g)["share"] for g in STRONG_VIEW_COLUMNS if g in groups}
+  columns = [g for g in STRONG_VIEW_COLUMNS if g in groups]
+  shared = set.intersection(*({r["seed"] for r in records if r["group"] == g}
+                              for g in columns)) if columns else set()
+  on_shared = [r for r in records if r["seed"] in shared]
+  shares = {g: gap_share(on_shared, g)["share"] for g in columns}
   shares = {g: v for g, v in shares.items() if not np.isnan(v)}
   return max(shares, key=shares.get) if shares else None
 
@@ -536,8 +544,9 @@ def strong_view_markdown(records: Sequence[dict], best: str | None = None,
   """Issue 38's claims as a Markdown list, each with its numbers and a verdict: cow
   masks against boxes inside FixMatch and inside UniMatch, complementary cow masks
   against independent ones (paired by seed: t and sign-flip p, bootstrap interval), and
-  whether ``best`` (default: the best share in ``records``) closes at least
-  ``share_target`` of the gap (``share_verdict``). '' without such columns."""
+  whether ``best`` (default: the best share in ``records``, which then says that it
+  was chosen on these runs) closes at least ``share_target`` of the gap
+  (``share_verdict``). '' without such columns."""
   groups = {r["group"] for r in records}
   lines = []
   for ours, other in STRONG_VIEW_PAIRS:
@@ -550,12 +559,20 @@ def strong_view_markdown(records: Sequence[dict], best: str | None = None,
         f"- {ours} minus {other}: {difference_cell(difference)} over {difference['n']} "
         f"seeds, t p {difference['t_p']:.3f}, sign-flip p {difference['sign_flip_p']:.3f}: **"
         + difference_verdict(difference) + "**")
+  if not lines and not groups & set(STRONG_VIEW_COLUMNS):
+    return ""
+  chosen_here = best is None
   best = best or best_strong_view_column(records)
-  if best is not None and best in groups:
-    share = gap_share(records, best)
-    if share["n"]:
-      lines.append(f"- the best, {best}, closes >= {100 * share_target:.0f}% of the gap: "
-                   + share_claim_text(share, share_target))
+  if best is None:
+    return "\n".join(lines)
+  name = f"the best on val, {best}" + (" (chosen on these runs)" if chosen_here else "")
+  share = gap_share(records, best)
+  if share["n"]:
+    lines.append(f"- {name}, closes >= {100 * share_target:.0f}% of the gap: "
+                 + share_claim_text(share, share_target))
+  else:
+    lines.append(f"- {name}: no run here with the baseline and full supervision on the "
+                 "same seed")
   return "\n".join(lines)
 
 
@@ -656,15 +673,20 @@ def update_markdown(path: str, blocks: dict[str, str], required: Sequence[str] =
 
 
 def merge_results(paths: Sequence[str], flag: str = "--results") -> dict:
-  """The runs of several results files in one (a later file wins on a repeated name).
-  UsageError naming ``flag`` for a file that does not exist; ValueError when the files
-  hold no run at all (charts and tables of nothing would look like a finished report)."""
+  """The runs of several results files in one (a later file wins on a repeated name,
+  and a line says which runs it replaced). UsageError naming ``flag`` for a file that
+  does not exist; ValueError when the files hold no run at all (charts and tables of
+  nothing would look like a finished report)."""
   merged = {"runs": {}}
   for path in paths:
     if not os.path.isfile(path):
       raise app.UsageError(f"{flag}={path}: no such file (a results.json of "
                            "cowmix_jax.experiments.ablation)")
     results = ablation.load_results(path)
+    replaced = sorted(set(merged["runs"]) & set(results["runs"]))
+    if replaced:
+      print(f"{flag}={path} replaces {len(replaced)} run(s) of an earlier file: "
+            + ", ".join(replaced))
     merged["runs"].update(results["runs"])
     merged.setdefault("machine", results.get("machine", ""))
   if not merged["runs"]:
@@ -730,7 +752,8 @@ def main(argv=None) -> None:
     blocks["summary"] = summary_markdown(records)
     print("\nTable 1 in one screen (the runs scored on val and test, on the seeds every "
           "method ran):\n" + blocks["summary"])
-    blocks["table1_test"] = table_markdown(test_records, with_late=False)
+    blocks["table1_test"] = table_markdown(test_records, with_late=False,
+                                           with_paper=FLAGS.paper)
     blocks["targets_test"] = targets_markdown(test_records)
     print("\nTable 1 on test (the final teachers, for reporting only):\n"
           + blocks["table1_test"] + "\n\nTable 1's claims on test:\n" + blocks["targets_test"])
