@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 
 from benchmarks import input_pipeline
 from benchmarks.batches import random_batch
-from cowmix_jax import cli, config_base, mixing, models, sharding, steps, train
+from cowmix_jax import cli, config_base, mixing, models, optimizers, sharding, steps
 from cowmix_jax.state import create_train_state
 
 CONFIGS = {"camvid": "configs/camvid.py", "pascal": "configs/pascal.py"}
@@ -87,7 +87,7 @@ def step_on(config, device, batch):
   """``(train_step, state, device batch)`` of ``config`` on ``device`` alone."""
   mesh = Mesh(np.array([device]), (sharding.DATA_AXIS,))
   model = models.build_model(config.model, 11)
-  tx = train.make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
   input_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
   state = create_train_state(model, tx, jax.random.PRNGKey(0), input_shape)
   state = jax.device_put(state, sharding.replicated(mesh))

@@ -34,7 +34,7 @@ from absl import flags
 
 from benchmarks import machine as machine_line
 from benchmarks import xla_memory
-from cowmix_jax import cli, models, sharding, steps, train
+from cowmix_jax import cli, models, optimizers, sharding, steps
 from cowmix_jax.config_base import get_base_config, get_camvid_cpu_config
 from cowmix_jax.state import create_train_state
 
@@ -91,7 +91,7 @@ def measure_step(config, size, num_steps: int) -> tuple[float, dict[str, int]]:
   The memory is this CPU program's (its kernel gradients as XLA:CPU runs them)."""
   mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, NUM_CLASSES)
-  tx = train.make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(0), (1,) + tuple(size) + (3,))
   state = jax.device_put(state, sharding.replicated(mesh))
   train_step = steps.make_train_step(model, tx, config, mesh)

@@ -33,7 +33,7 @@ from absl import app, flags
 from PIL import Image
 
 from benchmarks import machine
-from cowmix_jax import cli, config_base, models, sharding, steps, train
+from cowmix_jax import cli, config_base, models, optimizers, sharding, steps
 from cowmix_jax.data import make_inputs
 from cowmix_jax.state import create_train_state
 
@@ -104,7 +104,7 @@ def step_rates(config, num_steps: int, repeats: int) -> dict[str, float]:
   inputs = make_inputs(config)
   mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, inputs.num_classes)
-  tx = train.make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(0),
                              (1,) + tuple(config.data.augment.crop_size) + (3,))
   state = jax.device_put(state, sharding.replicated(mesh))

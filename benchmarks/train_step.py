@@ -37,7 +37,7 @@ from absl import app, flags
 
 from benchmarks import machine
 from benchmarks.batches import random_batch
-from cowmix_jax import cli, config_base, masks, models, sharding, steps, train
+from cowmix_jax import cli, config_base, masks, models, optimizers, sharding, steps
 from cowmix_jax.state import create_train_state
 
 try:
@@ -255,7 +255,7 @@ class JaxStep:
   def __init__(self, config, batch):
     mesh = sharding.make_mesh(1)
     self.model = models.build_model(config.model, NUM_CLASSES)
-    tx = train.make_optimizer(config)
+    tx = optimizers.make_optimizer(config)
     input_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
     state = create_train_state(self.model, tx, jax.random.PRNGKey(0), input_shape)
     self.state = jax.device_put(state, sharding.replicated(mesh))

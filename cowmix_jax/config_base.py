@@ -149,7 +149,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.batch_size = 8  # labelled images per step (global)
   config.unlabelled_batch_size = 8  # unlabelled images per step (global)
   config.learning_rate = 1e-4
-  config.lr_schedule = "constant"  # the paper; or cosine (decays to 0 at the last step)
+  # constant (the paper), cosine (decays to 0 at the last step) or poly (UniMatch's:
+  # (1 - step / num_train_steps) ** 0.9); cowmix_jax/optimizers.py.
+  config.lr_schedule = "constant"
+  config.optimizer = "adam"  # the paper's; or sgd (momentum 0.9, UniMatch's)
+  # Added to each gradient times the parameter before the optimiser (PyTorch's
+  # weight_decay, for adam and sgd alike; UniMatch: 1e-4). 0: none (the paper).
+  config.weight_decay = 0.0
   config.cons_weight = 10.0
   config.teacher_alpha = 0.99
   # Where fixmatch and unimatch take their pseudo-labels: "student" (UniMatch V1: the

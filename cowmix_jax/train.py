@@ -12,7 +12,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
@@ -20,12 +19,12 @@ from jax.experimental import multihost_utils
 from cowmix_jax import data as data_lib
 from cowmix_jax import method_keys, metrics, models, outputs, reporting, sharding, steps
 from cowmix_jax.checkpoints import (
-    Checkpointer,
-    check_config,
-    check_same_data,
-    save_config,
-    save_dataset_record,
-    workdir_path,
+  Checkpointer,
+  check_config,
+  check_same_data,
+  save_config,
+  save_dataset_record,
+  workdir_path,
 )
 from cowmix_jax.config_checks import (
   check_against_data,
@@ -38,48 +37,8 @@ from cowmix_jax.config_checks import (
 from cowmix_jax.evaluator import Evaluator
 from cowmix_jax.models import convert, summary
 from cowmix_jax.models import pretrained as pretrained_lib
-from cowmix_jax.registry import Registry
+from cowmix_jax.optimizers import learning_rate_at, make_optimizer
 from cowmix_jax.state import TrainState, create_train_state, init_variables
-
-# ``(peak learning rate, num_train_steps) -> a float or an optax schedule``.
-LR_SCHEDULES = Registry("config.lr_schedule", "learning-rate schedules")
-
-
-@LR_SCHEDULES.register("constant")
-def _constant(peak: float, num_train_steps: int):
-  return peak
-
-
-@LR_SCHEDULES.register("cosine")
-def _cosine(peak: float, num_train_steps: int):
-  return optax.cosine_decay_schedule(peak, num_train_steps)
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, scale: float = 1.0):
-  """``scale * config.learning_rate``: constant (the paper), or with ``cosine`` decayed
-  to 0 over ``config.num_train_steps`` (an optax schedule of the step count)."""
-  return LR_SCHEDULES.get(config.lr_schedule)(
-      config.learning_rate * scale, config.num_train_steps)
-
-
-def learning_rate_at(config: ml_collections.ConfigDict, step: int) -> float:
-  schedule = learning_rate_schedule(config)
-  return float(schedule(step) if callable(schedule) else schedule)
-
-
-def make_optimizer(config: ml_collections.ConfigDict,
-                   pretrained_labels=None) -> optax.GradientTransformation:
-  """Adam at ``config.learning_rate`` (paper, appendix D.3), following
-  ``config.lr_schedule``. With ``pretrained_labels`` (a tree like the params of
-  ``pretrained`` / ``new`` strings), pretrained parameters get
-  ``config.model.pretrained_lr_multiplier`` times the rate (0.1 in the authors' code),
-  via ``optax.multi_transform``."""
-  if pretrained_labels is None:
-    return optax.adam(learning_rate_schedule(config))
-  multiplier = config.model.pretrained_lr_multiplier
-  return optax.multi_transform(
-      {"pretrained": optax.adam(learning_rate_schedule(config, multiplier)),
-       "new": optax.adam(learning_rate_schedule(config))}, pretrained_labels)
 
 
 def pretrained_file(model_config: ml_collections.ConfigDict) -> str | None:

@@ -157,14 +157,14 @@ def test_cpu_scale_reports_the_memory_of_the_step_it_times():
   import jax
 
   from benchmarks import cpu_scale
-  from cowmix_jax import models, train
+  from cowmix_jax import models, optimizers
   from cowmix_jax.state import create_train_state
 
   size = (32, 32)
   config = cpu_scale.scaled_config("resnet18x0.125", "cowmix", 1, 2)
   seconds, memory = cpu_scale.measure_step(config, size, num_steps=1)
   state = create_train_state(models.build_model(config.model, cpu_scale.NUM_CLASSES),
-                             train.make_optimizer(config), jax.random.PRNGKey(0),
+                             optimizers.make_optimizer(config), jax.random.PRNGKey(0),
                              (1, *size, 3))
   state_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(state))
   batch_bytes = sum(a.nbytes for a in cpu_scale.random_batch(size, 1, 2).values())

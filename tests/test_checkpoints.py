@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from cowmix_jax import checkpoints, models, train
+from cowmix_jax import checkpoints, models, optimizers, train
 from cowmix_jax.checkpoints import (
   Checkpointer,
   CheckpointSaveError,
@@ -28,7 +28,7 @@ from conftest import REPO, tiny_flags
 
 def _state(config, seed=0, step=0):
   model = models.build_model(config.model, 6)
-  tx = train.make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(seed), (1, 32, 32, 3))
   return state.replace(step=np.asarray(step, np.int32))
 

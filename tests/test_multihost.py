@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from cowmix_jax import metrics_file, models, train
+from cowmix_jax import metrics_file, models, optimizers
 from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.state import create_train_state
 
@@ -49,7 +49,7 @@ def _checksums(workdir):
 
 def _final_params(workdir, config):
   model = models.build_model(config.model, num_classes_of_run(workdir))
-  template = create_train_state(model, train.make_optimizer(config), jax.random.PRNGKey(0),
+  template = create_train_state(model, optimizers.make_optimizer(config), jax.random.PRNGKey(0),
                                 (1, 32, 32, 3))
   with Checkpointer(str(workdir)) as checkpointer:
     return checkpointer.restore(template).params

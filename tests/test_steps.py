@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from cowmix_jax import evaluator, mixing, models, sharding, steps, train
+from cowmix_jax import evaluator, mixing, models, optimizers, sharding, steps
 from cowmix_jax.models.feature_dropout import split_if_doubled, with_dropped_copy
 from cowmix_jax.state import create_train_state
 
@@ -22,7 +22,7 @@ def _make_sample_fn(config, mesh):
 
 def _setup(config, num_classes=6):
   model = models.build_model(config.model, num_classes)
-  tx = train.make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
   size = config.data.image_size
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), (1, size, size, 3))
   return model, tx, state
@@ -342,7 +342,7 @@ def test_strong_view_loss_equals_unimatchs_loss_in_numpy(method, mix, complement
   valid = np.ones(batch["unlabelled_valid"].shape, np.float32)
   valid[::3, -7:] = 0  # padded rows at the bottom of every third crop
   batch["unlabelled_valid"] = valid
-  tx = train.make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
   state = create_train_state(model, tx, jax.random.PRNGKey(3), (1, 32, 32, 3))
   # Logits spread enough that some pixels pass the threshold and some do not.
   state = state.replace(params=jax.tree.map(lambda p: 6 * p, state.params))
