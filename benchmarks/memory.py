@@ -1,6 +1,7 @@
 """Memory of the paper's training steps, without an accelerator: XLA's memory analysis of
-the compiled CowMix train step (``jit(...).lower(...).compile().memory_analysis()``) for
-each paper config, in float32 and bfloat16, with and without ``config.model.remat``.
+the compiled train step (``jit(...).lower(...).compile().memory_analysis()``) of each
+paper config (CowMix) and of UniMatch's Pascal setting (its method), in float32 and
+bfloat16, with and without ``config.model.remat``.
 
 Prints a Markdown table of peak bytes (parameters, optimiser state, teacher, batch and
 every temporary the step needs at once) and the smallest common GPU each run fits in,
@@ -38,17 +39,19 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import xla_memory  # noqa: E402
-from cowmix_jax import cli, config_base, models, sharding, steps, train  # noqa: E402
+from cowmix_jax import cli, config_base, models, optimizers, sharding, steps  # noqa: E402
 from cowmix_jax.models import conv  # noqa: E402
 from cowmix_jax.state import create_train_state  # noqa: E402
 
-# name -> (config file spec, classes): the paper's runs (Tables 1-3).
+# name -> (config file spec, classes): the paper's runs (Tables 1-3), and UniMatch V1's
+# Pascal setting.
 PAPER_RUNS = {
     "camvid_unet": ("configs/camvid.py", 11),
     "cityscapes_unet": ("configs/cityscapes.py", 19),
     "cityscapes_deeplab_v2": ("configs/cityscapes.py:deeplab_v2", 19),
     "pascal_unet": ("configs/pascal.py", 21),
     "pascal_deeplab_v2": ("configs/pascal.py:deeplab_v2", 21),
+    "pascal_unimatch": ("configs/pascal.py:unimatch", 21),
 }
 # Common accelerator memory sizes, GiB (V100 16, RTX 3090/4090 24, A100 40, A100/H100 80,
 # H200 141). A run "fits" when its peak is at most FIT_FRACTION of the card: the CUDA
@@ -86,7 +89,7 @@ def build_step(config, num_classes: int):
   """``(train_step, state shapes)`` of ``config`` on one device."""
   mesh = sharding.make_mesh(1)
   model = models.build_model(config.model, num_classes)
-  tx = train.make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
   input_shape = (1,) + tuple(config.data.augment.crop_size) + (3,)
   state = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.PRNGKey(0),
                                                     input_shape))
@@ -138,7 +141,7 @@ def step_seconds(name: str, crop_size, num_steps: int, repeats: int) -> dict[boo
     config = run_config(name, "float32", remat, crop_size)
     mesh = sharding.make_mesh(1)
     model = models.build_model(config.model, PAPER_RUNS[name][1])
-    tx = train.make_optimizer(config)
+    tx = optimizers.make_optimizer(config)
     state = create_train_state(model, tx, jax.random.PRNGKey(0),
                                (1,) + tuple(crop_size) + (3,))
     state = jax.device_put(state, sharding.replicated(mesh))
@@ -202,7 +205,7 @@ def main(argv=None):
   results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
                         f"cores, JAX {jax.__version__} on {jax.devices()[0].platform}",
              "memory": [], "remat_step_time": []}
-  print(f"Machine: {results['machine']}. Peak memory of the CowMix train step (GiB), "
+  print(f"Machine: {results['machine']}. Peak memory of each run's train step (GiB), "
         f"from XLA's memory analysis:\n")
   print("| run | dtype | peak | peak with remat | remat saves | fits in | with remat fits in |")
   print("|---|---|---|---|---|---|---|")

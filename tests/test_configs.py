@@ -13,6 +13,7 @@ from PIL import Image
 
 from cowmix_jax import evaluate, models, sharding, train
 from cowmix_jax.checkpoints import Checkpointer
+from cowmix_jax.config_checks import validate_config
 from cowmix_jax.models import convert
 
 from conftest import SHARED_CAMVID, load_config
@@ -33,8 +34,33 @@ def test_paper_settings():
   cityscapes = load_config("cityscapes", "deeplab_v2")
   assert cityscapes.batch_size == 2 and cityscapes.data.builder_config == "half_majority"
   assert tuple(cityscapes.mask.cow_sigma_range) == (8.0, 32.0)
-  with pytest.raises(ValueError, match="configs/pascal.py:pspnet: choose unet or deeplab_v2"):
+  with pytest.raises(ValueError,
+                     match="configs/pascal.py:pspnet: choose unet, deeplab_v2 or unimatch"):
     load_config("pascal", "pspnet")
+
+
+def test_unimatch_pascal_is_unimatch_v1s_setting():
+  """Against UniMatch V1's configs/pascal.yaml and unimatch.py, transcribed by hand:
+  crop 321, 4 GPUs x batch 2, lr 0.001 with lr_multi 10 for the head, SGD momentum 0.9,
+  weight decay 1e-4, poly 0.9, conf_thresh 0.95, ResNet-101 with the last stage dilated
+  (output stride 16) and ASPP dilations 6/12/18, 80 epochs of len(trainloader_u)
+  iterations, 92 labels: (10582 - 92) // 8 = 1311 iterations an epoch."""
+  config = load_config("pascal", "unimatch")
+  assert (config.method, config.mask.mix, config.pseudo_label_threshold) == (
+      "unimatch", "box", 0.95)
+  assert tuple(config.data.augment.crop_size) == (321, 321)
+  assert (tuple(config.data.augment.scale_range), config.data.augment.scale_step) == (
+      (0.5, 2.0), 0.0)
+  assert config.batch_size == config.unlabelled_batch_size == 4 * 2
+  assert (config.optimizer, config.lr_schedule, config.weight_decay) == ("sgd", "poly", 1e-4)
+  assert config.learning_rate * config.model.pretrained_lr_multiplier == pytest.approx(0.001)
+  assert config.learning_rate == pytest.approx(0.001 * 10)
+  assert (config.model.name, config.model.depth, config.model.output_stride) == (
+      "deeplab_v3plus", 101, 16)
+  assert not config.model.freeze_bn and config.model.pretrained == "torchvision_resnet101"
+  assert (config.data.num_labelled, config.num_train_steps, config.eval_every) == (
+      92, 80 * 1311, 1311)
+  validate_config(config, 1)
 
 
 def _fixture_tree(name, root):
@@ -67,10 +93,10 @@ def _weights_file(config, num_classes, path):
   return variables
 
 
-@pytest.mark.slow  # five tiny trainings of two steps (minutes of CPU): run by .ci/run
+@pytest.mark.slow  # six tiny trainings of two steps (minutes of CPU): run by .ci/run
 @pytest.mark.parametrize("name,model,classes", [
     ("camvid", "unet", 11), ("pascal", "unet", 21), ("pascal", "deeplab_v2", 21),
-    ("cityscapes", "unet", 19), ("cityscapes", "deeplab_v2", 19)])
+    ("pascal", "unimatch", 21), ("cityscapes", "unet", 19), ("cityscapes", "deeplab_v2", 19)])
 def test_paper_configs_refuse_to_start_without_weights_and_train_with_a_file(
     name, model, classes, tmp_path):
   config = load_config(name, None if name == "camvid" else model)
@@ -88,16 +114,17 @@ def test_paper_configs_refuse_to_start_without_weights_and_train_with_a_file(
   workdir = tmp_path / "work"
   # The paper's setting, frozen BatchNorm, refuses to start without its weights: the
   # U-Net names torchvision's (not in the offline tests' cache), DeepLab v2 says how to
-  # convert the COCO file. Nothing is written.
-  config.model.pretrained = "" if model == "deeplab_v2" else "torchvision_resnet50"
+  # convert the COCO file; UniMatch's names torchvision's ResNet-101. Nothing is written.
+  config.model.pretrained = {"unet": "torchvision_resnet50", "deeplab_v2": "",
+                             "unimatch": "torchvision_resnet101"}[model]
   config.model.depth = 50 if model == "unet" else 101
   config.model.width = 64
-  refusal = "COWMIX_JAX_OFFLINE is set" if model == "unet" else "--layout=deeplab_v2"
+  refusal = "--layout=deeplab_v2" if model == "deeplab_v2" else "COWMIX_JAX_OFFLINE is set"
   with pytest.raises((FileNotFoundError, ValueError), match=refusal):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
   # With weights from a file (a tiny encoder here, for time) it trains, and frozen
-  # BatchNorm keeps the file's statistics.
+  # BatchNorm keeps the file's statistics (UniMatch's trained BatchNorm moves them).
   config.model.depth = 18 if model == "unet" else 50
   config.model.width = 4
   weights = _weights_file(config, classes, tmp_path / "weights.msgpack")
@@ -107,8 +134,9 @@ def test_paper_configs_refuse_to_start_without_weights_and_train_with_a_file(
   with Checkpointer(str(workdir)) as checkpointer:
     entries, _ = checkpointer.restore_entries(["batch_stats"], sharding.replicated(
         sharding.make_mesh(1)))
-  for key, value in flatten_dict(weights["batch_stats"]).items():
-    np.testing.assert_array_equal(flatten_dict(entries["batch_stats"])[key], value)
+  kept = [np.array_equal(flatten_dict(entries["batch_stats"])[key], value)
+          for key, value in flatten_dict(weights["batch_stats"]).items()]
+  assert all(kept) if config.model.freeze_bn else not any(kept)
 
 
 @pytest.mark.parametrize("name", ["camvid_cpu", "camvid_cpu_random_init"])

@@ -272,7 +272,21 @@ def test_deeplab_v3plus_output_and_head():
   assert params["low_level"]["Conv_0"]["kernel"].shape == (1, 1, 8, 48)  # conv2_x of R18/8
   assert params["decoder_0"]["Conv_0"]["kernel"].shape == (3, 3, 256 + 48, 256)
   assert params["aspp"]["project"]["Conv_0"]["kernel"].shape == (1, 1, 5 * 256, 256)
-  assert tuple(model.aspp_rates) == (12, 24, 36)
+
+
+@pytest.mark.parametrize("output_stride, aspp", [(8, {12, 24, 36}), (16, {6, 12, 18})])
+def test_deeplab_v3plus_aspp_dilations_follow_the_output_stride(output_stride, aspp):
+  """The dilations in the traced network: DeepLab v3+'s 6/12/18 at output stride 16,
+  doubled at 8, besides the encoder's own (2 at 16; 2 and 4 at 8)."""
+  model = models.DeepLabV3Plus(num_classes=4, depth=18, width=8,
+                               output_stride=output_stride)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x))(variables)
+  dilations = {eqn.params["rhs_dilation"][0] for eqn in jaxpr.eqns
+               if eqn.primitive.name == "conv_general_dilated"}
+  encoder = {1, 2} if output_stride == 16 else {1, 2, 4}
+  assert dilations == aspp | encoder
 
 
 def test_flops_and_parameter_report_against_hand_counts():

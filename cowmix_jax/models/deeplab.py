@@ -106,17 +106,24 @@ class ASPP(nn.Module):
                       name="project")(jnp.concatenate(branches, -1), train)
 
 
+def v3plus_aspp_rates(output_stride: int) -> tuple[int, int, int]:
+  """DeepLab v3+'s ASPP dilations: 6/12/18 at output stride 16, doubled at 8 (Chen et
+  al., 2018; UniMatch's [6, 12, 18] at 16)."""
+  return tuple(rate * 16 // output_stride for rate in (6, 12, 18))
+
+
 class DeepLabV3Plus(nn.Module):
-  """DeepLab v3+ (the authors' later code): torchvision ResNet at output stride 8, ASPP
-  (rates 12/24/36 with image pooling), a 48-channel projection of conv2_x, two 3x3 256
-  convolutions, class logits upsampled to the input."""
+  """DeepLab v3+ (the authors' later code): torchvision ResNet at output stride 8 or 16,
+  ASPP (rates 12/24/36 at 8, 6/12/18 at 16, with image pooling), a 48-channel
+  projection of conv2_x, two 3x3 256 convolutions, class logits upsampled to the
+  input."""
 
   num_classes: int
   depth: int = 101
   width: int = 64
   freeze_bn: bool = True
   output_stride: int = 8
-  aspp_rates: Sequence[int] = (12, 24, 36)
+  aspp_rates: Sequence[int] | None = None  # None: v3plus_aspp_rates(output_stride)
   dtype: Any = jnp.float32
   remat: bool = False  # rematerialise the encoder's blocks (``models.remat``)
 
@@ -135,7 +142,8 @@ class DeepLabV3Plus(nn.Module):
                              name="encoder")(x, train)
     if feature_dropout_key is not None:
       features = with_dropped_copy(features, feature_dropout_key, ("conv2_x", "conv5_x"))
-    y = ASPP(self.aspp_rates, dtype=self.dtype, name="aspp")(features["conv5_x"], train)
+    rates = self.aspp_rates or v3plus_aspp_rates(self.output_stride)
+    y = ASPP(rates, dtype=self.dtype, name="aspp")(features["conv5_x"], train)
     low = ConvBNReLU(48, 1, dtype=self.dtype, name="low_level")(features["conv2_x"], train)
     y = resize_bilinear(y, low.shape[1], low.shape[2])
     y = jnp.concatenate([y, low.astype(y.dtype)], axis=-1)
