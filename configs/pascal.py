@@ -23,10 +23,12 @@ VOC_AUG_TRAIN_IMAGES = 10_582
 UNIMATCH_EPOCHS = 80
 
 
-def unimatch_steps(num_labelled: int, batch: int = 8) -> int:
-  """UniMatch's length: 80 passes over its unlabelled images (the train split without
-  the labelled ones), whole batches only: 104,880 steps for 92 labels."""
-  return UNIMATCH_EPOCHS * ((VOC_AUG_TRAIN_IMAGES - num_labelled) // batch)
+def unimatch_epoch_steps(num_labelled: int, gpus: int = 4, per_gpu: int = 2) -> int:
+  """Steps in one of UniMatch's epochs: a pass over its unlabelled images (the train
+  split without the labelled ones) on 4 GPUs of 2 images, each GPU's sampler padding
+  its share to ceil(N / 4) and keeping whole batches: 1,311 for 92 labels."""
+  unlabelled = VOC_AUG_TRAIN_IMAGES - num_labelled
+  return -(-unlabelled // gpus) // per_gpu
 
 
 def set_unimatch_v1(config) -> None:
@@ -42,8 +44,8 @@ def set_unimatch_v1(config) -> None:
   config.optimizer, config.lr_schedule, config.weight_decay = "sgd", "poly", 1e-4
   config.learning_rate = 0.01  # the head's; the backbone learns at 0.1x: 0.001
   config.model.pretrained_lr_multiplier = 0.1
-  config.num_train_steps = unimatch_steps(config.data.num_labelled)
-  config.eval_every = config.num_train_steps // UNIMATCH_EPOCHS  # each epoch
+  config.eval_every = unimatch_epoch_steps(config.data.num_labelled)  # each epoch
+  config.num_train_steps = UNIMATCH_EPOCHS * config.eval_every
 
 
 def get_config(model: str = "unet"):

@@ -32,10 +32,12 @@ LATEST, BEST = "checkpoints", "best"
 CORRUPT = "corrupt_checkpoints"
 DATASET_FILE = "dataset.json"  # the prepared dataset a run trains on
 # Config keys that may change between a run and its resumption.
-RESUMABLE_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every",
+RESUMABLE_KEYS = ("num_epochs", "log_every", "eval_every",
                   "eval_every_epochs", "checkpoint_every",
                   "keep_checkpoints", "eval_batch_size", "data.manual_dir", "data.data_dir")
 CONFIG_FILE = "config.json"
+# The run's length: resumable only while the learning rate does not depend on it.
+LENGTH_KEY = "num_train_steps"
 
 
 def workdir_path(workdir: str | epath.Path) -> epath.Path:
@@ -303,20 +305,32 @@ def _read_by_run(key: str, saved: dict[str, Any]) -> bool:
                                bool(saved.get("mask.complementary", False)))
 
 
+def _resumable(key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+  """Whether ``key`` may change when the run of flattened config ``old`` is resumed
+  with ``new``: RESUMABLE_KEYS, the length only under a constant learning rate (a
+  cosine or poly rate decays over the length, so a new length changes the rate of the
+  steps already planned)."""
+  if key == LENGTH_KEY:
+    return old.get("lr_schedule") == new.get("lr_schedule") == "constant"
+  return key in RESUMABLE_KEYS
+
+
 def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list:
   """Lines ``key: saved value in the workdir, now value`` for every setting that differs
   from the run already in ``workdir`` (none when there is no run yet: no config.json,
-  or no checkpoint to resume, as after a run stopped by a bad setting), except
-  RESUMABLE_KEYS and settings the run's method does not read (``method_keys``; the
-  method itself is read by all). A key added to the defaults after the run was saved
-  counts as its default there (``load_config``)."""
+  or no checkpoint to resume, as after a run stopped by a bad setting), except the
+  resumable ones (``_resumable``) and settings the run's method does not read
+  (``method_keys``; the method itself is read by all). A key added to the defaults
+  after the run was saved counts as its default there (``load_config``)."""
   if not (workdir_path(workdir) / CONFIG_FILE).exists() or not has_checkpoint(workdir):
     return []
   old, new = _flatten(_plain(load_config(workdir))), _flatten(_plain(config))
   return [f"  {key}: {old.get(key, '(absent)')!r} in the workdir, now "
           f"{new.get(key, '(absent)')!r}"
+          + (f" (lr_schedule={old.get('lr_schedule')!r} decays over the run's length)"
+             if key == LENGTH_KEY else "")
           for key in sorted(set(old) | set(new))
-          if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)
+          if not _resumable(key, old, new) and old.get(key) != new.get(key)
           and (_read_by_run(key, old) or _read_by_run(key, new))]
 
 

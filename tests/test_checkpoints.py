@@ -253,6 +253,23 @@ def test_restart_with_a_different_config_says_what_differs(tiny_config, tmp_path
   assert os.path.basename(str(tmp_path)) in message
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "poly"])
+def test_a_decaying_learning_rate_keeps_its_length_on_resume(schedule, tiny_config,
+                                                             tmp_path):
+  """A cosine or poly rate decays over num_train_steps: a resumed run with another
+  length would change the rate of every step still to come, so it is refused; the
+  same length resumes."""
+  tiny_config.lr_schedule, tiny_config.num_train_steps = schedule, 100
+  save_config(tiny_config, str(tmp_path))
+  (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+  check_config(tiny_config, str(tmp_path))
+  tiny_config.num_train_steps = 200
+  with pytest.raises(ValueError, match=rf"num_train_steps: 100 in the workdir, now 200 "
+                                       rf"\(lr_schedule='{schedule}' decays over the run's "
+                                       rf"length\)"):
+    check_config(tiny_config, str(tmp_path))
+
+
 def test_a_setting_the_runs_method_does_not_read_may_differ_on_resume(tiny_config, tmp_path):
   """A difference in a setting the saved run's method never reads (method_keys) cannot
   change the run, so it does not block the resume; one the method reads does."""

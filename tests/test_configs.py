@@ -3,6 +3,7 @@ configs refuse to start without their weights and train 2 steps on their dataset
 layouts with weights from a file (U-Net and DeepLab v2), and the CPU-scale
 CamVid config trains on shrunk images but is scored on the full-resolution labels."""
 
+import importlib.util
 import os
 
 import jax
@@ -16,7 +17,7 @@ from cowmix_jax.checkpoints import Checkpointer
 from cowmix_jax.config_checks import validate_config
 from cowmix_jax.models import convert
 
-from conftest import SHARED_CAMVID, load_config
+from conftest import REPO, SHARED_CAMVID, load_config
 
 
 def test_paper_settings():
@@ -44,7 +45,8 @@ def test_unimatch_pascal_is_unimatch_v1s_setting():
   crop 321, 4 GPUs x batch 2, lr 0.001 with lr_multi 10 for the head, SGD momentum 0.9,
   weight decay 1e-4, poly 0.9, conf_thresh 0.95, ResNet-101 with the last stage dilated
   (output stride 16) and ASPP dilations 6/12/18, 80 epochs of len(trainloader_u)
-  iterations, 92 labels: (10582 - 92) // 8 = 1311 iterations an epoch."""
+  iterations, 92 labels: 10490 unlabelled images, ceil(10490 / 4) = 2623 per GPU,
+  1311 batches of 2 an epoch."""
   config = load_config("pascal", "unimatch")
   assert (config.method, config.mask.mix, config.pseudo_label_threshold) == (
       "unimatch", "box", 0.95)
@@ -60,6 +62,13 @@ def test_unimatch_pascal_is_unimatch_v1s_setting():
   assert not config.model.freeze_bn and config.model.pretrained == "torchvision_resnet101"
   assert (config.data.num_labelled, config.num_train_steps, config.eval_every) == (
       92, 80 * 1311, 1311)
+  # Other splits, by hand: 10399 unlabelled for 183 labels, ceil(10399 / 4) = 2600
+  # per GPU, 1300 batches of 2; 9118 for 1464: 2280 per GPU, 1140 batches.
+  spec = importlib.util.spec_from_file_location("pascal", os.path.join(REPO, "configs",
+                                                                       "pascal.py"))
+  pascal = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(pascal)
+  assert (pascal.unimatch_epoch_steps(183), pascal.unimatch_epoch_steps(1464)) == (1300, 1140)
   validate_config(config, 1)
 
 

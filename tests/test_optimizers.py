@@ -36,7 +36,8 @@ def test_learning_rate_schedule_drives_adam(schedule, tiny_config):
 def torch_trace(name: str, weight_decay: float, rates: np.ndarray, start: np.ndarray,
                 target: np.ndarray) -> np.ndarray:
   """PyTorch's optimiser on ``0.5 * |w * start - target|^2`` (a gradient that moves with
-  ``w``), its learning rate set before each step as UniMatch sets its poly rate."""
+  ``w``), the rate of step t set before step t (UniMatch sets it after, so that its
+  steps 0 and 1 both run at the base rate: a one-step shift)."""
   w = torch.tensor(np.ones_like(start), dtype=torch.float64, requires_grad=True)
   x, y = torch.tensor(start), torch.tensor(target)
   optimizer = (torch.optim.SGD([w], lr=rates[0], momentum=0.9, weight_decay=weight_decay)
