@@ -114,7 +114,21 @@ def error_message(error: BaseException) -> str:
       text = ast.literal_eval(text)
     except (ValueError, SyntaxError):
       pass
-  return config_file_message(text) or text.strip()
+  return config_file_message(text) or config_raised_message(text) or text.strip()
+
+
+def config_raised_message(text: str) -> str | None:
+  """ml_collections' "flag --config=SPEC: Error whilst parsing config file:" followed by
+  the traceback of the config's ``get_config`` (a misspelt ``:choice``, a syntax error
+  in a user's config) as one line: ``flag --config=SPEC: Type: message (FILE, line N)``,
+  the place being the last frame of the traceback; None for other texts."""
+  head, marker, rest = text.partition(" Error whilst parsing config file:")
+  lines = [line for line in rest.splitlines() if line.strip()]
+  if not marker or not lines or not lines[0].startswith("Traceback"):
+    return None
+  frames = re.findall(r'File "([^"]+)", line (\d+)', rest)
+  place = f" ({frames[-1][0]}, line {frames[-1][1]})" if frames else ""
+  return f"{head} {lines[-1].strip()}{place}"
 
 
 def config_file_message(text: str) -> str | None:
@@ -129,6 +143,27 @@ def config_file_message(text: str) -> str | None:
   return (f"--config={path}: {reason[0].lower() + reason[1:]} (relative paths are read "
           f"from the current directory, {os.getcwd()}; the shipped configs are "
           f"configs/*.py in the repository)")
+
+
+def config_load_message(error: BaseException, argv: Sequence[str]) -> str | None:
+  """``--config=SPEC: FILE, line N: Type: message`` for an error raised while the config
+  file given by ``--config`` was imported (a syntax error, a module-level name that
+  does not exist), which ml_collections lets through without naming the flag; None for
+  an error raised elsewhere."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path = os.path.abspath(spec.split(":", 1)[0])
+  if isinstance(error, SyntaxError) and error.filename:
+    if os.path.abspath(error.filename) != path:
+      return None
+    return f"--config={spec}: {error.filename}, line {error.lineno}: SyntaxError: {error.msg}"
+  frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+            if os.path.abspath(frame.filename) == path]
+  if not frames:
+    return None
+  return (f"--config={spec}: {frames[-1].filename}, line {frames[-1].lineno}: "
+          f"{type(error).__name__}: {error_message(error)}")
 
 
 def config_key_message(error: BaseException, argv: Sequence[str]) -> str:
@@ -225,10 +260,15 @@ def run_absl(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
       return flags.FLAGS(args)
     except flags.Error as error:
       report(error_message(error), 2)
-    except (AttributeError, KeyError) as error:  # an override of a key the config lacks
-      report(config_key_message(error, args), 2)
-    except OSError as error:  # the config file does not load
-      report(" ".join(error_message(error).split()), 2)
+    except Exception as error:  # noqa: BLE001 (each kind below; the rest re-raised)
+      raised_in_config = config_load_message(error, args)
+      if raised_in_config is not None:  # the config file's own code failed to load
+        report(raised_in_config, 2)
+      if isinstance(error, (AttributeError, KeyError)):  # an override of a missing key
+        report(config_key_message(error, args), 2)
+      if isinstance(error, OSError):  # the config file does not load
+        report(" ".join(error_message(error).split()), 2)
+      raise
 
   def guarded(args: list[str]) -> int | None:
     try:

@@ -130,3 +130,29 @@ def test_a_missing_config_file_is_one_line_naming_the_flag(tmp_path):
   assert "config_config" not in out.stderr and not (tmp_path / "run").exists()
   # Other texts pass through unchanged.
   assert cli.config_file_message("[Errno 2] No such file or directory: 'x'") is None
+
+
+@pytest.mark.parametrize("source, spec_suffix, expected", [
+    # get_config raises: ml_collections wraps the traceback into the flag's error text
+    ("import ml_collections\n\n\ndef get_config(name):\n  raise ValueError(f'no {name}')\n",
+     ":unet2", "flag --config={spec}: ValueError: no unet2 ({path}, line 5)"),
+    # the module does not import: the SyntaxError comes through unwrapped
+    ("def get_config(:\n  pass\n", "", "--config={spec}: {path}, line 1: SyntaxError: "),
+    # a module-level KeyError is the file's, not an override of a missing config key
+    ("import ml_collections\nX = {}['a']\n", "", "--config={spec}: {path}, line 2: KeyError: a"),
+])
+def test_a_config_file_that_raises_is_one_line_naming_the_file_and_line(
+    tmp_path, source, spec_suffix, expected):
+  """Before: a page of traceback from absl's and ml_collections' frames, then the error."""
+  path = tmp_path / "mine.py"
+  path.write_text(source)
+  spec = f"{path}{spec_suffix}"
+  env = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
+  out = subprocess.run([sys.executable, "-m", "cowmix_jax.main", f"--config={spec}",
+                        f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env=env)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      "main.py: " + expected.format(spec=spec, path=path)), lines
+  assert not (tmp_path / "run").exists()
